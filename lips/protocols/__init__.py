@@ -1,0 +1,7 @@
+"""
+Twisted adapters: bytes in, events to a core, effects out.
+"""
+
+from lips.protocols._server import MessageServerFactory, MessageServerProtocol
+
+__all__ = ["MessageServerFactory", "MessageServerProtocol"]

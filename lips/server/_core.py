@@ -1,0 +1,335 @@
+"""
+The MessageServer core: client sessions on one side, a tuple-space backend on the other.
+
+The core is sans-IO.  A transport adapter opens a L{Session} per connection, feeds it
+the messages it decodes and writes the bytes the session hands to its C{send} callable.
+Operations go to an L{ISpaceBackend} as L{Operation}s; the backend reports every answer
+as a L{Completion} through L{MessageServer.completed}, at once (the local backend) or
+once the operation has been ordered and applied (a replicated backend), so the same
+core serves both without change.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import Attribute, Interface, implementer
+
+from lips.space import Completion, Kind, Status, TupleSpace
+from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template
+from lips.wire import (
+    Cancel,
+    Cancelled,
+    Error,
+    ErrorCode,
+    Hello,
+    Matched,
+    Message,
+    NoMatch,
+    Out,
+    Stats,
+    StatsRequest,
+    Stored,
+    Take,
+    TimedOut,
+    Welcome,
+    encode_message,
+)
+
+__all__ = ["ISpaceBackend", "LocalBackend", "MessageServer", "Operation", "Session"]
+
+_PID_BITS: Final = 62
+
+
+@attrs.frozen
+class Operation:
+    """One tuple-space operation of process C{pid}, its event number C{event}."""
+
+    kind: Kind
+    pid: int
+    event: int
+    payload: LTuple | Template
+
+
+class ISpaceBackend(Interface):
+    """Where a MessageServer's operations are applied."""
+
+    on_complete: Any = Attribute(
+        "Callable[[Completion], None], set by the server, called for every answer."
+    )
+
+    def submit(operation: Operation) -> None:
+        """Apply C{operation}; its answer (now or later) goes to C{on_complete}."""
+
+    def withdraw(pid: int, event: int) -> None:
+        """Withdraw a waiting operation; if it was waiting, a CANCELLED answer follows."""
+
+    def gauges() -> dict[str, int]:
+        """Sizes worth reporting (stored tuples, waiters, ...)."""
+
+
+@implementer(ISpaceBackend)
+class LocalBackend:
+    """A backend that applies operations to one local L{TupleSpace} at once."""
+
+    def __init__(self, space: TupleSpace | None = None) -> None:
+        self.space = space if space is not None else TupleSpace()
+        self.on_complete: Callable[[Completion], None] = lambda c: None
+
+    def submit(self, operation: Operation) -> None:
+        op = operation
+        if op.kind is Kind.OUT:
+            assert isinstance(op.payload, tuple)
+            for c in self.space.out(op.pid, op.event, op.payload):
+                self.on_complete(c)
+        else:
+            assert isinstance(op.payload, Template)
+            self.on_complete(self.space.take(op.pid, op.event, op.kind, op.payload))
+
+    def withdraw(self, pid: int, event: int) -> None:
+        c = self.space.cancel(pid, event)
+        if c is not None:
+            self.on_complete(c)
+
+    def gauges(self) -> dict[str, int]:
+        s = self.space
+        return {
+            "tuples": len(s),
+            "waiting": s.waiting,
+            "processes": s.processes,
+            "sequence": s.sequence,
+        }
+
+
+@attrs.define(eq=False)
+class _Route:
+    """Where the answer to one operation goes."""
+
+    session: Session
+    request_id: int
+    timer: IDelayedCall | None = None
+    withdrawn_for: type[TimedOut] | type[Cancelled] | None = None
+
+
+class Session:
+    """One client connection's view of the server."""
+
+    def __init__(self, server: MessageServer, send: Callable[[bytes], None], peer: str) -> None:
+        self.server = server
+        self.send = send
+        self.peer = peer
+        self.pid: int | None = None
+        # request id -> (pid, event), for CANCEL and for withdrawing on close
+        self.requests: dict[int, tuple[int, int]] = {}
+        self.closed = False
+
+    def reply(self, message: Message, request_id: int) -> None:
+        if not self.closed:
+            self.server.counters["frames_out"] += 1
+            self.send(encode_message(message, request_id))
+
+    def error(self, code: ErrorCode, text: str, request_id: int) -> None:
+        """Answer a request with a typed error and count it."""
+        self.server.counters[f"errors.{code.name.lower()}"] += 1
+        self.reply(Error(code, text), request_id)
+
+    def received(self, message: Message, request_id: int) -> None:
+        """Handle one decoded request."""
+        self.server.received(self, message, request_id)
+
+    def close(self) -> None:
+        """The connection is gone: withdraw its waiting operations."""
+        if self.closed:
+            return
+        self.closed = True
+        self.server.session_closed(self)
+
+
+class MessageServer:
+    """
+    Serves client sessions from an L{ISpaceBackend}.
+
+    @param clock: for request timeouts.
+    @param rng: for process ids given to clients that do not bring one.
+    """
+
+    def __init__(
+        self,
+        backend: ISpaceBackend,
+        clock: IReactorTime,
+        name: str = "lips",
+        limits: Limits = DEFAULT_LIMITS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.name = name
+        self.limits = limits
+        self.rng = rng if rng is not None else random.Random()
+        self.counters: Counter[str] = Counter()
+        self.sessions: set[Session] = set()
+        self._by_pid: dict[int, Session] = {}
+        self._routes: dict[tuple[int, int], _Route] = {}
+        backend.on_complete = self.completed
+
+    # -- from the transport ----------------------------------------------------------
+
+    def open_session(self, send: Callable[[bytes], None], peer: str = "?") -> Session:
+        session = Session(self, send, peer)
+        self.sessions.add(session)
+        self.counters["connections_opened"] += 1
+        return session
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.counters["connections_closed"] += 1
+        if session.pid is not None and self._by_pid.get(session.pid) is session:
+            del self._by_pid[session.pid]
+        for key in list(session.requests.values()):
+            route = self._routes.get(key)
+            if route is not None and route.session is session:
+                self._cancel_timer(route)
+                del self._routes[key]
+                self.backend.withdraw(*key)
+        session.requests.clear()
+
+    def received(self, session: Session, message: Message, request_id: int) -> None:
+        self.counters["frames_in"] += 1
+        if isinstance(message, Out | Take):
+            if session.pid is None:
+                session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
+                return
+            self._operation(session, message, request_id)
+        elif isinstance(message, Cancel):
+            self._cancel(session, message.target)
+        elif isinstance(message, Hello):
+            self._hello(session, message, request_id)
+        elif isinstance(message, StatsRequest):
+            session.reply(Stats(self.stats()), request_id)
+        else:
+            session.error(
+                ErrorCode.UNEXPECTED,
+                f"{type(message).__name__} is not a request a client may send",
+                request_id,
+            )
+
+    # -- from the backend ------------------------------------------------------------
+
+    def completed(self, c: Completion) -> None:
+        """An operation was answered (or is now waiting)."""
+        key = (c.pid, c.event)
+        route = self._routes.get(key)
+        if route is None:
+            return  # its session is gone, or another server answers it
+        status = c.status
+        if status is Status.PENDING:
+            return
+        del self._routes[key]
+        session = route.session
+        session.requests.pop(route.request_id, None)
+        self._cancel_timer(route)
+        reply: Message
+        if status is Status.MATCHED:
+            assert c.value is not None
+            reply = Matched(c.value)
+        elif status is Status.STORED:
+            reply = Stored()
+        elif status is Status.NO_MATCH:
+            reply = NoMatch()
+        elif status is Status.CANCELLED:
+            reply = (route.withdrawn_for or Cancelled)()
+        else:
+            session.error(
+                ErrorCode.STALE_EVENT,
+                f"event {c.event} of process {c.pid} is older than the log remembers",
+                route.request_id,
+            )
+            return
+        session.reply(reply, route.request_id)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _hello(self, session: Session, hello: Hello, request_id: int) -> None:
+        if session.pid is not None:
+            session.error(ErrorCode.UNEXPECTED, "this session already said HELLO", request_id)
+            return
+        pid = hello.pid
+        if pid is None:
+            pid = self.rng.getrandbits(_PID_BITS) + 1
+            while pid in self._by_pid:
+                pid = self.rng.getrandbits(_PID_BITS) + 1
+        # A process that reconnects takes its id over from a session not yet seen closed.
+        self._by_pid[pid] = session
+        session.pid = pid
+        self.counters["hellos"] += 1
+        session.reply(Welcome(pid, self.name, self.limits.max_size), request_id)
+
+    def _operation(self, session: Session, message: Out | Take, request_id: int) -> None:
+        if request_id in session.requests:
+            session.error(
+                ErrorCode.DUPLICATE_REQUEST,
+                f"request id {request_id} is already waiting in this session",
+                request_id,
+            )
+            return
+        pid = session.pid
+        assert pid is not None
+        key = (pid, message.event)
+        route = self._routes.get(key)
+        if route is not None:
+            # The same operation again (a retry): answer it here from now on.
+            route.session.requests.pop(route.request_id, None)
+            route.session = session
+            route.request_id = request_id
+        else:
+            route = self._routes[key] = _Route(session, request_id)
+        session.requests[request_id] = key
+        if isinstance(message, Out):
+            self.counters["ops.out"] += 1
+            op = Operation(Kind.OUT, pid, message.event, message.tuple)
+        else:
+            self.counters[f"ops.{message.kind.name.lower()}"] += 1
+            op = Operation(message.kind, pid, message.event, message.template)
+            if message.timeout is not None and message.kind.blocks and route.timer is None:
+                route.timer = self.clock.callLater(message.timeout, self._expire, key)
+        self.backend.submit(op)
+
+    def _expire(self, key: tuple[int, int]) -> None:
+        route = self._routes.get(key)
+        if route is None:
+            return
+        route.timer = None
+        route.withdrawn_for = TimedOut
+        self.counters["timeouts"] += 1
+        self.backend.withdraw(*key)
+
+    def _cancel(self, session: Session, target: int) -> None:
+        key = session.requests.get(target)
+        if key is None:
+            return  # already answered: the answer is on its way
+        route = self._routes.get(key)
+        if route is None or route.session is not session:
+            return
+        route.withdrawn_for = Cancelled
+        self.counters["cancels"] += 1
+        self.backend.withdraw(*key)
+
+    def _cancel_timer(self, route: _Route) -> None:
+        if route.timer is not None:
+            if route.timer.active():
+                route.timer.cancel()
+            route.timer = None
+
+    def stats(self) -> dict[str, int | float | str]:
+        """Counters and gauges, by name."""
+        values: dict[str, int | float | str] = dict(self.counters)
+        values["sessions"] = len(self.sessions)
+        values["server"] = self.name
+        for k, v in self.backend.gauges().items():
+            values[f"space.{k}"] = v
+        return values

@@ -1,0 +1,464 @@
+"""
+The tuple space: a deterministic, sans-IO state machine.
+
+Every operation carries its caller's C{(pid, event)}: the process id and that process's
+event number, which grows with every operation the process makes.  The space keeps, per
+process, the last event it applied and a bounded log of the answers it gave, so an
+operation that arrives twice (a client retrying after a lost connection, or the same
+request reaching two replicas) is applied once and answered the same way both times.
+
+Stored tuples are numbered by a sequence counter.  Matching always chooses the oldest
+matching tuple, and waiters are served first come, first served, so the same operations
+in the same order give the same answers and the same state on every replica.
+
+Tuples are indexed by arity and by the key of every field at every position; a template
+is looked up in the smallest bucket among its actual fields, so a template with an actual
+field never scans tuples that differ in that field.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, Final
+
+import attrs
+
+from lips.tuples import (
+    DEFAULT_LIMITS,
+    Limits,
+    LTuple,
+    Template,
+    TupleError,
+    make_tuple,
+    packb,
+    tuple_keys,
+    unpackb,
+)
+
+__all__ = [
+    "Completion",
+    "Kind",
+    "SnapshotError",
+    "Status",
+    "TupleSpace",
+]
+
+_SNAPSHOT_VERSION: Final = 1
+
+
+class Kind(enum.IntEnum):
+    """The Linda operations."""
+
+    OUT = 1
+    IN = 2
+    RD = 3
+    INP = 4
+    RDP = 5
+
+    @property
+    def removes(self) -> bool:
+        return self is Kind.IN or self is Kind.INP
+
+    @property
+    def blocks(self) -> bool:
+        return self is Kind.IN or self is Kind.RD
+
+
+class Status(enum.IntEnum):
+    """How an operation ended (or that it has not yet)."""
+
+    STORED = 0
+    """An C{out} was applied."""
+    MATCHED = 1
+    """A template operation found a tuple (in C{Completion.value})."""
+    NO_MATCH = 2
+    """An C{inp}/C{rdp} found nothing."""
+    PENDING = 3
+    """An C{in}/C{rd} is waiting for a tuple."""
+    CANCELLED = 4
+    """A waiting operation was withdrawn (timeout, cancel or lost connection)."""
+    STALE = 5
+    """A retried event is older than what the process log still remembers."""
+
+    @property
+    def final(self) -> bool:
+        return self is not Status.PENDING
+
+
+@attrs.frozen
+class Completion:
+    """The answer to the operation C{(pid, event)}."""
+
+    pid: int
+    event: int
+    status: Status
+    value: LTuple | None = None
+
+
+class SnapshotError(ValueError):
+    """A snapshot could not be decoded or is inconsistent."""
+
+
+@attrs.define(eq=False)
+class _Process:
+    last: int = -1
+    log: OrderedDict[int, Completion] = attrs.Factory(OrderedDict)
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    serial: int
+    pid: int
+    event: int
+    kind: Kind
+    template: Template
+
+
+class TupleSpace:
+    """
+    A Linda tuple space.
+
+    @param limits: bounds for tuples accepted by L{out}.
+    @param log_limit: how many answers the space remembers per process for retries.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, log_limit: int = 4096) -> None:
+        if log_limit < 1:
+            raise ValueError("log_limit must be at least 1")
+        self.limits = limits
+        self.log_limit = log_limit
+        self._seq = 0
+        self._store: dict[int, tuple[LTuple, tuple[Any, ...]]] = {}
+        self._by_arity: dict[int, OrderedDict[int, None]] = {}
+        self._by_field: dict[tuple[int, int, Any], OrderedDict[int, None]] = {}
+        self._procs: dict[int, _Process] = {}
+        self._waiter_serial = 0
+        self._waiters: dict[tuple[int, int], _Waiter] = {}
+        # Waiters by (arity, key of first field) and, for a non-actual first field, by
+        # arity alone; each bucket is in arrival order.
+        self._waiting_keyed: dict[tuple[int, Any], OrderedDict[tuple[int, int], _Waiter]] = {}
+        self._waiting_wild: dict[int, OrderedDict[tuple[int, int], _Waiter]] = {}
+
+    # -- queries ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def waiting(self) -> int:
+        """How many C{in}/C{rd} operations are waiting."""
+        return len(self._waiters)
+
+    @property
+    def processes(self) -> int:
+        """How many processes the space keeps a log for."""
+        return len(self._procs)
+
+    @property
+    def sequence(self) -> int:
+        """The sequence number the next stored tuple will get, less one."""
+        return self._seq
+
+    def tuples(self) -> Iterator[LTuple]:
+        """The stored tuples, oldest first."""
+        for values, _ in self._store.values():
+            yield values
+
+    def is_pending(self, pid: int, event: int) -> bool:
+        return (pid, event) in self._waiters
+
+    # -- operations ------------------------------------------------------------------
+
+    def out(self, pid: int, event: int, values: LTuple) -> list[Completion]:
+        """
+        Store C{values} (a tuple already validated by L{make_tuple}), or hand it to the
+        first waiters that match.  Returns the C{out}'s own completion first, then the
+        completions of the waiters it satisfied, in the order they were satisfied.
+        """
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return [replay]
+        done = Completion(pid, event, Status.STORED)
+        self._record(pid, event, done)
+        answers = [done]
+        keys = tuple_keys(values)
+        if self._waiters and self._serve_waiters(values, keys, answers):
+            return answers
+        self._store_tuple(values, keys)
+        return answers
+
+    def take(self, pid: int, event: int, kind: Kind, template: Template) -> Completion:
+        """
+        Apply a template operation (C{IN}, C{RD}, C{INP}, C{RDP}).  For C{IN}/C{RD} with no
+        match the answer is C{PENDING} and the operation waits; it completes later in the
+        answers of an L{out} or ends through L{cancel}.
+        """
+        if kind is Kind.OUT:
+            raise ValueError("take() does not apply OUT")
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return replay
+        seq = self._find(template)
+        if seq is not None:
+            values = self._store[seq][0]
+            if kind.removes:
+                self._remove(seq)
+            done = Completion(pid, event, Status.MATCHED, values)
+        elif kind.blocks:
+            self._wait(pid, event, kind, template)
+            proc = self._process(pid)
+            proc.last = max(proc.last, event)
+            return Completion(pid, event, Status.PENDING)
+        else:
+            done = Completion(pid, event, Status.NO_MATCH)
+        self._record(pid, event, done)
+        return done
+
+    def cancel(self, pid: int, event: int) -> Completion | None:
+        """
+        Withdraw the waiting operation C{(pid, event)}.  Returns its C{CANCELLED}
+        completion, or C{None} if it was not waiting (it already completed, or never
+        existed).
+        """
+        w = self._waiters.pop((pid, event), None)
+        if w is None:
+            return None
+        self._unlink_waiter(w)
+        done = Completion(pid, event, Status.CANCELLED)
+        self._record(pid, event, done)
+        return done
+
+    def forget(self, pid: int) -> list[Completion]:
+        """
+        Drop everything the space remembers of process C{pid}: its log and its waiting
+        operations (which are returned as cancelled).
+        """
+        cancelled = [
+            c
+            for (p, e) in [k for k in self._waiters if k[0] == pid]
+            if (c := self.cancel(p, e)) is not None
+        ]
+        self._procs.pop(pid, None)
+        return cancelled
+
+    def trim(self, pid: int, upto: int) -> None:
+        """Forget the logged answers of process C{pid} for events up to C{upto}."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            return
+        log = proc.log
+        while log:
+            first = next(iter(log))
+            if first > upto:
+                break
+            del log[first]
+
+    # -- internals -------------------------------------------------------------------
+
+    def _process(self, pid: int) -> _Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = _Process()
+        return proc
+
+    def _replayed(self, pid: int, event: int) -> Completion | None:
+        proc = self._procs.get(pid)
+        if proc is None or event > proc.last:
+            return None
+        done = proc.log.get(event)
+        if done is not None:
+            # A withdrawn operation had no effect on the space, so a retry of it (the
+            # client reconnected and sent it again) is applied afresh.
+            return done if done.status is not Status.CANCELLED else None
+        if (pid, event) in self._waiters:
+            return Completion(pid, event, Status.PENDING)
+        return Completion(pid, event, Status.STALE)
+
+    def _record(self, pid: int, event: int, done: Completion) -> None:
+        proc = self._process(pid)
+        if event > proc.last:
+            proc.last = event
+        log = proc.log
+        log[event] = done
+        if len(log) > self.log_limit:
+            log.popitem(last=False)
+
+    def _store_tuple(self, values: LTuple, keys: tuple[Any, ...]) -> None:
+        self._seq += 1
+        seq = self._seq
+        arity = len(values)
+        self._store[seq] = (values, keys)
+        bucket = self._by_arity.get(arity)
+        if bucket is None:
+            bucket = self._by_arity[arity] = OrderedDict()
+        bucket[seq] = None
+        by_field = self._by_field
+        for pos, key in enumerate(keys):
+            fk = (arity, pos, key)
+            bucket = by_field.get(fk)
+            if bucket is None:
+                bucket = by_field[fk] = OrderedDict()
+            bucket[seq] = None
+
+    def _remove(self, seq: int) -> None:
+        values, keys = self._store.pop(seq)
+        arity = len(values)
+        bucket = self._by_arity[arity]
+        del bucket[seq]
+        if not bucket:
+            del self._by_arity[arity]
+        by_field = self._by_field
+        for pos, key in enumerate(keys):
+            fk = (arity, pos, key)
+            bucket = by_field[fk]
+            del bucket[seq]
+            if not bucket:
+                del by_field[fk]
+
+    def _find(self, template: Template) -> int | None:
+        arity = template.arity
+        best: OrderedDict[int, None] | None = None
+        for pos, key in template.index_keys:
+            bucket = self._by_field.get((arity, pos, key))
+            if bucket is None:
+                return None
+            if best is None or len(bucket) < len(best):
+                best = bucket
+        if best is None:
+            best = self._by_arity.get(arity)
+            if best is None:
+                return None
+        store = self._store
+        for seq in best:
+            values, keys = store[seq]
+            if template.matches(values, keys):
+                return seq
+        return None
+
+    def _wait(self, pid: int, event: int, kind: Kind, template: Template) -> None:
+        self._waiter_serial += 1
+        w = _Waiter(self._waiter_serial, pid, event, kind, template)
+        self._waiters[(pid, event)] = w
+        bucket = self._waiter_bucket(w, create=True)
+        assert bucket is not None
+        bucket[(pid, event)] = w
+
+    def _waiter_bucket(
+        self, w: _Waiter, create: bool = False
+    ) -> OrderedDict[tuple[int, int], _Waiter] | None:
+        t = w.template
+        first = t.index_keys[0] if t.index_keys else None
+        bucket: OrderedDict[tuple[int, int], _Waiter] | None
+        if first is not None and first[0] == 0:
+            k = (t.arity, first[1])
+            bucket = self._waiting_keyed.get(k)
+            if bucket is None and create:
+                bucket = self._waiting_keyed[k] = OrderedDict()
+        else:
+            bucket = self._waiting_wild.get(t.arity)
+            if bucket is None and create:
+                bucket = self._waiting_wild[t.arity] = OrderedDict()
+        return bucket
+
+    def _unlink_waiter(self, w: _Waiter) -> None:
+        bucket = self._waiter_bucket(w)
+        assert bucket is not None
+        del bucket[(w.pid, w.event)]
+        if not bucket:
+            t = w.template
+            if t.index_keys and t.index_keys[0][0] == 0:
+                del self._waiting_keyed[(t.arity, t.index_keys[0][1])]
+            else:
+                del self._waiting_wild[t.arity]
+
+    def _serve_waiters(
+        self, values: LTuple, keys: tuple[Any, ...], answers: list[Completion]
+    ) -> bool:
+        """
+        Hand a new tuple to matching waiters in arrival order: every C{rd} on the way
+        gets it; the first C{in} takes it.  Returns whether it was taken.
+        """
+        arity = len(values)
+        keyed = self._waiting_keyed.get((arity, keys[0]))
+        wild = self._waiting_wild.get(arity)
+        if keyed is None and wild is None:
+            return False
+        if keyed is None or wild is None:
+            candidates: Any = list((keyed or wild).values())  # type: ignore[union-attr]
+        else:
+            candidates = heapq.merge(
+                list(keyed.values()), list(wild.values()), key=lambda w: w.serial
+            )
+        for w in candidates:
+            if not w.template.matches(values, keys):
+                continue
+            del self._waiters[(w.pid, w.event)]
+            self._unlink_waiter(w)
+            done = Completion(w.pid, w.event, Status.MATCHED, values)
+            self._record(w.pid, w.event, done)
+            answers.append(done)
+            if w.kind.removes:
+                return True
+        return False
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """
+        The replicated state, canonically encoded: the sequence counter, the stored
+        tuples with their sequence numbers, and every process's last event and logged
+        answers.  Waiting operations are not part of it: they belong to the live
+        connection that made them and are re-sent by their client.
+        """
+        procs = [
+            [pid, p.last, [[e, int(c.status), c.value] for e, c in p.log.items()]]
+            for pid, p in sorted(self._procs.items())
+        ]
+        body = [
+            _SNAPSHOT_VERSION,
+            self._seq,
+            [[seq, values] for seq, (values, _) in self._store.items()],
+            procs,
+        ]
+        return packb(body)
+
+    def digest(self) -> str:
+        """A SHA-256 hex digest of L{snapshot}: equal on replicas with equal state."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    @classmethod
+    def restore(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, log_limit: int = 4096
+    ) -> TupleSpace:
+        """
+        Build a space from a L{snapshot}.
+
+        @raise SnapshotError: if C{data} is not a valid snapshot.
+        """
+        try:
+            version, seq, stored, procs = unpackb(data)
+            if version != _SNAPSHOT_VERSION:
+                raise SnapshotError(f"unsupported snapshot version {version!r}")
+            space = cls(limits, log_limit)
+            last_seq = 0
+            for s, values in stored:
+                if type(s) is not int or s <= last_seq or s > seq:
+                    raise SnapshotError(f"tuple sequence number {s!r} out of order")
+                last_seq = s
+                space._seq = s - 1
+                space._store_tuple(make_tuple(values, limits), tuple_keys(values))
+            space._seq = seq
+            for pid, last, log in procs:
+                proc = space._process(pid)
+                proc.last = last
+                for e, status, value in log:
+                    proc.log[e] = Completion(pid, e, Status(status), value)
+        except SnapshotError:
+            raise
+        except (ValueError, TypeError, TupleError) as e:
+            raise SnapshotError(f"malformed snapshot: {e}") from e
+        return space

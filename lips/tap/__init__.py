@@ -1,0 +1,3 @@
+"""
+Service makers, one module per role, named by the plugins in C{twisted/plugins}.
+"""

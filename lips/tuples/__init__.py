@@ -1,0 +1,44 @@
+"""
+Tuples, templates, strict matching and the canonical wire encoding.
+"""
+
+from lips.tuples._codec import packb, unpackb
+from lips.tuples._model import (
+    ANY,
+    DEFAULT_LIMITS,
+    FORMAL_TYPES,
+    Limits,
+    LTuple,
+    Template,
+    TemplateError,
+    TupleError,
+    TupleTooLarge,
+    Value,
+    field_key,
+    formal_by_name,
+    formal_name,
+    make_template,
+    make_tuple,
+    tuple_keys,
+)
+
+__all__ = [
+    "ANY",
+    "DEFAULT_LIMITS",
+    "FORMAL_TYPES",
+    "LTuple",
+    "Limits",
+    "Template",
+    "TemplateError",
+    "TupleError",
+    "TupleTooLarge",
+    "Value",
+    "field_key",
+    "formal_by_name",
+    "formal_name",
+    "make_template",
+    "make_tuple",
+    "packb",
+    "tuple_keys",
+    "unpackb",
+]

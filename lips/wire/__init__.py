@@ -1,0 +1,61 @@
+"""
+The client protocol on the wire: framing and messages (sans-IO).
+"""
+
+from lips.wire._frames import (
+    HEADER,
+    MAGIC,
+    VERSION,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    encode_frame,
+)
+from lips.wire._messages import (
+    Cancel,
+    Cancelled,
+    Error,
+    Hello,
+    Matched,
+    Message,
+    MessageError,
+    NoMatch,
+    Out,
+    Stats,
+    StatsRequest,
+    Stored,
+    Take,
+    TimedOut,
+    Welcome,
+    decode_message,
+    encode_message,
+)
+
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "VERSION",
+    "Cancel",
+    "Cancelled",
+    "Error",
+    "ErrorCode",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "Hello",
+    "Matched",
+    "Message",
+    "MessageError",
+    "NoMatch",
+    "Out",
+    "Stats",
+    "StatsRequest",
+    "Stored",
+    "Take",
+    "TimedOut",
+    "Welcome",
+    "decode_message",
+    "encode_frame",
+    "encode_message",
+]

@@ -1,0 +1,358 @@
+"""
+Messages of the client protocol and their one codec.
+
+Each message is a frozen attrs class with a type code; its body is a msgpack array of
+its fields.  L{decode_message} is the only place that turns untrusted bytes into
+messages: it checks the shape of every body and validates every tuple and template
+against the limits, raising L{MessageError} with a typed L{ErrorCode} otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Final, TypeAlias
+
+import attrs
+
+from lips.space import Kind
+from lips.tuples import (
+    DEFAULT_LIMITS,
+    Limits,
+    LTuple,
+    Template,
+    TemplateError,
+    TupleError,
+    TupleTooLarge,
+    make_template,
+    make_tuple,
+    packb,
+    unpackb,
+)
+from lips.wire._frames import ErrorCode, Frame, encode_frame
+
+__all__ = [
+    "Cancel",
+    "Cancelled",
+    "Error",
+    "Hello",
+    "Matched",
+    "Message",
+    "MessageError",
+    "NoMatch",
+    "Out",
+    "Stats",
+    "StatsRequest",
+    "Stored",
+    "Take",
+    "TimedOut",
+    "Welcome",
+    "decode_message",
+    "encode_message",
+]
+
+
+class MessageError(Exception):
+    """A frame's body is not a valid message; C{code} says how."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- client to server ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    """Opens a session.  C{pid} is the caller's process id, or C{None} to be given one."""
+
+    TYPE: ClassVar[int] = 1
+    pid: int | None
+    name: str
+
+    def fields(self) -> list[Any]:
+        return [self.pid, self.name]
+
+
+@attrs.frozen
+class Out:
+    """Store C{tuple} as the caller's event C{event}."""
+
+    TYPE: ClassVar[int] = 10
+    event: int
+    tuple: LTuple
+
+    def fields(self) -> list[Any]:
+        return [self.event, self.tuple]
+
+
+@attrs.frozen
+class Take:
+    """
+    A template operation (C{kind} is IN, RD, INP or RDP).  C{timeout} in seconds bounds
+    how long an IN or RD may wait; C{None} waits as long as the session lives.
+    """
+
+    kind: Kind
+    event: int
+    template: Template
+    timeout: float | None = None
+
+    @property
+    def TYPE(self) -> int:  # type: ignore[override]
+        return _TAKE_TYPES[self.kind]
+
+    def fields(self) -> list[Any]:
+        return [self.event, self.template.fields, self.timeout]
+
+
+@attrs.frozen
+class Cancel:
+    """Withdraw the waiting request C{target} (a request id of this session)."""
+
+    TYPE: ClassVar[int] = 15
+    target: int
+
+    def fields(self) -> list[Any]:
+        return [self.target]
+
+
+@attrs.frozen
+class StatsRequest:
+    """Ask for the server's counters."""
+
+    TYPE: ClassVar[int] = 16
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+# -- server to client ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Welcome:
+    """The session is open; C{pid} is the caller's process id."""
+
+    TYPE: ClassVar[int] = 2
+    pid: int
+    server: str
+    max_size: int
+
+    def fields(self) -> list[Any]:
+        return [self.pid, self.server, self.max_size]
+
+
+@attrs.frozen
+class Stored:
+    """An C{out} was applied."""
+
+    TYPE: ClassVar[int] = 20
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
+class Matched:
+    """A template operation found C{tuple}."""
+
+    TYPE: ClassVar[int] = 21
+    tuple: LTuple
+
+    def fields(self) -> list[Any]:
+        return [self.tuple]
+
+
+@attrs.frozen
+class NoMatch:
+    """An C{inp} or C{rdp} found nothing."""
+
+    TYPE: ClassVar[int] = 22
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
+class Cancelled:
+    """A waiting request was withdrawn at the caller's request."""
+
+    TYPE: ClassVar[int] = 23
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
+class TimedOut:
+    """A waiting request reached its timeout with nothing matching."""
+
+    TYPE: ClassVar[int] = 24
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
+class Stats:
+    """The server's counters and gauges."""
+
+    TYPE: ClassVar[int] = 25
+    values: dict[str, int | float | str]
+
+    def fields(self) -> list[Any]:
+        return [self.values]
+
+
+@attrs.frozen
+class Error:
+    """A request failed; C{code} says how."""
+
+    TYPE: ClassVar[int] = 30
+    code: ErrorCode
+    message: str
+
+    def fields(self) -> list[Any]:
+        return [int(self.code), self.message]
+
+
+Message: TypeAlias = (
+    Hello
+    | Out
+    | Take
+    | Cancel
+    | StatsRequest
+    | Welcome
+    | Stored
+    | Matched
+    | NoMatch
+    | Cancelled
+    | TimedOut
+    | Stats
+    | Error
+)
+
+_TAKE_TYPES: Final = {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14}
+_KIND_OF_TYPE: Final = {v: k for k, v in _TAKE_TYPES.items()}
+_EMPTY: Final = packb([])
+_MAX_EVENT: Final = 2**63 - 1
+
+
+def encode_message(message: Message, request_id: int) -> bytes:
+    """One frame carrying C{message}."""
+    fields = message.fields()
+    body = packb(fields) if fields else _EMPTY
+    return encode_frame(message.TYPE, request_id, body)
+
+
+def _fail(code: ErrorCode, text: str) -> MessageError:
+    return MessageError(code, text)
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = _MAX_EVENT) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise _fail(ErrorCode.MALFORMED, f"{what} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if type(v) is not str:
+        raise _fail(ErrorCode.MALFORMED, f"{what} must be a string")
+    return v
+
+
+def _tuple(v: Any, limits: Limits, body_size: int) -> LTuple:
+    try:
+        t = make_tuple(v, limits)
+        if body_size > limits.max_size and len(packb(t)) > limits.max_size:
+            raise TupleTooLarge(f"tuple encodes to more than {limits.max_size} bytes")
+    except TupleTooLarge as e:
+        raise _fail(ErrorCode.TOO_LARGE, str(e)) from None
+    except TupleError as e:
+        raise _fail(ErrorCode.BAD_TUPLE, str(e)) from None
+    return t
+
+
+def _template(v: Any, limits: Limits) -> Template:
+    try:
+        return make_template(v, limits)
+    except TemplateError as e:
+        raise _fail(ErrorCode.BAD_TEMPLATE, str(e)) from None
+
+
+def _timeout(v: Any) -> float | None:
+    if v is None:
+        return None
+    if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+        raise _fail(ErrorCode.MALFORMED, "timeout must be a non-negative number of seconds")
+    return float(v)
+
+
+def _fields(body: Any, n: int, name: str) -> tuple[Any, ...]:
+    if type(body) is not tuple or len(body) != n:
+        raise _fail(ErrorCode.MALFORMED, f"{name} body must be an array of {n} fields")
+    return body
+
+
+def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """
+    The message in C{frame}.
+
+    @raise MessageError: if the type is unknown or the body is malformed.
+    """
+    t = frame.type
+    try:
+        body = unpackb(frame.body)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise _fail(ErrorCode.MALFORMED, f"body is not valid msgpack: {e}") from None
+    kind = _KIND_OF_TYPE.get(t)
+    if kind is not None:
+        event, template, timeout = _fields(body, 3, kind.name)
+        return Take(kind, _int(event, "event"), _template(template, limits), _timeout(timeout))
+    if t == Out.TYPE:
+        event, tup = _fields(body, 2, "OUT")
+        return Out(_int(event, "event"), _tuple(tup, limits, len(frame.body)))
+    if t == Hello.TYPE:
+        pid, name = _fields(body, 2, "HELLO")
+        return Hello(None if pid is None else _int(pid, "pid", 1), _str(name, "name"))
+    if t == Cancel.TYPE:
+        (target,) = _fields(body, 1, "CANCEL")
+        return Cancel(_int(target, "target", 0, 2**32 - 1))
+    if t == StatsRequest.TYPE:
+        _fields(body, 0, "STATS")
+        return StatsRequest()
+    if t == Welcome.TYPE:
+        pid, server, max_size = _fields(body, 3, "WELCOME")
+        return Welcome(_int(pid, "pid", 1), _str(server, "server"), _int(max_size, "max_size"))
+    if t == Stored.TYPE:
+        _fields(body, 0, "STORED")
+        return Stored()
+    if t == Matched.TYPE:
+        (tup,) = _fields(body, 1, "MATCHED")
+        return Matched(_tuple(tup, limits, len(frame.body)))
+    if t == NoMatch.TYPE:
+        _fields(body, 0, "NO_MATCH")
+        return NoMatch()
+    if t == Cancelled.TYPE:
+        _fields(body, 0, "CANCELLED")
+        return Cancelled()
+    if t == TimedOut.TYPE:
+        _fields(body, 0, "TIMED_OUT")
+        return TimedOut()
+    if t == Stats.TYPE:
+        (values,) = _fields(body, 1, "STATS")
+        if type(values) is not dict or not all(
+            type(k) is str and type(v) in (int, float, str) for k, v in values.items()
+        ):
+            raise _fail(ErrorCode.MALFORMED, "STATS values must map names to numbers")
+        return Stats(values)
+    if t == Error.TYPE:
+        code, text = _fields(body, 2, "ERROR")
+        try:
+            ecode = ErrorCode(code)
+        except ValueError:
+            ecode = ErrorCode.INTERNAL
+        return Error(ecode, _str(text, "message"))
+    raise _fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {t}")

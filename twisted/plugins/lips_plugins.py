@@ -1,0 +1,12 @@
+"""
+twistd plugins of LiPS: each names a role; its tap module is imported only when used.
+"""
+
+from twisted.application.service import ServiceMaker
+
+lipsMsgServer = ServiceMaker(
+    "LiPS MessageServer", "lips.tap.msgserver", "An application's tuple space.", "lips-msgserver"
+)
+lipsFixServer = ServiceMaker(
+    "LiPS FixServer", "lips.tap.fixserver", "The System Tuple Space.", "lips-fixserver"
+)
