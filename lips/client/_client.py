@@ -20,7 +20,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,10 +36,10 @@ from lips.tuples import (
     packb,
 )
 from lips.wire import (
+    HEADER,
     Cancel,
     Cancelled,
     Error,
-    HEADER,
     Frame,
     FrameDecoder,
     Hello,
@@ -187,7 +187,7 @@ class _ClientProtocol(Protocol):
         assert self.transport is not None
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = reason
         pending, self.pending = self.pending, {}
         for p in pending.values():
@@ -236,11 +236,15 @@ class TupleSpaceClient:
         self._event += 1
         return d.addCallback(_expect, Stored).addCallback(lambda _: None)
 
-    def in_(self, template: Sequence[Any] | Template, timeout: float | None = None) -> defer.Deferred[LTuple]:
+    def in_(
+        self, template: Sequence[Any] | Template, timeout: float | None = None
+    ) -> defer.Deferred[LTuple]:
         """Take the oldest matching tuple out of the space, waiting for one if need be."""
         return self._take(Kind.IN, template, timeout)
 
-    def rd(self, template: Sequence[Any] | Template, timeout: float | None = None) -> defer.Deferred[LTuple]:
+    def rd(
+        self, template: Sequence[Any] | Template, timeout: float | None = None
+    ) -> defer.Deferred[LTuple]:
         """Read the oldest matching tuple, waiting for one if need be."""
         return self._take(Kind.RD, template, timeout)
 
@@ -267,7 +271,9 @@ class TupleSpaceClient:
         protocol.transport.loseConnection()
         return done
 
-    def _take(self, kind: Kind, template: Sequence[Any] | Template, timeout: float | None) -> defer.Deferred[Any]:
+    def _take(
+        self, kind: Kind, template: Sequence[Any] | Template, timeout: float | None
+    ) -> defer.Deferred[Any]:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must not be negative")
         tmpl = make_template(template)

@@ -5,7 +5,7 @@ The TCP adapter of the MessageServer: bytes in, messages to the core, bytes out.
 from __future__ import annotations
 
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -59,7 +59,7 @@ class MessageServerProtocol(Protocol):
                     self.transport.loseConnection()
                     return
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.session is not None:
             self.session.close()
 
@@ -70,7 +70,7 @@ class MessageServerFactory(Factory):
     def __init__(self, server: MessageServer) -> None:
         self.server = server
 
-    def buildProtocol(self, addr: IAddress) -> MessageServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> MessageServerProtocol:
         return MessageServerProtocol(self.server)
 
 

@@ -280,8 +280,7 @@ class TupleSpace:
 
     def _record(self, pid: int, event: int, done: Completion) -> None:
         proc = self._process(pid)
-        if event > proc.last:
-            proc.last = event
+        proc.last = max(proc.last, event)
         log = proc.log
         log[event] = done
         if len(log) > self.log_limit:

@@ -24,7 +24,7 @@ from lips.server import LocalBackend, MessageServer
 from lips.space import TupleSpace
 from lips.tuples import Limits
 
-__all__ = ["ServerOptions", "make_server_service"]
+__all__ = ["ServerOptions", "ServerService", "make_server_service"]
 
 
 def _positive(name: str, lo: int) -> Any:
@@ -51,11 +51,28 @@ class ServerOptions(usage.Options):
         ["name", None, None, "Name of this server (default HOST-ROLE)."],
         ["tls-cert", None, None, "PEM certificate: serve TLS on the --listen endpoint."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
-        ["tls-client-ca", None, None, "PEM CA certificate: require client certificates it signed."],
-        ["max-tuple-size", None, 1 << 20, "Largest encoded tuple, bytes.", _positive("max-tuple-size", 16)],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM CA certificate: require client certificates it signed.",
+        ],
+        [
+            "max-tuple-size",
+            None,
+            1 << 20,
+            "Largest encoded tuple, bytes.",
+            _positive("max-tuple-size", 16),
+        ],
         ["max-arity", None, 64, "Most fields in a tuple.", _positive("max-arity", 1)],
         ["max-depth", None, 8, "Deepest nesting of a tuple.", _positive("max-depth", 1)],
-        ["log-limit", None, 4096, "Answers remembered per process for retries.", _positive("log-limit", 1)],
+        [
+            "log-limit",
+            None,
+            4096,
+            "Answers remembered per process for retries.",
+            _positive("log-limit", 1),
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -109,7 +126,15 @@ def _tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
     )
 
 
-def make_server_service(options: ServerOptions, reactor: Any = None) -> service.MultiService:
+class ServerService(service.MultiService):
+    """A tuple-space server: its listener, and the core it serves (C{core})."""
+
+    def __init__(self, core: MessageServer) -> None:
+        super().__init__()
+        self.core = core
+
+
+def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerService:
     """A MultiService running one tuple-space server as C{options} say."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -118,14 +143,17 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> service.
     limits: Limits = options["limits"]
     space = TupleSpace(limits, options["log-limit"])
     core = MessageServer(
-        LocalBackend(space), reactor, name=options["name"], limits=limits, rng=random.SystemRandom()
+        LocalBackend(space),
+        reactor,
+        name=options["name"],
+        limits=limits,
+        rng=random.SystemRandom(),
     )
     factory = MessageServerFactory(core)
-    top = service.MultiService()
+    top = ServerService(core)
     endpoint = serverFromString(reactor, options["listen"])
     if options["tls"] is not None:
         endpoint = wrapServerTLS(options["tls"], endpoint)
     listener = StreamServerEndpointService(endpoint, factory)
     listener.setServiceParent(top)
-    top.core = core  # type: ignore[attr-defined]
     return top

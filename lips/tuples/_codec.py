@@ -48,7 +48,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def packb(obj: Any) -> bytes:
     """Encode C{obj} (tuples, templates and plain message bodies) canonically."""
-    return msgpack.packb(obj, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=True, default=_default)
 
 
 def unpackb(data: bytes) -> Any:

@@ -183,9 +183,9 @@ _FORMAL: Final = 1  # argument: the exact type
 _NESTED: Final = 2  # argument: the tuple of checks for the nested sequence and its length
 
 
-def _compile(fields: Sequence[Any], depth: int, limits: Limits, where: str) -> tuple[
-    tuple[Any, ...], tuple[tuple[int, int, Any], ...], bool
-]:
+def _compile(
+    fields: Sequence[Any], depth: int, limits: Limits, where: str
+) -> tuple[tuple[Any, ...], tuple[tuple[int, int, Any], ...], bool]:
     """Normalise template fields; return (fields, checks, fully_actual)."""
     norm: list[Any] = []
     checks: list[tuple[int, int, Any]] = []

@@ -100,7 +100,7 @@ class Take:
     timeout: float | None = None
 
     @property
-    def TYPE(self) -> int:  # type: ignore[override]
+    def TYPE(self) -> int:
         return _TAKE_TYPES[self.kind]
 
     def fields(self) -> list[Any]:

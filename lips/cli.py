@@ -1,0 +1,192 @@
+"""
+The C{lips} command line.
+
+    lips out job 1              store ("job", 1)
+    lips in job ?int            take a tuple matching ("job", <int>)
+    lips rd --timeout 5 job ?   read ("job", <anything>), waiting up to 5 s
+    lips inp / rdp ...          the same, answering at once
+    lips stats                  the server's counters
+    lips msgserver [options]    run a MessageServer in the foreground (twistd options)
+    lips fixserver [options]    run a FixServer in the foreground
+
+Each field is a JSON value (C{1}, C{2.5}, C{true}, C{null}, C{"text"}, C{[1, 2]}); a word
+that is not JSON is taken as a string.  In templates C{?int}, C{?float}, C{?str},
+C{?bytes}, C{?bool} are formals and C{?} (or C{?any}) matches anything; a string that
+really starts with C{?} is written with two (C{??what}).  Bytes are written and printed as
+C{{"$bytes": "<base64>"}}.  The server is C{--server} or C{$LIPS_SERVER}, by default
+C{tcp:host=127.0.0.1:port=7010}.
+
+Exit status: 0 done, 1 nothing matched or timed out, 2 bad usage or tuple, 3 the server
+could not be reached or refused the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lips import ANY
+from lips.errors import LipsError, RequestError, Timeout
+from lips.tuples import TupleError, formal_by_name
+
+__all__ = ["format_tuple", "main", "parse_fields"]
+
+DEFAULT_SERVER = "tcp:host=127.0.0.1:port=7010"
+
+
+class FieldError(ValueError):
+    """A command-line field could not be understood."""
+
+
+def _from_json(value: Any, template: bool) -> Any:
+    if isinstance(value, str):
+        if template and value.startswith("?"):
+            return _formal(value)
+        return value[1:] if value.startswith("??") else value
+    if isinstance(value, list):
+        return tuple(_from_json(v, template) for v in value)
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
+            try:
+                return base64.b64decode(value["$bytes"], validate=True)
+            except binascii.Error as e:
+                raise FieldError(f"bad base64 in $bytes: {e}") from None
+        raise FieldError('objects are not values; write bytes as {"$bytes": "<base64>"}')
+    return value
+
+
+def _formal(text: str) -> Any:
+    if text.startswith("??"):
+        return text[1:]
+    name = text[1:]
+    if name in ("", "any"):
+        return ANY
+    try:
+        return formal_by_name(name)
+    except TupleError as e:
+        raise FieldError(str(e)) from None
+
+
+def parse_fields(texts: Sequence[str], template: bool) -> tuple[Any, ...]:
+    """Turn command-line words into the fields of a tuple or template."""
+    fields = []
+    for text in texts:
+        if template and text.startswith("?"):
+            fields.append(_formal(text))
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text  # a bare word is a string
+        fields.append(_from_json(value, template))
+    return tuple(fields)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def format_tuple(values: Sequence[Any]) -> str:
+    """A tuple as one line of JSON."""
+    return json.dumps(_to_json(tuple(values)), ensure_ascii=False)
+
+
+def _run_server(role: str, args: list[str]) -> int:
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", f"lips-{role}", *args]
+    run()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lips",
+        description="LiPS tuple space command line.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-s",
+        "--server",
+        default=os.environ.get("LIPS_SERVER", DEFAULT_SERVER),
+        help="client endpoint of the server (default $LIPS_SERVER or %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    o = sub.add_parser("out", help="store a tuple")
+    o.add_argument("fields", nargs="+")
+    for name, blocking in (("in", True), ("rd", True), ("inp", False), ("rdp", False)):
+        c = sub.add_parser(name, help=f"{name} a tuple matching a template")
+        if blocking:
+            c.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
+        c.add_argument("fields", nargs="+")
+    sub.add_parser("stats", help="print the server's counters")
+    for role in ("msgserver", "fixserver"):
+        r = sub.add_parser(role, help=f"run a {role} in the foreground", add_help=False)
+        r.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    if command in ("msgserver", "fixserver"):
+        return _run_server(command, list(args.args))
+    from lips import blocking
+
+    try:
+        fields = parse_fields(args.fields, template=command != "out") if "fields" in args else ()
+    except FieldError as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 2
+    try:
+        space = blocking.connect(args.server, name=f"lips {command}")
+    except Exception as e:
+        print(f"lips: cannot reach {args.server}: {e}", file=sys.stderr)
+        return 3
+    try:
+        if command == "out":
+            space.out(fields)
+            return 0
+        if command == "stats":
+            for k, v in sorted(space.stats().items()):
+                print(f"{k:32} {v}")
+            return 0
+        if command in ("in", "rd"):
+            op = space.in_ if command == "in" else space.rd
+            print(format_tuple(op(fields, timeout=args.timeout)))
+            return 0
+        found = (space.inp if command == "inp" else space.rdp)(fields)
+        if found is None:
+            print("lips: no matching tuple", file=sys.stderr)
+            return 1
+        print(format_tuple(found))
+        return 0
+    except Timeout:
+        print("lips: timed out with no matching tuple", file=sys.stderr)
+        return 1
+    except TupleError as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 2
+    except (RequestError, LipsError) as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 3
+    finally:
+        with contextlib.suppress(LipsError):
+            space.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

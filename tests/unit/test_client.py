@@ -1,0 +1,255 @@
+"""
+Tests for L{lips.client} and L{lips.protocols}: the client API and the server's TCP
+adapter, paired through in-memory transports under a fake clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from lips import ANY, ConnectionLost, Timeout, TupleError, TupleTooLarge
+from lips.client._client import TIMEOUT_GRACE
+from lips.protocols import MessageServerProtocol
+from lips.server import LocalBackend
+from lips.space import TupleSpace
+from lips.testing import memory_client, memory_server
+from lips.tuples import Limits, packb
+from lips.wire import (
+    HEADER,
+    MAGIC,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Out,
+    Stored,
+    Welcome,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+
+
+class ClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock, seed=3)
+        self.client, self.pump = memory_client(self.server, self.clock)
+        backend = self.server.backend
+        assert isinstance(backend, LocalBackend)
+        self.space: TupleSpace = backend.space
+
+    def test_round_trips(self) -> None:
+        """out, rd, rdp, inp and in_ behave as Linda says, with formals and ANY."""
+        c = self.client
+        for t in [("job", 1), ("job", 2), ("data", b"\x00", (1.5, None), True)]:
+            d = c.out(t)
+            self.pump.flush()
+            self.assertIsNone(self.successResultOf(d))
+        checks = [
+            (c.rd(("job", int)), ("job", 1)),
+            (c.rdp(("data", bytes, (float, ANY), bool)), ("data", b"\x00", (1.5, None), True)),
+            (c.inp(("job", int)), ("job", 1)),
+            (c.in_(("job", ANY)), ("job", 2)),
+            (c.inp(("job", int)), None),
+            (c.rdp(("data", int, ANY, ANY)), None),
+        ]
+        self.pump.flush()
+        for d, expected in checks:
+            self.assertEqual(self.successResultOf(d), expected)
+        self.assertEqual(len(self.space), 1)
+
+    def test_blocking_in_between_clients(self) -> None:
+        """An in_ waits until another client's out gives it a tuple."""
+        other, pump2 = memory_client(self.server, self.clock)
+        d = self.client.in_(("job", int))
+        self.pump.flush()
+        self.assertNoResult(d)
+        other.out(("job", 4))
+        pump2.flush()
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d), ("job", 4))
+
+    def test_timeout(self) -> None:
+        """An in_ with a timeout fails with Timeout and leaves no waiter at the server."""
+        d = self.client.in_(("job", int), timeout=2.0)
+        self.pump.flush()
+        self.clock.advance(2.0)
+        self.pump.flush()
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.space.waiting, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silent_server_guard(self) -> None:
+        """If the server never answers, the client gives up after timeout plus grace."""
+        d = self.client.rd(("job", int), timeout=1.0)  # never pumped to the server
+        self.clock.advance(1.0 + TIMEOUT_GRACE)
+        self.failureResultOf(d, Timeout)
+
+    def test_cancel_withdraws(self) -> None:
+        """Cancelling an in_ Deferred withdraws the waiter at the server."""
+        d = self.client.in_(("job", int))
+        self.pump.flush()
+        self.assertEqual(self.space.waiting, 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.pump.flush()
+        self.assertEqual(self.space.waiting, 0)
+        self.assertEqual(self.server.counters["cancels"], 1)
+
+    def test_late_match_of_cancelled_in_is_put_back(self) -> None:
+        """
+        A tuple taken by an in_ whose caller cancelled while the answer was on its way
+        is put back into the space, so nothing is lost.
+        """
+        other, pump2 = memory_client(self.server, self.clock)
+        d = self.client.in_(("job", int))
+        self.pump.flush()
+        d.cancel()  # the CANCEL is not yet delivered ...
+        other.out(("job", 8))  # ... when another client's out answers the in_
+        pump2.flush()
+        self.assertEqual(len(self.space), 0)
+        self.pump.flush()  # CANCEL arrives (too late), the answer arrives, tuple goes back
+        self.pump.flush()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(list(self.space.tuples()), [("job", 8)])
+
+    def test_connection_lost(self) -> None:
+        """Requests waiting when the connection drops fail with ConnectionLost."""
+        d = self.client.in_(("job", int))
+        self.pump.flush()
+        closed = self.client.close()
+        self.pump.flush()
+        self.successResultOf(closed)
+        self.failureResultOf(d, ConnectionLost)
+        self.assertEqual(self.space.waiting, 0)
+        self.failureResultOf(self.client.rdp(("x",)), ConnectionLost)
+
+    def test_invalid_tuple_raises_at_once(self) -> None:
+        """A tuple or template that is not valid raises before anything is sent."""
+        self.assertRaises(TupleError, self.client.out, ())
+        self.assertRaises(TupleError, self.client.out, ("x", 2**64))
+        self.assertRaises(TupleError, self.client.out, ("x", int))
+        self.assertRaises(TupleError, self.client.in_, ("x", list))
+        self.assertEqual(self.client.event, 0)
+
+    def test_oversize_tuple(self) -> None:
+        """A tuple over the server's size limit raises TupleTooLarge at the client."""
+        server = memory_server(self.clock, limits=Limits(max_size=1024))
+        client, _ = memory_client(server, self.clock)
+        self.assertRaises(TupleTooLarge, client.out, ("x", b"\x00" * 2000))
+        client.out(("x", b"\x00" * 1000))
+
+    def test_stats(self) -> None:
+        """stats() returns the server's counters."""
+        d = self.client.stats()
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d)["hellos"], 1)
+
+    def test_pid_reuse(self) -> None:
+        """A client that brings its pid continues as that process."""
+        c2, _ = memory_client(self.server, self.clock, pid=self.client.pid)
+        self.assertEqual(c2.pid, self.client.pid)
+
+
+class ServerProtocolTests(SynchronousTestCase):
+    """The TCP adapter turns bad bytes into typed errors, counts them, and goes on."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock)
+        self.transport = StringTransport()
+        self.protocol = MessageServerProtocol(self.server)
+        self.protocol.makeConnection(self.transport)
+        self.decoder = FrameDecoder(1 << 22)
+        self.send(encode_message(Hello(None, "raw"), 1))
+        [(_, welcome)] = self.replies()
+        assert isinstance(welcome, Welcome)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def replies(self) -> list[tuple[int, object]]:
+        data = self.transport.value()
+        self.transport.clear()
+        out = []
+        for frame in self.decoder.feed(data):
+            assert isinstance(frame, Frame)
+            out.append((frame.request_id, decode_message(frame)))
+        return out
+
+    def assertError(self, code: ErrorCode, rid: int) -> None:
+        [(got_rid, err)] = self.replies()
+        assert isinstance(err, Error), err
+        self.assertEqual((got_rid, err.code), (rid, code))
+        self.assertEqual(self.server.counters[f"errors.{code.name.lower()}"], 1)
+
+    def assertStillServes(self) -> None:
+        self.send(encode_message(Out(100, ("ok",)), 50))
+        self.assertEqual(self.replies(), [(50, Stored())])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_bad_crc(self) -> None:
+        """A body with a wrong CRC gets BAD_CRC; the stream goes on."""
+        frame = bytearray(encode_message(Out(1, ("x",)), 5))
+        frame[-1] ^= 0xFF
+        self.send(bytes(frame))
+        self.assertError(ErrorCode.BAD_CRC, 5)
+        self.assertStillServes()
+
+    def test_unknown_type(self) -> None:
+        """An unknown message type gets UNKNOWN_TYPE."""
+        self.send(encode_frame(99, 6, packb([])))
+        self.assertError(ErrorCode.UNKNOWN_TYPE, 6)
+        self.assertStillServes()
+
+    def test_malformed_body(self) -> None:
+        """A body that is not msgpack, or not the message's shape, gets MALFORMED."""
+        self.send(encode_frame(Out.TYPE, 7, b"\xc1"))
+        self.assertError(ErrorCode.MALFORMED, 7)
+        self.send(encode_frame(Out.TYPE, 8, packb(["one", ("x",)])))
+        [(rid, err)] = self.replies()
+        assert isinstance(err, Error)
+        self.assertEqual((rid, err.code), (8, ErrorCode.MALFORMED))
+        self.assertStillServes()
+
+    def test_bad_tuple_and_template(self) -> None:
+        """A tuple with a map gets BAD_TUPLE; a template with a bad field BAD_TEMPLATE."""
+        self.send(encode_frame(Out.TYPE, 9, packb([1, ("x", {"a": 1})])))
+        self.assertError(ErrorCode.BAD_TUPLE, 9)
+        self.send(encode_frame(11, 10, packb([2, (), None])))
+        [(rid, err)] = self.replies()
+        assert isinstance(err, Error)
+        self.assertEqual((rid, err.code), (10, ErrorCode.BAD_TEMPLATE))
+        self.assertStillServes()
+
+    def test_bad_magic_closes(self) -> None:
+        """Bad magic loses the framing: an error reply, then the connection closes."""
+        self.send(b"XX" + encode_message(Out(1, ("x",)), 3)[2:])
+        self.assertError(ErrorCode.BAD_MAGIC, 0)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_oversize_closes(self) -> None:
+        """A length over the limit is refused before the body is read, then closed."""
+        header = MAGIC + bytes([1, Out.TYPE]) + (4).to_bytes(4, "big")
+        self.send(header + (1 << 30).to_bytes(4, "big") + b"\x00\x00\x00\x00")
+        self.assertError(ErrorCode.TOO_LARGE, 4)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_byte_at_a_time(self) -> None:
+        """Frames split at every byte boundary are read the same."""
+        data = encode_message(Out(1, ("x", 1)), 2) + encode_message(Out(2, ("y",)), 3)
+        for i in range(len(data)):
+            self.send(data[i : i + 1])
+        self.assertEqual(self.replies(), [(2, Stored()), (3, Stored())])
+        self.assertEqual(HEADER, 16)
+
+    def test_connection_lost_closes_session(self) -> None:
+        """Losing the connection closes the session at the core."""
+        self.protocol.connectionLost()
+        self.assertEqual(self.server.sessions, set())
+        self.assertEqual(self.server.counters["connections_closed"], 1)

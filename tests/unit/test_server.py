@@ -1,0 +1,250 @@
+"""
+Tests for L{lips.server}: the MessageServer core on a local tuple space.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lips.server import LocalBackend, Session
+from lips.space import Kind, TupleSpace
+from lips.testing import memory_server
+from lips.tuples import ANY, make_template
+from lips.wire import (
+    Cancel,
+    Cancelled,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Matched,
+    Message,
+    NoMatch,
+    Out,
+    Stats,
+    StatsRequest,
+    Stored,
+    Take,
+    TimedOut,
+    Welcome,
+    decode_message,
+)
+
+
+class _Wire:
+    """A session's outgoing bytes, decoded."""
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder(1 << 22)
+        self.replies: list[tuple[int, Message]] = []
+
+    def send(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            assert isinstance(frame, Frame), frame
+            self.replies.append((frame.request_id, decode_message(frame)))
+
+    def take(self) -> list[tuple[int, Message]]:
+        out, self.replies = self.replies, []
+        return out
+
+
+def code(message: Message) -> ErrorCode:
+    assert isinstance(message, Error), message
+    return message.code
+
+
+def take(kind: Kind, event: int, *fields: object, timeout: float | None = None) -> Take:
+    return Take(kind, event, make_template(fields), timeout)
+
+
+class MessageServerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock, seed=1)
+        self.space = self.backend_space()
+
+    def backend_space(self) -> TupleSpace:
+        backend = self.server.backend
+        assert isinstance(backend, LocalBackend)
+        return backend.space
+
+    def session(self, pid: int | None = None) -> tuple[Session, _Wire]:
+        wire = _Wire()
+        s = self.server.open_session(wire.send, "test")
+        s.received(Hello(pid, "t"), 1)
+        [(rid, welcome)] = wire.take()
+        assert isinstance(welcome, Welcome) and rid == 1
+        return s, wire
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_hello_assigns_or_keeps_pid(self) -> None:
+        """A HELLO without a pid is given a fresh one; with a pid, that pid is used."""
+        a, _ = self.session()
+        b, _ = self.session(pid=42)
+        self.assertGreater(a.pid, 0)
+        self.assertEqual(b.pid, 42)
+
+    def test_second_hello_refused(self) -> None:
+        """A session says HELLO once; a second one is an UNEXPECTED error."""
+        s, wire = self.session()
+        s.received(Hello(None, "again"), 2)
+        [(rid, err)] = wire.take()
+        self.assertEqual((rid, code(err)), (2, ErrorCode.UNEXPECTED))
+
+    def test_operation_before_hello(self) -> None:
+        """An operation before HELLO gets NOT_READY and changes nothing."""
+        wire = _Wire()
+        s = self.server.open_session(wire.send)
+        s.received(Out(1, ("x",)), 7)
+        [(rid, err)] = wire.take()
+        self.assertIsInstance(err, Error)
+        self.assertEqual((rid, code(err)), (7, ErrorCode.NOT_READY))
+        self.assertEqual(len(self.space), 0)
+        self.assertEqual(self.server.counters["errors.not_ready"], 1)
+
+    def test_out_then_in(self) -> None:
+        """out is answered STORED; in of a matching template gets that tuple."""
+        s, wire = self.session()
+        s.received(Out(1, ("job", 3)), 10)
+        s.received(take(Kind.IN, 2, "job", int), 11)
+        self.assertEqual(wire.take(), [(10, Stored()), (11, Matched(("job", 3)))])
+        self.assertEqual(len(self.space), 0)
+
+    def test_inp_rdp_no_match(self) -> None:
+        """inp and rdp answer NO_MATCH at once when nothing matches."""
+        s, wire = self.session()
+        s.received(take(Kind.INP, 1, "job", int), 2)
+        s.received(take(Kind.RDP, 2, ANY), 3)
+        self.assertEqual(wire.take(), [(2, NoMatch()), (3, NoMatch())])
+
+    def test_blocking_in_woken_by_other_session(self) -> None:
+        """A waiting in is answered when another session's out matches."""
+        a, wa = self.session()
+        b, wb = self.session()
+        a.received(take(Kind.IN, 1, "job", int), 5)
+        self.assertEqual(wa.take(), [])
+        b.received(Out(1, ("job", 9)), 6)
+        self.assertEqual(wa.take(), [(5, Matched(("job", 9)))])
+        self.assertEqual(wb.take(), [(6, Stored())])
+        self.assertEqual(len(self.space), 0)
+
+    def test_timeout_withdraws_waiter(self) -> None:
+        """An in with a timeout answers TIMED_OUT when it expires and leaves no waiter."""
+        s, wire = self.session()
+        s.received(take(Kind.IN, 1, "job", int, timeout=5.0), 3)
+        self.clock.advance(4.9)
+        self.assertEqual(wire.take(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(wire.take(), [(3, TimedOut())])
+        self.assertEqual(self.space.waiting, 0)
+        self.assertEqual(self.server.counters["timeouts"], 1)
+
+    def test_answer_cancels_timer(self) -> None:
+        """An in answered before its timeout leaves no timer behind (checked in tearDown)."""
+        s, wire = self.session()
+        s.received(take(Kind.RD, 1, "job", int, timeout=5.0), 3)
+        s.received(Out(2, ("job", 1)), 4)
+        self.assertEqual(wire.take(), [(4, Stored()), (3, Matched(("job", 1)))])
+        self.assertEqual(len(self.space), 1)
+
+    def test_cancel(self) -> None:
+        """CANCEL of a waiting request answers it CANCELLED and removes the waiter."""
+        s, wire = self.session()
+        s.received(take(Kind.IN, 1, "job", int), 3)
+        s.received(Cancel(3), 4)
+        self.assertEqual(wire.take(), [(3, Cancelled())])
+        self.assertEqual(self.space.waiting, 0)
+
+    def test_cancel_of_answered_request_is_ignored(self) -> None:
+        """CANCEL of a request already answered (or unknown) changes nothing."""
+        s, wire = self.session()
+        s.received(Out(1, ("a",)), 3)
+        s.received(Cancel(3), 4)
+        s.received(Cancel(99), 5)
+        self.assertEqual(wire.take(), [(3, Stored())])
+        self.assertEqual(len(self.space), 1)
+
+    def test_closed_session_withdraws_waiters(self) -> None:
+        """When a session closes, its waiting in no longer consumes tuples."""
+        a, _ = self.session()
+        b, wb = self.session()
+        a.received(take(Kind.IN, 1, "job", int, timeout=30.0), 3)
+        a.close()
+        b.received(Out(1, ("job", 1)), 4)
+        self.assertEqual(wb.take(), [(4, Stored())])
+        self.assertEqual(len(self.space), 1)
+        self.assertEqual(self.space.waiting, 0)
+
+    def test_retry_after_reconnect_is_applied_once(self) -> None:
+        """
+        The same (pid, event) sent again from a new session gets the first answer and
+        is not applied twice.
+        """
+        a, wa = self.session(pid=7)
+        a.received(Out(1, ("job", 1)), 3)
+        a.received(take(Kind.IN, 2, "job", int), 4)
+        a.close()
+        b, wb = self.session(pid=7)
+        b.received(Out(1, ("job", 1)), 30)
+        b.received(take(Kind.IN, 2, "job", int), 31)
+        self.assertEqual(wb.take(), [(30, Stored()), (31, Matched(("job", 1)))])
+        self.assertEqual(len(self.space), 0)
+        self.assertEqual(self.space.sequence, 1)
+
+    def test_retry_of_waiting_request_moves_answer(self) -> None:
+        """A waiting in re-sent from another session is answered there, once."""
+        a, wa = self.session(pid=7)
+        a.received(take(Kind.IN, 1, "job", int), 3)
+        b, wb = self.session(pid=7)
+        b.received(take(Kind.IN, 1, "job", int), 9)
+        c, wc = self.session()
+        c.received(Out(1, ("job", 5)), 2)
+        self.assertEqual(wa.take(), [])
+        self.assertEqual(wb.take(), [(9, Matched(("job", 5)))])
+        a.close()
+        self.assertEqual(self.space.waiting, 0)
+
+    def test_duplicate_request_id(self) -> None:
+        """A request id still waiting in the session cannot be reused."""
+        s, wire = self.session()
+        s.received(take(Kind.IN, 1, "x", int), 3)
+        s.received(Out(2, ("y",)), 3)
+        [(rid, err)] = wire.take()
+        self.assertEqual(code(err), ErrorCode.DUPLICATE_REQUEST)
+        self.assertEqual(len(self.space), 0)
+        s.close()
+
+    def test_stale_event(self) -> None:
+        """An event older than the process log remembers is refused as STALE_EVENT."""
+        self.server = memory_server(self.clock, log_limit=2)
+        s, wire = self.session()
+        for e in range(1, 5):
+            s.received(Out(e, ("x", e)), e)
+        wire.take()
+        s.received(Out(1, ("x", 1)), 9)
+        [(rid, err)] = wire.take()
+        self.assertEqual((rid, code(err)), (9, ErrorCode.STALE_EVENT))
+        self.assertEqual(len(self.backend_space()), 4)
+
+    def test_unexpected_message(self) -> None:
+        """A server-to-client message sent by a client is an UNEXPECTED error."""
+        s, wire = self.session()
+        s.received(Stored(), 4)
+        [(rid, err)] = wire.take()
+        self.assertEqual((rid, code(err)), (4, ErrorCode.UNEXPECTED))
+
+    def test_stats(self) -> None:
+        """STATS reports counters and the space's gauges."""
+        s, wire = self.session()
+        s.received(Out(1, ("x",)), 2)
+        s.received(StatsRequest(), 3)
+        (_, stored), (_, stats) = wire.take()
+        assert isinstance(stats, Stats)
+        self.assertEqual(stats.values["ops.out"], 1)
+        self.assertEqual(stats.values["space.tuples"], 1)
+        self.assertEqual(stats.values["sessions"], 1)
+        self.assertEqual(stats.values["hellos"], 1)
