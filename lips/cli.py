@@ -5,7 +5,7 @@ The C{lips} command line.
     lips in job ?int            take a tuple matching ("job", <int>)
     lips rd --timeout 5 job ?   read ("job", <anything>), waiting up to 5 s
     lips inp / rdp ...          the same, answering at once
-    lips stats                  the server's counters
+    lips status                 a running server's counters
     lips msgserver [options]    run a MessageServer in the foreground (twistd options)
     lips fixserver [options]    run a FixServer in the foreground
 
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         if blocking:
             c.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
         c.add_argument("fields", nargs="+")
-    sub.add_parser("stats", help="print the server's counters")
+    sub.add_parser("status", aliases=["stats"], help="print a running server's counters")
     for role in ("msgserver", "fixserver"):
         r = sub.add_parser(role, help=f"run a {role} in the foreground", add_help=False)
         r.add_argument("args", nargs=argparse.REMAINDER)
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "out":
             space.out(fields)
             return 0
-        if command == "stats":
+        if command in ("status", "stats"):
             for k, v in sorted(space.stats().items()):
                 print(f"{k:32} {v}")
             return 0

@@ -130,7 +130,7 @@ class ServerService(service.MultiService):
     """A tuple-space server: its listener, and the core it serves (C{core})."""
 
     def __init__(self, core: MessageServer) -> None:
-        super().__init__()
+        service.MultiService.__init__(self)
         self.core = core
 
 
@@ -155,5 +155,7 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerSe
     if options["tls"] is not None:
         endpoint = wrapServerTLS(options["tls"], endpoint)
     listener = StreamServerEndpointService(endpoint, factory)
+    # Fail startup (twistd exits non-zero) when the endpoint cannot listen, as strports do.
+    listener._raiseSynchronously = True
     listener.setServiceParent(top)
     return top

@@ -5,6 +5,8 @@ adapter, paired through in-memory transports under a fake clock.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -47,10 +49,10 @@ class ClientTests(SynchronousTestCase):
         """out, rd, rdp, inp and in_ behave as Linda says, with formals and ANY."""
         c = self.client
         for t in [("job", 1), ("job", 2), ("data", b"\x00", (1.5, None), True)]:
-            d = c.out(t)
+            stored = c.out(t)
             self.pump.flush()
-            self.assertIsNone(self.successResultOf(d))
-        checks = [
+            self.assertIsNone(self.successResultOf(stored))
+        checks: list[tuple[defer.Deferred[Any], object]] = [
             (c.rd(("job", int)), ("job", 1)),
             (c.rdp(("data", bytes, (float, ANY), bool)), ("data", b"\x00", (1.5, None), True)),
             (c.inp(("job", int)), ("job", 1)),
@@ -176,7 +178,7 @@ class ServerProtocolTests(SynchronousTestCase):
     def replies(self) -> list[tuple[int, object]]:
         data = self.transport.value()
         self.transport.clear()
-        out = []
+        out: list[tuple[int, object]] = []
         for frame in self.decoder.feed(data):
             assert isinstance(frame, Frame)
             out.append((frame.request_id, decode_message(frame)))

@@ -85,6 +85,7 @@ class MessageServerTests(SynchronousTestCase):
         """A HELLO without a pid is given a fresh one; with a pid, that pid is used."""
         a, _ = self.session()
         b, _ = self.session(pid=42)
+        assert a.pid is not None
         self.assertGreater(a.pid, 0)
         self.assertEqual(b.pid, 42)
 
@@ -184,7 +185,7 @@ class MessageServerTests(SynchronousTestCase):
         The same (pid, event) sent again from a new session gets the first answer and
         is not applied twice.
         """
-        a, wa = self.session(pid=7)
+        a, _wa = self.session(pid=7)
         a.received(Out(1, ("job", 1)), 3)
         a.received(take(Kind.IN, 2, "job", int), 4)
         a.close()
@@ -201,7 +202,7 @@ class MessageServerTests(SynchronousTestCase):
         a.received(take(Kind.IN, 1, "job", int), 3)
         b, wb = self.session(pid=7)
         b.received(take(Kind.IN, 1, "job", int), 9)
-        c, wc = self.session()
+        c, _wc = self.session()
         c.received(Out(1, ("job", 5)), 2)
         self.assertEqual(wa.take(), [])
         self.assertEqual(wb.take(), [(9, Matched(("job", 5)))])
@@ -213,7 +214,7 @@ class MessageServerTests(SynchronousTestCase):
         s, wire = self.session()
         s.received(take(Kind.IN, 1, "x", int), 3)
         s.received(Out(2, ("y",)), 3)
-        [(rid, err)] = wire.take()
+        [(_rid, err)] = wire.take()
         self.assertEqual(code(err), ErrorCode.DUPLICATE_REQUEST)
         self.assertEqual(len(self.space), 0)
         s.close()
@@ -242,7 +243,7 @@ class MessageServerTests(SynchronousTestCase):
         s, wire = self.session()
         s.received(Out(1, ("x",)), 2)
         s.received(StatsRequest(), 3)
-        (_, stored), (_, stats) = wire.take()
+        (_, _stored), (_, stats) = wire.take()
         assert isinstance(stats, Stats)
         self.assertEqual(stats.values["ops.out"], 1)
         self.assertEqual(stats.values["space.tuples"], 1)

@@ -12,7 +12,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.tap import fixserver, msgserver
-from lips.tap._server import make_server_service
+from lips.tap._server import ServerOptions, make_server_service
 
 
 class PluginTests(SynchronousTestCase):
@@ -29,10 +29,10 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTests(SynchronousTestCase):
-    def parse(self, *argv: str, options: type = msgserver.Options) -> msgserver.Options:
+    def parse(self, *argv: str, options: type = msgserver.Options) -> ServerOptions:
         o = options()
         o.parseOptions(list(argv))
-        assert isinstance(o, msgserver.Options | fixserver.Options)
+        assert isinstance(o, ServerOptions)
         return o
 
     def test_defaults(self) -> None:

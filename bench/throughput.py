@@ -1,0 +1,827 @@
+"""
+Out+in round trips through a real MessageServer, against the floor and against Redis.
+
+One invocation measures on this machine, one after the other, at 1 and at 16 concurrent
+clients (C{--clients}):
+
+    lips (lips.client)   a C{twistd -n lips-msgserver} process on loopback; client
+                         processes using L{lips.client}, each iteration being
+                         C{await space.out(("job", i))}, C{await space.in_(("job", int))}
+    lips (frame client)  the same server and the same OUT and IN frames, sent by the
+                         light frame client of the minimal row instead of L{lips.client}:
+                         a diagnostic that leaves out the client library's cost
+    minimal server       C{bench/minimal_server.py}: a Twisted server that reads each
+                         frame with L{lips.wire.FrameDecoder} and answers it at once with a
+                         small frame, no tuple space; the frame client sends it the same
+                         two frames per iteration
+    redis LPUSH+RPOP     C{redis-server}, measured by C{redis-benchmark -t lpush,rpop --csv}
+
+A pair is one out+in (for Redis one LPUSH+RPOP); p50 and p99 are the latency of a whole
+pair, from just before the first request to the second answer.  Each server is a fresh
+process per measurement.  The clients of a measurement are spread over
+C{--client-procs} processes (one for a single client), all started before any begins;
+each warms up for C{--warmup} seconds, then counts the pairs that end within the next
+C{--duration} seconds.  Pairs/s is the sum over the client processes; req/s is twice
+that.  CPU columns are the share of one core the server process, and all client
+processes together, used during the window.
+
+Redis runs LPUSH and then RPOP as separate tests, so its pair rate is computed: a pair
+costs one LPUSH and one RPOP, so pairs/s = 1 / (1/lpush_rps + 1/rpop_rps) (the
+harmonic mean of the two rates, halved).  Its pair p50 and p99 are the sums of the two
+commands' p50 and p99, marked ~ (an estimate: percentiles do not add exactly; for p99
+it overstates).  redis-benchmark is a C client, so that row pays almost nothing on the
+client side, while the other rows run a Python client on the same two cores.
+
+    python bench/throughput.py                 # about 90 s
+    python bench/throughput.py --quick         # a smoke run, about 25 s
+    python bench/throughput.py --duration 10 --systems lips,minimal --clients 16
+    python bench/throughput.py --profile-lips /tmp/prof   # LiPS servers under cProfile
+
+Every server process it starts is stopped before it exits.  The results are also written
+as JSON to C{bench/results/}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+import lips.client
+from lips.space import Kind
+from lips.tuples import make_template
+from lips.wire import (
+    Error,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Out,
+    Take,
+    Welcome,
+    encode_message,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SYSTEMS = ("lips", "lips-raw", "minimal", "redis")
+LABELS = {
+    "lips": "lips (lips.client)",
+    "lips-raw": "lips (frame client)",
+    "minimal": "minimal server",
+    "redis": "redis LPUSH+RPOP",
+}
+TARGET = 0.70
+#: Cores busy with other work during a measurement above which the figures are suspect.
+BUSY = 0.25
+
+
+# -- server processes -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (bind port 0, read it, let it go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process C{pid} has used so far (from /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of proc(5)): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy so far (from /proc/stat)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return math.nan
+    # cpu user nice system idle iowait irq softirq steal ...
+    ticks = [int(x) for x in first[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+@attrs.define
+class Server:
+    """A server process of ours listening on a loopback port."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a process we started: SIGTERM, then SIGKILL if it lingers; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running(name: str, argv: Sequence[str], port: int, logs: Path) -> Iterator[Server]:
+    """Run C{argv}, a server that listens on C{port}, for the duration; always stop it."""
+    log = logs / f"{name}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = Server(name, port, proc, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with status {proc.returncode}:\n{server.tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not listen on port {port} in time") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        stop(proc)
+
+
+def lips_server_argv(port: int, profile: Path | None) -> list[str]:
+    """C{twistd -n --pidfile= lips-msgserver} on C{port}, under cProfile if asked."""
+    script = Path(sys.executable).with_name("twistd")
+    if not script.exists():
+        raise RuntimeError(f"no twistd beside {sys.executable}")
+    prefix = [sys.executable]
+    if profile is not None:
+        prefix += ["-m", "cProfile", "-o", str(profile)]
+    return [
+        *prefix,
+        str(script),
+        *("-n", "--pidfile=", "lips-msgserver"),
+        *("--listen", f"tcp:{port}:interface=127.0.0.1", "--name", "bench"),
+    ]
+
+
+def minimal_server_argv(port: int) -> list[str]:
+    return [sys.executable, str(HERE / "minimal_server.py"), "--port", str(port)]
+
+
+# -- one client process ---------------------------------------------------------------
+
+
+class FrameClient(Protocol):
+    """
+    The light client: one request at a time, sent as a frame; the Deferred fires with
+    the frame that answers it.
+    """
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder((1 << 20) + 4096)
+        self.waiting: defer.Deferred[Frame] | None = None
+        self.request_id = 0
+
+    def request(self, encode: Callable[[int], bytes]) -> defer.Deferred[Frame]:
+        """Send the frame C{encode(request_id)}."""
+        assert self.waiting is None and self.transport is not None
+        self.request_id = self.request_id % 0xFFFFFFFF + 1
+        d: defer.Deferred[Frame] = defer.Deferred()
+        self.waiting = d
+        self.transport.write(encode(self.request_id))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self.decoder.feed(data):
+            d, self.waiting = self.waiting, None
+            if d is None:
+                continue
+            if type(item) is Frame:
+                d.callback(item)
+            else:
+                d.errback(RuntimeError(f"bad frame: {item}"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        d, self.waiting = self.waiting, None
+        if d is not None:
+            d.errback(reason)
+
+
+PairFunction = Callable[[int], Awaitable[None]]
+
+
+async def connect_lips(reactor: Any, port: int, n: int) -> PairFunction:
+    space = await lips.client.connect(
+        reactor, f"tcp:host=127.0.0.1:port={port}", name=f"bench-{n}"
+    )
+
+    async def pair(i: int) -> None:
+        await space.out(("job", i))
+        await space.in_(("job", int))
+
+    return pair
+
+
+async def connect_frames(reactor: Any, port: int, n: int, lips_server: bool) -> PairFunction:
+    protocol = FrameClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    hello = Hello(None, f"bench-{n}")
+    welcome = await protocol.request(lambda rid: encode_message(hello, rid))
+    if lips_server and welcome.type != Welcome.TYPE:
+        raise RuntimeError(f"expected WELCOME, got a frame of type {welcome.type}")
+    template = make_template(("job", int))
+    event = 0
+
+    async def pair(i: int) -> None:
+        nonlocal event
+        out = Out(event + 1, ("job", i))
+        answer = await protocol.request(lambda rid: encode_message(out, rid))
+        take = Take(Kind.IN, event + 2, template)
+        event += 2
+        if answer.type == Error.TYPE:
+            raise RuntimeError(f"OUT failed: {answer.body!r}")
+        answer = await protocol.request(lambda rid: encode_message(take, rid))
+        if answer.type == Error.TYPE:
+            raise RuntimeError(f"IN failed: {answer.body!r}")
+
+    return pair
+
+
+@attrs.define
+class Window:
+    """A client process's measurement window and the pairs that ended in it."""
+
+    start_ns: int
+    end_ns: int
+    latencies_ns: list[int] = attrs.Factory(list)
+
+
+async def run_pairs(pair: PairFunction, window: Window) -> None:
+    """Do pairs until the window closes; record those that end inside it."""
+    clock = time.perf_counter_ns
+    i = 0
+    while True:
+        began = clock()
+        if began >= window.end_ns:
+            return
+        await pair(i)
+        ended = clock()
+        if window.start_ns <= ended <= window.end_ns:
+            window.latencies_ns.append(ended - began)
+        i += 1
+
+
+async def client_process(reactor: Any, args: argparse.Namespace) -> None:
+    """
+    The body of C{throughput.py client}: connect, say C{ready}, wait for a line on
+    stdin, warm up, measure, print C{result <json>}.
+    """
+    from twisted.internet import threads
+
+    pairs: list[PairFunction] = []
+    for n in range(args.clients):
+        if args.system == "lips":
+            pairs.append(await connect_lips(reactor, args.port, n))
+        else:
+            pairs.append(await connect_frames(reactor, args.port, n, args.system == "lips-raw"))
+    print("ready", flush=True)
+    await threads.deferToThread(sys.stdin.readline)
+    start = time.perf_counter_ns() + int(args.warmup * 1e9)
+    window = Window(start, start + int(args.duration * 1e9))
+    marks: list[tuple[float, float]] = []
+
+    def mark() -> None:
+        marks.append((time.process_time(), time.perf_counter()))
+
+    reactor.callLater(args.warmup, mark)
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(run_pairs(pair, window)) for pair in pairs],
+        consumeErrors=True,
+    )
+    # From the window's start to the end of the last pair (each client finishes the pair
+    # it is in when the window closes, so a little past the window's end).
+    mark()
+    (cpu0, wall0), (cpu1, wall1) = marks[0], marks[-1]
+    result = {
+        "latencies_ns": window.latencies_ns,
+        "cpu_share": (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else math.nan,
+    }
+    sys.stdout.write("result " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def client_main(args: argparse.Namespace) -> None:
+    from twisted.internet import task
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(client_process(reactor, args)))
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+@attrs.define
+class Row:
+    """One measurement: a system at a concurrency."""
+
+    system: str
+    clients: int
+    pairs_per_s: float
+    p50_us: float
+    p99_us: float
+    server_cpu: float
+    client_cpu: float
+    machine_busy: float
+    estimated_latency: bool = False
+    detail: dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def other_load(self) -> float:
+        """Cores busy in the window with work neither the server nor the clients did."""
+        return self.machine_busy - self.server_cpu - self.client_cpu
+
+    @property
+    def server_us_per_pair(self) -> float:
+        """Server CPU time per pair: what the server pays, whoever is the bottleneck."""
+        return self.server_cpu / self.pairs_per_s * 1e6 if self.pairs_per_s else math.nan
+
+
+def percentile(ordered: Sequence[int], q: float) -> float:
+    """The nearest-rank C{q}-th percentile of sorted C{ordered}."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def spread(clients: int, procs: int) -> list[int]:
+    """C{clients} over at most C{procs} processes, as evenly as may be."""
+    procs = max(1, min(procs, clients))
+    return [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The next line C{proc} prints, waiting at most C{timeout} seconds."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise RuntimeError("a client process did not answer in time")
+    return proc.stdout.readline()
+
+
+def measure_clients(system: str, server: Server, clients: int, args: argparse.Namespace) -> Row:
+    """Run C{clients} clients of C{system} against C{server}; gather what they saw."""
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for share in spread(clients, args.client_procs):
+            children.append(
+                subprocess.Popen(
+                    [
+                        *(sys.executable, str(Path(__file__).resolve()), "client"),
+                        *("--system", system, "--port", str(server.port)),
+                        *("--clients", str(share), "--warmup", str(args.warmup)),
+                        *("--duration", str(args.duration)),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        for child in children:
+            line = read_line(child, 60)
+            if line.strip() != b"ready":
+                _, err = child.communicate(timeout=10)
+                raise RuntimeError(f"a {system} client failed to start:\n{err.decode()}")
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+        time.sleep(args.warmup)
+        cpu_before, busy_before = server.cpu_seconds(), machine_busy_seconds()
+        time.sleep(args.duration)
+        cpu_after, busy_after = server.cpu_seconds(), machine_busy_seconds()
+        latencies: list[int] = []
+        client_cpu = 0.0
+        for child in children:
+            out, err = child.communicate(timeout=args.warmup + args.duration + 60)
+            lines = [x for x in out.decode().splitlines() if x.startswith("result ")]
+            if child.returncode != 0 or not lines:
+                raise RuntimeError(
+                    f"a {system} client failed (status {child.returncode}):\n{err.decode()}\n"
+                    f"server log:\n{server.tail()}"
+                )
+            result = json.loads(lines[-1].removeprefix("result "))
+            latencies.extend(result["latencies_ns"])
+            client_cpu += result["cpu_share"]
+    finally:
+        for child in children:
+            stop(child)
+    latencies.sort()
+    return Row(
+        system=system,
+        clients=clients,
+        pairs_per_s=len(latencies) / args.duration,
+        p50_us=percentile(latencies, 50) / 1000,
+        p99_us=percentile(latencies, 99) / 1000,
+        server_cpu=(cpu_after - cpu_before) / args.duration,
+        client_cpu=client_cpu,
+        machine_busy=(busy_after - busy_before) / args.duration,
+        detail={
+            "pairs": len(latencies),
+            "client_processes": len(children),
+            "mean_us": sum(latencies) / len(latencies) / 1000 if latencies else math.nan,
+        },
+    )
+
+
+def measure_twisted(
+    system: str, clients: int, args: argparse.Namespace, logs: Path
+) -> tuple[Row, Path | None]:
+    """Start a fresh server for C{system}, measure C{clients} clients, stop it."""
+    port = free_port()
+    profile = None
+    if system == "minimal":
+        argv = minimal_server_argv(port)
+    else:
+        if args.profile_lips is not None:
+            profile = args.profile_lips / f"{system}-c{clients}.prof"
+        argv = lips_server_argv(port, profile)
+    with running(system, argv, port, logs) as server:
+        row = measure_clients(system, server, clients, args)
+    return row, profile
+
+
+# -- redis ----------------------------------------------------------------------------
+
+
+def find_redis() -> tuple[str, str] | None:
+    """redis-server and redis-benchmark, installed with apt-get if need be and allowed."""
+    server, bench = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    if server and bench:
+        return server, bench
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("redis: redis-server is not installed and this is not root: peer skipped")
+        return None
+    print("redis: installing the Debian package redis-server (apt-get install -y) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "redis-server"]
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+        done = subprocess.run(install, env=env, capture_output=True, check=False)
+        if done.returncode != 0:
+            print(f"redis: apt-get failed, peer skipped:\n{done.stderr.decode()[-2000:]}")
+            return None
+    server, bench = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    if not (server and bench):
+        print("redis: redis-server or redis-benchmark still missing: peer skipped")
+        return None
+    return server, bench
+
+
+def redis_benchmark(bench: str, port: int, clients: int, n: int) -> dict[str, dict[str, float]]:
+    """Run LPUSH and RPOP; their rows of redis-benchmark's CSV, by test name."""
+    argv = [
+        *(bench, "-h", "127.0.0.1", "-p", str(port), "-t", "lpush,rpop"),
+        *("-n", str(n), "-c", str(clients), "--csv", "--precision", "3"),
+    ]
+    done = subprocess.run(argv, capture_output=True, check=True, timeout=600)
+    rows: dict[str, dict[str, float]] = {}
+    for record in csv.DictReader(io.StringIO(done.stdout.decode())):
+        rows[record["test"].upper()] = {k: float(v) for k, v in record.items() if k != "test"}
+    if set(rows) != {"LPUSH", "RPOP"}:
+        raise RuntimeError(f"unexpected redis-benchmark output:\n{done.stdout.decode()}")
+    return rows
+
+
+def measure_redis(
+    server_exe: str, bench: str, clients: int, args: argparse.Namespace, logs: Path
+) -> Row:
+    port = free_port()
+    argv = [
+        *(server_exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *("--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"),
+    ]
+    with running("redis", argv, port, logs) as server:
+        # A short run warms up and tells how many requests fill --duration per test.
+        trial = redis_benchmark(bench, port, clients, 2_000 if args.quick else 20_000)
+        rate = min(r["rps"] for r in trial.values())
+        n = max(1_000, int(rate * args.duration))
+        cpu_before, busy_before = server.cpu_seconds(), machine_busy_seconds()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        began = time.monotonic()
+        rows = redis_benchmark(bench, port, clients, n)
+        elapsed = time.monotonic() - began
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_after, busy_after = server.cpu_seconds(), machine_busy_seconds()
+    push, pop = rows["LPUSH"], rows["RPOP"]
+    bench_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    return Row(
+        system="redis",
+        clients=clients,
+        pairs_per_s=1 / (1 / push["rps"] + 1 / pop["rps"]),
+        p50_us=(push["p50_latency_ms"] + pop["p50_latency_ms"]) * 1000,
+        p99_us=(push["p99_latency_ms"] + pop["p99_latency_ms"]) * 1000,
+        server_cpu=(cpu_after - cpu_before) / elapsed,
+        client_cpu=bench_cpu / elapsed,
+        machine_busy=(busy_after - busy_before) / elapsed,
+        estimated_latency=True,
+        detail={"requests_per_test": n, "LPUSH": push, "RPOP": pop},
+    )
+
+
+# -- reporting ------------------------------------------------------------------------
+
+
+def ratio(a: Row | None, b: Row | None) -> str:
+    if a is None or b is None or not b.pairs_per_s:
+        return "-"
+    return f"{a.pairs_per_s / b.pairs_per_s:.0%}"
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        f"{'system':<20} {'clients':>7} {'pairs/s':>9} {'ops/s':>9} {'p50 µs':>8} "
+        f"{'p99 µs':>8} {'srv CPU':>8} {'srv µs/pair':>11} {'cli CPU':>8} {'other':>6} "
+        f"{'/minimal':>9} {'/redis':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    by = {(r.system, r.clients): r for r in rows}
+    for clients in sorted({r.clients for r in rows}):
+        for system in SYSTEMS:
+            r = by.get((system, clients))
+            if r is None:
+                continue
+            mark = "~" if r.estimated_latency else ""
+            lines.append(
+                f"{LABELS[system]:<20} {clients:>7} {r.pairs_per_s:>9,.0f} "
+                f"{2 * r.pairs_per_s:>9,.0f} {mark + f'{r.p50_us:.0f}':>8} "
+                f"{mark + f'{r.p99_us:.0f}':>8} {r.server_cpu:>8.0%} "
+                f"{r.server_us_per_pair:>11.1f} {r.client_cpu:>8.0%} {r.other_load:>6.0%} "
+                f"{ratio(r, by.get(('minimal', clients))) if system != 'minimal' else '':>9} "
+                f"{ratio(r, by.get(('redis', clients))) if system != 'redis' else '':>7}"
+            )
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    by = {(r.system, r.clients): r for r in rows}
+    out = []
+    for clients in sorted({r.clients for r in rows}):
+        floor = by.get(("minimal", clients))
+        if floor is None:
+            continue
+        for system in ("lips", "lips-raw"):
+            r = by.get((system, clients))
+            if r is None:
+                continue
+            share = r.pairs_per_s / floor.pairs_per_s
+            verdict = "meets" if share >= TARGET else "is below"
+            capacity = floor.server_us_per_pair / r.server_us_per_pair
+            out.append(
+                f"{LABELS[system]}, {clients} client(s): {share:.0%} of the minimal server's "
+                f"pairs/s ({verdict} the {TARGET:.0%} target); server CPU per pair "
+                f"{r.server_us_per_pair:.1f} µs against {floor.server_us_per_pair:.1f} µs, "
+                f"so with the server as the bottleneck: {capacity:.0%}"
+            )
+    return out
+
+
+def print_profile(path: Path, top: int) -> None:
+    print(f"\n== cProfile of the LiPS server: {path} (top {top} by own time) ==")
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(out.getvalue().split("\n", 1)[1] if "\n" in out.getvalue() else out.getvalue())
+
+
+def _finite(value: Any) -> Any:
+    """C{value} with NaN (a figure that could not be measured) as C{None}, for JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def save(result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "role", nargs="?", choices=["bench", "client"], default="bench", help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds measured per system and concurrency (default 5)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of warm-up before each measurement (default 1)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 s measurements, 0.3 s warm-up"
+    )
+    p.add_argument(
+        "--clients", default="1,16", help="comma-separated concurrency levels (default 1,16)"
+    )
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="client processes a concurrency level is spread over (default 2)",
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated subset of {','.join(SYSTEMS)}",
+    )
+    p.add_argument(
+        "--profile-lips",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the LiPS servers under cProfile, save the profiles in DIR "
+        "and print them (the LiPS figures are then not comparable)",
+    )
+    # For the client processes this script starts.
+    p.add_argument("--system", choices=SYSTEMS[:3], help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 1.0 if args.quick else 5.0
+    if args.warmup is None:
+        args.warmup = 0.3 if args.quick else 1.0
+    if args.duration <= 0 or args.warmup < 0 or args.client_procs < 1:
+        p.error("--duration must be positive, --warmup not negative, --client-procs >= 1")
+    if args.role == "client":
+        args.clients = int(args.clients)
+        return args
+    try:
+        args.levels = sorted({int(c) for c in args.clients.split(",")})
+    except ValueError:
+        p.error("--clients takes comma-separated integers")
+    if not args.levels or min(args.levels) < 1:
+        p.error("--clients must be at least 1")
+    args.chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.chosen) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.role == "client":
+        client_main(args)
+        return 0
+    if args.profile_lips is not None:
+        args.profile_lips.mkdir(parents=True, exist_ok=True)
+        args.profile_lips = args.profile_lips.resolve()
+    print(
+        f"throughput: {args.duration:g} s per measurement after {args.warmup:g} s of "
+        f"warm-up; clients {', '.join(map(str, args.levels))}; "
+        f"up to {args.client_procs} client processes; {os.cpu_count()} cores"
+    )
+    if args.profile_lips is not None:
+        print("LiPS servers run under cProfile: their figures are slowed down by it.")
+    before = machine_busy_seconds()
+    time.sleep(1)
+    idle_load = machine_busy_seconds() - before
+    print(f"machine load before starting: {idle_load:.0%} of a core")
+    if idle_load > BUSY:
+        print("WARNING: the machine is busy with other work: these figures will be noisy.")
+    redis = find_redis() if "redis" in args.chosen else None
+    rows: list[Row] = []
+    profiles: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="lips-bench-") as tmp:
+        logs = Path(tmp)
+        for clients in args.levels:
+            for system in SYSTEMS:
+                if system not in args.chosen:
+                    continue
+                if system == "redis":
+                    if redis is None:
+                        continue
+                    row = measure_redis(*redis, clients, args, logs)
+                else:
+                    row, profile = measure_twisted(system, clients, args, logs)
+                    if profile is not None:
+                        profiles.append(profile)
+                rows.append(row)
+                print(
+                    f"  {LABELS[system]:<20} {clients:>3} clients: "
+                    f"{row.pairs_per_s:>9,.0f} pairs/s",
+                    flush=True,
+                )
+    print()
+    print(table(rows))
+    print()
+    print(
+        "pairs/s: out+in round trips per second (redis: LPUSH+RPOP pairs, computed as\n"
+        "1/(1/lpush_rps + 1/rpop_rps)); ops/s = 2 x pairs/s; p50/p99: latency of a pair\n"
+        "(~ redis: sum of the two commands' percentiles); CPU: share of one core in the\n"
+        "window (server process; all client processes; other: the rest of the machine's\n"
+        "busy time, kernel work not charged to a process included); srv µs/pair: server\n"
+        "CPU per pair; /minimal, /redis: pairs/s relative to that row, same concurrency."
+    )
+    busiest = max((r.other_load for r in rows), default=0.0)
+    if busiest > BUSY:
+        print(
+            f"WARNING: up to {busiest:.0%} of a core was busy with other work during a\n"
+            "measurement: the machine is shared, and these figures are not reliable."
+        )
+    for line in verdicts(rows):
+        print(line)
+    for r in rows:
+        if r.system == "redis":
+            push, pop = r.detail["LPUSH"], r.detail["RPOP"]
+            print(
+                f"redis at {r.clients} client(s): LPUSH {push['rps']:,.0f} req/s "
+                f"(p50 {push['p50_latency_ms'] * 1000:.0f} µs, p99 "
+                f"{push['p99_latency_ms'] * 1000:.0f} µs), RPOP {pop['rps']:,.0f} req/s "
+                f"(p50 {pop['p50_latency_ms'] * 1000:.0f} µs, p99 "
+                f"{pop['p99_latency_ms'] * 1000:.0f} µs)"
+            )
+    for path in profiles:
+        print_profile(path, 30)
+    saved = save(
+        {
+            "benchmark": "throughput",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": sys.version,
+            "machine": platform.platform(),
+            "cores": os.cpu_count(),
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "client_procs": args.client_procs,
+            "profiled": args.profile_lips is not None,
+            "rows": [
+                {**attrs.asdict(r), "server_us_per_pair": r.server_us_per_pair} for r in rows
+            ],
+        }
+    )
+    print(f"\nresults: {saved}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
