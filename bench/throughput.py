@@ -374,6 +374,15 @@ class Row:
     machine_busy: float
     estimated_latency: bool = False
     detail: dict[str, Any] = attrs.Factory(dict)
+    runs: list[float] = attrs.Factory(list)
+    """The pairs/s of every run, when this row is the median of several."""
+
+    @property
+    def spread(self) -> float:
+        """(highest - lowest) / this run's pairs/s, over the runs."""
+        if len(self.runs) < 2 or not self.pairs_per_s:
+            return math.nan
+        return (max(self.runs) - min(self.runs)) / self.pairs_per_s
 
     @property
     def other_load(self) -> float:
@@ -384,6 +393,14 @@ class Row:
     def server_us_per_pair(self) -> float:
         """Server CPU time per pair: what the server pays, whoever is the bottleneck."""
         return self.server_cpu / self.pairs_per_s * 1e6 if self.pairs_per_s else math.nan
+
+
+def median_row(runs: list[Row]) -> Row:
+    """The run with the median pairs/s (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r.pairs_per_s)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.runs = [r.pairs_per_s for r in runs]
+    return chosen
 
 
 def percentile(ordered: Sequence[int], q: float) -> float:
@@ -476,7 +493,7 @@ def measure_clients(system: str, server: Server, clients: int, args: argparse.Na
 
 
 def measure_twisted(
-    system: str, clients: int, args: argparse.Namespace, logs: Path
+    system: str, clients: int, args: argparse.Namespace, logs: Path, run: int
 ) -> tuple[Row, Path | None]:
     """Start a fresh server for C{system}, measure C{clients} clients, stop it."""
     port = free_port()
@@ -485,7 +502,7 @@ def measure_twisted(
         argv = minimal_server_argv(port)
     else:
         if args.profile_lips is not None:
-            profile = args.profile_lips / f"{system}-c{clients}.prof"
+            profile = args.profile_lips / f"{system}-c{clients}-run{run}.prof"
         argv = lips_server_argv(port, profile)
     with running(system, argv, port, logs) as server:
         row = measure_clients(system, server, clients, args)
@@ -585,7 +602,7 @@ def table(rows: list[Row]) -> str:
     head = (
         f"{'system':<20} {'clients':>7} {'pairs/s':>9} {'ops/s':>9} {'p50 µs':>8} "
         f"{'p99 µs':>8} {'srv CPU':>8} {'srv µs/pair':>11} {'cli CPU':>8} {'other':>6} "
-        f"{'/minimal':>9} {'/redis':>7}"
+        f"{'spread':>7} {'/minimal':>9} {'/redis':>7}"
     )
     lines = [head, "-" * len(head)]
     by = {(r.system, r.clients): r for r in rows}
@@ -600,6 +617,7 @@ def table(rows: list[Row]) -> str:
                 f"{2 * r.pairs_per_s:>9,.0f} {mark + f'{r.p50_us:.0f}':>8} "
                 f"{mark + f'{r.p99_us:.0f}':>8} {r.server_cpu:>8.0%} "
                 f"{r.server_us_per_pair:>11.1f} {r.client_cpu:>8.0%} {r.other_load:>6.0%} "
+                f"{'-' if math.isnan(r.spread) else f'{r.spread:.0%}':>7} "
                 f"{ratio(r, by.get(('minimal', clients))) if system != 'minimal' else '':>9} "
                 f"{ratio(r, by.get(('redis', clients))) if system != 'redis' else '':>7}"
             )
@@ -678,6 +696,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of warm-up before each measurement (default 1)",
     )
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs of every measurement, the median reported (default 3; 1 with --quick "
+        "or --profile-lips)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="smoke run: 1 s measurements, 0.3 s warm-up"
     )
     p.add_argument(
@@ -708,10 +733,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 1.0 if args.quick else 5.0
+    if args.repeat is None:
+        args.repeat = 1 if args.quick or args.profile_lips is not None else 3
     if args.warmup is None:
         args.warmup = 0.3 if args.quick else 1.0
-    if args.duration <= 0 or args.warmup < 0 or args.client_procs < 1:
-        p.error("--duration must be positive, --warmup not negative, --client-procs >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.client_procs < 1 or args.repeat < 1:
+        p.error(
+            "--duration must be positive, --warmup not negative, "
+            "--client-procs and --repeat at least 1"
+        )
     if args.role == "client":
         args.clients = int(args.clients)
         return args
@@ -750,28 +780,32 @@ def main(argv: list[str] | None = None) -> int:
     if idle_load > BUSY:
         print("WARNING: the machine is busy with other work: these figures will be noisy.")
     redis = find_redis() if "redis" in args.chosen else None
-    rows: list[Row] = []
+    runs: dict[tuple[str, int], list[Row]] = {}
     profiles: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="lips-bench-") as tmp:
         logs = Path(tmp)
-        for clients in args.levels:
-            for system in SYSTEMS:
-                if system not in args.chosen:
-                    continue
-                if system == "redis":
-                    if redis is None:
+        # Round-robin, so that a passing load on the machine falls on every system alike.
+        for run in range(1, args.repeat + 1):
+            for clients in args.levels:
+                for system in SYSTEMS:
+                    if system not in args.chosen:
                         continue
-                    row = measure_redis(*redis, clients, args, logs)
-                else:
-                    row, profile = measure_twisted(system, clients, args, logs)
-                    if profile is not None:
-                        profiles.append(profile)
-                rows.append(row)
-                print(
-                    f"  {LABELS[system]:<20} {clients:>3} clients: "
-                    f"{row.pairs_per_s:>9,.0f} pairs/s",
-                    flush=True,
-                )
+                    if system == "redis":
+                        if redis is None:
+                            continue
+                        row = measure_redis(*redis, clients, args, logs)
+                    else:
+                        row, profile = measure_twisted(system, clients, args, logs, run)
+                        if profile is not None:
+                            profiles.append(profile)
+                    runs.setdefault((system, clients), []).append(row)
+                    print(
+                        f"  run {run}/{args.repeat}  {LABELS[system]:<20} {clients:>3} "
+                        f"clients: {row.pairs_per_s:>9,.0f} pairs/s  "
+                        f"(other load {row.other_load:.0%} of a core)",
+                        flush=True,
+                    )
+    rows = [median_row(r) for r in runs.values()]
     print()
     print(table(rows))
     print()
@@ -781,7 +815,9 @@ def main(argv: list[str] | None = None) -> int:
         "(~ redis: sum of the two commands' percentiles); CPU: share of one core in the\n"
         "window (server process; all client processes; other: the rest of the machine's\n"
         "busy time, kernel work not charged to a process included); srv µs/pair: server\n"
-        "CPU per pair; /minimal, /redis: pairs/s relative to that row, same concurrency."
+        "CPU per pair; spread: (best - worst) / median pairs/s over the runs; each row is\n"
+        "the run with the median pairs/s; /minimal, /redis: pairs/s relative to that row\n"
+        "at the same concurrency."
     )
     busiest = max((r.other_load for r in rows), default=0.0)
     if busiest > BUSY:
@@ -812,10 +848,21 @@ def main(argv: list[str] | None = None) -> int:
             "cores": os.cpu_count(),
             "duration": args.duration,
             "warmup": args.warmup,
+            "repeat": args.repeat,
             "client_procs": args.client_procs,
             "profiled": args.profile_lips is not None,
             "rows": [
-                {**attrs.asdict(r), "server_us_per_pair": r.server_us_per_pair} for r in rows
+                {
+                    **attrs.asdict(r),
+                    "server_us_per_pair": r.server_us_per_pair,
+                    "other_load": r.other_load,
+                }
+                for r in rows
+            ],
+            "all_runs": [
+                {**attrs.asdict(r), "server_us_per_pair": r.server_us_per_pair}
+                for rs in runs.values()
+                for r in rs
             ],
         }
     )

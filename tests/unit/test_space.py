@@ -1,0 +1,834 @@
+"""
+Tests for L{lips.space}: the deterministic tuple space, checked by examples and against
+a naive reference model.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
+from lips.tuples import (
+    ANY,
+    FORMAL_TYPES,
+    LTuple,
+    Template,
+    make_template,
+    make_tuple,
+    packb,
+    unpackb,
+)
+from tests.unit.test_tuples import PROPERTIES, naive_match, strict_equal
+
+TAKES = (Kind.IN, Kind.RD, Kind.INP, Kind.RDP)
+
+
+def t(*fields: Any) -> Template:
+    return make_template(fields)
+
+
+def done(pid: int, event: int, status: Status, value: LTuple | None = None) -> Completion:
+    return Completion(pid, event, status, value)
+
+
+# -- the naive reference model ------------------------------------------------------
+
+
+@attrs.define
+class _ModelWaiter:
+    pid: int
+    event: int
+    kind: Kind
+    fields: tuple[Any, ...]
+
+
+@attrs.define
+class _ModelProcess:
+    last: int = -1
+    log: dict[int, Completion] = attrs.Factory(dict)
+
+
+class ModelSpace:
+    """
+    The tuple space as its documentation describes it, as plainly as possible: stored
+    tuples in a list scanned from the oldest, waiters in a list in arrival order,
+    matching by L{naive_match}, and per process a dict of answers (in the order they
+    were given) of which only the last C{log_limit} are remembered.
+    """
+
+    def __init__(self, log_limit: int) -> None:
+        self.log_limit = log_limit
+        self.seq = 0
+        self.stored: list[tuple[int, LTuple]] = []
+        self.waiters: list[_ModelWaiter] = []
+        self.procs: dict[int, _ModelProcess] = {}
+
+    def _pending(self, pid: int, event: int) -> _ModelWaiter | None:
+        for w in self.waiters:
+            if (w.pid, w.event) == (pid, event):
+                return w
+        return None
+
+    def _replayed(self, pid: int, event: int) -> Completion | None:
+        """The answer to a retry, or None if the operation is to be applied."""
+        proc = self.procs.get(pid)
+        if proc is None or event > proc.last:
+            return None
+        if self._pending(pid, event) is not None:
+            return done(pid, event, Status.PENDING)
+        answer = proc.log.get(event)
+        if answer is None:
+            return done(pid, event, Status.STALE)
+        if answer.status is Status.CANCELLED:
+            return None
+        return answer
+
+    def _record(self, answer: Completion) -> None:
+        proc = self.procs.setdefault(answer.pid, _ModelProcess())
+        proc.last = max(proc.last, answer.event)
+        proc.log[answer.event] = answer
+        if len(proc.log) > self.log_limit:
+            del proc.log[next(iter(proc.log))]
+
+    def out(self, pid: int, event: int, values: LTuple) -> list[Completion]:
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return [replay]
+        answers = [done(pid, event, Status.STORED)]
+        self._record(answers[0])
+        for w in list(self.waiters):
+            if naive_match(w.fields, values):
+                self.waiters.remove(w)
+                answers.append(done(w.pid, w.event, Status.MATCHED, values))
+                self._record(answers[-1])
+                if w.kind in (Kind.IN, Kind.INP):
+                    return answers
+        self.seq += 1
+        self.stored.append((self.seq, values))
+        return answers
+
+    def take(self, pid: int, event: int, kind: Kind, fields: tuple[Any, ...]) -> Completion:
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return replay
+        for i, (_, values) in enumerate(self.stored):
+            if naive_match(fields, values):
+                if kind in (Kind.IN, Kind.INP):
+                    del self.stored[i]
+                answer = done(pid, event, Status.MATCHED, values)
+                break
+        else:
+            if kind in (Kind.IN, Kind.RD):
+                self.waiters.append(_ModelWaiter(pid, event, kind, fields))
+                proc = self.procs.setdefault(pid, _ModelProcess())
+                proc.last = max(proc.last, event)
+                return done(pid, event, Status.PENDING)
+            answer = done(pid, event, Status.NO_MATCH)
+        self._record(answer)
+        return answer
+
+    def cancel(self, pid: int, event: int) -> Completion | None:
+        w = self._pending(pid, event)
+        if w is None:
+            return None
+        self.waiters.remove(w)
+        answer = done(pid, event, Status.CANCELLED)
+        self._record(answer)
+        return answer
+
+    def forget(self, pid: int) -> list[Completion]:
+        mine = [w for w in self.waiters if w.pid == pid]
+        answers = [a for w in mine if (a := self.cancel(w.pid, w.event)) is not None]
+        self.procs.pop(pid, None)
+        return answers
+
+    def trim(self, pid: int, upto: int) -> None:
+        proc = self.procs.get(pid)
+        if proc is not None:
+            proc.log = {e: a for e, a in proc.log.items() if e > upto}
+
+    def snapshot_body(self) -> tuple[Any, ...]:
+        """What the space's snapshot must decode to, after its version number."""
+        return (
+            self.seq,
+            tuple((seq, values) for seq, values in self.stored),
+            tuple(
+                (
+                    pid,
+                    p.last,
+                    tuple((e, int(a.status), a.value) for e, a in p.log.items()),
+                )
+                for pid, p in sorted(self.procs.items())
+            ),
+        )
+
+
+# -- operations, for the model and for random sequences -----------------------------
+
+#: A small alphabet, so that random templates often match random tuples.
+SMALL: list[Any] = [0, 1, True, False, 1.0, 0.0, -0.0, float("nan"), "a", b"a", None, (0,), ()]
+PATTERNS: list[Any] = [*SMALL, *FORMAL_TYPES, *FORMAL_TYPES, ANY, ANY, ANY, (int,), (ANY,)]
+
+small_tuples = st.lists(st.sampled_from(SMALL), min_size=1, max_size=3).map(tuple)
+small_templates = st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3).map(tuple)
+pids = st.integers(1, 3)
+# How far back from the process's next event an operation's event is: mostly 0 (a new
+# event), sometimes a retry of an earlier one, sometimes -1 (skipping an event).
+backs = st.one_of(st.just(0), st.integers(-1, 5))
+
+
+def same_completion(a: Completion | None, b: Completion | None) -> bool:
+    """Completions equal under strict matching (Completion's own == says 1 == True)."""
+    if a is None or b is None:
+        return a is b
+    return (a.pid, a.event, a.status) == (b.pid, b.event, b.status) and strict_equal(
+        a.value, b.value
+    )
+
+
+def same_completions(a: list[Completion], b: list[Completion]) -> bool:
+    return len(a) == len(b) and all(same_completion(x, y) for x, y in zip(a, b, strict=True))
+
+
+Op = tuple[Any, ...]
+
+
+def random_op(rng: random.Random, next_event: dict[int, int]) -> Op:
+    """One random operation, with a plausible mix of new events, retries and skips."""
+    pid = rng.randint(1, 3)
+    back = 0 if rng.random() < 0.6 else rng.randint(-1, 5)
+    event = max(1, next_event.get(pid, 0) + 1 - back)
+    next_event[pid] = max(next_event.get(pid, 0), event)
+    roll = rng.random()
+    if roll < 0.4:
+        size = rng.randint(1, 3)
+        return ("out", pid, event, tuple(rng.choice(SMALL) for _ in range(size)))
+    if roll < 0.8:
+        size = rng.randint(1, 3)
+        fields = tuple(rng.choice(PATTERNS) for _ in range(size))
+        return ("take", pid, event, rng.choice(TAKES), fields)
+    if roll < 0.93:
+        return ("cancel", pid, max(1, next_event[pid] - rng.randint(0, 3)))
+    if roll < 0.97:
+        return ("trim", pid, next_event[pid] - rng.randint(0, 4))
+    return ("forget", pid)
+
+
+def random_ops(seed: int, count: int) -> list[Op]:
+    rng = random.Random(seed)
+    next_event: dict[int, int] = {}
+    return [random_op(rng, next_event) for _ in range(count)]
+
+
+def apply(space: TupleSpace, op: Op) -> Any:
+    """Apply C{op} to C{space}; return its answer(s)."""
+    name = op[0]
+    if name == "out":
+        return space.out(op[1], op[2], make_tuple(op[3]))
+    if name == "take":
+        return [space.take(op[1], op[2], op[3], make_template(op[4]))]
+    if name == "cancel":
+        return [space.cancel(op[1], op[2])]
+    if name == "trim":
+        space.trim(op[1], op[2])
+        return []
+    return space.forget(op[1])
+
+
+def cancel_all(space: TupleSpace, ops: list[Op]) -> None:
+    """Withdraw every operation of C{ops} still waiting in C{space}."""
+    for op in ops:
+        if op[0] == "take":
+            space.cancel(op[1], op[2])
+
+
+# -- the model-based test -----------------------------------------------------------
+
+
+class SpaceMachine(RuleBasedStateMachine):
+    """Runs L{TupleSpace} and L{ModelSpace} side by side and compares everything."""
+
+    LOG_LIMIT = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.space = TupleSpace(log_limit=self.LOG_LIMIT)
+        self.model = ModelSpace(self.LOG_LIMIT)
+        self.next_event: dict[int, int] = {}
+
+    def event_for(self, pid: int, back: int) -> int:
+        event = max(1, self.next_event.get(pid, 0) + 1 - back)
+        self.next_event[pid] = max(self.next_event.get(pid, 0), event)
+        return event
+
+    def check(self, got: Any, expected: Any, what: str) -> None:
+        if isinstance(expected, list):
+            ok = same_completions(got, expected)
+        else:
+            ok = same_completion(got, expected)
+        assert ok, f"{what}: space answered {got!r}, the model {expected!r}"
+
+    @rule(pid=pids, back=backs, values=small_tuples)
+    def out(self, pid: int, back: int, values: LTuple) -> None:
+        event = self.event_for(pid, back)
+        got = self.space.out(pid, event, make_tuple(values))
+        self.check(got, self.model.out(pid, event, values), f"out{values!r}")
+
+    @rule(pid=pids, back=backs, kind=st.sampled_from(TAKES), fields=small_templates)
+    def take(self, pid: int, back: int, kind: Kind, fields: tuple[Any, ...]) -> None:
+        event = self.event_for(pid, back)
+        got = self.space.take(pid, event, kind, make_template(fields))
+        self.check(got, self.model.take(pid, event, kind, fields), f"{kind.name}{fields!r}")
+
+    @precondition(lambda self: self.model.waiters)
+    @rule(which=st.integers(0, 20))
+    def cancel_waiter(self, which: int) -> None:
+        w = self.model.waiters[which % len(self.model.waiters)]
+        got = self.space.cancel(w.pid, w.event)
+        self.check(got, self.model.cancel(w.pid, w.event), "cancel")
+
+    @rule(pid=pids, event=st.integers(0, 12))
+    def cancel(self, pid: int, event: int) -> None:
+        got = self.space.cancel(pid, event)
+        self.check(got, self.model.cancel(pid, event), "cancel")
+
+    @rule(pid=pids, back=st.integers(-1, 5))
+    def trim(self, pid: int, back: int) -> None:
+        upto = self.next_event.get(pid, 0) - back
+        self.space.trim(pid, upto)
+        self.model.trim(pid, upto)
+
+    @rule(pid=pids)
+    def forget(self, pid: int) -> None:
+        self.check(self.space.forget(pid), self.model.forget(pid), "forget")
+
+    @precondition(lambda self: not self.model.waiters)
+    @rule()
+    def restore(self) -> None:
+        """With no waiters, a space restored from a snapshot replaces the live one."""
+        before = self.space.digest()
+        self.space = TupleSpace.restore(self.space.snapshot(), log_limit=self.LOG_LIMIT)
+        assert self.space.digest() == before
+
+    @invariant()
+    def same_state(self) -> None:
+        space, model = self.space, self.model
+        stored = tuple(values for _, values in model.stored)
+        assert strict_equal(tuple(space.tuples()), stored), (tuple(space.tuples()), stored)
+        assert len(space) == len(model.stored)
+        assert space.sequence == model.seq
+        assert space.waiting == len(model.waiters)
+        assert space.processes == len(model.procs)
+        for w in model.waiters:
+            assert space.is_pending(w.pid, w.event), w
+        body = unpackb(space.snapshot())
+        assert strict_equal(body[1:], model.snapshot_body()), (body[1:], model.snapshot_body())
+
+
+SpaceMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+class SpaceModelTests(SynchronousTestCase):
+    """L{TupleSpace} behaves as the naive L{ModelSpace}, step by step."""
+
+    def test_against_model(self) -> None:
+        """
+        For random sequences of out, in, rd, inp, rdp (new events, retries and skipped
+        events), cancel, trim, forget and snapshot/restore, every answer and the whole
+        state after every step equal the naive model's.
+        """
+        run_state_machine_as_test(SpaceMachine, settings=SpaceMachine.TestCase.settings)
+
+
+class DeterminismTests(SynchronousTestCase):
+    """The same operations in the same order give the same state (replicas agree)."""
+
+    @PROPERTIES
+    @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 150))
+    def test_same_operations_same_digest(self, seed: int, count: int) -> None:
+        """
+        Two spaces fed the same random operation sequence give strictly equal answers
+        and have equal digests after every step.
+        """
+        a, b = TupleSpace(log_limit=8), TupleSpace(log_limit=8)
+        for op in random_ops(seed, count):
+            got_a, got_b = apply(a, op), apply(b, op)
+            self.assertTrue(
+                same_completions(got_a, got_b), f"seed {seed}: {op!r}: {got_a} {got_b}"
+            )
+            self.assertEqual(a.digest(), b.digest(), f"seed {seed}: {op!r}")
+        self.assertEqual(a.snapshot(), b.snapshot())
+
+    @PROPERTIES
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        prefix=st.integers(0, 100),
+        suffix=st.integers(1, 60),
+    )
+    def test_restore_round_trip(self, seed: int, prefix: int, suffix: int) -> None:
+        """
+        A space restored from a snapshot has the same digest and snapshot, and then
+        answers the same operations exactly as the original does.
+        """
+        ops = random_ops(seed, prefix + suffix)
+        original = TupleSpace(log_limit=8)
+        for op in ops[:prefix]:
+            apply(original, op)
+        # Waiting operations are not replicated state: withdraw them first.
+        cancel_all(original, ops[:prefix])
+        snapshot = original.snapshot()
+        restored = TupleSpace.restore(snapshot, log_limit=8)
+        self.assertEqual(restored.snapshot(), snapshot)
+        self.assertEqual(restored.digest(), original.digest())
+        for op in ops[prefix:]:
+            got_o, got_r = apply(original, op), apply(restored, op)
+            self.assertTrue(
+                same_completions(got_o, got_r), f"seed {seed}: {op!r}: {got_o} {got_r}"
+            )
+            self.assertEqual(original.digest(), restored.digest(), f"seed {seed}: {op!r}")
+            self.assertEqual(original.waiting, restored.waiting)
+
+    @PROPERTIES
+    @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 100))
+    def test_digest_ignores_waiters(self, seed: int, count: int) -> None:
+        """A snapshot leaves waiting operations out, so a restored space has none."""
+        original = TupleSpace(log_limit=8)
+        for op in random_ops(seed, count):
+            apply(original, op)
+        restored = TupleSpace.restore(original.snapshot(), log_limit=8)
+        self.assertEqual(restored.digest(), original.digest())
+        self.assertEqual(restored.waiting, 0)
+        self.assertEqual(list(restored.tuples()), list(original.tuples()))
+
+
+# -- examples -----------------------------------------------------------------------
+
+
+class OperationTests(SynchronousTestCase):
+    """The Linda operations, one by one."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+
+    def test_out_stores(self) -> None:
+        """out answers STORED and stores the tuple with the next sequence number."""
+        self.assertEqual(self.space.out(1, 1, ("a", 1)), [done(1, 1, Status.STORED)])
+        self.assertEqual(list(self.space.tuples()), [("a", 1)])
+        self.assertEqual((len(self.space), self.space.sequence), (1, 1))
+
+    def test_inp_removes_rdp_reads(self) -> None:
+        """rdp answers a match and leaves it; inp answers it and removes it."""
+        self.space.out(1, 1, ("a", 1))
+        self.assertEqual(
+            self.space.take(2, 1, Kind.RDP, t("a", int)), done(2, 1, Status.MATCHED, ("a", 1))
+        )
+        self.assertEqual(len(self.space), 1)
+        self.assertEqual(
+            self.space.take(2, 2, Kind.INP, t(str, 1)), done(2, 2, Status.MATCHED, ("a", 1))
+        )
+        self.assertEqual(len(self.space), 0)
+
+    def test_no_match(self) -> None:
+        """inp and rdp answer NO_MATCH when nothing matches, and nothing waits."""
+        self.space.out(1, 1, ("a", 1))
+        for event, kind in enumerate((Kind.INP, Kind.RDP), 1):
+            self.assertEqual(
+                self.space.take(2, event, kind, t("a", float)), done(2, event, Status.NO_MATCH)
+            )
+        self.assertEqual((len(self.space), self.space.waiting), (1, 0))
+
+    def test_oldest_match_chosen(self) -> None:
+        """Among matching tuples, the oldest stored one is chosen."""
+        for i, values in enumerate([("a", 1), ("b", 2), ("a", 3), ("a", 4)], 1):
+            self.space.out(1, i, values)
+        c = self.space.take(2, 1, Kind.IN, t("a", int))
+        self.assertEqual(c.value, ("a", 1))
+        c = self.space.take(2, 2, Kind.RD, t(ANY, int))
+        self.assertEqual(c.value, ("b", 2))
+        c = self.space.take(2, 3, Kind.IN, t(str, int))
+        self.assertEqual(c.value, ("b", 2))
+        c = self.space.take(2, 4, Kind.IN, t(ANY, ANY))
+        self.assertEqual(c.value, ("a", 3))
+
+    def test_strict_matching_in_space(self) -> None:
+        """The space matches strictly: True is not 1, 1 is not 1.0, -0.0 is not 0.0."""
+        for i, values in enumerate([(True,), (1.0,), (-0.0,), (1,), (0.0,)], 1):
+            self.space.out(1, i, values)
+        self.assertIs(self.space.take(2, 1, Kind.INP, t(int)).value[0], 1)  # type: ignore[index]
+        self.assertIs(self.space.take(2, 2, Kind.INP, t(1)).status, Status.NO_MATCH)
+        self.assertIs(self.space.take(2, 3, Kind.INP, t(1.0)).status, Status.MATCHED)
+        c = self.space.take(2, 4, Kind.INP, t(0.0))
+        self.assertEqual(repr(c.value), "(0.0,)")
+        self.assertEqual([repr(v) for v in self.space.tuples()], ["(True,)", "(-0.0,)"])
+
+    def test_indexed_lookup_skips_other_keys(self) -> None:
+        """A template with actual fields finds the one tuple with those fields."""
+        for i in range(50):
+            self.space.out(1, i + 1, ("k", i, i % 5))
+        c = self.space.take(2, 1, Kind.IN, t("k", 37, int))
+        self.assertEqual(c.value, ("k", 37, 2))
+        c = self.space.take(2, 2, Kind.INP, t(ANY, 37, ANY))
+        self.assertEqual(c.status, Status.NO_MATCH)
+        c = self.space.take(2, 3, Kind.INP, t(ANY, ANY, 4))
+        self.assertEqual(c.value, ("k", 4, 4))
+
+    def test_take_refuses_out(self) -> None:
+        """take() applies only template operations."""
+        self.assertRaises(ValueError, self.space.take, 1, 1, Kind.OUT, t(ANY))
+
+    def test_log_limit_validated(self) -> None:
+        """A space must remember at least one answer per process."""
+        self.assertRaises(ValueError, TupleSpace, log_limit=0)
+
+    def test_kinds(self) -> None:
+        """IN and INP remove; IN and RD block."""
+        self.assertEqual([k for k in Kind if k.removes], [Kind.IN, Kind.INP])
+        self.assertEqual([k for k in Kind if k.blocks], [Kind.IN, Kind.RD])
+        self.assertEqual([s for s in Status if not s.final], [Status.PENDING])
+
+
+class WaiterTests(SynchronousTestCase):
+    """Waiting in and rd operations."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+
+    def test_in_waits_then_takes(self) -> None:
+        """
+        An in with no match is PENDING; a matching out answers it, after the out's own
+        STORED, and the tuple is not stored.
+        """
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t("a", int)), done(1, 1, Status.PENDING))
+        self.assertTrue(self.space.is_pending(1, 1))
+        self.assertEqual(self.space.out(2, 1, ("a", 2.0)), [done(2, 1, Status.STORED)])
+        self.assertEqual(
+            self.space.out(2, 2, ("a", 5)),
+            [done(2, 2, Status.STORED), done(1, 1, Status.MATCHED, ("a", 5))],
+        )
+        self.assertFalse(self.space.is_pending(1, 1))
+        self.assertEqual(list(self.space.tuples()), [("a", 2.0)])
+        self.assertEqual(self.space.waiting, 0)
+
+    def test_fifo_every_rd_then_first_in(self) -> None:
+        """
+        Waiters are served in arrival order: every rd on the way gets the tuple, the
+        first in takes it, and those after that in keep waiting.
+        """
+        self.space.take(1, 1, Kind.RD, t("a", int))
+        self.space.take(2, 1, Kind.IN, t("a", ANY))
+        self.space.take(3, 1, Kind.RD, t(ANY, int))
+        self.space.take(4, 1, Kind.IN, t("a", int))
+        self.space.take(5, 1, Kind.RD, t("a", int))
+        answers = self.space.out(9, 1, ("a", 1))
+        self.assertEqual(
+            answers,
+            [
+                done(9, 1, Status.STORED),
+                done(1, 1, Status.MATCHED, ("a", 1)),
+                done(2, 1, Status.MATCHED, ("a", 1)),
+            ],
+        )
+        self.assertEqual(len(self.space), 0)
+        self.assertEqual(self.space.waiting, 3)
+        answers = self.space.out(9, 2, ("a", 2))
+        self.assertEqual([(c.pid, c.value) for c in answers[1:]], [(3, ("a", 2)), (4, ("a", 2))])
+        self.assertEqual([(c.pid, c.event) for c in answers], [(9, 2), (3, 1), (4, 1)])
+
+    def test_only_rd_waiters_then_stored(self) -> None:
+        """A tuple read by every waiting rd and taken by none is then stored."""
+        self.space.take(1, 1, Kind.RD, t(int))
+        self.space.take(2, 1, Kind.RD, t(ANY))
+        answers = self.space.out(3, 1, (7,))
+        self.assertEqual([c.pid for c in answers], [3, 1, 2])
+        self.assertEqual(list(self.space.tuples()), [(7,)])
+
+    def test_fifo_across_indexed_and_wild_waiters(self) -> None:
+        """
+        Arrival order holds between waiters with an actual first field and waiters
+        whose first field is a formal or L{ANY}.
+        """
+        self.space.take(1, 1, Kind.RD, t(ANY, 1))
+        self.space.take(2, 1, Kind.RD, t("a", int))
+        self.space.take(3, 1, Kind.RD, t(str, ANY))
+        self.space.take(4, 1, Kind.IN, t("a", 1))
+        self.space.take(5, 1, Kind.IN, t(ANY, ANY))
+        answers = self.space.out(9, 1, ("a", 1))
+        self.assertEqual([c.pid for c in answers], [9, 1, 2, 3, 4])
+        self.assertEqual(self.space.waiting, 1)
+
+    def test_non_matching_waiters_keep_waiting(self) -> None:
+        """An out serves only waiters whose template matches it."""
+        self.space.take(1, 1, Kind.IN, t("a", float))
+        self.space.take(2, 1, Kind.IN, t("a", int, int))
+        self.space.take(3, 1, Kind.IN, t(True, int))
+        self.assertEqual(len(self.space.out(9, 1, ("a", 1))), 1)
+        self.assertEqual(len(self.space.out(9, 2, (1, 1))), 1)
+        self.assertEqual(self.space.waiting, 3)
+        self.assertEqual(len(self.space), 2)
+
+    def test_cancel(self) -> None:
+        """cancel withdraws a waiter (CANCELLED); it then gets no tuple."""
+        self.space.take(1, 1, Kind.IN, t("a", int))
+        self.assertEqual(self.space.cancel(1, 1), done(1, 1, Status.CANCELLED))
+        self.assertEqual(self.space.waiting, 0)
+        self.assertEqual(self.space.out(2, 1, ("a", 1)), [done(2, 1, Status.STORED)])
+        self.assertEqual(len(self.space), 1)
+
+    def test_cancel_of_non_waiter(self) -> None:
+        """cancel of an operation that is not waiting answers None and changes nothing."""
+        self.space.out(1, 1, ("a",))
+        self.space.take(1, 2, Kind.IN, t(int))
+        before = self.space.digest()
+        self.assertIsNone(self.space.cancel(1, 1))
+        self.assertIsNone(self.space.cancel(1, 3))
+        self.assertIsNone(self.space.cancel(5, 1))
+        self.assertEqual(self.space.digest(), before)
+        self.assertEqual(self.space.waiting, 1)
+
+
+class RetryTests(SynchronousTestCase):
+    """The per-process log: an operation arriving twice is applied once."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace(log_limit=3)
+
+    def test_retried_out_not_stored_twice(self) -> None:
+        """A retried out answers STORED again and stores nothing more."""
+        first = self.space.out(1, 1, ("a",))
+        self.assertEqual(self.space.out(1, 1, ("a",)), first)
+        self.assertEqual((len(self.space), self.space.sequence), (1, 1))
+
+    def test_retried_take_gets_first_answer(self) -> None:
+        """A retried in answers the tuple it took the first time, and takes no other."""
+        self.space.out(1, 1, ("a", 1))
+        self.space.out(1, 2, ("a", 2))
+        first = self.space.take(2, 1, Kind.IN, t("a", int))
+        self.assertEqual(self.space.take(2, 1, Kind.IN, t("a", int)), first)
+        self.assertEqual(first.value, ("a", 1))
+        self.assertEqual(list(self.space.tuples()), [("a", 2)])
+        nomatch = self.space.take(2, 2, Kind.INP, t("b"))
+        self.space.out(1, 3, ("b",))
+        self.assertEqual(self.space.take(2, 2, Kind.INP, t("b")), nomatch)
+
+    def test_retried_waiter_answered_later(self) -> None:
+        """A retried waiting in is still PENDING, waits once, then answers its match."""
+        self.space.take(1, 1, Kind.IN, t(int))
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t(int)), done(1, 1, Status.PENDING))
+        self.assertEqual(self.space.waiting, 1)
+        answers = self.space.out(2, 1, (5,))
+        self.assertEqual(answers[1:], [done(1, 1, Status.MATCHED, (5,))])
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t(int)), answers[1])
+        self.assertEqual(self.space.out(2, 2, (6,)), [done(2, 2, Status.STORED)])
+
+    def test_retried_cancelled_is_reapplied(self) -> None:
+        """An operation withdrawn had no effect, so its retry is applied afresh."""
+        self.space.take(1, 1, Kind.IN, t(int))
+        self.space.cancel(1, 1)
+        self.space.out(2, 1, (5,))
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t(int)), done(1, 1, Status.MATCHED, (5,)))
+        self.assertEqual(len(self.space), 0)
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t(int)), done(1, 1, Status.MATCHED, (5,)))
+
+    def test_reapplied_waiter_retried_again_waits_once(self) -> None:
+        """
+        A cancelled in that is retried (and waits again) and then retried once more is
+        PENDING, and stays one waiter, even if the second retry carries another
+        template.  (Regression: the second retry was applied as a second waiter under
+        the same (pid, event), and a later out raised KeyError.)
+        """
+        self.space.take(7, 1, Kind.IN, t(1, int))
+        self.space.cancel(7, 1)
+        self.assertEqual(self.space.take(7, 1, Kind.IN, t(1, int)), done(7, 1, Status.PENDING))
+        self.assertEqual(self.space.take(7, 1, Kind.IN, t(2, int)), done(7, 1, Status.PENDING))
+        self.assertEqual(self.space.waiting, 1)
+        self.space.take(9, 1, Kind.IN, t(3))
+        self.assertEqual(self.space.out(8, 1, (2, 5)), [done(8, 1, Status.STORED)])
+        self.assertEqual(
+            self.space.out(8, 2, (1, 5)),
+            [done(8, 2, Status.STORED), done(7, 1, Status.MATCHED, (1, 5))],
+        )
+        self.assertEqual(self.space.waiting, 1)
+
+    def test_event_older_than_log_is_stale(self) -> None:
+        """Once an answer has left the log window, a retry of its event is STALE."""
+        for event in range(1, 5):
+            self.space.out(1, event, (event,))
+        self.assertEqual(self.space.out(1, 1, (1,)), [done(1, 1, Status.STALE)])
+        self.assertEqual(self.space.take(1, 1, Kind.INP, t(1)), done(1, 1, Status.STALE))
+        self.assertEqual(self.space.out(1, 2, (2,)), [done(1, 2, Status.STORED)])
+        self.assertEqual(len(self.space), 4)
+
+    def test_skipped_event_is_stale(self) -> None:
+        """An event never seen but older than the process's last one is STALE."""
+        self.space.out(1, 5, ("a",))
+        self.assertEqual(self.space.out(1, 3, ("b",)), [done(1, 3, Status.STALE)])
+        self.assertEqual(self.space.out(1, 6, ("b",)), [done(1, 6, Status.STORED)])
+
+    def test_processes_are_separate(self) -> None:
+        """Event numbers belong to their process: the same event of another is new."""
+        self.space.out(1, 1, ("a",))
+        self.assertEqual(self.space.out(2, 1, ("a",)), [done(2, 1, Status.STORED)])
+        self.assertEqual((len(self.space), self.space.processes), (2, 2))
+
+    def test_trim(self) -> None:
+        """trim forgets answers up to an event; their retries are then STALE."""
+        for event in (1, 2, 3):
+            self.space.out(1, event, (event,))
+        self.space.trim(1, 2)
+        self.assertEqual(self.space.out(1, 2, (2,)), [done(1, 2, Status.STALE)])
+        self.assertEqual(self.space.out(1, 3, (3,)), [done(1, 3, Status.STORED)])
+        self.space.trim(9, 5)
+        self.assertEqual(len(self.space), 3)
+
+    def test_trim_answers_logged_out_of_order(self) -> None:
+        """
+        trim forgets every answer up to the event, also one logged after a later
+        event's answer (a waiter completed after the process's next operation).
+        (Regression: trim stopped at the first logged event above the bound.)
+        """
+        self.space.take(1, 1, Kind.IN, t("a", int))
+        self.space.out(1, 2, ("a", 3))
+        self.space.trim(1, 1)
+        self.assertEqual(self.space.take(1, 1, Kind.IN, t("a", int)), done(1, 1, Status.STALE))
+        self.assertEqual(self.space.out(1, 2, ("a", 3)), [done(1, 2, Status.STORED)])
+
+    def test_forget(self) -> None:
+        """
+        forget cancels the process's waiters (returning them), drops its log, and
+        leaves other processes alone; its old events are then new again.
+        """
+        self.space.out(1, 1, ("a",))
+        self.space.take(1, 2, Kind.IN, t(int))
+        self.space.take(1, 3, Kind.RD, t(float))
+        self.space.take(2, 1, Kind.IN, t(int))
+        self.assertEqual(
+            self.space.forget(1),
+            [done(1, 2, Status.CANCELLED), done(1, 3, Status.CANCELLED)],
+        )
+        self.assertEqual((self.space.waiting, self.space.processes), (1, 1))
+        self.assertEqual(self.space.out(1, 1, ("a",)), [done(1, 1, Status.STORED)])
+        self.assertEqual(len(self.space), 2)
+        self.assertEqual(self.space.forget(42), [])
+
+
+class SnapshotTests(SynchronousTestCase):
+    """Snapshots, restore and digests."""
+
+    def filled(self) -> TupleSpace:
+        space = TupleSpace()
+        space.out(1, 1, ("a", 1.5, (None, b"x")))
+        space.out(1, 2, ("b",))
+        space.out(2, 1, (float("nan"),))
+        space.take(2, 2, Kind.IN, t("b"))
+        space.take(3, 1, Kind.INP, t(int))
+        return space
+
+    def test_round_trip(self) -> None:
+        """A restored space has the same tuples, sequence, logs and digest."""
+        space = self.filled()
+        restored = TupleSpace.restore(space.snapshot())
+        self.assertEqual(restored.snapshot(), space.snapshot())
+        self.assertEqual(restored.digest(), space.digest())
+        self.assertEqual(restored.sequence, space.sequence)
+        self.assertEqual(restored.processes, 3)
+        self.assertEqual(repr(list(restored.tuples())), repr(list(space.tuples())))
+        # The log came along: retries are answered as before.
+        self.assertEqual(restored.take(2, 2, Kind.IN, t("b")), space.take(2, 2, Kind.IN, t("b")))
+        self.assertEqual(restored.out(1, 3, ("c",)), [done(1, 3, Status.STORED)])
+        self.assertEqual(restored.sequence, 4)
+
+    def test_digest_differs_with_state(self) -> None:
+        """Different states have different digests (and equal states equal ones)."""
+        a, b = TupleSpace(), TupleSpace()
+        self.assertEqual(a.digest(), b.digest())
+        a.out(1, 1, (1,))
+        b.out(1, 1, (True,))
+        self.assertNotEqual(a.digest(), b.digest())
+        c = TupleSpace()
+        c.out(1, 1, (1,))
+        self.assertEqual(a.digest(), c.digest())
+        c.take(1, 2, Kind.RDP, t(int))
+        self.assertNotEqual(a.digest(), c.digest())
+        self.assertEqual(len(a.digest()), 64)
+
+    def test_snapshot_leaves_out_waiters(self) -> None:
+        """Waiting operations are not part of a snapshot."""
+        space = TupleSpace()
+        space.out(1, 1, ("a",))
+        before = space.snapshot()
+        space.take(1, 2, Kind.IN, t(int))
+        restored = TupleSpace.restore(space.snapshot())
+        self.assertEqual(restored.waiting, 0)
+        self.assertEqual(restored.out(2, 1, (1,)), [done(2, 1, Status.STORED)])
+        self.assertNotEqual(before, space.snapshot())  # the process's last event moved
+
+    def test_waiter_resent_after_restore(self) -> None:
+        """
+        A client re-sends its waiting operation to a space restored from a snapshot
+        (waiters are not part of snapshots), and it waits again.
+        """
+        space = TupleSpace()
+        space.take(1, 1, Kind.IN, t(int))
+        restored = TupleSpace.restore(space.snapshot())
+        self.assertEqual(restored.take(1, 1, Kind.IN, t(int)), done(1, 1, Status.PENDING))
+
+    test_waiter_resent_after_restore.todo = (  # type: ignore[attr-defined]
+        "a pending event counts in the process's last event but is not logged, so after "
+        "restore its re-sent operation is answered STALE"
+    )
+
+    def test_restore_keeps_limits(self) -> None:
+        """restore builds the space with the limits and log size it is given."""
+        space = self.filled()
+        restored = TupleSpace.restore(space.snapshot(), log_limit=1)
+        self.assertEqual(restored.log_limit, 1)
+        restored.out(1, 9, ("z",))
+        self.assertEqual(restored.out(1, 2, ("b",)), [done(1, 2, Status.STALE)])
+
+    def test_bad_snapshots_refused(self) -> None:
+        """Anything but a well-formed snapshot raises SnapshotError."""
+        for bad in (
+            b"",
+            b"\xc1",
+            packb(1),
+            packb((1, 0, ())),
+            packb((2, 0, (), ())),
+            packb((1, 5, ((3, (1,)), (2, (2,))), ())),
+            packb((1, 5, ((6, (1,)),), ())),
+            packb((1, 5, ((1, ()),), ())),
+            packb((1, 5, ((1, (ANY,)),), ())),
+            packb((1, 5, ((1, (1,)),), ((1, 1, ((1, 99, None),)),))),
+            packb((1, 5, ((1, (1,)),), ((1, 1, ((1,),)),))),
+            packb((1, "5", ((1, (1,)),), ())),
+            packb((1, 5, ((True, (1,)),), ())),
+        ):
+            self.assertRaises(SnapshotError, TupleSpace.restore, bad)
+
+    @PROPERTIES
+    @given(st.binary(max_size=60))
+    def test_arbitrary_bytes_refused_cleanly(self, data: bytes) -> None:
+        """restore of arbitrary bytes builds a space or raises SnapshotError, only."""
+        try:
+            TupleSpace.restore(data)
+        except SnapshotError:
+            pass
