@@ -39,6 +39,7 @@ from lips.tuples import TupleError, formal_by_name
 __all__ = ["format_tuple", "main", "parse_fields"]
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=7010"
+_SERVER_ROLES = ("msgserver", "fixserver")
 
 
 class FieldError(ValueError):
@@ -132,18 +133,19 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
         c.add_argument("fields", nargs="+")
     sub.add_parser("status", aliases=["stats"], help="print a running server's counters")
-    for role in ("msgserver", "fixserver"):
-        r = sub.add_parser(role, help=f"run a {role} in the foreground", add_help=False)
-        r.add_argument("args", nargs=argparse.REMAINDER)
+    for role in _SERVER_ROLES:
+        sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in _SERVER_ROLES:
+        # Everything after the role belongs to twistd's options for that role.
+        return _run_server(words[0], words[1:])
+    args = _parser().parse_args(words)
     command: str = args.command
-    if command in ("msgserver", "fixserver"):
-        return _run_server(command, list(args.args))
     from lips import blocking
 
     try:

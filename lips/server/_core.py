@@ -44,6 +44,7 @@ from lips.wire import (
 __all__ = ["ISpaceBackend", "LocalBackend", "MessageServer", "Operation", "Session"]
 
 _PID_BITS: Final = 62
+_OP_COUNTERS: Final = {kind: f"ops.{kind.name.lower()}" for kind in Kind}
 
 
 @attrs.frozen
@@ -293,7 +294,7 @@ class MessageServer:
             self.counters["ops.out"] += 1
             op = Operation(Kind.OUT, pid, message.event, message.tuple)
         else:
-            self.counters[f"ops.{message.kind.name.lower()}"] += 1
+            self.counters[_OP_COUNTERS[message.kind]] += 1
             op = Operation(message.kind, pid, message.event, message.template)
             if message.timeout is not None and message.kind.blocks and route.timer is None:
                 route.timer = self.clock.callLater(message.timeout, self._expire, key)

@@ -251,11 +251,10 @@ class TupleSpace:
         if proc is None:
             return
         log = proc.log
-        while log:
-            first = next(iter(log))
-            if first > upto:
-                break
-            del log[first]
+        # The log is in the order answers were given, not in event order: a waiter can
+        # be answered after later events of its process.
+        for event in [e for e in log if e <= upto]:
+            del log[event]
 
     # -- internals -------------------------------------------------------------------
 
@@ -269,13 +268,14 @@ class TupleSpace:
         proc = self._procs.get(pid)
         if proc is None or event > proc.last:
             return None
+        if (pid, event) in self._waiters:
+            # Checked first: a withdrawn operation applied afresh may be waiting again.
+            return Completion(pid, event, Status.PENDING)
         done = proc.log.get(event)
         if done is not None:
             # A withdrawn operation had no effect on the space, so a retry of it (the
             # client reconnected and sent it again) is applied afresh.
             return done if done.status is not Status.CANCELLED else None
-        if (pid, event) in self._waiters:
-            return Completion(pid, event, Status.PENDING)
         return Completion(pid, event, Status.STALE)
 
     def _record(self, pid: int, event: int, done: Completion) -> None:

@@ -4,16 +4,19 @@ The one canonical wire encoding of tuples and templates: msgpack.
 Sequences are arrays, C{str} is msgpack str, C{bytes} is msgpack bin, integers take
 their shortest form and floats are always float64.  A formal travels as ext type 1
 whose data is one letter (C{i f s y b}); L{ANY} as ext type 2 with empty data.  Any other
-ext type is refused when decoding; nothing is ever unpickled or evaluated.
+ext value decodes to an L{UnknownExtension} marker, which validation refuses; nothing is
+ever unpickled or evaluated.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+import threading
+
 import msgpack
 
-from lips.tuples._model import ANY
+from lips.tuples._model import ANY, UnknownExtension
 
 __all__ = ["EXT_ANY", "EXT_FORMAL", "packb", "unpackb"]
 
@@ -40,15 +43,29 @@ def _ext_hook(code: int, data: bytes) -> Any:
         t = _TYPE_OF.get(data)
         if t is not None:
             return t
-        raise ValueError(f"unknown formal type code {data!r}")
-    if code == EXT_ANY and not data:
+    elif code == EXT_ANY and not data:
         return ANY
-    raise ValueError(f"unknown msgpack ext type {code}")
+    # Not an error of the encoding: the tuple or template holding it is refused when it is
+    # validated, with an error that says which field.
+    return UnknownExtension(code, data)
+
+
+_local = threading.local()
 
 
 def packb(obj: Any) -> bytes:
     """Encode C{obj} (tuples, templates and plain message bodies) canonically."""
-    return msgpack.packb(obj, use_bin_type=True, default=_default)
+    try:
+        packer = _local.packer
+    except AttributeError:
+        # One packer per thread: a packer is not thread-safe, and building one per call
+        # costs more than the packing itself.
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_default)
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    except BaseException:
+        packer.reset()
+        raise
 
 
 def unpackb(data: bytes) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "TemplateError",
     "TupleError",
     "TupleTooLarge",
+    "UnknownExtension",
     "Value",
     "LTuple",
     "field_key",
@@ -103,6 +104,20 @@ class _AnyType:
 
 ANY: Final = _AnyType()
 
+
+@attrs.frozen
+class UnknownExtension:
+    """
+    A msgpack extension value the codec does not know, kept as a marker so that the
+    tuple or template holding it is refused with a clear error.
+    """
+
+    code: int
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"msgpack ext type {self.code} with {len(self.data)} bytes of data"
+
 #: The types that may stand as formals in a template.
 FORMAL_TYPES: Final[tuple[type, ...]] = (int, float, str, bytes, bool)
 _FORMAL_NAMES: Final = {int: "int", float: "float", str: "str", bytes: "bytes", bool: "bool"}
@@ -144,6 +159,12 @@ def _check_value(value: Any, depth: int, limits: Limits, where: str) -> Any:
         return tuple(
             [_check_value(v, depth + 1, limits, f"{where}[{i}]") for i, v in enumerate(value)]
         )
+    if t is type and value in _FORMAL_NAMES:
+        raise TupleError(f"{where}: a formal (?{_FORMAL_NAMES[value]}) is not a value")
+    if value is ANY:
+        raise TupleError(f"{where}: ANY is not a value")
+    if t is UnknownExtension:
+        raise TupleError(f"{where}: unknown encoded value ({value})")
     raise TupleError(f"{where}: values of type {t.__name__} cannot be stored in a tuple")
 
 
@@ -191,14 +212,13 @@ def _compile(
     checks: list[tuple[int, int, Any]] = []
     all_actual = True
     for i, f in enumerate(fields):
-        here = f"{where}{i}"
         if f is ANY:
             norm.append(ANY)
             all_actual = False
         elif type(f) is type:
             if f not in _FORMAL_NAMES:
                 raise TemplateError(
-                    f"field {here}: {f.__name__} is not a formal type "
+                    f"field {where}{i}: {f.__name__} is not a formal type "
                     f"(use one of {', '.join(_FORMAL_NAMES.values())} or ANY)"
                 )
             norm.append(f)
@@ -206,21 +226,26 @@ def _compile(
             all_actual = False
         elif type(f) is tuple or type(f) is list:
             if depth >= limits.max_depth:
-                raise TemplateError(f"field {here}: nesting deeper than {limits.max_depth} levels")
+                raise TemplateError(
+                    f"field {where}{i}: nesting deeper than {limits.max_depth} levels"
+                )
             if len(f) > limits.max_arity:
                 raise TemplateError(
-                    f"field {here}: {len(f)} elements, more than {limits.max_arity}"
+                    f"field {where}{i}: {len(f)} elements, more than {limits.max_arity}"
                 )
-            sub, subchecks, sub_actual = _compile(f, depth + 1, limits, f"{here}.")
+            sub, subchecks, sub_actual = _compile(f, depth + 1, limits, f"{where}{i}.")
             norm.append(sub)
             if sub_actual:
                 checks.append((i, _ACTUAL, field_key(sub)))
             else:
                 checks.append((i, _NESTED, (len(sub), subchecks)))
                 all_actual = False
+        elif type(f) in _SCALARS and type(f) is not int:
+            norm.append(f)
+            checks.append((i, _ACTUAL, field_key(f)))
         else:
             try:
-                v = _check_value(f, depth, limits, f"field {here}")
+                v = _check_value(f, depth, limits, f"field {where}{i}")
             except TupleError as e:
                 raise TemplateError(str(e)) from None
             norm.append(v)
@@ -316,9 +341,31 @@ def make_template(fields: Sequence[Any] | Template, limits: Limits = DEFAULT_LIM
         raise TemplateError("a template must have at least one field")
     if len(fields) > limits.max_arity:
         raise TemplateError(f"template has {len(fields)} fields, more than {limits.max_arity}")
+    # Programs use the same few templates over and over: reuse their compiled form.  The
+    # cache key must tell apart what strict matching tells apart, and (1, True, 1.0) or
+    # (0.0, -0.0) are equal as Python values; so only flat templates of types whose
+    # equality is already strict are cached, keyed by their values and types.
+    types = tuple(map(type, fields))
+    cacheable = _CACHEABLE.issuperset(types)
+    if cacheable:
+        key = (limits, tuple(fields), types)
+        cached = _template_cache.get(key)
+        if cached is not None:
+            return cached
     norm, checks, _ = _compile(fields, 1, limits, "")
     index_keys = tuple((pos, arg) for pos, kind, arg in checks if kind == _ACTUAL)
-    return Template(norm, len(norm), index_keys, checks)
+    template = Template(norm, len(norm), index_keys, checks)
+    if cacheable:
+        if len(_template_cache) >= _TEMPLATE_CACHE_SIZE:
+            _template_cache.clear()
+        _template_cache[key] = template
+    return template
+
+
+#: Field types whose Python equality is exactly strict matching (see make_template).
+_CACHEABLE: Final = frozenset({str, bytes, int, bool, type(None), type, _AnyType})
+_TEMPLATE_CACHE_SIZE: Final = 4096
+_template_cache: dict[tuple[Any, ...], Template] = {}
 
 
 def formal_name(t: type) -> str:
