@@ -10,9 +10,8 @@ ever unpickled or evaluated.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 import threading
+from typing import Any, Final
 
 import msgpack
 

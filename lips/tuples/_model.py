@@ -118,6 +118,7 @@ class UnknownExtension:
     def __str__(self) -> str:
         return f"msgpack ext type {self.code} with {len(self.data)} bytes of data"
 
+
 #: The types that may stand as formals in a template.
 FORMAL_TYPES: Final[tuple[type, ...]] = (int, float, str, bytes, bool)
 _FORMAL_NAMES: Final = {int: "int", float: "float", str: "str", bytes: "bytes", bool: "bool"}
