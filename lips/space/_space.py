@@ -47,7 +47,7 @@ __all__ = [
     "TupleSpace",
 ]
 
-_SNAPSHOT_VERSION: Final = 1
+_SNAPSHOT_VERSION: Final = 2
 
 
 class Kind(enum.IntEnum):
@@ -105,8 +105,23 @@ class SnapshotError(ValueError):
 
 @attrs.define(eq=False)
 class _Process:
+    """
+    What the space remembers of one process.
+
+    @ivar last: the highest event applied.
+    @ivar floor: the highest event whose answer was dropped from the log (by the log
+        limit or by L{TupleSpace.trim}); a retry of a missing event at or below it is
+        STALE, a retry of a missing event above it never completed and is applied.
+    @ivar log: the answers given, in the order they were given.
+    """
+
     last: int = -1
+    floor: int = -1
     log: OrderedDict[int, Completion] = attrs.Factory(OrderedDict)
+
+    def drop_oldest(self) -> None:
+        event, _ = self.log.popitem(last=False)
+        self.floor = max(self.floor, event)
 
 
 @attrs.define(eq=False)
@@ -255,6 +270,7 @@ class TupleSpace:
         # be answered after later events of its process.
         for event in [e for e in log if e <= upto]:
             del log[event]
+        proc.floor = max(proc.floor, upto)
 
     # -- internals -------------------------------------------------------------------
 
@@ -276,7 +292,11 @@ class TupleSpace:
             # A withdrawn operation had no effect on the space, so a retry of it (the
             # client reconnected and sent it again) is applied afresh.
             return done if done.status is not Status.CANCELLED else None
-        return Completion(pid, event, Status.STALE)
+        if event <= proc.floor:
+            return Completion(pid, event, Status.STALE)
+        # Applied but never answered: it was waiting when its server's waiters were lost
+        # (a restore from a snapshot, which holds no waiters).  It had no effect yet.
+        return None
 
     def _record(self, pid: int, event: int, done: Completion) -> None:
         proc = self._process(pid)
@@ -284,7 +304,7 @@ class TupleSpace:
         log = proc.log
         log[event] = done
         if len(log) > self.log_limit:
-            log.popitem(last=False)
+            proc.drop_oldest()
 
     def _store_tuple(self, values: LTuple, keys: tuple[Any, ...]) -> None:
         self._seq += 1
@@ -414,7 +434,7 @@ class TupleSpace:
         connection that made them and are re-sent by their client.
         """
         procs = [
-            [pid, p.last, [[e, int(c.status), c.value] for e, c in p.log.items()]]
+            [pid, p.last, p.floor, [[e, int(c.status), c.value] for e, c in p.log.items()]]
             for pid, p in sorted(self._procs.items())
         ]
         body = [
@@ -451,11 +471,16 @@ class TupleSpace:
                 space._seq = s - 1
                 space._store_tuple(make_tuple(values, limits), tuple_keys(values))
             space._seq = seq
-            for pid, last, log in procs:
+            for pid, last, floor, log in procs:
+                if not all(type(n) is int for n in (pid, last, floor)):
+                    raise SnapshotError(f"process entry {pid!r} is malformed")
                 proc = space._process(pid)
                 proc.last = last
+                proc.floor = floor
                 for e, status, value in log:
                     proc.log[e] = Completion(pid, e, Status(status), value)
+                while len(proc.log) > log_limit:
+                    proc.drop_oldest()
         except SnapshotError:
             raise
         except (ValueError, TypeError, TupleError) as e:

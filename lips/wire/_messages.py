@@ -237,6 +237,13 @@ Message: TypeAlias = (
 _TAKE_TYPES: Final = {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14}
 _KIND_OF_TYPE: Final = {v: k for k, v in _TAKE_TYPES.items()}
 _EMPTY: Final = packb([])
+_ERROR_CODES: Final = {int(c): c for c in ErrorCode}
+_SIMPLE_TYPES: Final = (Hello, Out, Cancel, StatsRequest, Welcome, Stored, Matched, NoMatch)
+_KNOWN_TYPES: Final = frozenset(
+    [*_KIND_OF_TYPE, *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error))]
+)
+    ]
+)
 _MAX_EVENT: Final = 2**63 - 1
 
 
@@ -303,6 +310,8 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     @raise MessageError: if the type is unknown or the body is malformed.
     """
     t = frame.type
+    if t not in _KNOWN_TYPES:
+        raise _fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {t}")
     try:
         body = unpackb(frame.body)
     except Exception as e:  # msgpack raises several unrelated types on bad input
@@ -350,9 +359,7 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
         return Stats(values)
     if t == Error.TYPE:
         code, text = _fields(body, 2, "ERROR")
-        try:
-            ecode = ErrorCode(code)
-        except ValueError:
-            ecode = ErrorCode.INTERNAL
-        return Error(ecode, _str(text, "message"))
+        # A code this side does not know (a newer peer's) is still an error: INTERNAL.
+        ecode = _ERROR_CODES.get(code, ErrorCode.INTERNAL) if type(code) is int else None
+        return Error(ecode or ErrorCode.INTERNAL, _str(text, "message"))
     raise _fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {t}")
