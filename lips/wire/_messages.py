@@ -242,8 +242,6 @@ _SIMPLE_TYPES: Final = (Hello, Out, Cancel, StatsRequest, Welcome, Stored, Match
 _KNOWN_TYPES: Final = frozenset(
     [*_KIND_OF_TYPE, *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error))]
 )
-    ]
-)
 _MAX_EVENT: Final = 2**63 - 1
 
 
