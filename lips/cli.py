@@ -111,6 +111,56 @@ def _run_server(role: str, args: list[str]) -> int:
     return 0
 
 
+def _simulate(start: int, count: int, one: int | None) -> int:
+    import time
+
+    from lips.testing.ringsim import InvariantViolation, RingSimulation
+
+    if one is not None:
+        try:
+            sim = RingSimulation(one).run()
+        except InvariantViolation as e:
+            print(e)
+            return 1
+        print(f"seed {one}: {sim.scenario}")
+        print(f"{sim.steps} steps, {len(sim.submitted)} payloads")
+        for line in sim.summary():
+            print(line)
+        return 0
+    began = time.monotonic()
+    failed: list[str] = []
+    mixes: dict[str, int] = {}
+    steps = 0
+    for seed in range(start, start + count):
+        try:
+            sim = RingSimulation(seed).run()
+        except InvariantViolation as e:
+            failed.append(str(e))
+            continue
+        steps += sim.steps
+        f = sim.scenario.faults
+        mix = "+".join(
+            name
+            for name, on in (
+                ("loss", f.loss > 0),
+                ("duplication", f.duplicate > 0),
+                ("crashes", f.crashes > 0),
+                ("partitions", f.partitions > 0),
+            )
+            if on
+        )
+        mixes[mix or "reordering only"] = mixes.get(mix or "reordering only", 0) + 1
+    elapsed = time.monotonic() - began
+    for text in failed[:5]:
+        print(text)
+    last = start + count - 1
+    print(f"seeds {start}..{last}: {count - len(failed)} passed, {len(failed)} failed")
+    print(f"{steps:,} steps checked in {elapsed:.1f} s")
+    for mix, n in sorted(mixes.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:6} {mix}")
+    return 1 if failed else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lips",
@@ -133,6 +183,10 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
         c.add_argument("fields", nargs="+")
     sub.add_parser("status", aliases=["stats"], help="print a running server's counters")
+    sim = sub.add_parser("sim", help="run the ring simulator over many seeds")
+    sim.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    sim.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    sim.add_argument("--seed", type=int, default=None, help="replay this one seed, verbosely")
     for role in _SERVER_ROLES:
         sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
     return p
@@ -146,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_server(words[0], words[1:])
     args = _parser().parse_args(words)
     command: str = args.command
+    if command == "sim":
+        return _simulate(args.start, args.seeds, args.seed)
     from lips import blocking
 
     try:

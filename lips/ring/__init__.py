@@ -1,8 +1,57 @@
 """
-The token ring that will replicate the tuple space (in progress; see
-C{docs/design/ring.md}).  So far: sealing and opening of authenticated ring datagrams.
+The token ring that replicates the tuple space (in progress; see
+C{docs/design/ring.md}): the sans-IO engine with its membership protocol, its messages,
+and the sealing of its datagrams.
 """
 
+from lips.ring._engine import (
+    Configuration,
+    Deliver,
+    Effect,
+    PersistRingSeq,
+    RingConfig,
+    RingEngine,
+    Safe,
+    Send,
+    State,
+)
+from lips.ring._messages import (
+    NO_RING,
+    Commit,
+    Join,
+    Kind,
+    Mcast,
+    MergeDetect,
+    Report,
+    RingId,
+    RingMessage,
+    Token,
+)
 from lips.ring._seal import Dropped, DropReason, Mode, Opened, Sealer
 
-__all__ = ["DropReason", "Dropped", "Mode", "Opened", "Sealer"]
+__all__ = [
+    "NO_RING",
+    "Commit",
+    "Configuration",
+    "Deliver",
+    "DropReason",
+    "Dropped",
+    "Effect",
+    "Join",
+    "Kind",
+    "Mcast",
+    "MergeDetect",
+    "Mode",
+    "Opened",
+    "PersistRingSeq",
+    "Report",
+    "RingConfig",
+    "RingEngine",
+    "RingId",
+    "RingMessage",
+    "Safe",
+    "Sealer",
+    "Send",
+    "State",
+    "Token",
+]

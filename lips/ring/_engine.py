@@ -1,0 +1,735 @@
+"""
+The token-ring engine: total order, reliability, flow control and membership (sans-IO).
+
+A Totem-style single ring (see C{docs/design/ring.md} and the Totem reference).  The
+engine is a plain object fed events -- L{RingEngine.received} for a message,
+L{RingEngine.tick} when its L{RingEngine.next_deadline} has come, L{RingEngine.submit}
+for a payload to broadcast -- with the current time as an argument.  It never touches a
+socket or a reactor; what it wants done comes out of L{RingEngine.take_effects}:
+messages to send, payloads delivered in total order, the safe watermark, configuration
+changes and the ring sequence number to persist.
+
+States: GATHER (agree on who is there), COMMIT (the commit token collects what every
+member brings from its last ring), RECOVERY (old-ring messages are re-broadcast through
+the new ring, then every member delivers the same old-ring set and installs the new
+configuration) and OPERATIONAL.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Final, TypeAlias
+
+import attrs
+
+from lips.ring._messages import (
+    NO_RING,
+    Commit,
+    Join,
+    Kind,
+    Mcast,
+    MergeDetect,
+    Report,
+    RingId,
+    RingMessage,
+    Token,
+)
+
+__all__ = [
+    "Configuration",
+    "Deliver",
+    "Effect",
+    "PersistRingSeq",
+    "RingConfig",
+    "RingEngine",
+    "Safe",
+    "Send",
+    "State",
+]
+
+#: Most retransmission requests a token carries.
+RTR_MAX: Final = 64
+
+
+class State(enum.Enum):
+    GATHER = "gather"
+    COMMIT = "commit"
+    RECOVERY = "recovery"
+    OPERATIONAL = "operational"
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class RingConfig:
+    """
+    Timings (seconds) and limits of the ring.  The defaults suit a LAN; L{loopback} is
+    faster.
+    """
+
+    token_timeout: float = attrs.field(default=1.0, validator=_positive)
+    token_retransmit: float = attrs.field(default=0.2, validator=_positive)
+    join_interval: float = attrs.field(default=0.05, validator=_positive)
+    consensus_timeout: float = attrs.field(default=1.2, validator=_positive)
+    merge_interval: float = attrs.field(default=0.2, validator=_positive)
+    hold: float = attrs.field(default=0.1, validator=_positive)
+    idle_rotations: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    max_messages: int = attrs.field(default=17, validator=attrs.validators.ge(1))
+    window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
+    max_queue: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.token_retransmit >= self.token_timeout:
+            raise ValueError("token_retransmit must be shorter than token_timeout")
+        if self.hold * 2 >= self.token_timeout:
+            raise ValueError("hold must be under half of token_timeout")
+        if self.join_interval >= self.consensus_timeout:
+            raise ValueError("join_interval must be shorter than consensus_timeout")
+
+    @classmethod
+    def loopback(cls) -> RingConfig:
+        """Timings for servers on one machine."""
+        return cls(
+            token_timeout=0.25,
+            token_retransmit=0.05,
+            join_interval=0.02,
+            consensus_timeout=0.3,
+            merge_interval=0.1,
+            hold=0.02,
+        )
+
+
+# -- effects ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    """Send C{message} to node C{to}, or to every node when C{to} is None."""
+
+    to: int | None
+    message: RingMessage
+
+
+@attrs.frozen
+class Deliver:
+    """An application payload, in total order: message C{seq} of ring C{ring}."""
+
+    ring: RingId
+    seq: int
+    origin: int
+    payload: bytes
+
+
+@attrs.frozen
+class Safe:
+    """Every member of ring C{ring} holds its messages up to C{upto}."""
+
+    ring: RingId
+    upto: int
+
+
+@attrs.frozen
+class Configuration:
+    """
+    A configuration change: the transitional one (the members that came from this
+    node's last ring) then the regular one (all members of the new ring).
+    """
+
+    ring: RingId
+    members: tuple[int, ...]
+    transitional: bool
+
+
+@attrs.frozen
+class PersistRingSeq:
+    """Store C{seq}: after a restart, ring ids must start above it."""
+
+    seq: int
+
+
+Effect: TypeAlias = Send | Deliver | Safe | Configuration | PersistRingSeq
+
+
+# -- per-ring message log -----------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _RingLog:
+    ring: RingId
+    msgs: dict[int, Mcast] = attrs.Factory(dict)
+    aru: int = 0
+    high: int = 0
+    processed: int = 0
+
+    def add(self, m: Mcast) -> bool:
+        if m.seq <= self.aru or m.seq in self.msgs:
+            return False
+        self.msgs[m.seq] = m
+        self.high = max(self.high, m.seq)
+        while self.aru + 1 in self.msgs:
+            self.aru += 1
+        return True
+
+
+class RingEngine:
+    """
+    One member of the token ring.
+
+    @param node: this node's id (positive).
+    @param peers: the ids of every configured node (this one included): where a
+        broadcast goes, and who may be gathered into a ring.
+    @param ring_seq: the highest ring sequence number this node persisted before.
+    """
+
+    def __init__(
+        self,
+        node: int,
+        peers: Iterable[int],
+        config: RingConfig | None = None,
+        ring_seq: int = 0,
+    ) -> None:
+        if node <= 0:
+            raise ValueError("node ids must be positive")
+        self.node = node
+        self.peers = frozenset(peers) | {node}
+        self.config = config if config is not None else RingConfig()
+        self.counters: Counter[str] = Counter()
+        self.state = State.GATHER
+        self.ring = NO_RING
+        self.members: tuple[int, ...] = ()
+        self.installed = NO_RING
+        self.installed_members: tuple[int, ...] = ()
+        self._ring_seq_max = ring_seq
+        self._logs: dict[RingId, _RingLog] = {}
+        self._queue: deque[bytes] = deque()
+        self._recovery: deque[tuple[Kind, bytes, Mcast | None]] = deque()
+        self._markers: set[int] = set()
+        self._trans: tuple[int, ...] = ()
+        self._effects: list[Effect] = []
+        self._timers: dict[str, float] = {}
+        # token bookkeeping
+        self._token_seq_seen = -1
+        self._last_token: Token | None = None
+        self._held: Token | None = None
+        self._idle_visits = 0
+        self._aru_last_visit = 0
+        self._sent_last = 0
+        self._backlog_last = 0
+        self.safe = 0
+        # membership bookkeeping
+        self._procs: frozenset[int] = frozenset({node})
+        self._failed: frozenset[int] = frozenset()
+        self._consensus: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+        self._commit_seen: set[tuple[RingId, int]] = set()
+        self._last_commit: tuple[int, Commit] | None = None
+        self._forming = NO_RING
+        self._join_seq: dict[int, int] = {}
+        self._now = 0.0
+        self._started = False
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin: persist a fresh ring sequence number and gather a ring."""
+        self._now = now
+        self._started = True
+        self._ring_seq_max += 4
+        self._emit(PersistRingSeq(self._ring_seq_max))
+        self._enter_gather(self.peers, frozenset(), fresh=True)
+
+    def submit(self, payload: bytes, now: float) -> bool:
+        """
+        Queue C{payload} for broadcast.  Returns False (and queues nothing) when the
+        queue is full: back-pressure for the caller.
+        """
+        self._now = now
+        if len(self._queue) >= self.config.max_queue:
+            self.counters["queue_full"] += 1
+            return False
+        self._queue.append(payload)
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._timers.pop("hold", None)
+            self._forward_token(held)
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """Payloads queued and not yet broadcast."""
+        return len(self._queue)
+
+    def received(self, message: RingMessage, now: float) -> None:
+        """Handle one authentic message."""
+        self._now = now
+        if not self._started:
+            return
+        if isinstance(message, Mcast):
+            self._on_mcast(message)
+        elif isinstance(message, Token):
+            self._on_token(message)
+        elif isinstance(message, Join):
+            self._on_join(message)
+        elif isinstance(message, Commit):
+            self._on_commit(message)
+        else:
+            self._on_merge_detect(message)
+
+    def next_deadline(self) -> float | None:
+        """When L{tick} must next be called, if at all."""
+        return min(self._timers.values()) if self._timers else None
+
+    def tick(self, now: float) -> None:
+        """Fire every timer due by C{now}."""
+        self._now = now
+        while True:
+            due = [(t, name) for name, t in self._timers.items() if t <= now]
+            if not due:
+                return
+            _, name = min(due)
+            del self._timers[name]
+            getattr(self, f"_timer_{name}")()
+
+    def take_effects(self) -> list[Effect]:
+        """What the engine wants done since the last call, in order."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def _send(self, to: int | None, message: RingMessage) -> None:
+        self.counters[f"sent.{type(message).__name__.lower()}"] += 1
+        self._emit(Send(to, message))
+
+    def _arm(self, name: str, delay: float) -> None:
+        self._timers[name] = self._now + delay
+
+    def _next_member(self) -> int:
+        i = self.members.index(self.node)
+        return self.members[(i + 1) % len(self.members)]
+
+    def _log(self, ring: RingId) -> _RingLog:
+        log = self._logs.get(ring)
+        if log is None:
+            log = self._logs[ring] = _RingLog(ring)
+        return log
+
+    # -- regular messages -----------------------------------------------------------------
+
+    def _on_mcast(self, m: Mcast) -> None:
+        log = self._logs.get(m.ring)
+        if log is not None:
+            if log.add(m):
+                self.counters["mcast.received"] += 1
+                if m.ring == self.ring:
+                    self._process()
+            else:
+                self.counters["mcast.duplicate"] += 1
+            return
+        self._foreign(m.ring, m.origin)
+
+    def _foreign(self, ring: RingId, sender: int) -> None:
+        """A message of a ring this node is not in."""
+        if sender == self.node or sender not in self.peers:
+            self.counters["dropped.stranger"] += 1
+            return
+        if ring < self.ring and sender in self.members:
+            self.counters["dropped.stale"] += 1
+            return
+        if self.state is State.OPERATIONAL:
+            self.counters["foreign"] += 1
+            self._enter_gather(frozenset({sender}), frozenset())
+
+    def _on_merge_detect(self, m: MergeDetect) -> None:
+        if m.ring != self.ring:
+            self._foreign(m.ring, m.sender)
+
+    def _on_token(self, tok: Token) -> None:
+        if tok.ring != self.ring or self.state not in (State.OPERATIONAL, State.RECOVERY):
+            if tok.ring != self.ring and tok.ring not in self._logs:
+                self._foreign(tok.ring, tok.ring.rep)
+            else:
+                self.counters["dropped.token"] += 1
+            return
+        if tok.token_seq <= self._token_seq_seen:
+            self.counters["token.duplicate"] += 1
+            return
+        self._token_seq_seen = tok.token_seq
+        self.counters["token.received"] += 1
+        self._timers.pop("retransmit", None)
+        self._arm("token_loss", self.config.token_timeout)
+        self._forward_token(tok)
+
+    def _forward_token(self, tok: Token) -> None:
+        """Use the token: retransmit, broadcast, update it, forward it, deliver."""
+        log = self._logs[self.ring]
+        cfg = self.config
+        queue_len = len(self._recovery) + (len(self._queue) if self._installed_now() else 0)
+        allowed = min(cfg.max_messages, max(0, cfg.window - tok.fcc))
+        if tok.backlog > 0 and queue_len > 0:
+            share = cfg.window * queue_len // max(tok.backlog, queue_len)
+            allowed = min(allowed, max(1, share))
+        sent = 0
+        rtr: list[int] = []
+        for s in tok.rtr:
+            m = log.msgs.get(s)
+            if m is not None and sent < allowed:
+                self._send(None, m)
+                self.counters["mcast.retransmitted"] += 1
+                sent += 1
+            elif (s > log.aru or m is not None) and s not in rtr:
+                rtr.append(s)
+        seq = tok.seq
+        while sent < allowed:
+            m = self._next_outgoing(seq + 1)
+            if m is None:
+                break
+            seq += 1
+            log.add(m)
+            self._send(None, m)
+            sent += 1
+        for s in range(log.aru + 1, seq + 1):
+            if len(rtr) >= RTR_MAX:
+                break
+            if s not in log.msgs and s not in rtr:
+                rtr.append(s)
+        if log.aru < tok.aru or tok.aru_node in (self.node, 0):
+            aru = log.aru
+            aru_node = 0 if aru >= seq else self.node
+        else:
+            aru, aru_node = tok.aru, tok.aru_node
+        queue_len = len(self._recovery) + (len(self._queue) if self._installed_now() else 0)
+        fcc = max(0, tok.fcc - self._sent_last + sent)
+        backlog = max(0, tok.backlog - self._backlog_last + queue_len)
+        self._sent_last, self._backlog_last = sent, queue_len
+        new = Token(self.ring, tok.token_seq + 1, seq, aru, aru_node, fcc, backlog, tuple(rtr))
+        safe = min(self._aru_last_visit, aru)
+        self._aru_last_visit = aru
+        if safe > self.safe:
+            self.safe = safe
+            self._emit(Safe(self.ring, safe))
+        self._free(log)
+        idle = seq == tok.seq and not rtr and backlog == 0
+        self._idle_visits = self._idle_visits + 1 if idle else 0
+        if (
+            self._idle_visits >= cfg.idle_rotations
+            and self.node == self.members[0]
+            and self.state is State.OPERATIONAL
+        ):
+            # An idle ring: hold the token (its representative) instead of spinning it;
+            # a submit releases it at once.
+            self._held = new
+            self._arm("hold", cfg.hold)
+            self._arm("merge", cfg.merge_interval)
+        else:
+            self._pass_token(new)
+        self._process()
+
+    def _pass_token(self, tok: Token) -> None:
+        self._last_token = tok
+        self._send(self._next_member(), tok)
+        self._arm("retransmit", self.config.token_retransmit)
+
+    def _installed_now(self) -> bool:
+        return self.installed == self.ring
+
+    def _next_outgoing(self, seq: int) -> Mcast | None:
+        if self._recovery:
+            kind, payload, old = self._recovery.popleft()
+            if old is None:
+                return Mcast(self.ring, seq, self.node, kind, payload)
+            return Mcast(
+                self.ring, seq, self.node, kind, old.payload, old.ring, old.seq, old.origin
+            )
+        if self._queue and self._installed_now():
+            return Mcast(self.ring, seq, self.node, Kind.APP, self._queue.popleft())
+        return None
+
+    def _free(self, log: _RingLog) -> None:
+        """Drop messages every member holds and this node has processed."""
+        upto = min(self.safe, log.processed)
+        for s in [s for s in log.msgs if s <= upto]:
+            del log.msgs[s]
+
+    def _process(self) -> None:
+        """Process the current ring's messages in order, up to the first hole."""
+        log = self._logs.get(self.ring)
+        if log is None:
+            return
+        while log.processed < log.aru:
+            s = log.processed + 1
+            m = log.msgs[s]
+            log.processed = s
+            if m.kind is Kind.APP:
+                if self._installed_now():
+                    self._emit(Deliver(m.ring, m.seq, m.origin, m.payload))
+                else:
+                    # Cannot happen: nobody sends before delivering every marker, and
+                    # every marker precedes it.  Counted, not delivered, if it does.
+                    self.counters["app_before_install"] += 1
+            elif m.kind is Kind.RECOVERED:
+                if m.old_ring == self.installed and m.old_ring is not None:
+                    self._log(m.old_ring).add(
+                        Mcast(m.old_ring, m.old_seq, m.old_origin, Kind.APP, m.payload)
+                    )
+            else:
+                self._markers.add(m.origin)
+                if self.state is State.RECOVERY and self._markers >= set(self.members):
+                    self._install()
+
+    # -- membership ---------------------------------------------------------------------
+
+    def _enter_gather(
+        self, procs: Iterable[int], failed: Iterable[int], fresh: bool = False
+    ) -> None:
+        if self.state is not State.GATHER or fresh:
+            self.counters["gather.entered"] += 1
+            base = set(self.installed_members) | set(self.members) | {self.node}
+            self._procs = frozenset(base)
+            self._failed = frozenset()
+        self._procs = self._procs | frozenset(procs)
+        self._failed = (self._failed | frozenset(failed)) - {self.node}
+        self.state = State.GATHER
+        self._held = None
+        for t in ("token_loss", "retransmit", "hold", "merge"):
+            self._timers.pop(t, None)
+        self._last_commit = None
+        self._consensus = {self.node: (self._procs, self._failed)}
+        self._send_join()
+        self._arm("consensus", self.config.consensus_timeout)
+        self._check_consensus()
+
+    def _send_join(self) -> None:
+        self._send(None, Join(self.node, self._procs, self._failed, self._ring_seq_max))
+        self._arm("join", self.config.join_interval)
+
+    def _on_join(self, j: Join) -> None:
+        if j.sender == self.node or j.sender not in self.peers:
+            return
+        # Joins overtake each other on the network: one older than the newest seen from
+        # its sender belongs to a round that sender has left.
+        newest = self._join_seq.get(j.sender, -1)
+        if j.ring_seq < newest:
+            self.counters["join.stale"] += 1
+            return
+        self._join_seq[j.sender] = j.ring_seq
+        if self.state is not State.GATHER and self.node in j.failed:
+            # Its sender gave up on this node; it will gather afresh (on a foreign
+            # message or a merge detect) and find it again.
+            self.counters["join.ignored"] += 1
+            return
+        if self.state is not State.GATHER:
+            # A join from a member that has not yet seen the ring being formed (or this
+            # one) is stale; so is one that lists this node as failed.
+            forming = self._forming if self.state is State.COMMIT else self.ring
+            if j.sender in self._forming_members() and (
+                j.ring_seq < forming.seq or self.node in j.failed
+            ):
+                self.counters["join.ignored"] += 1
+                return
+            self._ring_seq_max = max(self._ring_seq_max, j.ring_seq)
+            self._enter_gather(j.procs | {j.sender}, frozenset())
+        self._ring_seq_max = max(self._ring_seq_max, j.ring_seq)
+        if j.sender in self._failed:
+            return
+        view = (self._procs, self._failed)
+        if (j.procs, j.failed) == view:
+            self._consensus[j.sender] = view
+            self._check_consensus()
+            return
+        if j.procs <= self._procs and j.failed <= self._failed:
+            return
+        procs = self._procs | j.procs | {j.sender}
+        failed = self._failed | ({j.sender} if self.node in j.failed else j.failed)
+        self._enter_gather(procs, failed)
+
+    def _forming_members(self) -> frozenset[int]:
+        if self.state is State.COMMIT and self._last_commit is not None:
+            return frozenset(self._last_commit[1].members)
+        return frozenset(self.members)
+
+    def _check_consensus(self) -> None:
+        live = self._procs - self._failed
+        view = (self._procs, self._failed)
+        if any(self._consensus.get(n) != view for n in live):
+            return
+        if self.node != min(live):
+            return
+        self._ring_seq_max += 4
+        ring = RingId(self._ring_seq_max, self.node)
+        members = tuple(sorted(live))
+        reports: list[Report | None] = [None] * len(members)
+        reports[0] = self._report()
+        commit = Commit(ring, members, tuple(reports), 1, 0)
+        self.state = State.COMMIT
+        self._forming = ring
+        self._timers.pop("join", None)
+        self._timers.pop("consensus", None)
+        self._emit(PersistRingSeq(ring.seq))
+        if len(members) == 1:
+            self._rep_rotation_done(commit)
+        else:
+            self._forward_commit(commit, 1)
+
+    def _report(self) -> Report:
+        log = self._logs.get(self.installed)
+        if log is None:
+            return Report(self.installed, 0, 0)
+        return Report(self.installed, log.aru, log.high)
+
+    def _forward_commit(self, c: Commit, to_index: int) -> None:
+        nxt = c.members[to_index % len(c.members)]
+        self._last_commit = (nxt, c)
+        self._send(nxt, c)
+        self._arm("commit_retransmit", self.config.token_retransmit)
+        self._arm("token_loss", self.config.token_timeout)
+
+    def _on_commit(self, c: Commit) -> None:
+        if self.node not in c.members:
+            return
+        i = c.members.index(self.node)
+        if i == 0:
+            # The representative sees its commit token come back after each rotation.
+            if c.rotation == 1 and self.state is State.COMMIT and self._forming == c.ring:
+                if None not in c.reports:
+                    self._rep_rotation_done(c)
+            elif (
+                c.rotation == 2
+                and self.state is State.RECOVERY
+                and self.ring == c.ring
+                and self._token_seq_seen < 0
+            ):
+                # Every member is in recovery: start the new ring's token.
+                self._timers.pop("commit_retransmit", None)
+                self._last_commit = None
+                self._on_token(Token(self.ring, 0, 0, 0, 0, 0, 0, ()))
+            return
+        if (c.ring, c.rotation) in self._commit_seen or c.ring.seq <= self.ring.seq:
+            return
+        if c.rotation == 1:
+            if self.state is not State.GATHER or set(c.members) != self._procs - self._failed:
+                return
+            self._commit_seen.add((c.ring, 1))
+            reports = list(c.reports)
+            reports[i] = self._report()
+            self._ring_seq_max = max(self._ring_seq_max, c.ring.seq)
+            self._emit(PersistRingSeq(self._ring_seq_max))
+            self.state = State.COMMIT
+            self._forming = c.ring
+            self._timers.pop("join", None)
+            self._timers.pop("consensus", None)
+            self._forward_commit(attrs.evolve(c, reports=tuple(reports)), i + 1)
+        elif self.state is State.COMMIT and self._forming == c.ring:
+            self._commit_seen.add((c.ring, 2))
+            self._enter_recovery(c)
+            self._forward_commit(c, i + 1)
+
+    def _rep_rotation_done(self, c: Commit) -> None:
+        """The representative has every report: second rotation, and recovery."""
+        c2 = attrs.evolve(c, rotation=2)
+        self._enter_recovery(c2)
+        if len(c.members) == 1:
+            self._on_token(Token(self.ring, 0, 0, 0, 0, 0, 0, ()))
+        else:
+            self._forward_commit(c2, 1)
+
+    def _enter_recovery(self, c: Commit) -> None:
+        self.counters["recovery.entered"] += 1
+        self.state = State.RECOVERY
+        self.ring = c.ring
+        self.members = c.members
+        self._ring_seq_max = max(self._ring_seq_max, c.ring.seq)
+        reports = [r for r in c.reports if r is not None]
+        assert len(reports) == len(c.members)
+        trans = [
+            m for m, r in zip(c.members, reports, strict=True) if r.old_ring == self.installed
+        ]
+        self._trans = tuple(trans)
+        self._recovery.clear()
+        old = self._logs.get(self.installed)
+        if old is not None:
+            low = min(r.aru for r in reports if r.old_ring == self.installed and r is not None)
+            for s in sorted(old.msgs):
+                if s > low:
+                    self._recovery.append((Kind.RECOVERED, b"", old.msgs[s]))
+        self._recovery.append((Kind.MARKER, b"", None))
+        self._markers = set()
+        self._logs[self.ring] = _RingLog(self.ring)
+        self._token_seq_seen = -1
+        self._last_token = None
+        self._aru_last_visit = 0
+        self._sent_last = 0
+        self._backlog_last = 0
+        self._idle_visits = 0
+        self.safe = 0
+        self._arm("token_loss", self.config.token_timeout)
+
+    def _install(self) -> None:
+        """Every marker is in: deliver the rest of the old ring, then the new configuration."""
+        old = self._logs.get(self.installed)
+        if old is not None:
+            for s in sorted(old.msgs):
+                if s > old.processed:
+                    m = old.msgs[s]
+                    if m.kind is Kind.APP:
+                        self._emit(Deliver(m.ring, m.seq, m.origin, m.payload))
+                    old.processed = s
+        self._emit(Configuration(self.ring, self._trans, transitional=True))
+        self._emit(Configuration(self.ring, self.members, transitional=False))
+        self.counters["installed"] += 1
+        self.installed = self.ring
+        self.installed_members = self.members
+        self.state = State.OPERATIONAL
+        self._timers.pop("commit_retransmit", None)
+        self._last_commit = None
+        for ring in [r for r in self._logs if r != self.ring]:
+            del self._logs[ring]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _timer_token_loss(self) -> None:
+        self.counters["token.lost"] += 1
+        self._enter_gather(frozenset(), frozenset())
+
+    def _timer_retransmit(self) -> None:
+        if self._last_token is not None and self.state in (State.OPERATIONAL, State.RECOVERY):
+            self.counters["token.retransmitted"] += 1
+            self._send(self._next_member(), self._last_token)
+            self._arm("retransmit", self.config.token_retransmit)
+
+    def _timer_commit_retransmit(self) -> None:
+        if self._last_commit is not None:
+            to, c = self._last_commit
+            self._send(to, c)
+            self._arm("commit_retransmit", self.config.token_retransmit)
+
+    def _timer_hold(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._idle_visits = 0
+            self._pass_token(held)
+
+    def _timer_merge(self) -> None:
+        if self._held is not None or (self.state is State.OPERATIONAL and self._idle_visits):
+            self._send(None, MergeDetect(self.ring, self.node))
+
+    def _timer_join(self) -> None:
+        if self.state is State.GATHER:
+            self._send_join()
+
+    def _timer_consensus(self) -> None:
+        if self.state is not State.GATHER:
+            return
+        view = (self._procs, self._failed)
+        laggards = {
+            n for n in self._procs - self._failed - {self.node} if self._consensus.get(n) != view
+        }
+        self.counters["consensus.timeout"] += 1
+        self._enter_gather(frozenset(), frozenset(laggards))

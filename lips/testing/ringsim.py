@@ -1,0 +1,349 @@
+"""
+A deterministic simulator for the token ring: engines on an in-memory datagram network
+under a fake clock and one seeded random.
+
+Faults: loss, duplication, delay with jitter (hence reordering), partitions, crashes and
+restarts.  After every step the simulator checks the ring's invariants and raises
+L{InvariantViolation} with the seed, so any failure replays from its seed alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from lips.ring._engine import (
+    Configuration,
+    Deliver,
+    PersistRingSeq,
+    RingConfig,
+    RingEngine,
+    Safe,
+    Send,
+    State,
+)
+from lips.ring._messages import NO_RING, RingId, RingMessage
+
+__all__ = ["Faults", "InvariantViolation", "RingSimulation", "Scenario", "replay_command"]
+
+
+class InvariantViolation(AssertionError):
+    """A ring invariant failed; the message names the seed that replays it."""
+
+
+def replay_command(seed: int) -> str:
+    return f"lips sim --seed {seed}"
+
+
+@attrs.frozen
+class Faults:
+    """How unkind the network and the machines are while faults are on."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay: tuple[float, float] = (0.0001, 0.001)
+    crashes: int = 0
+    partitions: int = 0
+
+
+@attrs.frozen
+class Scenario:
+    """One simulated run: who, how long, how much traffic, which faults."""
+
+    nodes: int = 3
+    fault_time: float = 3.0
+    heal_time: float = 4.0
+    messages: int = 60
+    faults: Faults = Faults()
+
+    @classmethod
+    def random(cls, rng: random.Random) -> Scenario:
+        """A scenario drawn from a mix of fault kinds."""
+        mix = rng.choice(["clean", "lossy", "crashes", "partitions", "everything"])
+        faults = Faults(
+            loss=rng.choice([0.0, 0.02, 0.1]) if mix in ("lossy", "everything") else 0.0,
+            duplicate=rng.choice([0.0, 0.05]) if mix in ("lossy", "everything") else 0.0,
+            delay=(0.0001, rng.choice([0.0005, 0.002, 0.01])),
+            crashes=rng.randint(1, 3) if mix in ("crashes", "everything") else 0,
+            partitions=rng.randint(1, 2) if mix in ("partitions", "everything") else 0,
+        )
+        return cls(nodes=rng.randint(2, 5), messages=rng.randint(10, 80), faults=faults)
+
+
+@attrs.define(eq=False)
+class _NodeRecord:
+    deliveries: dict[RingId, list[int]] = attrs.Factory(lambda: defaultdict(list))
+    members: dict[RingId, tuple[int, ...]] = attrs.Factory(dict)
+    installed_at: dict[RingId, float] = attrs.Factory(dict)
+    evs: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, ...]] = attrs.Factory(dict)
+    crashed_ever: bool = False
+    last_installed: RingId = NO_RING
+    safe: dict[RingId, int] = attrs.Factory(dict)
+
+
+class RingSimulation:
+    """Runs one L{Scenario} from one seed."""
+
+    def __init__(self, seed: int, scenario: Scenario | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.scenario = scenario if scenario is not None else Scenario.random(self.rng)
+        self.config = RingConfig.loopback()
+        self.ids = list(range(1, self.scenario.nodes + 1))
+        self.now = 0.0
+        self.engines: dict[int, RingEngine] = {}
+        self.persisted: dict[int, int] = defaultdict(int)
+        self.records: dict[int, _NodeRecord] = {n: _NodeRecord() for n in self.ids}
+        self._net: list[tuple[float, int, int, RingMessage]] = []
+        self._counter = 0
+        self._groups: list[set[int]] | None = None
+        self._faults_on = True
+        self._actions: list[tuple[float, int, str, Any]] = []
+        # What was delivered where: (ring, seq) -> payload, for agreement.
+        self._at: dict[tuple[RingId, int], bytes] = {}
+        self._payload_of: dict[tuple[RingId, int], bytes] = {}
+        self.submitted: dict[bytes, tuple[int, float]] = {}
+        self.steps = 0
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self) -> RingSimulation:
+        """Run the whole scenario, checking invariants throughout and at the end."""
+        sc = self.scenario
+        for n in self.ids:
+            self._plan(self.rng.uniform(0, 0.05), "start", n)
+        end_traffic = sc.fault_time + sc.heal_time * 0.5
+        for i in range(sc.messages):
+            self._plan(self.rng.uniform(0.1, end_traffic), "submit", i)
+        for _ in range(sc.faults.crashes):
+            t = self.rng.uniform(0.2, sc.fault_time)
+            n = self.rng.choice(self.ids)
+            self._plan(t, "crash", n)
+            self._plan(min(sc.fault_time, t + self.rng.uniform(0.1, 1.0)), "restart", n)
+        for _ in range(sc.faults.partitions):
+            t = self.rng.uniform(0.2, sc.fault_time)
+            self._plan(t, "partition", None)
+            self._plan(min(sc.fault_time, t + self.rng.uniform(0.2, 1.5)), "heal", None)
+        self._plan(sc.fault_time, "calm", None)
+        end = sc.fault_time + sc.heal_time
+        while (when := self._next_time()) is not None and when <= end:
+            self._step(when)
+        self.now = end
+        self._check_end()
+        return self
+
+    def _plan(self, t: float, action: str, arg: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._actions, (t, self._counter, action, arg))
+
+    def _next_time(self) -> float | None:
+        times = [e.next_deadline() for e in self.engines.values()]
+        candidates = [t for t in times if t is not None]
+        if self._net:
+            candidates.append(self._net[0][0])
+        if self._actions:
+            candidates.append(self._actions[0][0])
+        return min(candidates) if candidates else None
+
+    def _step(self, t: float) -> None:
+        self.now = max(self.now, t)
+        self.steps += 1
+        if self._actions and self._actions[0][0] <= t:
+            _, _, action, arg = heapq.heappop(self._actions)
+            getattr(self, f"_do_{action}")(arg)
+        elif self._net and self._net[0][0] <= t:
+            _, _, dest, message = heapq.heappop(self._net)
+            engine = self.engines.get(dest)
+            if engine is not None:
+                engine.received(message, self.now)
+                self._drain(dest)
+        else:
+            for n, engine in list(self.engines.items()):
+                deadline = engine.next_deadline()
+                if deadline is not None and deadline <= t:
+                    engine.tick(self.now)
+                    self._drain(n)
+        self._check_step()
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _do_start(self, n: int) -> None:
+        engine = RingEngine(n, self.ids, self.config, ring_seq=self.persisted[n])
+        self.engines[n] = engine
+        engine.start(self.now)
+        self._drain(n)
+
+    def _do_submit(self, i: int) -> None:
+        alive = sorted(self.engines)
+        if not alive:
+            return
+        n = self.rng.choice(alive)
+        payload = f"m{i}@{n}".encode()
+        if self.engines[n].submit(payload, self.now):
+            self.submitted[payload] = (n, self.now)
+        self._drain(n)
+
+    def _do_crash(self, n: int) -> None:
+        if n in self.engines:
+            del self.engines[n]
+            self.records[n].crashed_ever = True
+
+    def _do_restart(self, n: int) -> None:
+        if n not in self.engines:
+            self._do_start(n)
+
+    def _do_partition(self, _: None) -> None:
+        ids = list(self.ids)
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) - 1) if len(ids) > 1 else 1
+        self._groups = [set(ids[:cut]), set(ids[cut:])]
+
+    def _do_heal(self, _: None) -> None:
+        self._groups = None
+
+    def _do_calm(self, _: None) -> None:
+        self._faults_on = False
+        self._groups = None
+        for n in self.ids:
+            if n not in self.engines:
+                self._do_start(n)
+
+    # -- the network ------------------------------------------------------------------------
+
+    def _reachable(self, a: int, b: int) -> bool:
+        if self._groups is None:
+            return True
+        return any(a in g and b in g for g in self._groups)
+
+    def _transmit(self, src: int, dest: int, message: RingMessage) -> None:
+        f = self.scenario.faults
+        if not self._reachable(src, dest):
+            return
+        copies = 1
+        if self._faults_on:
+            if self.rng.random() < f.loss:
+                return
+            if self.rng.random() < f.duplicate:
+                copies = 2
+        for _ in range(copies):
+            lo, hi = f.delay if self._faults_on else (0.0001, 0.0005)
+            self._counter += 1
+            heapq.heappush(
+                self._net, (self.now + self.rng.uniform(lo, hi), self._counter, dest, message)
+            )
+
+    def _drain(self, n: int) -> None:
+        engine = self.engines.get(n)
+        if engine is None:
+            return
+        record = self.records[n]
+        for effect in engine.take_effects():
+            if isinstance(effect, Send):
+                dests = [effect.to] if effect.to is not None else [d for d in self.ids if d != n]
+                for d in dests:
+                    self._transmit(n, d, effect.message)
+            elif isinstance(effect, Deliver):
+                self._delivered(n, effect)
+            elif isinstance(effect, Configuration):
+                if effect.transitional:
+                    old = record.last_installed
+                    key = (effect.ring, old, effect.members)
+                    record.evs[key] = tuple(record.deliveries[old])
+                else:
+                    record.installed_at[effect.ring] = self.now
+                    record.last_installed = effect.ring
+                    record.members[effect.ring] = effect.members
+            elif isinstance(effect, Safe):
+                record.safe[effect.ring] = max(record.safe.get(effect.ring, 0), effect.upto)
+            elif isinstance(effect, PersistRingSeq):
+                self.persisted[n] = max(self.persisted[n], effect.seq)
+
+    def _delivered(self, n: int, d: Deliver) -> None:
+        key = (d.ring, d.seq)
+        seen = self._at.setdefault(key, d.payload)
+        if seen != d.payload:
+            self._fail(f"agreement: {key} is {seen!r} at one node and {d.payload!r} at {n}")
+        seqs = self.records[n].deliveries[d.ring]
+        if seqs and seqs[-1] >= d.seq:
+            self._fail(f"order: node {n} delivered {d.ring}#{d.seq} after #{seqs[-1]}")
+        seqs.append(d.seq)
+
+    # -- invariants -------------------------------------------------------------------------
+
+    def _fail(self, what: str) -> None:
+        raise InvariantViolation(
+            f"seed {self.seed} at t={self.now:.4f} step {self.steps}: {what}\n"
+            f"  scenario: {self.scenario}\n  replay: {replay_command(self.seed)}"
+        )
+
+    def _check_step(self) -> None:
+        # Extended virtual synchrony: nodes that install the same ring from the same old
+        # ring with the same transitional members delivered the same old-ring messages.
+        seen: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, tuple[int, ...]]] = {}
+        for n, record in self.records.items():
+            for key, delivered in record.evs.items():
+                other = seen.setdefault(key, (n, delivered))
+                if other[1] != delivered:
+                    self._fail(
+                        f"virtual synchrony: installing {key[0]} from {key[1]} node {other[0]} "
+                        f"delivered {other[1]} but node {n} delivered {delivered}"
+                    )
+
+    def _check_end(self) -> None:
+        live = sorted(self.engines)
+        states = {n: self.engines[n].state for n in live}
+        if any(s is not State.OPERATIONAL for s in states.values()):
+            self._fail(f"progress: not every node is operational at the end: {states}")
+        rings = {self.engines[n].ring for n in live}
+        if len(rings) != 1:
+            self._fail(f"progress: the nodes ended in different rings {rings}")
+        members = set(self.engines[live[0]].members)
+        if members != set(live):
+            self._fail(f"progress: ring {rings} has members {members}, not {live}")
+        # Every payload submitted once the faults stopped is delivered everywhere.
+        delivered_by: dict[int, set[bytes]] = {}
+        for n in live:
+            delivered_by[n] = {
+                self._at[(ring, s)]
+                for ring, seqs in self.records[n].deliveries.items()
+                for s in seqs
+            }
+        # Every payload submitted once the final ring was installed everywhere is
+        # delivered everywhere; every payload of a node that never crashed is delivered
+        # at least by its sender.  (A payload delivered in one partition's ring before the
+        # partitions merged is, rightly, never delivered in the other.)
+        final = self.engines[live[0]].ring
+        settled = max(self.records[n].installed_at[final] for n in live)
+        late = [p for p, (_, t) in self.submitted.items() if t > settled]
+        for p, (n, _) in self.submitted.items():
+            alive_throughout = n in self.engines and not self.records[n].crashed_ever
+            if alive_throughout and p not in delivered_by[n]:
+                self._fail(f"progress: node {n} never delivered its own {p!r}")
+        for n in live:
+            missing = [p for p in late if p not in delivered_by[n]]
+            if missing:
+                self._fail(f"progress: node {n} never delivered {missing[:5]}")
+        # No loss: a message safe at any node of a ring (its client would have been
+        # answered) is delivered by every member of that ring that never crashed.
+        for m in self.ids:
+            rec_m = self.records[m]
+            for ring, upto in rec_m.safe.items():
+                safe_seqs = [s for s in rec_m.deliveries.get(ring, []) if s <= upto]
+                for k in rec_m.members.get(ring, ()):
+                    rec_n = self.records[k]
+                    if rec_n.crashed_ever or k not in self.engines:
+                        continue
+                    mine = set(rec_n.deliveries.get(ring, []))
+                    lost = [s for s in safe_seqs if s not in mine]
+                    if lost:
+                        self._fail(f"no loss: {ring} #{lost[:5]} safe at {m}, never at {k}")
+
+    def summary(self) -> Iterator[str]:
+        for n in sorted(self.engines):
+            e = self.engines[n]
+            yield f"node {n}: {e.state.value} ring {e.ring} members {e.members}"
