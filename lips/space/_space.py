@@ -233,6 +233,50 @@ class TupleSpace:
         self._record(pid, event, done)
         return done
 
+    # -- for a replica: local matching, claims applied in the total order -----------------
+
+    def find(self, template: Template) -> tuple[int, LTuple] | None:
+        """
+        The oldest stored tuple matching C{template}, with its sequence number, changing
+        nothing.  A replica matches locally with this, then claims the tuple through the
+        total order (L{claim}).
+        """
+        seq = self._find(template)
+        return None if seq is None else (seq, self._store[seq][0])
+
+    def answered(self, pid: int, event: int) -> Completion | None:
+        """The logged answer to C{(pid, event)}, if the space has one (a retry's answer)."""
+        proc = self._procs.get(pid)
+        if proc is None:
+            return None
+        done = proc.log.get(event)
+        if done is None and event <= proc.floor:
+            return Completion(pid, event, Status.STALE)
+        return done
+
+    def claim(self, pid: int, event: int, kind: Kind, seq: int) -> Completion | None:
+        """
+        Apply a claim of the stored tuple number C{seq} by a template operation of kind
+        C{kind} (IN/INP remove it, RD/RDP read it).  The claim wins if the tuple is still
+        there: the answer is logged and returned.  It loses (C{None}, nothing changes) if
+        an earlier claim took the tuple; its origin then matches again with the same
+        event.  A claim of an event already answered returns that answer.
+        """
+        if kind is Kind.OUT:
+            raise ValueError("claim() applies template operations only")
+        done = self.answered(pid, event)
+        if done is not None and done.status is not Status.CANCELLED:
+            return done
+        entry = self._store.get(seq)
+        if entry is None:
+            return None
+        values = entry[0]
+        if kind.removes:
+            self._remove(seq)
+        done = Completion(pid, event, Status.MATCHED, values)
+        self._record(pid, event, done)
+        return done
+
     def cancel(self, pid: int, event: int) -> Completion | None:
         """
         Withdraw the waiting operation C{(pid, event)}.  Returns its C{CANCELLED}

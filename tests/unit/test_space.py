@@ -862,3 +862,62 @@ class SnapshotTests(SynchronousTestCase):
         """restore of arbitrary bytes builds a space or raises SnapshotError, only."""
         with contextlib.suppress(SnapshotError):
             TupleSpace.restore(data)
+
+
+class ClaimTests(SynchronousTestCase):
+    """The replica's path: match locally with find(), apply claims in the total order."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+        self.space.out(9, 1, ("job", 1))
+        self.space.out(9, 2, ("job", 2))
+
+    def test_find_changes_nothing(self) -> None:
+        """find() returns the oldest match and its sequence number, and changes nothing."""
+        before = self.space.snapshot()
+        self.assertEqual(self.space.find(t("job", int)), (1, ("job", 1)))
+        self.assertIsNone(self.space.find(t("nothing")))
+        self.assertEqual(self.space.snapshot(), before)
+
+    def test_first_claim_wins(self) -> None:
+        """Two claims of one tuple: the first in the order takes it, the second loses."""
+        won = self.space.claim(1, 1, Kind.IN, 1)
+        self.assertEqual(won, done(1, 1, Status.MATCHED, ("job", 1)))
+        self.assertIsNone(self.space.claim(2, 1, Kind.IN, 1))
+        self.assertEqual(list(self.space.tuples()), [("job", 2)])
+        # The loser matches again, with the same event, and wins the next tuple.
+        self.assertEqual(
+            self.space.claim(2, 1, Kind.IN, 2), done(2, 1, Status.MATCHED, ("job", 2))
+        )
+
+    def test_read_claims_leave_the_tuple(self) -> None:
+        """An RD claim reads the tuple and leaves it for others."""
+        self.assertEqual(
+            self.space.claim(1, 1, Kind.RD, 1), done(1, 1, Status.MATCHED, ("job", 1))
+        )
+        self.assertEqual(
+            self.space.claim(2, 1, Kind.IN, 1), done(2, 1, Status.MATCHED, ("job", 1))
+        )
+
+    def test_claim_is_exactly_once(self) -> None:
+        """A claim repeated for an answered event returns the first answer, takes nothing."""
+        self.space.claim(1, 1, Kind.IN, 1)
+        self.assertEqual(
+            self.space.claim(1, 1, Kind.IN, 2), done(1, 1, Status.MATCHED, ("job", 1))
+        )
+        self.assertEqual(len(self.space), 1)
+        self.assertEqual(self.space.answered(1, 1), done(1, 1, Status.MATCHED, ("job", 1)))
+        self.assertIsNone(self.space.answered(1, 2))
+
+    def test_claims_are_deterministic(self) -> None:
+        """Replicas applying the same claims in the same order have equal digests."""
+        a, b = TupleSpace.restore(self.space.snapshot()), TupleSpace.restore(self.space.snapshot())
+        for s in (a, b):
+            s.claim(1, 1, Kind.IN, 2)
+            s.claim(2, 1, Kind.IN, 2)
+            s.claim(2, 1, Kind.RD, 1)
+        self.assertEqual(a.digest(), b.digest())
+
+    def test_claim_refuses_out(self) -> None:
+        """OUT is not a claim."""
+        self.assertRaises(ValueError, self.space.claim, 1, 1, Kind.OUT, 1)
