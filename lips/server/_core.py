@@ -244,6 +244,9 @@ class MessageServer:
             reply = NoMatch()
         elif status is Status.CANCELLED:
             reply = (route.withdrawn_for or Cancelled)()
+        elif status is Status.BUSY:
+            session.error(ErrorCode.BUSY, "the server is busy; retry", route.request_id)
+            return
         else:
             session.error(
                 ErrorCode.STALE_EVENT,

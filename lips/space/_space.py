@@ -83,6 +83,8 @@ class Status(enum.IntEnum):
     """A waiting operation was withdrawn (timeout, cancel or lost connection)."""
     STALE = 5
     """A retried event is older than what the process log still remembers."""
+    BUSY = 6
+    """Refused for now (a full queue); never logged, so the client may retry it."""
 
     @property
     def final(self) -> bool:

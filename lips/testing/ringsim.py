@@ -173,6 +173,8 @@ class RingSimulation:
     # -- actions ----------------------------------------------------------------------------
 
     def _do_start(self, n: int) -> None:
+        # A restarted node is a new incarnation: it brings no ring from before.
+        self.records[n].last_installed = NO_RING
         engine = RingEngine(n, self.ids, self.config, ring_seq=self.persisted[n])
         self.engines[n] = engine
         engine.start(self.now)
