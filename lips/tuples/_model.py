@@ -169,22 +169,28 @@ def _check_value(value: Any, depth: int, limits: Limits, where: str) -> Any:
     raise TupleError(f"{where}: values of type {t.__name__} cannot be stored in a tuple")
 
 
+def _check_shape(fields: Any, limits: Limits, noun: str, error: type[TupleError]) -> None:
+    """The checks tuples and templates share: a non-empty sequence, not too long."""
+    if type(fields) is not tuple and type(fields) is not list:
+        raise error(f"a {noun} must be a tuple or list, not {type(fields).__name__}")
+    if not fields:
+        raise error(f"a {noun} must have at least one field")
+    if len(fields) > limits.max_arity:
+        raise error(f"{noun} has {len(fields)} fields, more than {limits.max_arity}")
+
+
 def make_tuple(values: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> LTuple:
     """
     Validate C{values} as a LiPS tuple and return it normalised (lists become tuples).
 
-    The encoded-size limit is checked where the tuple is encoded (see L{lips.tuples.encode}),
-    since that is where its size is known without a second encoding.
+    The encoded-size limit is checked where the tuple is encoded (the client before it
+    sends, the wire decoder when it receives), since that is where its size is known
+    without a second encoding.
 
     @raise TupleError: if it is not a non-empty sequence of storable values within
         C{limits}.
     """
-    if type(values) is not tuple and type(values) is not list:
-        raise TupleError(f"a tuple must be a tuple or list, not {type(values).__name__}")
-    if not values:
-        raise TupleError("a tuple must have at least one field")
-    if len(values) > limits.max_arity:
-        raise TupleError(f"tuple has {len(values)} fields, more than {limits.max_arity}")
+    _check_shape(values, limits, "tuple", TupleError)
     out = []
     for i, v in enumerate(values):
         t = type(v)
@@ -336,12 +342,7 @@ def make_template(fields: Sequence[Any] | Template, limits: Limits = DEFAULT_LIM
     """
     if isinstance(fields, Template):
         return fields
-    if type(fields) is not tuple and type(fields) is not list:
-        raise TemplateError(f"a template must be a tuple or list, not {type(fields).__name__}")
-    if not fields:
-        raise TemplateError("a template must have at least one field")
-    if len(fields) > limits.max_arity:
-        raise TemplateError(f"template has {len(fields)} fields, more than {limits.max_arity}")
+    _check_shape(fields, limits, "template", TemplateError)
     # Programs use the same few templates over and over: reuse their compiled form.  The
     # cache key must tell apart what strict matching tells apart, and (1, True, 1.0) or
     # (0.0, -0.0) are equal as Python values; so only flat templates of types whose
