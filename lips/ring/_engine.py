@@ -36,6 +36,7 @@ from lips.ring._messages import (
     RingMessage,
     Token,
 )
+from lips.tuples import packb, unpackb
 
 __all__ = [
     "Configuration",
@@ -51,6 +52,14 @@ __all__ = [
 
 #: Most retransmission requests a token carries.
 RTR_MAX: Final = 64
+
+# Flags of the payload pieces packed into an application message.
+_WHOLE: Final = 0
+_MORE: Final = 1
+_LAST: Final = 2
+_FLAGS: Final = frozenset({_WHOLE, _MORE, _LAST})
+#: Bytes of msgpack framing per packed piece, at most.
+_PIECE_OVERHEAD: Final = 8
 
 
 class State(enum.Enum):
@@ -82,6 +91,10 @@ class RingConfig:
     max_messages: int = attrs.field(default=17, validator=attrs.validators.ge(1))
     window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
     max_queue: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    max_payload: int = attrs.field(default=1200, validator=attrs.validators.ge(64))
+    """Bytes of payload one broadcast message may carry: small payloads are packed
+    together up to it, larger ones are cut into fragments of it.  Size it to the network
+    MTU less the ring's headers."""
 
     def __attrs_post_init__(self) -> None:
         if self.token_retransmit >= self.token_timeout:
@@ -117,12 +130,16 @@ class Send:
 
 @attrs.frozen
 class Deliver:
-    """An application payload, in total order: message C{seq} of ring C{ring}."""
+    """
+    An application payload, in total order: in message C{seq} of ring C{ring} (the one
+    carrying its last fragment), the C{index}-th payload packed there.
+    """
 
     ring: RingId
     seq: int
     origin: int
     payload: bytes
+    index: int = 0
 
 
 @attrs.frozen
@@ -206,7 +223,10 @@ class RingEngine:
         self.installed_members: tuple[int, ...] = ()
         self._ring_seq_max = ring_seq
         self._logs: dict[RingId, _RingLog] = {}
-        self._queue: deque[bytes] = deque()
+        # Queued payload pieces: (flag, bytes), flag WHOLE, MORE (a fragment with more to
+        # come) or LAST (the last fragment).
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._assembly: dict[int, list[bytes]] = {}
         self._recovery: deque[tuple[Kind, bytes, Mcast | None]] = deque()
         self._markers: set[int] = set()
         self._trans: tuple[int, ...] = ()
@@ -248,10 +268,17 @@ class RingEngine:
         queue is full: back-pressure for the caller.
         """
         self._now = now
-        if len(self._queue) >= self.config.max_queue:
+        size = self.config.max_payload - _PIECE_OVERHEAD
+        pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+        if len(self._queue) + len(pieces) > self.config.max_queue:
             self.counters["queue_full"] += 1
             return False
-        self._queue.append(payload)
+        if len(pieces) == 1:
+            self._queue.append((_WHOLE, payload))
+        else:
+            self.counters["fragmented"] += 1
+            self._queue.extend((_MORE, p) for p in pieces[:-1])
+            self._queue.append((_LAST, pieces[-1]))
         if self._held is not None:
             held, self._held = self._held, None
             self._timers.pop("hold", None)
@@ -449,8 +476,42 @@ class RingEngine:
                 self.ring, seq, self.node, kind, old.payload, old.ring, old.seq, old.origin
             )
         if self._queue and self._installed_now():
-            return Mcast(self.ring, seq, self.node, Kind.APP, self._queue.popleft())
+            # Pack as many queued pieces as fit in one message.
+            pieces = [self._queue.popleft()]
+            used = len(pieces[0][1]) + _PIECE_OVERHEAD
+            while self._queue:
+                nxt = len(self._queue[0][1]) + _PIECE_OVERHEAD
+                if used + nxt > self.config.max_payload:
+                    break
+                pieces.append(self._queue.popleft())
+                used += nxt
+            if len(pieces) > 1:
+                self.counters["packed"] += len(pieces)
+            return Mcast(self.ring, seq, self.node, Kind.APP, packb(pieces))
         return None
+
+    def _deliver_app(self, m: Mcast) -> None:
+        """Unpack an application message; deliver whole payloads and completed ones."""
+        try:
+            pieces = unpackb(m.payload)
+            if type(pieces) is not tuple or not all(
+                type(p) is tuple and len(p) == 2 and p[0] in _FLAGS and type(p[1]) is bytes
+                for p in pieces
+            ):
+                raise ValueError("not a list of pieces")
+        except ValueError:
+            # The same bytes reach every member, so every member skips them alike.
+            self.counters["malformed_app"] += 1
+            return
+        for index, (flag, data) in enumerate(pieces):
+            if flag == _WHOLE:
+                self._emit(Deliver(m.ring, m.seq, m.origin, data, index))
+                continue
+            parts = self._assembly.setdefault(m.origin, [])
+            parts.append(data)
+            if flag == _LAST:
+                del self._assembly[m.origin]
+                self._emit(Deliver(m.ring, m.seq, m.origin, b"".join(parts), index))
 
     def _free(self, log: _RingLog) -> None:
         """Drop messages every member holds and this node has processed."""
@@ -469,7 +530,7 @@ class RingEngine:
             log.processed = s
             if m.kind is Kind.APP:
                 if self._installed_now():
-                    self._emit(Deliver(m.ring, m.seq, m.origin, m.payload))
+                    self._deliver_app(m)
                 else:
                     # Cannot happen: nobody sends before delivering every marker, and
                     # every marker precedes it.  Counted, not delivered, if it does.
@@ -679,8 +740,12 @@ class RingEngine:
                 if s > old.processed:
                     m = old.msgs[s]
                     if m.kind is Kind.APP:
-                        self._emit(Deliver(m.ring, m.seq, m.origin, m.payload))
+                        self._deliver_app(m)
                     old.processed = s
+        # A payload whose sender left mid-way through its fragments cannot be completed.
+        for origin in [o for o in self._assembly if o not in self.members]:
+            del self._assembly[origin]
+            self.counters["fragments.abandoned"] += 1
         self._emit(Configuration(self.ring, self._trans, transitional=True))
         self._emit(Configuration(self.ring, self.members, transitional=False))
         self.counters["installed"] += 1

@@ -77,10 +77,13 @@ class Scenario:
 
 @attrs.define(eq=False)
 class _NodeRecord:
-    deliveries: dict[RingId, list[int]] = attrs.Factory(lambda: defaultdict(list))
+    # Per ring, the positions (sequence number, index in the message) delivered, in order.
+    deliveries: dict[RingId, list[tuple[int, int]]] = attrs.Factory(lambda: defaultdict(list))
     members: dict[RingId, tuple[int, ...]] = attrs.Factory(dict)
     installed_at: dict[RingId, float] = attrs.Factory(dict)
-    evs: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, ...]] = attrs.Factory(dict)
+    evs: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[tuple[int, int], ...]] = attrs.Factory(
+        dict
+    )
     crashed_ever: bool = False
     last_installed: RingId = NO_RING
     safe: dict[RingId, int] = attrs.Factory(dict)
@@ -105,8 +108,7 @@ class RingSimulation:
         self._faults_on = True
         self._actions: list[tuple[float, int, str, Any]] = []
         # What was delivered where: (ring, seq) -> payload, for agreement.
-        self._at: dict[tuple[RingId, int], bytes] = {}
-        self._payload_of: dict[tuple[RingId, int], bytes] = {}
+        self._at: dict[tuple[RingId, tuple[int, int]], bytes] = {}
         self.submitted: dict[bytes, tuple[int, float]] = {}
         self.steps = 0
 
@@ -186,6 +188,9 @@ class RingSimulation:
             return
         n = self.rng.choice(alive)
         payload = f"m{i}@{n}".encode()
+        if self.rng.random() < 0.15:
+            # Larger than one message: sent as fragments, reassembled in order.
+            payload += b":" + bytes(self.rng.randint(1, 255) for _ in range(3000))
         if self.engines[n].submit(payload, self.now):
             self.submitted[payload] = (n, self.now)
         self._drain(n)
@@ -266,14 +271,15 @@ class RingSimulation:
                 self.persisted[n] = max(self.persisted[n], effect.seq)
 
     def _delivered(self, n: int, d: Deliver) -> None:
-        key = (d.ring, d.seq)
+        position = (d.seq, d.index)
+        key = (d.ring, position)
         seen = self._at.setdefault(key, d.payload)
         if seen != d.payload:
             self._fail(f"agreement: {key} is {seen!r} at one node and {d.payload!r} at {n}")
-        seqs = self.records[n].deliveries[d.ring]
-        if seqs and seqs[-1] >= d.seq:
-            self._fail(f"order: node {n} delivered {d.ring}#{d.seq} after #{seqs[-1]}")
-        seqs.append(d.seq)
+        done = self.records[n].deliveries[d.ring]
+        if done and done[-1] >= position:
+            self._fail(f"order: node {n} delivered {d.ring}{position} after {done[-1]}")
+        done.append(position)
 
     # -- invariants -------------------------------------------------------------------------
 
@@ -286,7 +292,7 @@ class RingSimulation:
     def _check_step(self) -> None:
         # Extended virtual synchrony: nodes that install the same ring from the same old
         # ring with the same transitional members delivered the same old-ring messages.
-        seen: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, tuple[int, ...]]] = {}
+        seen: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, tuple[Any, ...]]] = {}
         for n, record in self.records.items():
             for key, delivered in record.evs.items():
                 other = seen.setdefault(key, (n, delivered))
@@ -335,7 +341,7 @@ class RingSimulation:
         for m in self.ids:
             rec_m = self.records[m]
             for ring, upto in rec_m.safe.items():
-                safe_seqs = [s for s in rec_m.deliveries.get(ring, []) if s <= upto]
+                safe_seqs = [s for s in rec_m.deliveries.get(ring, []) if s[0] <= upto]
                 for k in rec_m.members.get(ring, ()):
                     rec_n = self.records[k]
                     if rec_n.crashed_ever or k not in self.engines:

@@ -87,7 +87,33 @@ class SingleNodeTests(SynchronousTestCase):
         delivered = [x.payload for x in self.effects if isinstance(x, Deliver)]
         self.assertEqual(delivered, [b"a", b"b", b"c"])
         safe = max(x.upto for x in self.effects if isinstance(x, Safe))
-        self.assertGreaterEqual(safe, 4)  # the marker and three payloads
+        last = max(x.seq for x in self.effects if isinstance(x, Deliver))
+        self.assertGreaterEqual(safe, last)
+
+    def test_fragments_and_packing(self) -> None:
+        """
+        A payload larger than one message travels as fragments and is delivered whole;
+        small payloads are packed several to a message; order is kept throughout.
+        """
+        big = bytes(range(256)) * 20
+        payloads = [b"s1", big, b"s2", b"s3", big[::-1], b"s4"]
+        mcasts_before = self.engine.counters["sent.mcast"]
+        for p in payloads:
+            self.assertTrue(self.engine.submit(p, self.now))
+        self.spin(self.now + 0.2)
+        delivered = [x.payload for x in self.effects if isinstance(x, Deliver)]
+        self.assertEqual(delivered, payloads)
+        self.assertEqual(self.engine.counters["fragmented"], 2)
+        self.assertGreater(self.engine.counters["packed"], 0)
+        sent = self.engine.counters["sent.mcast"] - mcasts_before
+        self.assertLess(sent, 2 + 2 * len(big) // self.engine.config.max_payload + 4)
+
+    def test_malformed_application_message(self) -> None:
+        """An application message that is not a list of pieces is counted and skipped."""
+        e = self.engine
+        log_seq = e._logs[e.ring].high + 1
+        e.received(Mcast(e.ring, log_seq, 1, Kind.APP, b"\xc1"), self.now)
+        self.assertEqual(e.counters["malformed_app"], 1)
 
     def test_back_pressure(self) -> None:
         """A full queue refuses payloads instead of growing without bound."""
@@ -96,6 +122,10 @@ class SingleNodeTests(SynchronousTestCase):
         self.assertTrue(engine.submit(b"2", 0))
         self.assertFalse(engine.submit(b"3", 0))
         self.assertEqual(engine.counters["queue_full"], 1)
+        # A payload whose fragments would not all fit is refused whole.
+        roomy = RingEngine(1, [1], RingConfig(max_queue=3, max_payload=64))
+        self.assertFalse(roomy.submit(bytes(500), 0))
+        self.assertEqual(roomy.backlog, 0)
 
     def test_duplicate_token_dropped(self) -> None:
         """A token copy not newer than the last one seen is dropped and counted."""
