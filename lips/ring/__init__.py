@@ -1,9 +1,10 @@
 """
 The token ring that replicates the tuple space (in progress; see
-C{docs/design/ring.md}): the sans-IO engine with its membership protocol, its messages,
-and the sealing of its datagrams.
+C{docs/design/ring.md}): the sans-IO engine with its membership protocol, its messages
+and their codec, and the sealing of its datagrams.
 """
 
+from lips.ring._codec import RingCodecError, decode, encode
 from lips.ring._engine import (
     Configuration,
     Deliver,
@@ -47,6 +48,7 @@ __all__ = [
     "Report",
     "RingConfig",
     "RingEngine",
+    "RingCodecError",
     "RingId",
     "RingMessage",
     "Safe",
@@ -54,4 +56,6 @@ __all__ = [
     "Send",
     "State",
     "Token",
+    "decode",
+    "encode",
 ]

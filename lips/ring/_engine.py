@@ -454,7 +454,8 @@ class RingEngine:
             # a submit releases it at once.
             self._held = new
             self._arm("hold", cfg.hold)
-            self._arm("merge", cfg.merge_interval)
+            if "merge" not in self._timers:  # re-arming at every hold would starve it
+                self._arm("merge", cfg.merge_interval)
         else:
             self._pass_token(new)
         self._process()

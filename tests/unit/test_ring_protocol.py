@@ -1,0 +1,643 @@
+"""
+Tests for L{lips.protocols.RingProtocol}, the UDP adapter of the token ring: driven with
+a scripted engine to pin down what it does with each effect and input, and as three real
+ring members over an in-memory datagram network under fake clocks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from lips.protocols import RingProtocol
+from lips.protocols._ring import RingEvent
+from lips.ring import (
+    Configuration,
+    Deliver,
+    Effect,
+    Join,
+    Kind,
+    Mcast,
+    MergeDetect,
+    Mode,
+    PersistRingSeq,
+    RingConfig,
+    RingEngine,
+    RingId,
+    RingMessage,
+    Safe,
+    Sealer,
+    Send,
+    State,
+    Token,
+)
+from lips.ring._codec import JOIN, MERGE_DETECT, encode
+
+KEY = b"k" * 32
+CLUSTER = 7
+Address = tuple[str, int]
+
+
+def address(node: int) -> Address:
+    return (f"10.0.0.{node}", 7100 + node)
+
+
+def sealed(message: RingMessage, sender: int, sealer: Sealer | None = None) -> bytes:
+    """C{message} as node C{sender} would send it."""
+    s = sealer if sealer is not None else Sealer(KEY, CLUSTER)
+    type_code, body = encode(message)
+    return s.seal(type_code, sender, body)
+
+
+@implementer(IUDPTransport)
+class FakeDatagramTransport:
+    """Records what is written; hands it to a L{Network} if it is on one."""
+
+    def __init__(self, host: Address, network: Network | None = None) -> None:
+        self.host = host
+        self.network = network
+        self.written: list[tuple[bytes, Address | None]] = []
+        self.listening = True
+
+    def write(self, packet: bytes, addr: Address | None = None) -> None:
+        self.written.append((packet, addr))
+        if self.network is not None and addr is not None:
+            self.network.queue.append((self.host, addr, packet))
+
+    def connect(self, host: str, port: int) -> None:
+        raise NotImplementedError("the ring never connects its UDP port")
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", *self.host)
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        pass
+
+    def getBroadcastAllowed(self) -> bool:
+        return False
+
+
+class Network:
+    """
+    An in-memory datagram network: what is written in one hop arrives at the next
+    (L{hop}), at whatever protocol listens on the destination address, unless either
+    end is cut off.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[Address, RingProtocol] = {}
+        self.queue: list[tuple[Address, Address, bytes]] = []
+        self.cut: set[Address] = set()
+
+    def hop(self) -> None:
+        batch, self.queue = self.queue, []
+        for source, destination, packet in batch:
+            protocol = self.nodes.get(destination)
+            if protocol is not None and not {source, destination} & self.cut:
+                protocol.datagramReceived(packet, source)
+
+
+class Node:
+    """One ring member: its engine, protocol, clock, transport and what it was given."""
+
+    def __init__(self, node: int, ids: list[int], network: Network) -> None:
+        self.clock = Clock()
+        self.engine = RingEngine(node, ids, RingConfig.loopback())
+        self.events: list[RingEvent] = []
+        self.counters: Counter[str] = Counter()
+        self.protocol = RingProtocol(
+            self.engine,
+            Sealer(KEY, CLUSTER),
+            {n: address(n) for n in ids},
+            self.clock,
+            self.events.append,
+            counters=self.counters,
+        )
+        self.transport = FakeDatagramTransport(address(node), network)
+        network.nodes[address(node)] = self.protocol
+
+    def delivered(self) -> list[bytes]:
+        return [e.payload for e in self.events if isinstance(e, Deliver)]
+
+    def configurations(self) -> list[Configuration]:
+        return [e for e in self.events if isinstance(e, Configuration)]
+
+
+class Ring:
+    """Members on one in-memory network, their clocks advanced together."""
+
+    STEP = 0.001
+
+    def __init__(self, size: int = 3) -> None:
+        self.network = Network()
+        ids = list(range(1, size + 1))
+        self.nodes = {n: Node(n, ids, self.network) for n in ids}
+        for node in self.nodes.values():
+            node.protocol.makeConnection(node.transport)
+
+    def run(self, seconds: float) -> None:
+        """One network hop, then one step of every clock, until C{seconds} have passed."""
+        for _ in range(round(seconds / self.STEP)):
+            self.network.hop()
+            for node in self.nodes.values():
+                node.clock.advance(self.STEP)
+
+    def formed(self) -> bool:
+        engines = [n.engine for n in self.nodes.values()]
+        return all(e.state is State.OPERATIONAL for e in engines) and all(
+            e.members == tuple(self.nodes) and e.ring == engines[0].ring for e in engines
+        )
+
+
+class ScriptedEngine(RingEngine):
+    """
+    An engine whose effects and deadline the test sets, and which records its inputs:
+    so what the adapter does with each effect is seen alone.
+    """
+
+    def __init__(self, node: int = 1, peers: tuple[int, ...] = (1, 2, 3)) -> None:
+        super().__init__(node, peers, RingConfig.loopback())
+        self.script: list[Effect] = []
+        self.on_submit: list[Effect] = []
+        self.inputs: list[tuple[str, object, float]] = []
+        self.deadline: float | None = None
+
+    def start(self, now: float) -> None:
+        self.inputs.append(("start", None, now))
+
+    def received(self, message: RingMessage, now: float) -> None:
+        self.inputs.append(("received", message, now))
+
+    def submit(self, payload: bytes, now: float) -> bool:
+        self.inputs.append(("submit", payload, now))
+        self.script += self.on_submit
+        return True
+
+    def tick(self, now: float) -> None:
+        self.inputs.append(("tick", None, now))
+        if self.deadline is not None and self.deadline <= now:
+            self.deadline = None
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def take_effects(self) -> list[Effect]:
+        effects, self.script = self.script, []
+        return effects
+
+
+RING = RingId(8, 1)
+TOKEN = Token(RING, 1, 0, 0, 0, 0, 0, ())
+
+
+class ScriptedTests(SynchronousTestCase):
+    """The adapter alone, in front of a scripted engine."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.engine = ScriptedEngine()
+        self.events: list[RingEvent] = []
+        self.counters: Counter[str] = Counter()
+        self.protocol = RingProtocol(
+            self.engine,
+            Sealer(KEY, CLUSTER),
+            {n: address(n) for n in (1, 2, 3)},
+            self.clock,
+            self.events.append,
+            counters=self.counters,
+        )
+        self.transport = FakeDatagramTransport(address(1))
+
+    def start(self, *script: Effect) -> None:
+        self.engine.script = list(script)
+        self.protocol.makeConnection(self.transport)
+
+    def test_start(self) -> None:
+        """Connecting the transport starts the engine at the clock's time."""
+        self.start()
+        self.assertEqual(self.engine.inputs, [("start", None, 100.0)])
+
+    def test_missing_address(self) -> None:
+        """A peer of the engine without an address is a configuration error."""
+        self.assertRaises(
+            ValueError,
+            RingProtocol,
+            ScriptedEngine(1, (1, 2, 3)),
+            Sealer(KEY, CLUSTER),
+            {1: address(1), 2: address(2)},
+            self.clock,
+            self.events.append,
+        )
+
+    def test_broadcast_fan_out(self) -> None:
+        """A broadcast is one sealed datagram written to every peer but this node."""
+        join = Join(1, frozenset({1, 2, 3}), frozenset(), 4)
+        self.start(Send(None, join))
+        datagram = sealed(join, 1)
+        self.assertEqual(self.transport.written, [(datagram, address(2)), (datagram, address(3))])
+        self.assertEqual(self.counters["datagrams.sent"], 2)
+        self.assertEqual(self.counters["bytes.sent"], 2 * len(datagram))
+
+    def test_unicast(self) -> None:
+        """A send to one peer is written to that peer's address only."""
+        self.start(Send(3, TOKEN))
+        self.assertEqual(self.transport.written, [(sealed(TOKEN, 1), address(3))])
+
+    def test_unknown_destination(self) -> None:
+        """A send to a node with no address is counted and written nowhere."""
+        self.start(Send(9, TOKEN))
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(self.counters["send.unknown_peer"], 1)
+
+    def test_write_failure(self) -> None:
+        """A transport that refuses a write is counted; the other peers still get theirs."""
+
+        def refuse(packet: bytes, addr: Address | None = None) -> None:
+            if addr == address(2):
+                raise OSError("message too long")
+            self.transport.written.append((packet, addr))
+
+        self.patch(self.transport, "write", refuse)
+        self.start(Send(None, MergeDetect(RING, 1)))
+        self.assertEqual([a for _, a in self.transport.written], [address(3)])
+        self.assertEqual(self.counters["send.failed"], 1)
+        self.assertEqual(self.counters["datagrams.sent"], 1)
+
+    def test_send_to_self_is_looped_back_later(self) -> None:
+        """
+        A send to this node is not written: it is handed back to the engine on the
+        next turn of the reactor, after the current effects, not by recursion.
+        """
+        self.start(Send(1, TOKEN), Send(1, MergeDetect(RING, 1)), Safe(RING, 0))
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(self.events, [Safe(RING, 0)])
+        self.assertEqual([i[0] for i in self.engine.inputs], ["start"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(
+            self.engine.inputs[1:],
+            [("received", TOKEN, 100.0), ("received", MergeDetect(RING, 1), 100.0)],
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_events_in_order(self) -> None:
+        """Every effect but a send goes to the deliver callback, in the engine's order."""
+        events: list[Effect] = [
+            PersistRingSeq(8),
+            Configuration(RING, (1,), transitional=True),
+            Configuration(RING, (1, 2), transitional=False),
+            Deliver(RING, 1, 2, b"a"),
+            Safe(RING, 1),
+            Deliver(RING, 2, 1, b"b"),
+        ]
+        self.start(*events[:3], Send(None, TOKEN), *events[3:])
+        self.assertEqual(self.events, events)
+
+    def test_reentrant_submit_keeps_order(self) -> None:
+        """
+        A deliver callback that submits does not get the effects of its submit before
+        the rest of the effects it is being given.
+        """
+        later = Deliver(RING, 3, 1, b"later")
+        self.engine.on_submit = [later]
+
+        def deliver(event: RingEvent) -> None:
+            self.events.append(event)
+            if event == Deliver(RING, 1, 2, b"a"):
+                self.assertTrue(self.protocol.submit(b"reply"))
+
+        self.protocol.deliver = deliver
+        first, second = Deliver(RING, 1, 2, b"a"), Deliver(RING, 2, 2, b"b")
+        self.start(first, second)
+        self.assertEqual(self.events, [first, second, later])
+
+    def test_deliver_failure(self) -> None:
+        """A failing deliver callback is logged and counted; later effects still happen."""
+
+        def deliver(event: RingEvent) -> None:
+            if isinstance(event, Safe):
+                raise RuntimeError("application bug")
+            self.events.append(event)
+
+        self.protocol.deliver = deliver
+        self.start(Safe(RING, 1), Deliver(RING, 1, 1, b"a"), Send(2, TOKEN))
+        self.assertEqual(self.events, [Deliver(RING, 1, 1, b"a")])
+        self.assertEqual(len(self.transport.written), 1)
+        self.assertEqual(self.counters["errors.deliver"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_engine_failure_does_not_escape(self) -> None:
+        """An engine that raises on a datagram is logged and counted, not raised."""
+        self.start()
+
+        def boom(message: RingMessage, now: float) -> None:
+            raise AssertionError("engine bug")
+
+        self.patch(self.engine, "received", boom)
+        self.engine.deadline = 105.0
+        self.protocol.datagramReceived(sealed(TOKEN, 3), address(3))
+        self.assertEqual(self.counters["errors.internal"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(AssertionError)), 1)
+        # The timer is still re-armed after the failure.
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [105.0])
+
+    def test_unexpected_input_does_not_escape(self) -> None:
+        """Input that breaks the adapter itself is logged and counted, never raised."""
+        self.start()
+        self.protocol.datagramReceived("not bytes" * 10, address(2))  # type: ignore[arg-type]
+        self.assertEqual(self.counters["errors.internal"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(self.engine.inputs, [("start", None, 100.0)])
+
+    def test_received(self) -> None:
+        """An authentic datagram from a peer's address reaches the engine, counted."""
+        self.start()
+        datagram = sealed(TOKEN, 3)
+        self.clock.advance(1)
+        self.protocol.datagramReceived(datagram, address(3))
+        self.assertEqual(self.engine.inputs[1:], [("received", TOKEN, 101.0)])
+        self.assertEqual(self.counters["datagrams.received"], 1)
+        self.assertEqual(self.counters["bytes.received"], len(datagram))
+
+    def test_sender_mismatch(self) -> None:
+        """A join or merge detect naming another sender than its datagram is dropped."""
+        self.start()
+        for message in (Join(3, frozenset({3}), frozenset(), 4), MergeDetect(RING, 3)):
+            self.protocol.datagramReceived(sealed(message, 2), address(2))
+        self.assertEqual(self.counters["dropped.sender_mismatch"], 2)
+        self.assertEqual(self.engine.inputs, [("start", None, 100.0)])
+
+    def test_one_timer(self) -> None:
+        """
+        There is exactly one timer while the engine has a deadline, moved when the
+        deadline moves, firing the engine's tick, and none when it has none.
+        """
+        self.engine.deadline = 105.0
+        self.start()
+        calls = self.clock.getDelayedCalls()
+        self.assertEqual([c.getTime() for c in calls], [105.0])
+        self.engine.deadline = 102.0
+        self.protocol.datagramReceived(sealed(TOKEN, 2), address(2))
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [102.0])
+        self.engine.deadline = 103.0
+        self.clock.advance(2)
+        self.assertEqual(self.engine.inputs[-1], ("tick", None, 102.0))
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [103.0])
+        self.engine.deadline = None
+        self.assertTrue(self.protocol.submit(b"x"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_past_deadline(self) -> None:
+        """A deadline already past fires on the next turn of the reactor."""
+        self.engine.deadline = 50.0
+        self.start()
+        self.clock.advance(0)
+        self.assertEqual(self.engine.inputs[-1], ("tick", None, 100.0))
+
+    def test_stop(self) -> None:
+        """
+        After stop() no delayed call is left, and the protocol ignores datagrams and
+        submits, and writes nothing more.
+        """
+        self.engine.deadline = 105.0
+        self.start(Send(1, TOKEN))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.protocol.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.engine.script = [Send(2, TOKEN)]
+        self.protocol.datagramReceived(sealed(TOKEN, 2), address(2))
+        self.assertFalse(self.protocol.submit(b"x"))
+        self.clock.advance(10)
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual([i[0] for i in self.engine.inputs], ["start"])
+        self.assertEqual(self.counters["dropped.stopped"], 1)
+
+    def test_stop_protocol(self) -> None:
+        """Losing the transport (stopListening, shutdown) stops the protocol."""
+        self.engine.deadline = 105.0
+        self.start()
+        self.protocol.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class BadDatagramTests(SynchronousTestCase):
+    """What a member does with datagrams it must not accept."""
+
+    def setUp(self) -> None:
+        self.ring = Ring(3)
+        self.ring.run(0.3)
+        self.assertTrue(self.ring.formed())
+        self.node = self.ring.nodes[1]
+        self.merge = MergeDetect(self.node.engine.ring, 2)
+        self.good = sealed(self.merge, 2)
+
+    def inject(self, datagram: bytes, source: Any) -> None:
+        self.node.protocol.datagramReceived(datagram, source)
+
+    def test_counted_and_dropped(self) -> None:
+        """
+        Tampered, unauthenticated, foreign, truncated, misaddressed and malformed
+        datagrams are each counted under their reason and never reach the engine.
+        """
+        flipped = bytearray(self.good)
+        flipped[-1] ^= 1
+        malformed_body = Sealer(KEY, CLUSTER).seal(MERGE_DETECT, 2, b"\x93\x01\x02\x03")
+        not_msgpack = Sealer(KEY, CLUSTER).seal(JOIN, 2, b"\xc1")
+        unknown_type = Sealer(KEY, CLUSTER).seal(77, 2, encode(self.merge)[1])
+        cases: list[tuple[str, bytes, Any]] = [
+            ("dropped.bad_auth", bytes(flipped), address(2)),
+            ("dropped.bad_auth", sealed(self.merge, 2, Sealer(b"q" * 32, CLUSTER)), address(2)),
+            ("dropped.other_cluster", sealed(self.merge, 2, Sealer(KEY, 8)), address(2)),
+            ("dropped.wrong_mode", sealed(self.merge, 2, Sealer(KEY, 7, Mode.ENCRYPTED)), None),
+            ("dropped.truncated", self.good[:5], address(2)),
+            ("dropped.truncated", b"", address(2)),
+            ("dropped.bad_magic", b"XX" + self.good[2:], address(2)),
+            ("dropped.bad_version", self.good[:2] + b"\x09" + self.good[3:], address(2)),
+            ("dropped.unknown_sender", sealed(MergeDetect(RING, 9), 9), address(2)),
+            ("dropped.unknown_sender", self.good, address(3)),
+            ("dropped.unknown_sender", self.good, ("10.0.0.2", 9999)),
+            ("dropped.unknown_sender", self.good, None),
+            ("dropped.unknown_sender", sealed(MergeDetect(RING, 1), 1), address(1)),
+            ("dropped.malformed", malformed_body, address(2)),
+            ("dropped.malformed", not_msgpack, address(2)),
+            ("dropped.malformed", unknown_type, address(2)),
+            ("dropped.sender_mismatch", sealed(MergeDetect(RING, 3), 2), address(2)),
+        ]
+        received: list[RingMessage] = []
+        real = self.node.engine.received
+
+        def spy(message: RingMessage, now: float) -> None:
+            received.append(message)
+            real(message, now)
+
+        self.patch(self.node.engine, "received", spy)
+        before = Counter(self.node.counters)
+        for counter, datagram, source in cases:
+            count = self.node.counters[counter]
+            self.inject(datagram, source)
+            self.assertEqual(self.node.counters[counter], count + 1, (counter, source))
+        dropped = Counter(
+            {k: v - before[k] for k, v in self.node.counters.items() if k.startswith("dropped.")}
+        )
+        self.assertEqual(+dropped, Counter(counter for counter, _, _ in cases))
+        self.assertEqual(
+            self.node.counters["datagrams.received"] - before["datagrams.received"], 17
+        )
+        self.assertEqual(received, [])
+        self.assertEqual(self.node.counters["errors.internal"], 0)
+
+    def test_ring_keeps_working(self) -> None:
+        """After a burst of bad datagrams at every member, the ring still delivers."""
+        for n, node in self.ring.nodes.items():
+            peer = 1 + n % 3
+            good = sealed(MergeDetect(node.engine.ring, peer), peer)
+            for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:7], b"\xff" * 40):
+                node.protocol.datagramReceived(bad, address(peer))
+            node.protocol.datagramReceived(
+                Sealer(KEY, CLUSTER).seal(MERGE_DETECT, peer, b"junk"), address(peer)
+            )
+            node.protocol.datagramReceived(good, address(n))
+        self.assertTrue(self.ring.nodes[2].protocol.submit(b"after"))
+        self.ring.run(0.1)
+        for node in self.ring.nodes.values():
+            self.assertEqual(node.delivered(), [b"after"])
+            self.assertEqual(node.counters["dropped.malformed"], 1)
+            self.assertEqual(node.counters["errors.internal"], 0)
+        self.assertTrue(self.ring.formed())
+
+
+class RingTests(SynchronousTestCase):
+    """Three real members over the in-memory network."""
+
+    def test_forms_and_orders(self) -> None:
+        """
+        Three adapters form one ring of all three, and deliver every submitted payload
+        once, in the same order at every member, each sender's in its own order.
+        """
+        ring = Ring(3)
+        ring.run(0.3)
+        self.assertTrue(ring.formed())
+        for node in ring.nodes.values():
+            regular = [c for c in node.configurations() if not c.transitional]
+            self.assertEqual(regular[-1].members, (1, 2, 3))
+            self.assertIn(PersistRingSeq(node.engine.ring.seq), node.events)
+        submitted = []
+        for i in range(30):
+            n = 1 + i % 3
+            payload = f"{n}:{i}".encode()
+            self.assertTrue(ring.nodes[n].protocol.submit(payload))
+            submitted.append(payload)
+            if i % 4 == 0:
+                ring.run(0.002)
+        ring.run(0.2)
+        orders = [node.delivered() for node in ring.nodes.values()]
+        self.assertEqual(sorted(orders[0]), sorted(submitted))
+        self.assertEqual(orders[1], orders[0])
+        self.assertEqual(orders[2], orders[0])
+        for n in ring.nodes:
+            mine = [p for p in orders[0] if p.startswith(b"%d:" % n)]
+            self.assertEqual(mine, [p for p in submitted if p.startswith(b"%d:" % n)])
+        for node in ring.nodes.values():
+            safe = [e.upto for e in node.events if isinstance(e, Safe)]
+            self.assertEqual(safe, sorted(safe))
+            self.assertFalse([k for k in node.counters if k.startswith(("dropped.", "errors."))])
+            self.assertGreater(node.counters["datagrams.sent"], 0)
+            self.assertGreater(node.counters["bytes.received"], 0)
+
+    def test_one_timer_each_then_none(self) -> None:
+        """
+        While the ring runs every member has exactly one pending call, due at its
+        engine's deadline; after stop() none is left.
+        """
+        ring = Ring(3)
+        for _ in range(300):
+            ring.run(0.001)
+            for node in ring.nodes.values():
+                (call,) = node.clock.getDelayedCalls()
+                deadline = node.engine.next_deadline()
+                assert deadline is not None
+                self.assertAlmostEqual(call.getTime(), deadline, places=9)
+        ring.nodes[3].protocol.submit(b"x")
+        for node in ring.nodes.values():
+            node.protocol.stop()
+            self.assertEqual(node.clock.getDelayedCalls(), [])
+        ring.run(1.0)
+        for node in ring.nodes.values():
+            self.assertEqual(node.clock.getDelayedCalls(), [])
+
+    def test_lone_member(self) -> None:
+        """
+        A ring of one passes its token to itself without touching the network, and
+        delivers what it submits.
+        """
+        network = Network()
+        node = Node(1, [1], network)
+        node.protocol.makeConnection(node.transport)
+        for _ in range(100):
+            node.clock.advance(0.001)
+        self.assertEqual(node.engine.state, State.OPERATIONAL)
+        self.assertTrue(node.protocol.submit(b"solo"))
+        for _ in range(100):
+            node.clock.advance(0.001)
+        self.assertEqual(node.delivered(), [b"solo"])
+        self.assertEqual(node.transport.written, [])
+        self.assertGreater(node.engine.counters["token.received"], 1)
+        node.protocol.stop()
+        self.assertEqual(node.clock.getDelayedCalls(), [])
+
+    def test_recovers_member_after_loss(self) -> None:
+        """
+        A member cut off from the network is dropped from the ring; once the network
+        heals, traffic from the other side makes them merge, and all three deliver
+        alike again.
+        """
+        ring = Ring(3)
+        ring.run(0.3)
+        ring.network.cut.add(address(3))
+        ring.run(1.0)
+        self.assertEqual([ring.nodes[n].engine.members for n in (1, 2)], [(1, 2)] * 2)
+        self.assertEqual(ring.nodes[3].engine.members, (3,))
+        ring.network.cut.clear()
+        ring.nodes[1].protocol.submit(b"while apart")
+        ring.run(1.0)
+        self.assertTrue(ring.formed())
+        ring.nodes[3].protocol.submit(b"together")
+        ring.run(0.1)
+        for node in ring.nodes.values():
+            self.assertEqual(node.delivered()[-1:], [b"together"])
+
+    def test_idle_partitions_merge(self) -> None:
+        """
+        Healed partitions merge even when nobody submits anything: the representative
+        of an idle ring broadcasts merge detects.
+        """
+        ring = Ring(3)
+        ring.run(0.3)
+        ring.network.cut.add(address(3))
+        ring.run(1.0)
+        ring.network.cut.clear()
+        ring.run(2.0)
+        self.assertTrue(ring.formed())
+
+
+class MessageKindsTests(SynchronousTestCase):
+    def test_recovered_messages_travel(self) -> None:
+        """A RECOVERED broadcast passes through seal, codec and adapter unchanged."""
+        ring = Ring(2)
+        ring.run(0.3)
+        engine = ring.nodes[1].engine
+        got: list[RingMessage] = []
+        self.patch(engine, "received", lambda m, now: got.append(m))
+        m = Mcast(RingId(99, 2), 1, 2, Kind.RECOVERED, b"p", RingId(50, 1), 3, 1)
+        ring.nodes[1].protocol.datagramReceived(sealed(m, 2), address(2))
+        self.assertEqual(got, [m])
