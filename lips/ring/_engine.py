@@ -53,13 +53,8 @@ __all__ = [
 #: Most retransmission requests a token carries.
 RTR_MAX: Final = 64
 
-# Flags of the payload pieces packed into an application message.
-_WHOLE: Final = 0
-_MORE: Final = 1
-_LAST: Final = 2
-_FLAGS: Final = frozenset({_WHOLE, _MORE, _LAST})
-#: Bytes of msgpack framing per packed piece, at most.
-_PIECE_OVERHEAD: Final = 8
+#: Bytes of msgpack framing per packed piece, at most: [index, total, data].
+_PIECE_OVERHEAD: Final = 24
 
 
 class State(enum.Enum):
@@ -223,10 +218,10 @@ class RingEngine:
         self.installed_members: tuple[int, ...] = ()
         self._ring_seq_max = ring_seq
         self._logs: dict[RingId, _RingLog] = {}
-        # Queued payload pieces: (flag, bytes), flag WHOLE, MORE (a fragment with more to
-        # come) or LAST (the last fragment).
-        self._queue: deque[tuple[int, bytes]] = deque()
-        self._assembly: dict[int, list[bytes]] = {}
+        # Queued payload pieces: (index, total, bytes); a payload that fits in one message
+        # is the single piece (0, 1, payload).
+        self._queue: deque[tuple[int, int, bytes]] = deque()
+        self._assembly: dict[int, tuple[int, list[bytes]]] = {}
         self._recovery: deque[tuple[Kind, bytes, Mcast | None]] = deque()
         self._markers: set[int] = set()
         self._trans: tuple[int, ...] = ()
@@ -273,12 +268,9 @@ class RingEngine:
         if len(self._queue) + len(pieces) > self.config.max_queue:
             self.counters["queue_full"] += 1
             return False
-        if len(pieces) == 1:
-            self._queue.append((_WHOLE, payload))
-        else:
+        if len(pieces) > 1:
             self.counters["fragmented"] += 1
-            self._queue.extend((_MORE, p) for p in pieces[:-1])
-            self._queue.append((_LAST, pieces[-1]))
+        self._queue.extend((i, len(pieces), p) for i, p in enumerate(pieces))
         if self._held is not None:
             held, self._held = self._held, None
             self._timers.pop("hold", None)
@@ -479,9 +471,9 @@ class RingEngine:
         if self._queue and self._installed_now():
             # Pack as many queued pieces as fit in one message.
             pieces = [self._queue.popleft()]
-            used = len(pieces[0][1]) + _PIECE_OVERHEAD
+            used = len(pieces[0][2]) + _PIECE_OVERHEAD
             while self._queue:
-                nxt = len(self._queue[0][1]) + _PIECE_OVERHEAD
+                nxt = len(self._queue[0][2]) + _PIECE_OVERHEAD
                 if used + nxt > self.config.max_payload:
                     break
                 pieces.append(self._queue.popleft())
@@ -496,7 +488,12 @@ class RingEngine:
         try:
             pieces = unpackb(m.payload)
             if type(pieces) is not tuple or not all(
-                type(p) is tuple and len(p) == 2 and p[0] in _FLAGS and type(p[1]) is bytes
+                type(p) is tuple
+                and len(p) == 3
+                and type(p[0]) is int
+                and type(p[1]) is int
+                and 0 <= p[0] < p[1]
+                and type(p[2]) is bytes
                 for p in pieces
             ):
                 raise ValueError("not a list of pieces")
@@ -504,15 +501,27 @@ class RingEngine:
             # The same bytes reach every member, so every member skips them alike.
             self.counters["malformed_app"] += 1
             return
-        for index, (flag, data) in enumerate(pieces):
-            if flag == _WHOLE:
-                self._emit(Deliver(m.ring, m.seq, m.origin, data, index))
+        for position, (index, total, data) in enumerate(pieces):
+            if total == 1:
+                self._emit(Deliver(m.ring, m.seq, m.origin, data, position))
                 continue
-            parts = self._assembly.setdefault(m.origin, [])
-            parts.append(data)
-            if flag == _LAST:
+            if index == 0:
+                if m.origin in self._assembly:
+                    self.counters["fragments.abandoned"] += 1
+                self._assembly[m.origin] = (total, [data])
+                continue
+            expected = self._assembly.get(m.origin)
+            if expected is None or expected[0] != total or len(expected[1]) != index:
+                # A fragment whose predecessors this node did not deliver (they went to
+                # another configuration, or the sender restarted): the payload is lost
+                # here, never spliced.
+                self._assembly.pop(m.origin, None)
+                self.counters["fragments.abandoned"] += 1
+                continue
+            expected[1].append(data)
+            if index == total - 1:
                 del self._assembly[m.origin]
-                self._emit(Deliver(m.ring, m.seq, m.origin, b"".join(parts), index))
+                self._emit(Deliver(m.ring, m.seq, m.origin, b"".join(expected[1]), position))
 
     def _free(self, log: _RingLog) -> None:
         """Drop messages every member holds and this node has processed."""
