@@ -20,6 +20,7 @@ import attrs
 from lips.ring._engine import (
     Configuration,
     Deliver,
+    Effect,
     PersistRingSeq,
     RingConfig,
     RingEngine,
@@ -245,30 +246,35 @@ class RingSimulation:
             )
 
     def _drain(self, n: int) -> None:
+        """Carry out node C{n}'s effects, and any effects that carrying them out causes."""
         engine = self.engines.get(n)
         if engine is None:
             return
+        while effects := engine.take_effects():
+            for effect in effects:
+                self._handle(n, effect)
+
+    def _handle(self, n: int, effect: Effect) -> None:
         record = self.records[n]
-        for effect in engine.take_effects():
-            if isinstance(effect, Send):
-                dests = [effect.to] if effect.to is not None else [d for d in self.ids if d != n]
-                for d in dests:
-                    self._transmit(n, d, effect.message)
-            elif isinstance(effect, Deliver):
-                self._delivered(n, effect)
-            elif isinstance(effect, Configuration):
-                if effect.transitional:
-                    old = record.last_installed
-                    key = (effect.ring, old, effect.members)
-                    record.evs[key] = tuple(record.deliveries[old])
-                else:
-                    record.installed_at[effect.ring] = self.now
-                    record.last_installed = effect.ring
-                    record.members[effect.ring] = effect.members
-            elif isinstance(effect, Safe):
-                record.safe[effect.ring] = max(record.safe.get(effect.ring, 0), effect.upto)
-            elif isinstance(effect, PersistRingSeq):
-                self.persisted[n] = max(self.persisted[n], effect.seq)
+        if isinstance(effect, Send):
+            dests = [effect.to] if effect.to is not None else [d for d in self.ids if d != n]
+            for d in dests:
+                self._transmit(n, d, effect.message)
+        elif isinstance(effect, Deliver):
+            self._delivered(n, effect)
+        elif isinstance(effect, Configuration):
+            if effect.transitional:
+                old = record.last_installed
+                key = (effect.ring, old, effect.members)
+                record.evs[key] = tuple(record.deliveries[old])
+            else:
+                record.installed_at[effect.ring] = self.now
+                record.last_installed = effect.ring
+                record.members[effect.ring] = effect.members
+        elif isinstance(effect, Safe):
+            record.safe[effect.ring] = max(record.safe.get(effect.ring, 0), effect.upto)
+        elif isinstance(effect, PersistRingSeq):
+            self.persisted[n] = max(self.persisted[n], effect.seq)
 
     def _delivered(self, n: int, d: Deliver) -> None:
         position = (d.seq, d.index)
@@ -423,24 +429,16 @@ class ReplicatedSimulation(RingSimulation):
         self.replicas[n].submit(op)
         self._drain(n)
 
-    def _drain(self, n: int) -> None:
-        engine = self.engines.get(n)
+    def _handle(self, n: int, effect: Effect) -> None:
         replica = self.replicas.get(n)
-        if engine is None or replica is None:
-            super()._drain(n)
-            return
-        pending = engine.take_effects()
-        engine._effects = pending  # let the ring checks see them too
-        for effect in pending:
+        if replica is not None:
             if isinstance(effect, Deliver):
                 replica.delivered(effect.ring, effect.seq, effect.payload)
             elif isinstance(effect, Safe):
                 replica.safe(effect.ring, effect.upto)
             elif isinstance(effect, Configuration) and not effect.transitional:
                 replica.installed(effect.ring)
-        super()._drain(n)
-        if engine._effects:
-            self._drain(n)
+        super()._handle(n, effect)
 
     def _check_replicas(self) -> None:
         from lips.space import Status
