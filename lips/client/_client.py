@@ -28,6 +28,7 @@ from lips.errors import ConnectionLost, LipsError, ProtocolViolation, RequestErr
 from lips.space import Kind
 from lips.tuples import (
     DEFAULT_LIMITS,
+    Limits,
     LTuple,
     Template,
     TupleTooLarge,
@@ -86,6 +87,7 @@ class _ClientProtocol(Protocol):
         self.lost: Failure | None = None
         self.on_late_match: Any = None
         self.on_lost: list[defer.Deferred[None]] = []
+        self.limits = _reply_limits(DEFAULT_LIMITS.max_size)
 
     def request(
         self, message: Message, timeout: float | None = None, max_size: int | None = None
@@ -144,7 +146,7 @@ class _ClientProtocol(Protocol):
                 self._violation(f"bad frame from server: {item.message}")
                 return
             try:
-                message = decode_message(item)
+                message = decode_message(item, self.limits)
             except MessageError as e:
                 self._violation(f"bad message from server: {e.message}")
                 return
@@ -215,6 +217,9 @@ class TupleSpaceClient:
         self.max_size = welcome.max_size
         self._event = first_event - 1
         protocol.on_late_match = self._put_back
+        # Answers carry tuples up to the server's limits, which may exceed the defaults.
+        protocol.limits = _reply_limits(self.max_size)
+        protocol.decoder.max_body = max(protocol.decoder.max_body, self.max_size + _BODY_OVERHEAD)
 
     @property
     def connected(self) -> bool:
@@ -285,6 +290,14 @@ class TupleSpaceClient:
         self.out(values).addErrback(
             lambda f: Logger().failure("Could not return a tuple to the space", f)
         )
+
+
+def _reply_limits(max_size: int) -> Limits:
+    """
+    Limits for checking a server's answers: its size limit (from WELCOME), and arity and
+    depth bounds wide enough for whatever limits the server was configured with.
+    """
+    return Limits(max_arity=1 << 16, max_depth=64, max_size=max(max_size, 16))
 
 
 def _expect(message: Message, kind: type) -> Any:

@@ -146,6 +146,17 @@ class ClientTests(SynchronousTestCase):
         self.assertRaises(TupleTooLarge, client.out, ("x", b"\x00" * 2000))
         client.out(("x", b"\x00" * 1000))
 
+    def test_larger_server_limit(self) -> None:
+        """A server allowing tuples over the default size can send them back to clients."""
+        server = memory_server(self.clock, limits=Limits(max_size=3 << 20))
+        client, pump = memory_client(server, self.clock)
+        big = ("big", b"\x01" * (2 << 20))
+        client.out(big)
+        pump.flush()
+        d = client.in_(("big", bytes))
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), big)
+
     def test_stats(self) -> None:
         """stats() returns the server's counters."""
         d = self.client.stats()
