@@ -247,6 +247,13 @@ class MessageServer:
         elif status is Status.BUSY:
             session.error(ErrorCode.BUSY, "the server is busy; retry", route.request_id)
             return
+        elif status is Status.UNAVAILABLE:
+            session.error(
+                ErrorCode.UNAVAILABLE,
+                "this server cannot serve now; use another",
+                route.request_id,
+            )
+            return
         else:
             session.error(
                 ErrorCode.STALE_EVENT,

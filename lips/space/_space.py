@@ -85,6 +85,9 @@ class Status(enum.IntEnum):
     """A retried event is older than what the process log still remembers."""
     BUSY = 6
     """Refused for now (a full queue); never logged, so the client may retry it."""
+    UNAVAILABLE = 7
+    """This server cannot serve now (it is outside the primary component, or is still
+    receiving the state); never logged, so the client retries at another server."""
 
     @property
     def final(self) -> bool:

@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 12
     UNEXPECTED = 13
     DUPLICATE_REQUEST = 14
+    UNAVAILABLE = 15
 
 
 @attrs.frozen
