@@ -395,9 +395,9 @@ class MessageTests(SynchronousTestCase):
                 "STALE_EVENT": 10,
                 "BUSY": 11,
                 "INTERNAL": 12,
+                "UNEXPECTED": 13,
                 "DUPLICATE_REQUEST": 14,
                 "UNAVAILABLE": 15,
-                "DUPLICATE_REQUEST": 14,
             },
         )
 
