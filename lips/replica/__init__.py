@@ -1,7 +1,8 @@
 """
-The replicated tuple space: a MessageServer backend over the token ring (sans-IO).
+The replicated tuple space: a MessageServer backend over the token ring.
 """
 
-from lips.replica._replica import Replica, ReplicaPayloadError
+from lips.replica._node import ReplicaNode, RingSeqStorage
+from lips.replica._replica import Mode, Replica, ReplicaPayloadError
 
-__all__ = ["Replica", "ReplicaPayloadError"]
+__all__ = ["Mode", "Replica", "ReplicaNode", "ReplicaPayloadError", "RingSeqStorage"]

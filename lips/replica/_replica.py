@@ -11,36 +11,96 @@ replica, where the first claim of a tuple wins and a losing origin matches again
 Answers are released to the server only once the ring reports them safe (every member
 holds the message that produced them), so an answered operation survives the crash of
 any server but the last.
+
+Membership: the primary component and state transfer
+----------------------------------------------------
+
+A tuple space cannot let two partitions both serve (an C{in} must remove a tuple once,
+cluster-wide), so a replica serves only in a I{primary component}.  At every regular
+configuration each member broadcasts a C{STATUS}: whether it holds a state, the last
+primary configuration it served in, how many operations its state has applied and a
+fingerprint of them (a hash chained over the ring positions of every applied
+operation).  Every member delivers the same statuses in the same order, so when the
+last one is in, every member takes the same decision at the same point of the order:
+
+- The configuration is primary if it holds a majority of the configured servers (half,
+  when it holds the lowest configured id) and either some member holds a state, or
+  every configured server is present (a cold start: the space begins empty).
+- The source is the member with the most recent state: the highest last primary, then
+  the most operations applied, then the lowest id.  Every member whose fingerprint
+  differs (a restarted server, one that spent a while in a minority) waits for the
+  source's C{SNAPSHOT}, taken at the decision point and carried through the ring; it
+  restores it and applies what was delivered since.  Its digest then equals the
+  others'.
+- Until it is decided, operations delivered in the new configuration (sent before its
+  senders knew of it) are kept aside, and client requests wait in a queue.  In a
+  primary they are applied after the decision; outside one they are dropped, and every
+  request of this server's clients is answered C{UNAVAILABLE} so they go elsewhere.
+  Requests of this server that were in flight when the configuration changed are sent
+  again once it serves: the (process id, event number) log applies each of them once.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
 from zope.interface import implementer
 
-from lips.ring import RingId
+from lips.ring import NO_RING, RingId
 from lips.server import ISpaceBackend, Operation
-from lips.space import Completion, Kind, Status, TupleSpace
+from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
 from lips.tuples import LTuple, Template, TupleError, make_tuple, packb, unpackb
 
-__all__ = ["Replica", "ReplicaPayloadError"]
+__all__ = ["Mode", "Replica", "ReplicaPayloadError"]
 
 _OUT: Final = 1
 _CLAIM: Final = 2
+_STATUS: Final = 3
+_SNAPSHOT: Final = 4
+
+#: Most client requests kept while the replica is not yet serving.
+MAX_QUEUED: Final = 10_000
+
+_POSITION = struct.Struct("!QIQI")
+
+#: The sequence number of answers held until a state transfer's snapshot is safe.
+_AFTER_TRANSFER: Final = 2**63
 
 
 class ReplicaPayloadError(ValueError):
     """A ring payload is not a replica operation."""
 
 
+class Mode(enum.Enum):
+    """What a replica does with its clients' requests."""
+
+    SYNCING = "syncing"
+    """A configuration is being decided, or the state is on its way: requests wait."""
+    SERVING = "serving"
+    """A member of the primary component with the current state."""
+    UNAVAILABLE = "unavailable"
+    """Outside the primary component: requests are answered UNAVAILABLE."""
+
+
 @attrs.define(eq=False)
 class _Wait:
     kind: Kind
     template: Template
+
+
+@attrs.frozen
+class _Status:
+    node: int
+    has_state: bool
+    last_primary: RingId
+    applied: int
+    fingerprint: bytes
 
 
 def encode_out(pid: int, event: int, values: LTuple) -> bytes:
@@ -51,23 +111,52 @@ def encode_claim(pid: int, event: int, kind: Kind, seq: int, origin: int) -> byt
     return packb([_CLAIM, pid, event, int(kind), seq, origin])
 
 
+def encode_status(ring: RingId, status: _Status) -> bytes:
+    lp = status.last_primary
+    return packb(
+        [
+            _STATUS,
+            status.node,
+            ring.seq,
+            ring.rep,
+            status.has_state,
+            lp.seq,
+            lp.rep,
+            status.applied,
+            status.fingerprint,
+        ]
+    )
+
+
+def encode_snapshot(
+    ring: RingId, source: int, applied: int, fingerprint: bytes, blob: bytes
+) -> bytes:
+    return packb([_SNAPSHOT, ring.seq, ring.rep, source, applied, fingerprint, blob])
+
+
+def _ints(values: Iterable[Any]) -> bool:
+    return all(type(v) is int for v in values)
+
+
 def decode(payload: bytes) -> tuple[Any, ...]:
     """
-    A ring payload as C{("out", pid, event, tuple)} or
-    C{("claim", pid, event, kind, seq, origin)}.
+    A ring payload as C{("out", pid, event, tuple)},
+    C{("claim", pid, event, kind, seq, origin)}, C{("status", ring, _Status)} or
+    C{("snapshot", ring, source, applied, fingerprint, blob)}.
     """
     try:
         body = unpackb(payload)
     except Exception as e:
         raise ReplicaPayloadError(f"not msgpack: {e}") from None
-    if type(body) is not tuple or not body or any(type(x) is not int for x in body[1:3]):
+    if type(body) is not tuple or not body or not _ints(body[1:3]):
         raise ReplicaPayloadError("not a replica operation")
-    if body[0] == _OUT and len(body) == 4:
+    tag = body[0]
+    if tag == _OUT and len(body) == 4:
         try:
             return ("out", body[1], body[2], make_tuple(body[3]))
         except TupleError as e:
             raise ReplicaPayloadError(str(e)) from None
-    if body[0] == _CLAIM and len(body) == 6 and all(type(x) is int for x in body[3:]):
+    if tag == _CLAIM and len(body) == 6 and _ints(body[3:]):
         try:
             kind = Kind(body[3])
         except ValueError:
@@ -75,6 +164,24 @@ def decode(payload: bytes) -> tuple[Any, ...]:
         if kind is Kind.OUT:
             raise ReplicaPayloadError("a claim cannot be an OUT")
         return ("claim", body[1], body[2], kind, body[4], body[5])
+    if (
+        tag == _STATUS
+        and len(body) == 9
+        and _ints(body[1:4])
+        and type(body[4]) is bool
+        and _ints(body[5:8])
+        and type(body[8]) is bytes
+    ):
+        status = _Status(body[1], body[4], RingId(body[5], body[6]), body[7], body[8])
+        return ("status", RingId(body[2], body[3]), status)
+    if (
+        tag == _SNAPSHOT
+        and len(body) == 7
+        and _ints(body[1:5])
+        and type(body[5]) is bytes
+        and type(body[6]) is bytes
+    ):
+        return ("snapshot", RingId(body[1], body[2]), body[3], body[4], body[5], body[6])
     raise ReplicaPayloadError("not a replica operation")
 
 
@@ -86,46 +193,103 @@ class Replica:
     @param node: this server's node id in the ring.
     @param broadcast: hands a payload to the ring; returns False when the ring's queue
         is full (the operation is then refused, for the client to retry).
+    @param configured: the ids of every configured server of this ring (this one
+        included): a primary component holds a majority of them.
+    @param space: the (empty) space to start from; its limits and log limit are kept
+        when a snapshot replaces it.
     """
 
     def __init__(
-        self, node: int, broadcast: Callable[[bytes], bool], space: TupleSpace | None = None
+        self,
+        node: int,
+        broadcast: Callable[[bytes], bool],
+        configured: Iterable[int],
+        space: TupleSpace | None = None,
     ) -> None:
         self.node = node
+        self.configured = frozenset(configured) | {node}
         self.space = space if space is not None else TupleSpace()
         self._broadcast = broadcast
         self.on_complete: Callable[[Completion], None] = lambda c: None
+        self.mode = Mode.SYNCING
+        self.has_state = False
+        self.last_primary = NO_RING
+        self.applied = 0
+        self.fingerprint = b""
+        self.ring = NO_RING
+        self.members: tuple[int, ...] = ()
+        self.counters: dict[str, int] = {
+            "refused": 0,
+            "malformed": 0,
+            "dropped": 0,
+            "unavailable": 0,
+            "snapshots.sent": 0,
+            "snapshots.restored": 0,
+            "snapshots.bad": 0,
+            "configurations": 0,
+            "cold_starts": 0,
+        }
+        # Requests of this server's clients, by (pid, event).
         self._waiting: OrderedDict[tuple[int, int], _Wait] = OrderedDict()
         self._claiming: dict[tuple[int, int], _Wait] = {}
+        self._outs: dict[tuple[int, int], LTuple] = {}
+        self._queued: OrderedDict[tuple[int, int], Operation] = OrderedDict()
+        # Answers waiting to be safe: (ring, seq, completion), and their keys.
         self._held: list[tuple[RingId, int, Completion]] = []
-        self.refused = 0
-        self.malformed = 0
+        self._held_keys: dict[tuple[int, int], int] = {}
+        # The configuration being decided: statuses in, operations kept aside.
+        self._statuses: dict[int, _Status] = {}
+        self._aside: list[tuple[RingId, int, int, bytes, int]] = []
+        self._source = 0
+        self._transfer = False
+        self._pending_snapshot: bytes | None = None
 
     # -- from the MessageServer -------------------------------------------------------------
 
     def submit(self, operation: Operation) -> None:
         op = operation
+        key = (op.pid, op.event)
+        if self.mode is Mode.UNAVAILABLE:
+            self._unavailable(*key)
+            return
+        if self.mode is Mode.SYNCING:
+            if key not in self._queued and len(self._queued) >= MAX_QUEUED:
+                self._refuse(*key)
+            else:
+                self._queued[key] = op
+            return
+        if key in self._held_keys:
+            return  # applied, not yet safe: its answer comes when it is
         done = self.space.answered(op.pid, op.event)
         if done is not None and done.status is not Status.CANCELLED:
             self.on_complete(done)  # a retry: the first answer again
             return
         if op.kind is Kind.OUT:
             assert isinstance(op.payload, tuple)
-            if not self._broadcast(encode_out(op.pid, op.event, op.payload)):
-                self._refuse(op.pid, op.event)
+            if self._broadcast(encode_out(op.pid, op.event, op.payload)):
+                self._outs[key] = op.payload
+            else:
+                self._refuse(*key)
             return
         assert isinstance(op.payload, Template)
         self._match(op.pid, op.event, _Wait(op.kind, op.payload))
 
     def withdraw(self, pid: int, event: int) -> None:
-        if self._waiting.pop((pid, event), None) is not None:
+        key = (pid, event)
+        if self._waiting.pop(key, None) is not None or self._queued.pop(key, None) is not None:
             self.on_complete(Completion(pid, event, Status.CANCELLED))
 
-    def gauges(self) -> dict[str, int]:
+    def gauges(self) -> dict[str, int | float | str]:
         return {
+            "mode": self.mode.value,
+            "ring": f"{self.ring.seq}.{self.ring.rep}",
+            "members": len(self.members),
+            "last_primary": f"{self.last_primary.seq}.{self.last_primary.rep}",
+            "applied": self.applied,
             "tuples": len(self.space),
             "waiting": len(self._waiting),
             "claiming": len(self._claiming),
+            "queued": len(self._queued),
             "unsafe_answers": len(self._held),
             "processes": self.space.processes,
             "sequence": self.space.sequence,
@@ -133,59 +297,252 @@ class Replica:
 
     # -- from the ring ----------------------------------------------------------------------
 
-    def delivered(self, ring: RingId, seq: int, payload: bytes) -> None:
+    def delivered(
+        self, ring: RingId, seq: int, payload: bytes, origin: int = 0, index: int = 0
+    ) -> None:
         """Apply one payload delivered in total order."""
         try:
             op = decode(payload)
         except ReplicaPayloadError:
             # Every replica gets the same bytes, so every replica skips it alike.
-            self.malformed += 1
+            self.counters["malformed"] += 1
             return
-        if op[0] == "out":
-            _, pid, event, values = op
-            before = self.space.sequence
-            for c in self.space.out(pid, event, values):
-                self._held.append((ring, seq, c))
-            if self.space.sequence != before:
-                self._offer(self.space.sequence, values)
-            return
-        _, pid, event, kind, tuple_seq, origin = op
-        won = self.space.claim(pid, event, kind, tuple_seq)
-        mine = origin == self.node
-        wait = self._claiming.pop((pid, event), None) if mine else None
-        if won is not None:
-            self._held.append((ring, seq, won))
-        elif wait is not None:
-            self._match(pid, event, wait)  # lost the race: match again
+        if op[0] == "status":
+            self._on_status(seq, op[1], op[2])
+        elif op[0] == "snapshot":
+            self._on_snapshot(seq, op[1:])
+        elif self.mode is Mode.SERVING:
+            self._apply(ring, seq, index, origin, op)
+        elif self.mode is Mode.SYNCING and ring == self.ring:
+            self._aside.append((ring, seq, index, payload, origin))
+        else:
+            self.counters["dropped"] += 1  # sent before its sender knew it was outside
 
     def safe(self, ring: RingId, upto: int) -> None:
         """Every member holds the ring's messages up to C{upto}: release their answers."""
+        if self._pending_snapshot is not None:
+            self._send_snapshot()
         keep = []
         for entry in self._held:
             if entry[0] == ring and entry[1] <= upto:
-                self.on_complete(entry[2])
+                self._release(entry[2])
             else:
                 keep.append(entry)
         self._held = keep
 
-    def installed(self, ring: RingId) -> None:
+    def configuration(self, ring: RingId, members: Iterable[int], transitional: bool) -> None:
         """
-        A new configuration is installed: the old ring's messages were recovered by every
-        survivor before it, so answers held for them are safe now.
+        A configuration change.  At a regular one this member states what it holds and
+        waits, with everything else, for the decision (see the module docstring).
         """
-        keep = []
-        for entry in self._held:
-            if entry[0] != ring:
-                self.on_complete(entry[2])
-            else:
-                keep.append(entry)
-        self._held = keep
+        if transitional:
+            return
+        self.counters["configurations"] += 1
+        self.ring = ring
+        self.members = tuple(members)
+        self.mode = Mode.SYNCING
+        self._statuses = {}
+        self._aside = []
+        self._source = 0
+        self._transfer = False
+        self._pending_snapshot = None
+        status = _Status(
+            self.node, self.has_state, self.last_primary, self.applied, self.fingerprint
+        )
+        if not self._broadcast(encode_status(ring, status)):
+            # Cannot happen on a fresh ring (its queue was emptied into the old one);
+            # without a status nobody decides, and the next configuration tries again.
+            self.counters["refused"] += 1
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def _on_status(self, seq: int, ring: RingId, status: _Status) -> None:
+        if ring != self.ring or self.mode is not Mode.SYNCING or self._source:
+            return
+        if status.node not in self.members:
+            self.counters["malformed"] += 1
+            return
+        self._statuses.setdefault(status.node, status)
+        if len(self._statuses) == len(self.members):
+            self._decide(seq)
+
+    def _primary(self) -> bool:
+        present = self.configured & set(self.members)
+        half = len(self.configured) / 2
+        if len(present) < half or (len(present) == half and min(self.configured) not in present):
+            return False
+        return any(s.has_state for s in self._statuses.values()) or present == self.configured
+
+    def _decide(self, seq: int) -> None:
+        """Every status is in (the last at C{seq}): the same decision on every member."""
+        if not self._primary():
+            self._become_unavailable()
+            return
+        stateful = [s for s in self._statuses.values() if s.has_state]
+        self.last_primary = self.ring
+        if not stateful:
+            # A cold start: every configured server is here and none holds a state.
+            self.counters["cold_starts"] += 1
+            self.space = TupleSpace(self.space.limits, self.space.log_limit)
+            self.applied, self.fingerprint, self.has_state = 0, b"", True
+            self._serve(seq)
+            return
+        source = max(stateful, key=lambda s: (s.last_primary, s.applied, -s.node))
+        behind = [
+            s.node
+            for s in self._statuses.values()
+            if not (s.has_state and s.fingerprint == source.fingerprint)
+        ]
+        self._transfer = bool(behind)
+        if self.node in behind:
+            # This state is not the primary's: wait for the source's snapshot.  Answers
+            # held for it were never given, and their requests are sent again later.
+            self._source = source.node
+            self.has_state = False
+            held, self._held = self._held, []
+            self._held_keys.clear()
+            for _, _, c in held:
+                self._unavailable(c.pid, c.event)
+            return
+        if behind and self.node == source.node:
+            self._pending_snapshot = encode_snapshot(
+                self.ring, self.node, self.applied, self.fingerprint, self.space.snapshot()
+            )
+            self._send_snapshot()
+        self._serve(seq)
+
+    def _send_snapshot(self) -> None:
+        snapshot = self._pending_snapshot
+        if snapshot is not None and self._broadcast(snapshot):
+            # Refused only when the ring's queue is full: tried again at the next safe.
+            self._pending_snapshot = None
+            self.counters["snapshots.sent"] += 1
+
+    def _on_snapshot(self, seq: int, snapshot: tuple[Any, ...]) -> None:
+        for_ring, source, applied, fingerprint, blob = snapshot
+        if for_ring != self.ring or not self._transfer:
+            return
+        # Everything answered since the decision waits for the snapshot to be safe: until
+        # every member holds it, the members that needed it do not hold those answers.
+        self._transfer = False
+        self._held = [(r, seq if s == _AFTER_TRANSFER else s, c) for r, s, c in self._held]
+        if source != self._source or self.mode is not Mode.SYNCING:
+            return
+        try:
+            space = TupleSpace.restore(blob, self.space.limits, self.space.log_limit)
+        except SnapshotError:
+            # Every member got the same bytes; this one waits for the next configuration.
+            self.counters["snapshots.bad"] += 1
+            return
+        self.counters["snapshots.restored"] += 1
+        self.space = space
+        self.applied, self.fingerprint, self.has_state = applied, fingerprint, True
+        self._source = 0
+        self._serve(seq)
+
+    def _serve(self, seq: int) -> None:
+        """
+        Serving from now (decided at C{seq}): answers of earlier configurations are
+        released with this ring's C{seq}; then what was kept aside is applied, and the
+        requests that waited are served.
+        """
+        self.mode = Mode.SERVING
+        self._held = [
+            (self.ring, _AFTER_TRANSFER if self._transfer else seq, c)
+            if r != self.ring
+            else (r, s, c)
+            for r, s, c in self._held
+        ]
+        aside, self._aside = self._aside, []
+        for ring, at, index, payload, origin in aside:
+            self._apply(ring, at, index, origin, decode(payload))
+        # Requests in flight when the configuration changed may have been lost with the
+        # old ring: send them again; the log applies each once.
+        outs, self._outs = self._outs, {}
+        for (pid, event), values in outs.items():
+            self.submit(Operation(Kind.OUT, pid, event, values))
+        waits = list(self._claiming.items()) + list(self._waiting.items())
+        self._claiming.clear()
+        self._waiting.clear()
+        for (pid, event), wait in waits:
+            self._rematch(pid, event, wait)
+        queued, self._queued = self._queued, OrderedDict()
+        for op in queued.values():
+            self.submit(op)
+
+    def _rematch(self, pid: int, event: int, wait: _Wait) -> None:
+        if (pid, event) in self._held_keys:
+            return
+        done = self.space.answered(pid, event)
+        if done is not None and done.status is not Status.CANCELLED:
+            self.on_complete(done)
+            return
+        found = self.space.find(wait.template)
+        if found is None:
+            self._waiting[(pid, event)] = wait  # still waiting: no new PENDING answer
+        else:
+            self._claim(pid, event, wait, found[0])
+
+    def _become_unavailable(self) -> None:
+        """Outside the primary: every request of this server's clients goes elsewhere."""
+        self.mode = Mode.UNAVAILABLE
+        self._aside = []
+        keys = [*self._outs, *self._claiming, *self._waiting, *self._queued]
+        keys += [(c.pid, c.event) for _, _, c in self._held]
+        for store in (self._outs, self._claiming, self._waiting, self._queued, self._held_keys):
+            store.clear()
+        self._held.clear()
+        for pid, event in dict.fromkeys(keys):
+            self._unavailable(pid, event)
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def _apply(self, ring: RingId, seq: int, index: int, origin: int, op: tuple[Any, ...]) -> None:
+        self.applied += 1
+        self.fingerprint = hashlib.blake2b(
+            self.fingerprint + _POSITION.pack(ring.seq, ring.rep, seq, index), digest_size=16
+        ).digest()
+        mine = origin == self.node
+        if op[0] == "out":
+            _, pid, event, values = op
+            if mine:
+                self._outs.pop((pid, event), None)
+            before = self.space.sequence
+            for c in self.space.out(pid, event, values):
+                if mine:
+                    self._hold(ring, seq, c)
+            if self.space.sequence != before:
+                self._offer(self.space.sequence, values)
+            return
+        _, pid, event, kind, tuple_seq, _claimer = op
+        won = self.space.claim(pid, event, kind, tuple_seq)
+        wait = self._claiming.pop((pid, event), None) if mine else None
+        if won is not None:
+            if mine:
+                self._hold(ring, seq, won)
+        elif wait is not None:
+            self._match(pid, event, wait)  # lost the race: match again
+
+    def _hold(self, ring: RingId, seq: int, c: Completion) -> None:
+        key = (c.pid, c.event)
+        if key in self._held_keys:
+            return  # the same request applied twice (sent again): one answer
+        self._held.append((ring, _AFTER_TRANSFER if self._transfer else seq, c))
+        self._held_keys[key] = seq
+
+    def _release(self, c: Completion) -> None:
+        self._held_keys.pop((c.pid, c.event), None)
+        self.on_complete(c)
 
     # -- internals --------------------------------------------------------------------------
 
     def _refuse(self, pid: int, event: int) -> None:
-        self.refused += 1
+        self.counters["refused"] += 1
         self.on_complete(Completion(pid, event, Status.BUSY))
+
+    def _unavailable(self, pid: int, event: int) -> None:
+        self.counters["unavailable"] += 1
+        self.on_complete(Completion(pid, event, Status.UNAVAILABLE))
 
     def _match(self, pid: int, event: int, wait: _Wait) -> None:
         found = self.space.find(wait.template)

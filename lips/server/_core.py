@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -70,8 +70,8 @@ class ISpaceBackend(Interface):
     def withdraw(pid: int, event: int) -> None:
         """Withdraw a waiting operation; if it was waiting, a CANCELLED answer follows."""
 
-    def gauges() -> dict[str, int]:
-        """Sizes worth reporting (stored tuples, waiters, ...)."""
+    def gauges() -> Mapping[str, int | float | str]:
+        """Sizes and states worth reporting (stored tuples, waiters, ...)."""
 
 
 @implementer(ISpaceBackend)
@@ -157,6 +157,7 @@ class MessageServer:
 
     @param clock: for request timeouts.
     @param rng: for process ids given to clients that do not bring one.
+    @param probes: more figures for L{stats}, by name (the ring's, say).
     """
 
     def __init__(
@@ -166,8 +167,10 @@ class MessageServer:
         name: str = "lips",
         limits: Limits = DEFAULT_LIMITS,
         rng: random.Random | None = None,
+        probes: Sequence[Callable[[], Mapping[str, int | float | str]]] = (),
     ) -> None:
         self.backend = backend
+        self.probes = list(probes)
         self.clock = clock
         self.name = name
         self.limits = limits
@@ -343,4 +346,6 @@ class MessageServer:
         values["server"] = self.name
         for k, v in self.backend.gauges().items():
             values[f"space.{k}"] = v
+        for probe in self.probes:
+            values.update(probe())
         return values

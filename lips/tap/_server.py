@@ -2,7 +2,9 @@
 Options and service construction shared by the MessageServer and FixServer roles.
 
 Both roles are the same server: a FixServer holds the System Tuple Space (node state),
-a MessageServer an application's tuple space.
+a MessageServer an application's tuple space.  Alone (C{--listen}), a server keeps its
+space in memory; with C{--config cluster.toml --name NAME} it is one member of the
+file's ring for its role, and the space is replicated by the ring.
 """
 
 from __future__ import annotations
@@ -16,11 +18,29 @@ from OpenSSL import crypto
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IListeningPort
 from twisted.python import usage
 
-from lips.protocols import MessageServerFactory
-from lips.server import LocalBackend, MessageServer
+from lips.cluster import (
+    ClusterConfig,
+    ClusterConfigError,
+    Role,
+    ServerEntry,
+    StateFileError,
+    load_cluster,
+)
+from lips.protocols import (
+    BroadcastTransport,
+    IRingTransport,
+    MessageServerFactory,
+    MulticastTransport,
+    UnicastTransport,
+    listen_ring,
+)
+from lips.replica import ReplicaNode
+from lips.server import ISpaceBackend, LocalBackend, MessageServer
 from lips.space import TupleSpace
 from lips.tuples import Limits
 
@@ -44,11 +64,22 @@ class ServerOptions(usage.Options):
     """Command-line options of a tuple-space server."""
 
     default_port = 7010
-    role = "msgserver"
+    role: Role = "msgserver"
 
     optParameters: list[Any] = [
+        [
+            "config",
+            "c",
+            None,
+            "Cluster file (TOML): serve as its server --name, replicated by the ring.",
+        ],
         ["listen", "l", None, "Endpoint to listen on (default tcp:PORT:interface=127.0.0.1)."],
-        ["name", None, None, "Name of this server (default HOST-ROLE)."],
+        [
+            "name",
+            None,
+            None,
+            "Name of this server (with --config: its name in the file; else HOST-ROLE).",
+        ],
         ["tls-cert", None, None, "PEM certificate: serve TLS on the --listen endpoint."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         [
@@ -76,6 +107,9 @@ class ServerOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        self["cluster"] = self["entry"] = None
+        if self["config"] is not None:
+            self._cluster_options()
         if self["listen"] is None:
             self["listen"] = f"tcp:{self.default_port}:interface=127.0.0.1"
         if self["name"] is None:
@@ -104,6 +138,33 @@ class ServerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
+    def _cluster_options(self) -> None:
+        """Take this server's name, listen endpoint and ring from the cluster file."""
+        if self["listen"] is not None:
+            raise usage.UsageError("--listen comes from the cluster file with --config")
+        try:
+            cluster = load_cluster(self["config"])
+        except ClusterConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        names = [s.name for s in cluster.members(self.role)]
+        if self["name"] is None:
+            raise usage.UsageError(
+                f"--config needs --name: one of the {self.role}s {', '.join(names) or '(none)'}"
+            )
+        try:
+            entry = cluster.server(self["name"])
+        except ClusterConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if entry.role != self.role:
+            raise usage.UsageError(
+                f"{entry.name} is a {entry.role} in {self['config']}, not a {self.role}"
+            )
+        try:
+            cluster.ring_seq_store(entry.name).load()
+        except StateFileError as e:
+            raise usage.UsageError(str(e)) from None
+        self["cluster"], self["entry"], self["listen"] = cluster, entry, entry.listen
+
 
 def _tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
     try:
@@ -126,6 +187,56 @@ def _tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
     )
 
 
+def ring_transport(cluster: ClusterConfig, role: Role) -> IRingTransport:
+    """The transport the cluster file asks for, for C{role}'s ring."""
+    address = cluster.one_to_many_address(role)
+    if cluster.transport == "multicast":
+        assert address is not None
+        spec = cluster.one_to_many[role]
+        return MulticastTransport(
+            address,
+            interface=cluster.interface,
+            ttl=spec.ttl if spec is not None else 1,
+            loopback=True,
+        )
+    if cluster.transport == "broadcast":
+        assert address is not None
+        return BroadcastTransport(address)
+    return UnicastTransport()
+
+
+class RingService(service.Service):
+    """
+    A server's ring member on the network: its sockets are opened before the reactor
+    runs (so twistd exits at once if they cannot be), and closed on stop.
+    """
+
+    def __init__(self, node: ReplicaNode, reactor: Any) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.ports: list[IListeningPort] = []
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._listen()
+
+    def _listen(self) -> None:
+        if not self.ports:
+            self.ports = listen_ring(self.reactor, self.node.protocol)
+
+    def stopService(self) -> Deferred[None]:
+        service.Service.stopService(self)
+        self.node.protocol.stop()
+        ports, self.ports = self.ports, []
+        return DeferredList(
+            [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+        ).addCallback(lambda _: None)
+
+
 class ServerService(service.MultiService):
     """A tuple-space server: its listener, and the core it serves (C{core})."""
 
@@ -142,15 +253,38 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerSe
         reactor = global_reactor
     limits: Limits = options["limits"]
     space = TupleSpace(limits, options["log-limit"])
+    cluster: ClusterConfig | None = options["cluster"]
+    backend: ISpaceBackend
+    probes = []
+    ring: RingService | None = None
+    if cluster is not None:
+        entry: ServerEntry = options["entry"]
+        node = ReplicaNode(
+            node=entry.id,
+            peers=cluster.ring_peers(entry.role),
+            sealer=cluster.sealer(entry.role),
+            clock=reactor,
+            config=cluster.ring_config,
+            space=space,
+            store=cluster.ring_seq_store(entry.name),
+            ring_transport=ring_transport(cluster, entry.role),
+        )
+        backend, ring = node, RingService(node, reactor)
+        probes.append(node.stats)
+    else:
+        backend = LocalBackend(space)
     core = MessageServer(
-        LocalBackend(space),
+        backend,
         reactor,
         name=options["name"],
         limits=limits,
         rng=random.SystemRandom(),
+        probes=probes,
     )
     factory = MessageServerFactory(core)
     top = ServerService(core)
+    if ring is not None:
+        service.MultiService.addService(top, ring)
     endpoint = serverFromString(reactor, options["listen"])
     if options["tls"] is not None:
         endpoint = wrapServerTLS(options["tls"], endpoint)
