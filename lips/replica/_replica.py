@@ -286,6 +286,7 @@ class Replica:
             "members": len(self.members),
             "last_primary": f"{self.last_primary.seq}.{self.last_primary.rep}",
             "applied": self.applied,
+            "fingerprint": self.fingerprint.hex(),
             "tuples": len(self.space),
             "waiting": len(self._waiting),
             "claiming": len(self._claiming),

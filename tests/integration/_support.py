@@ -37,6 +37,7 @@ __all__ = [
     "PKI",
     "TWISTD",
     "RawPeer",
+    "RingCluster",
     "ServerDidNotStart",
     "ServerFarm",
     "TwistdServer",
@@ -290,6 +291,94 @@ class ServerFarm:
         servers, self.servers = self.servers, []
         for server in servers:
             await server.stop()
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@attrs.define(eq=False)
+class RingCluster:
+    """
+    A cluster file of C{size} MessageServers on loopback (free ports, its own key and
+    state directory), and the servers of it that a test starts.
+    """
+
+    farm: ServerFarm
+    size: int = 3
+    path: Path = attrs.field(init=False)
+    ports: dict[str, int] = attrs.field(init=False, factory=dict)
+    running: dict[str, TwistdServer] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        directory = self.farm.directory / "cluster"
+        directory.mkdir(exist_ok=True)
+        key = directory / "cluster.key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        lines = [
+            "[cluster]",
+            "id = 11",
+            'key_file = "cluster.key"',
+            'transport = "unicast"',
+            'timings = "loopback"',
+            'state_dir = "state"',
+        ]
+        for n in range(1, self.size + 1):
+            name, port = f"m{n}", _free_port()
+            self.ports[name] = port
+            lines += [
+                f"[servers.{name}]",
+                'role = "msgserver"',
+                f"id = {n}",
+                f'ring = "127.0.0.1:{_free_udp_port()}"',
+                f'listen = "tcp:{port}:interface=127.0.0.1"',
+            ]
+        self.path = directory / "cluster.toml"
+        self.path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.ports)
+
+    def endpoint(self, name: str) -> str:
+        return f"tcp:host=127.0.0.1:port={self.ports[name]}"
+
+    async def start(self, name: str) -> TwistdServer:
+        """Start server C{name}; return once it accepts connections."""
+        server = self.farm.spawn("--config", str(self.path), "--name", name, port=self.ports[name])
+        self.running[name] = server
+        await _accepting(server, _reactor().seconds() + START_DEADLINE)
+        return server
+
+    def kill(self, name: str) -> None:
+        """SIGKILL server C{name}: no goodbye to anyone."""
+        self.running.pop(name).transport.signalProcess("KILL")
+
+    async def serving(self, *names: str, members: int | None = None) -> list[dict[str, Any]]:
+        """
+        Wait until every server in C{names} (all running ones by default) serves in a
+        ring of C{members} members (all running ones by default); their stats.
+        """
+        names = names or tuple(self.running)
+        want = len(self.running) if members is None else members
+        latest: list[dict[str, Any]] = []
+
+        async def ready() -> bool:
+            latest.clear()
+            for name in names:
+                try:
+                    stats = await self.running[name].stats()
+                except Exception:
+                    return False
+                latest.append(stats)
+            return all(s["space.mode"] == "serving" and s["space.members"] == want for s in latest)
+
+        await eventually(ready, 30, f"servers {names} serving in a ring of {want}")
+        return latest
 
 
 async def run_twistd(*args: str, cwd: Path) -> tuple[int, str]:
