@@ -5,22 +5,54 @@ L{RingProtocol} holds no ring logic.  It opens each datagram with the cluster's
 L{Sealer}, checks that the sender is a configured peer writing from its configured
 address, decodes the body with L{lips.ring._codec} and hands the message to the
 L{RingEngine}; then it carries out what the engine asks for: L{Send} effects become
-sealed datagrams (a broadcast is unicast to every other peer), every other effect goes
-to the C{deliver} callback, in order.  It keeps one pending timer for the engine's next
+sealed datagrams, every other effect goes to the C{deliver} callback, in order.  A send
+to one node is written to that node's ring address; a broadcast goes where the ring's
+transport says (L{lips.protocols._transports}): unicast to every other peer, once to a
+multicast group, or once to the subnet's broadcast address.  L{listen_ring} opens the
+sockets the transport needs.  The protocol keeps one pending timer for the engine's next
 deadline.  Bad datagrams are logged, counted and dropped here: nothing a peer or a
 stranger sends can raise into the reactor.
+
+Counters (L{RingProtocol.counters}, and L{RingProtocol.stats} for a status display;
+the names are stable, see L{COUNTERS}):
+
+  - C{datagrams.sent}, C{bytes.sent}: datagrams written, and their bytes.  A broadcast
+    counts once per peer in unicast fan-out, once with multicast or broadcast.
+  - C{datagrams.received}, C{bytes.received}: datagrams read on any of the member's
+    sockets, before any check.
+  - C{datagrams.received.group}: of those, the ones read on the multicast group or
+    broadcast socket (zero while multicast does not get through, e.g. a switch with IGMP
+    snooping and no querier).
+  - C{dropped.<reason>}: datagrams dropped, by reason.  From the sealer:
+    C{dropped.truncated}, C{dropped.bad_magic}, C{dropped.bad_version},
+    C{dropped.other_cluster} (another cluster on the same network), C{dropped.wrong_mode},
+    C{dropped.bad_auth} (tampered, or sealed with another key).  Then C{dropped.own}
+    (this member's own one-to-many datagram, looped back by the host: expected with
+    multicast and broadcast, not logged), C{dropped.unknown_sender} (authentic, but the
+    claimed sender is not a peer, or wrote from another address than its own),
+    C{dropped.malformed} (authentic, but the body does not decode),
+    C{dropped.sender_mismatch} (a join or merge detect naming another sender than its
+    datagram) and C{dropped.stopped} (arrived after L{RingProtocol.stop}).
+  - C{send.unknown_peer} (the engine sent to a node with no address),
+    C{send.no_transport} (a send before the socket was open or after it closed),
+    C{send.failed} (the socket refused a write; the datagram is lost like any other).
+  - C{errors.internal} (a bug in the adapter or the engine, logged with its traceback),
+    C{errors.deliver} (the C{deliver} callback raised), C{errors.transport} (the ring
+    socket could not be set up for the transport: the member did not start).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
-from typing import Any, TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeAlias
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from lips.protocols._transports import Address, IRingTransport, UnicastTransport
 from lips.ring._codec import RingCodecError, decode, encode
 from lips.ring._engine import (
     Configuration,
@@ -31,14 +63,33 @@ from lips.ring._engine import (
     Send,
 )
 from lips.ring._messages import Join, MergeDetect, RingMessage
-from lips.ring._seal import Dropped, Sealer
+from lips.ring._seal import Dropped, DropReason, Sealer
 
-__all__ = ["RingEvent", "RingProtocol"]
+__all__ = ["COUNTERS", "RingEvent", "RingProtocol", "listen_ring"]
 
 RingEvent: TypeAlias = Deliver | Safe | Configuration | PersistRingSeq
 """The effects of the engine that are for the application rather than the network."""
 
-Address: TypeAlias = tuple[str, int]
+#: Every counter L{RingProtocol} keeps, as the module docstring describes them.
+COUNTERS: Final[tuple[str, ...]] = (
+    "datagrams.sent",
+    "bytes.sent",
+    "datagrams.received",
+    "bytes.received",
+    "datagrams.received.group",
+    *(f"dropped.{reason.value}" for reason in DropReason),
+    "dropped.own",
+    "dropped.unknown_sender",
+    "dropped.malformed",
+    "dropped.sender_mismatch",
+    "dropped.stopped",
+    "send.unknown_peer",
+    "send.no_transport",
+    "send.failed",
+    "errors.internal",
+    "errors.deliver",
+    "errors.transport",
+)
 
 
 class RingProtocol(DatagramProtocol):
@@ -47,12 +98,26 @@ class RingProtocol(DatagramProtocol):
 
     @param engine: the ring engine of this node (not yet started).
     @param sealer: seals and opens the cluster's datagrams.
-    @param peers: the C{(host, port)} of every configured node; hosts are IP addresses,
-        as the transport reports them for incoming datagrams.  This node's own entry,
-        if present, is never written to.
+    @param peers: the ring address C{(host, port)} of every configured node; hosts are
+        IP addresses, as the transport reports them for incoming datagrams.  This
+        node's own entry is never written to; L{listen_ring} binds the ring socket to
+        it, and own datagrams are recognised by it.
     @param clock: the time source and scheduler.
     @param deliver: called with every non-L{Send} effect of the engine, in order.
-    @param counters: where datagram, byte, drop and error counts go.
+    @param counters: where datagram, byte, drop and error counts go (see L{COUNTERS}).
+    @param ring_transport: how broadcasts travel; unicast fan-out by default.
+
+    Sender check: an authentic datagram is accepted only from the exact ring address
+    (host and port) configured for the node it claims to be, whichever socket it
+    arrives on.  This holds for multicast and broadcast as well, because members write
+    their one-to-many datagrams from their ring socket too: the group or broadcast
+    socket only receives.  A datagram claiming to be this node, from this node's own
+    ring address, is its own one-to-many datagram come back through the host: dropped
+    as C{dropped.own}, quietly.  From any other address (another node configured with
+    the same id, or a replay) it is C{dropped.unknown_sender}, with a warning.
+
+    @ivar start_failure: why the ring socket could not be set up for the transport, if
+        it could not (the engine was then not started).
     """
 
     log = Logger()
@@ -66,6 +131,7 @@ class RingProtocol(DatagramProtocol):
         deliver: Callable[[RingEvent], None],
         *,
         counters: Counter[str] | None = None,
+        ring_transport: IRingTransport | None = None,
     ) -> None:
         missing = sorted(engine.peers - set(peers) - {engine.node})
         if missing:
@@ -77,6 +143,11 @@ class RingProtocol(DatagramProtocol):
         self.clock = clock
         self.deliver = deliver
         self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.ring_transport: IRingTransport = (
+            ring_transport if ring_transport is not None else UnicastTransport()
+        )
+        self.start_failure: Failure | None = None
+        self._own = self.peers.get(self.node)
         self._others = [a for n, a in sorted(self.peers.items()) if n != self.node]
         self._timer: IDelayedCall | None = None
         self._timer_deadline = 0.0
@@ -88,7 +159,26 @@ class RingProtocol(DatagramProtocol):
     # -- inputs ---------------------------------------------------------------------------
 
     def startProtocol(self) -> None:
-        """Start the engine: it persists a ring sequence number and gathers a ring."""
+        """
+        Set the ring socket up for the transport, then start the engine: it persists a
+        ring sequence number and gathers a ring.  If the socket cannot be set up, the
+        failure is logged, counted and kept in L{start_failure}, and the protocol stops.
+        """
+        transport = self.transport
+        try:
+            if transport is None:
+                raise RuntimeError("started without a transport")
+            self.ring_transport.prepare(transport)
+        except Exception:
+            self.start_failure = Failure()
+            self.counters["errors.transport"] += 1
+            self.log.failure(
+                "Could not set up the ring socket for {transport!r}",
+                failure=self.start_failure,
+                transport=self.ring_transport,
+            )
+            self.stop()
+            return
         self._input(self.engine.start)
 
     def stopProtocol(self) -> None:
@@ -117,6 +207,17 @@ class RingProtocol(DatagramProtocol):
         finally:
             self._flush()
 
+    def stats(self) -> dict[str, int]:
+        """Every counter of L{COUNTERS} (zero if it never counted) and any other kept."""
+        values = dict.fromkeys(COUNTERS, 0)
+        values.update(self.counters)
+        return values
+
+    def one_to_many_received(self, datagram: bytes, addr: Any) -> None:
+        """A datagram read on the multicast group or broadcast socket."""
+        self.counters["datagrams.received.group"] += 1
+        self.datagramReceived(datagram, addr)
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if self._stopped:
             self.counters["dropped.stopped"] += 1
@@ -138,6 +239,9 @@ class RingProtocol(DatagramProtocol):
             return
         sender = opened.sender
         source = (addr[0], addr[1]) if isinstance(addr, tuple) and len(addr) >= 2 else None
+        if sender == self.node and source is not None and source == self._own:
+            self.counters["dropped.own"] += 1
+            return
         if sender == self.node or source is None or self.peers.get(sender) != source:
             self.counters["dropped.unknown_sender"] += 1
             self.log.warn(
@@ -238,8 +342,11 @@ class RingProtocol(DatagramProtocol):
             if self._loopback_call is None:
                 self._loopback_call = self.clock.callLater(0, self._run_loopback)
             return
+        targets: Sequence[Address]
         if effect.to is None:
-            targets = self._others
+            targets = self.ring_transport.broadcast_to(self._others)
+            if not targets:
+                return
         else:
             addr = self.peers.get(effect.to)
             if addr is None:
@@ -286,3 +393,34 @@ class RingProtocol(DatagramProtocol):
             return
         self._timer_deadline = deadline
         self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._tick)
+
+
+def listen_ring(reactor: IReactorUDP, protocol: RingProtocol) -> list[IListeningPort]:
+    """
+    Open the sockets of ring member C{protocol} on C{reactor}, as its transport needs
+    them, which starts the member.
+
+    The ring socket is bound to the member's own ring address (its entry in the
+    protocol's peers); with multicast or broadcast, a second socket is bound to the
+    group or broadcast address and port first, and the group is joined on the
+    transport's interface.  Multicast and broadcast need a reactor that also provides
+    L{IReactorMulticast<twisted.internet.interfaces.IReactorMulticast>}.
+
+    @return: the listening ports, the ring socket last.  Stop all of them to take the
+        member off the network; stopping the ring socket stops the protocol.
+    @raise ValueError: if the protocol's peers have no address for the member itself.
+    @raise Exception: whatever opening, joining or setting up a socket raised (a
+        L{CannotListenError<twisted.internet.error.CannotListenError>}, a
+        L{MulticastJoinError<twisted.internet.error.MulticastJoinError>}, ...); then no
+        socket is left open.
+    """
+    own = protocol.peers.get(protocol.node)
+    if own is None:
+        raise ValueError(f"no ring address for this node ({protocol.node}) among the peers")
+    ports = protocol.ring_transport.listen(reactor, protocol, own, protocol.one_to_many_received)
+    failure = protocol.start_failure
+    if failure is not None:
+        for port in ports:
+            port.stopListening()
+        failure.raiseException()
+    return ports

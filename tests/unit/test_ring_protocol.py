@@ -1,22 +1,46 @@
 """
-Tests for L{lips.protocols.RingProtocol}, the UDP adapter of the token ring: driven with
-a scripted engine to pin down what it does with each effect and input, and as three real
-ring members over an in-memory datagram network under fake clocks.
+Tests for L{lips.protocols.RingProtocol}, the UDP adapter of the token ring, and its
+transports: driven with a scripted engine to pin down what it does with each effect and
+input, in each transport (unicast fan-out, multicast, broadcast); L{listen_ring} against
+a fake reactor; and as three real ring members over an in-memory datagram network under
+fake clocks, in each transport.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError, MulticastJoinError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IMulticastTransport,
+    IReactorMulticast,
+    IReactorUDP,
+    IUDPTransport,
+)
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from lips.protocols import RingProtocol
+import lips.protocols._ring
+from lips.protocols import (
+    COUNTERS,
+    BroadcastTransport,
+    IRingTransport,
+    MulticastTransport,
+    RingProtocol,
+    UnicastTransport,
+    listen_ring,
+)
 from lips.protocols._ring import RingEvent
+from lips.protocols._transports import MAX_DATAGRAM
 from lips.ring import (
     Configuration,
     Deliver,
@@ -42,10 +66,23 @@ from lips.ring._codec import JOIN, MERGE_DETECT, encode
 KEY = b"k" * 32
 CLUSTER = 7
 Address = tuple[str, int]
+GROUP: Address = ("239.192.0.7", 5405)
+SUBNET_BROADCAST: Address = ("10.0.0.255", 5406)
+MULTICAST = MulticastTransport(GROUP)
+BROADCAST = BroadcastTransport(SUBNET_BROADCAST)
 
 
 def address(node: int) -> Address:
     return (f"10.0.0.{node}", 7100 + node)
+
+
+def one_to_many_address(ring_transport: IRingTransport) -> Address | None:
+    """Where C{ring_transport} writes broadcasts (None for unicast fan-out)."""
+    if isinstance(ring_transport, MulticastTransport):
+        return ring_transport.group
+    if isinstance(ring_transport, BroadcastTransport):
+        return ring_transport.address
+    return None
 
 
 def sealed(message: RingMessage, sender: int, sealer: Sealer | None = None) -> bytes:
@@ -64,6 +101,7 @@ class FakeDatagramTransport:
         self.network = network
         self.written: list[tuple[bytes, Address | None]] = []
         self.listening = True
+        self.broadcast_allowed = False
 
     def write(self, packet: bytes, addr: Address | None = None) -> None:
         self.written.append((packet, addr))
@@ -80,36 +118,95 @@ class FakeDatagramTransport:
         self.listening = False
 
     def setBroadcastAllowed(self, enabled: bool) -> None:
-        pass
+        self.broadcast_allowed = enabled
 
     def getBroadcastAllowed(self) -> bool:
-        return False
+        return self.broadcast_allowed
+
+
+@implementer(IUDPTransport, IMulticastTransport)
+class FakeMulticastTransport(FakeDatagramTransport):
+    """A datagram transport that also records its multicast settings."""
+
+    def __init__(self, host: Address, network: Network | None = None) -> None:
+        super().__init__(host, network)
+        self.interface = "0.0.0.0"
+        self.ttl = 1
+        self.loopback = True
+        self.joined: list[tuple[str, str]] = []
+        self.refuse_interface: Exception | None = None
+        self.refuse_join: Exception | None = None
+
+    def getOutgoingInterface(self) -> str:
+        return self.interface
+
+    def setOutgoingInterface(self, addr: str | int) -> Deferred[int]:
+        if self.refuse_interface is not None:
+            return fail(self.refuse_interface)
+        assert isinstance(addr, str)
+        self.interface = addr
+        return succeed(1)
+
+    def getLoopbackMode(self) -> bool:
+        return self.loopback
+
+    def setLoopbackMode(self, mode: bool) -> None:
+        self.loopback = mode
+
+    def getTTL(self) -> int:
+        return self.ttl
+
+    def setTTL(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    def joinGroup(self, addr: str, interface: str = "") -> Deferred[None]:
+        if self.refuse_join is not None:
+            return fail(self.refuse_join)
+        self.joined.append((addr, interface))
+        return succeed(None)
+
+    def leaveGroup(self, addr: str, interface: str = "") -> Deferred[None]:
+        self.joined.remove((addr, interface))
+        return succeed(None)
 
 
 class Network:
     """
     An in-memory datagram network: what is written in one hop arrives at the next
-    (L{hop}), at whatever protocol listens on the destination address, unless either
-    end is cut off.
+    (L{hop}), at whatever protocol listens on the destination address, or, for a
+    multicast group or broadcast address, at every listener there (the sender's own
+    included, as the kernel loops it back); unless either end is cut off.
     """
 
     def __init__(self) -> None:
         self.nodes: dict[Address, RingProtocol] = {}
+        self.groups: dict[Address, list[tuple[Address, Callable[[bytes, Any], None]]]] = {}
         self.queue: list[tuple[Address, Address, bytes]] = []
         self.cut: set[Address] = set()
 
     def hop(self) -> None:
         batch, self.queue = self.queue, []
         for source, destination, packet in batch:
+            if source in self.cut:
+                continue
             protocol = self.nodes.get(destination)
-            if protocol is not None and not {source, destination} & self.cut:
+            if protocol is not None and destination not in self.cut:
                 protocol.datagramReceived(packet, source)
+            for member, received in self.groups.get(destination, []):
+                if member not in self.cut:
+                    received(packet, source)
 
 
 class Node:
     """One ring member: its engine, protocol, clock, transport and what it was given."""
 
-    def __init__(self, node: int, ids: list[int], network: Network) -> None:
+    def __init__(
+        self,
+        node: int,
+        ids: list[int],
+        network: Network,
+        ring_transport: IRingTransport | None = None,
+    ) -> None:
         self.clock = Clock()
         self.engine = RingEngine(node, ids, RingConfig.loopback())
         self.events: list[RingEvent] = []
@@ -121,9 +218,15 @@ class Node:
             self.clock,
             self.events.append,
             counters=self.counters,
+            ring_transport=ring_transport,
         )
-        self.transport = FakeDatagramTransport(address(node), network)
+        self.transport = FakeMulticastTransport(address(node), network)
         network.nodes[address(node)] = self.protocol
+        shared = one_to_many_address(ring_transport or UnicastTransport())
+        if shared is not None:
+            network.groups.setdefault(shared, []).append(
+                (address(node), self.protocol.one_to_many_received)
+            )
 
     def delivered(self) -> list[bytes]:
         return [e.payload for e in self.events if isinstance(e, Deliver)]
@@ -137,10 +240,10 @@ class Ring:
 
     STEP = 0.001
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, ring_transport: IRingTransport | None = None) -> None:
         self.network = Network()
         ids = list(range(1, size + 1))
-        self.nodes = {n: Node(n, ids, self.network) for n in ids}
+        self.nodes = {n: Node(n, ids, self.network, ring_transport) for n in ids}
         for node in self.nodes.values():
             node.protocol.makeConnection(node.transport)
 
@@ -430,6 +533,555 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+@implementer(ILogObserver)
+class LogRecorder:
+    """Keeps the log events a protocol's logger emits."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """The events logged at warning level or above."""
+        return [e for e in self.events if e["log_level"] >= LogLevel.warn]
+
+
+class OneToManyTests(SynchronousTestCase):
+    """
+    The adapter in front of a scripted engine, with multicast and with broadcast: where
+    broadcasts and tokens are written, how the ring socket is set up, and what is
+    dropped.
+    """
+
+    def protocol(
+        self, ring_transport: IRingTransport, engine: ScriptedEngine | None = None
+    ) -> tuple[RingProtocol, ScriptedEngine, FakeMulticastTransport]:
+        """A member 1 with C{ring_transport}, its engine, and a multicast-capable socket."""
+        engine = engine if engine is not None else ScriptedEngine()
+        protocol = RingProtocol(
+            engine,
+            Sealer(KEY, CLUSTER),
+            {n: address(n) for n in engine.peers | {engine.node}},
+            self.clock,
+            self.events.append,
+            counters=self.counters,
+            ring_transport=ring_transport,
+        )
+        protocol.log = Logger(namespace="ring", observer=self.logged)
+        return protocol, engine, FakeMulticastTransport(address(engine.node))
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.events: list[RingEvent] = []
+        self.counters: Counter[str] = Counter()
+        self.logged = LogRecorder()
+
+    def test_multicast_writes_broadcasts_once_to_the_group(self) -> None:
+        """
+        With multicast, a broadcast is one datagram written to the group; a token and
+        any other send to one node still goes to that node's ring address.
+        """
+        protocol, engine, transport = self.protocol(MULTICAST)
+        join = Join(1, frozenset({1, 2, 3}), frozenset(), 4)
+        engine.script = [Send(None, join), Send(2, TOKEN), Send(None, MergeDetect(RING, 1))]
+        protocol.makeConnection(transport)
+        self.assertEqual(
+            transport.written,
+            [
+                (sealed(join, 1), GROUP),
+                (sealed(TOKEN, 1), address(2)),
+                (sealed(MergeDetect(RING, 1), 1), GROUP),
+            ],
+        )
+        self.assertEqual(self.counters["datagrams.sent"], 3)
+
+    def test_broadcast_writes_broadcasts_once_to_the_subnet(self) -> None:
+        """
+        With broadcast, a broadcast is one datagram written to the broadcast address,
+        from a socket allowed to broadcast; a token goes to its node's ring address.
+        """
+        protocol, engine, transport = self.protocol(BROADCAST)
+        join = Join(1, frozenset({1, 2, 3}), frozenset(), 4)
+        engine.script = [Send(None, join), Send(3, TOKEN)]
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.broadcast_allowed)
+        self.assertEqual(
+            transport.written,
+            [(sealed(join, 1), SUBNET_BROADCAST), (sealed(TOKEN, 1), address(3))],
+        )
+
+    def test_unicast_leaves_the_socket_alone(self) -> None:
+        """Unicast fan-out neither allows broadcast nor touches multicast settings."""
+        protocol, _, transport = self.protocol(UnicastTransport())
+        protocol.makeConnection(transport)
+        self.assertFalse(transport.broadcast_allowed)
+        self.assertEqual(
+            (transport.interface, transport.ttl, transport.loopback), ("0.0.0.0", 1, True)
+        )
+
+    def test_lone_member_writes_nothing(self) -> None:
+        """A ring of one has nobody to broadcast to, in any transport."""
+        for ring_transport in (UnicastTransport(), MULTICAST, BROADCAST):
+            protocol, engine, transport = self.protocol(ring_transport, ScriptedEngine(1, (1,)))
+            engine.script = [Send(None, MergeDetect(RING, 1))]
+            protocol.makeConnection(transport)
+            self.assertEqual(transport.written, [], ring_transport)
+
+    def test_multicast_socket_setup(self) -> None:
+        """
+        Before the engine starts, the ring socket sends multicast from the interface it
+        is bound to, with TTL 1 and without looping its own datagrams back: by default.
+        """
+        protocol, engine, transport = self.protocol(MULTICAST)
+        seen: list[tuple[str, int, bool]] = []
+
+        def start(now: float) -> None:
+            seen.append((transport.interface, transport.ttl, transport.loopback))
+
+        self.patch(engine, "start", start)
+        protocol.makeConnection(transport)
+        self.assertEqual(seen, [("10.0.0.1", 1, False)])
+
+    def test_multicast_socket_setup_configured(self) -> None:
+        """The interface, TTL and loopback of a multicast transport are applied as given."""
+        ring_transport = MulticastTransport(GROUP, interface="10.0.1.1", ttl=4, loopback=True)
+        protocol, _, transport = self.protocol(ring_transport)
+        protocol.makeConnection(transport)
+        self.assertEqual(
+            (transport.interface, transport.ttl, transport.loopback), ("10.0.1.1", 4, True)
+        )
+
+    def test_multicast_needs_multicast_socket(self) -> None:
+        """
+        A multicast member on a plain UDP socket does not start: the failure is logged,
+        counted as errors.transport and kept, and nothing is written or scheduled.
+        """
+        protocol, engine, _ = self.protocol(MULTICAST)
+        engine.script = [Send(None, MergeDetect(RING, 1))]
+        transport = FakeDatagramTransport(address(1))
+        protocol.makeConnection(transport)
+        self.assertEqual(engine.inputs, [])
+        self.assertEqual(transport.written, [])
+        self.assertEqual(self.counters["errors.transport"], 1)
+        assert protocol.start_failure is not None
+        self.assertTrue(protocol.start_failure.check(TypeError))
+        self.assertEqual(len(self.logged.warnings()), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(protocol.submit(b"x"))
+
+    def test_multicast_interface_refused(self) -> None:
+        """An interface the socket refuses stops the member from starting."""
+        protocol, engine, transport = self.protocol(MULTICAST)
+        transport.refuse_interface = OSError(99, "Cannot assign requested address")
+        protocol.makeConnection(transport)
+        self.assertEqual(engine.inputs, [])
+        assert protocol.start_failure is not None
+        self.assertTrue(protocol.start_failure.check(OSError))
+
+    def test_multicast_unbound_socket_needs_interface(self) -> None:
+        """A ring socket bound to every interface cannot say which to multicast from."""
+        protocol, engine, _ = self.protocol(MULTICAST)
+        protocol.makeConnection(FakeMulticastTransport(("0.0.0.0", 7101)))
+        self.assertEqual(engine.inputs, [])
+        assert protocol.start_failure is not None
+        self.assertTrue(protocol.start_failure.check(ValueError))
+
+    def test_own_datagrams_dropped_quietly(self) -> None:
+        """
+        This member's own one-to-many datagram, looped back by the host, is counted
+        as dropped.own, never reaches the engine and logs no warning: in every
+        transport, on either socket.
+        """
+        for ring_transport in (MULTICAST, BROADCAST, UnicastTransport()):
+            protocol, engine, transport = self.protocol(ring_transport)
+            protocol.makeConnection(transport)
+            own = sealed(MergeDetect(RING, 1), 1)
+            protocol.one_to_many_received(own, address(1))
+            protocol.datagramReceived(own, address(1))
+            self.assertEqual(engine.inputs, [("start", None, 100.0)])
+        self.assertEqual(self.counters["dropped.own"], 6)
+        self.assertEqual(self.counters["datagrams.received"], 6)
+        self.assertEqual(self.counters["datagrams.received.group"], 3)
+        self.assertEqual(self.logged.warnings(), [])
+
+    def test_own_id_from_elsewhere(self) -> None:
+        """
+        A datagram claiming to be this member from another address (another node
+        configured with the same id, or a replay) is dropped as from an unknown sender,
+        with a warning.
+        """
+        protocol, _, transport = self.protocol(MULTICAST)
+        protocol.makeConnection(transport)
+        own = sealed(MergeDetect(RING, 1), 1)
+        protocol.one_to_many_received(own, ("10.0.0.1", 5405))
+        protocol.one_to_many_received(own, address(2))
+        self.assertEqual(self.counters["dropped.unknown_sender"], 2)
+        self.assertEqual(self.counters["dropped.own"], 0)
+        self.assertEqual(len(self.logged.warnings()), 2)
+
+    def test_group_sender_check(self) -> None:
+        """
+        A datagram read on the group socket is accepted only from the exact ring
+        address (host and port) of the node it claims to be, as on the ring socket.
+        """
+        for ring_transport in (MULTICAST, BROADCAST):
+            protocol, engine, transport = self.protocol(ring_transport)
+            protocol.makeConnection(transport)
+            merge = MergeDetect(RING, 2)
+            protocol.one_to_many_received(sealed(merge, 2), address(2))
+            protocol.one_to_many_received(sealed(merge, 2), ("10.0.0.2", GROUP[1]))
+            protocol.one_to_many_received(sealed(merge, 2), address(3))
+            protocol.one_to_many_received(sealed(MergeDetect(RING, 9), 9), address(2))
+            self.assertEqual(engine.inputs[1:], [("received", merge, 100.0)])
+        self.assertEqual(self.counters["dropped.unknown_sender"], 6)
+        self.assertEqual(self.counters["datagrams.received.group"], 8)
+
+    def test_group_drops_like_ring_socket(self) -> None:
+        """
+        What arrives on the group socket goes through the same checks: tampered,
+        foreign and truncated datagrams are counted under their reasons.
+        """
+        protocol, engine, transport = self.protocol(MULTICAST)
+        protocol.makeConnection(transport)
+        good = sealed(MergeDetect(RING, 2), 2)
+        protocol.one_to_many_received(good[:-1] + bytes([good[-1] ^ 1]), address(2))
+        protocol.one_to_many_received(sealed(MergeDetect(RING, 2), 2, Sealer(KEY, 8)), address(2))
+        protocol.one_to_many_received(good[:9], address(2))
+        self.assertEqual(engine.inputs, [("start", None, 100.0)])
+        self.assertEqual(
+            (
+                self.counters["dropped.bad_auth"],
+                self.counters["dropped.other_cluster"],
+                self.counters["dropped.truncated"],
+            ),
+            (1, 1, 1),
+        )
+
+    def test_stopped_group_datagrams(self) -> None:
+        """After stop(), group datagrams are counted as dropped.stopped, like any."""
+        protocol, engine, transport = self.protocol(MULTICAST)
+        protocol.makeConnection(transport)
+        protocol.stop()
+        protocol.one_to_many_received(sealed(MergeDetect(RING, 2), 2), address(2))
+        self.assertEqual(self.counters["dropped.stopped"], 1)
+        self.assertEqual(engine.inputs, [("start", None, 100.0)])
+
+
+class CountersTests(SynchronousTestCase):
+    """The counters a status command shows."""
+
+    def test_stats_has_every_counter(self) -> None:
+        """stats() names every documented counter, zero until counted, and the counts."""
+        engine = ScriptedEngine()
+        protocol = RingProtocol(
+            engine, Sealer(KEY, CLUSTER), {n: address(n) for n in (1, 2, 3)}, Clock(), print
+        )
+        self.assertEqual(protocol.stats(), dict.fromkeys(COUNTERS, 0))
+        protocol.makeConnection(FakeDatagramTransport(address(1)))
+        protocol.datagramReceived(b"short", address(2))
+        stats = protocol.stats()
+        self.assertEqual(stats["datagrams.received"], 1)
+        self.assertEqual(stats["dropped.truncated"], 1)
+        self.assertEqual(stats["dropped.own"], 0)
+
+    def test_counters_documented(self) -> None:
+        """Every counter name is described in the module docstring."""
+        doc = lips.protocols._ring.__doc__
+        assert doc is not None
+        self.assertEqual(len(COUNTERS), len(set(COUNTERS)))
+        for name in COUNTERS:
+            self.assertIn(f"C{{{name}}}", doc)
+
+
+class TransportConfigTests(SynchronousTestCase):
+    """Transports take IP literals and refuse what cannot work."""
+
+    def test_provide_interface(self) -> None:
+        """Every transport provides IRingTransport."""
+        for ring_transport in (UnicastTransport(), MULTICAST, BROADCAST):
+            self.assertTrue(verifyObject(IRingTransport, ring_transport))
+
+    def test_multicast_defaults(self) -> None:
+        """A multicast transport defaults to TTL 1, no loopback, the ring socket's interface."""
+        self.assertEqual(
+            (MULTICAST.ttl, MULTICAST.loopback, MULTICAST.interface), (1, False, None)
+        )
+
+    def test_refused(self) -> None:
+        """Addresses that are not of the right kind, and TTLs out of range, are refused."""
+        for make in [
+            lambda: MulticastTransport(("10.0.0.1", 5405)),
+            lambda: MulticastTransport(("239.1.1.1", 0)),
+            lambda: MulticastTransport(("239.1.1.1", 70000)),
+            lambda: MulticastTransport(("ff02::1", 5405)),
+            lambda: MulticastTransport(("mcast.example", 5405)),
+            lambda: MulticastTransport(GROUP, ttl=256),
+            lambda: MulticastTransport(GROUP, ttl=-1),
+            lambda: MulticastTransport(GROUP, interface="eth0"),
+            lambda: MulticastTransport(GROUP, interface="239.1.1.1"),
+            lambda: BroadcastTransport(("239.1.1.1", 5405)),
+            lambda: BroadcastTransport(("0.0.0.0", 5405)),
+            lambda: BroadcastTransport(("fe80::1", 5405)),
+        ]:
+            self.assertRaises(ValueError, make)
+        for make in [
+            lambda: MulticastTransport(("239.1.1.1", "5405")),  # type: ignore[arg-type]
+            lambda: MulticastTransport(GROUP, ttl=1.5),  # type: ignore[arg-type]
+            lambda: MulticastTransport(GROUP, loopback=1),  # type: ignore[arg-type]
+            lambda: BroadcastTransport("10.0.0.255:5406"),  # type: ignore[arg-type]
+        ]:
+            self.assertRaises(TypeError, make)
+
+
+@implementer(IUDPTransport, IMulticastTransport, IListeningPort)
+class FakePort(FakeMulticastTransport):
+    """A port a L{FakeReactor} opened: a multicast-capable socket that can be stopped."""
+
+    def __init__(
+        self,
+        reactor: FakeReactor,
+        host: Address,
+        protocol: DatagramProtocol,
+        *,
+        max_packet_size: int,
+        listen_multiple: bool,
+        multicast: bool,
+    ) -> None:
+        super().__init__(host)
+        self.protocol = protocol
+        self.max_packet_size = max_packet_size
+        self.listen_multiple = listen_multiple
+        self.multicast = multicast
+        self.refuse_interface = reactor.refuse_interface
+        self.refuse_join = reactor.refuse_join
+
+    def startListening(self) -> None:
+        self.listening = True
+        self.protocol.makeConnection(self)
+
+    def stopListening(self) -> None:
+        if self.listening:
+            self.listening = False
+            self.protocol.doStop()
+
+
+@implementer(IReactorUDP, IReactorMulticast)
+class FakeReactor:
+    """Opens L{FakePort}s, in order, refusing the addresses and calls it is told to."""
+
+    def __init__(self) -> None:
+        self.ports: list[FakePort] = []
+        self.taken: set[Address] = set()
+        self.refuse_interface: Exception | None = None
+        self.refuse_join: Exception | None = None
+
+    def _listen(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str,
+        *,
+        max_packet_size: int,
+        listen_multiple: bool,
+        multicast: bool,
+    ) -> FakePort:
+        if (interface, port) in self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        opened = FakePort(
+            self,
+            (interface, port),
+            protocol,
+            max_packet_size=max_packet_size,
+            listen_multiple=listen_multiple,
+            multicast=multicast,
+        )
+        self.ports.append(opened)
+        opened.startListening()
+        return opened
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakePort:
+        return self._listen(
+            port,
+            protocol,
+            interface,
+            max_packet_size=maxPacketSize,
+            listen_multiple=False,
+            multicast=False,
+        )
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> FakePort:
+        return self._listen(
+            port,
+            protocol,
+            interface,
+            max_packet_size=maxPacketSize,
+            listen_multiple=listenMultiple,
+            multicast=True,
+        )
+
+
+@implementer(IReactorUDP)
+class UnicastOnlyReactor:
+    """A reactor without multicast."""
+
+    def __init__(self) -> None:
+        self.inner = FakeReactor()
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakePort:
+        return self.inner.listenUDP(port, protocol, interface, maxPacketSize)
+
+
+class ListenRingTests(SynchronousTestCase):
+    """listen_ring opens the sockets each transport needs, and nothing on failure."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.counters: Counter[str] = Counter()
+        self.logged = LogRecorder()
+
+    def member(self, ring_transport: IRingTransport) -> tuple[RingProtocol, ScriptedEngine]:
+        engine = ScriptedEngine()
+        protocol = RingProtocol(
+            engine,
+            Sealer(KEY, CLUSTER),
+            {n: address(n) for n in (1, 2, 3)},
+            Clock(),
+            lambda event: None,
+            counters=self.counters,
+            ring_transport=ring_transport,
+        )
+        protocol.log = Logger(namespace="ring", observer=self.logged)
+        return protocol, engine
+
+    def test_unicast(self) -> None:
+        """Unicast fan-out: one socket, on the member's ring address; the engine starts."""
+        protocol, engine = self.member(UnicastTransport())
+        ports = listen_ring(self.reactor, protocol)
+        self.assertEqual(ports, self.reactor.ports)
+        (ring,) = self.reactor.ports
+        self.assertEqual(
+            (ring.host, ring.multicast, ring.listen_multiple, ring.max_packet_size),
+            (address(1), False, False, MAX_DATAGRAM),
+        )
+        self.assertIs(protocol.transport, ring)
+        self.assertEqual([i[0] for i in engine.inputs], ["start"])
+
+    def test_multicast(self) -> None:
+        """
+        Multicast: first a shared socket bound to the group, which joins the group on
+        the member's interface and hands what it reads to the member as group traffic;
+        then the ring socket, multicast-capable, on the member's ring address.
+        """
+        protocol, engine = self.member(MULTICAST)
+        ports = listen_ring(self.reactor, protocol)
+        self.assertEqual(ports, self.reactor.ports)
+        group, ring = self.reactor.ports
+        self.assertEqual(
+            (group.host, group.multicast, group.listen_multiple, group.max_packet_size),
+            (GROUP, True, True, MAX_DATAGRAM),
+        )
+        self.assertEqual(group.joined, [(GROUP[0], "10.0.0.1")])
+        self.assertEqual(
+            (ring.host, ring.multicast, ring.listen_multiple), (address(1), True, False)
+        )
+        self.assertEqual((ring.interface, ring.ttl, ring.loopback), ("10.0.0.1", 1, False))
+        self.assertIs(protocol.transport, ring)
+        merge = MergeDetect(RING, 2)
+        group.protocol.datagramReceived(sealed(merge, 2), address(2))
+        self.assertEqual(engine.inputs[1:], [("received", merge, 0.0)])
+        self.assertEqual(self.counters["datagrams.received.group"], 1)
+
+    def test_multicast_interface(self) -> None:
+        """A multicast transport's interface is where the group is joined."""
+        protocol, _ = self.member(MulticastTransport(GROUP, interface="10.0.9.9"))
+        listen_ring(self.reactor, protocol)
+        self.assertEqual(self.reactor.ports[0].joined, [(GROUP[0], "10.0.9.9")])
+        self.assertEqual(self.reactor.ports[1].interface, "10.0.9.9")
+
+    def test_broadcast(self) -> None:
+        """
+        Broadcast: first a shared socket bound to the broadcast address, then a plain
+        ring socket on the member's ring address, allowed to broadcast.
+        """
+        protocol, _ = self.member(BROADCAST)
+        listen_ring(self.reactor, protocol)
+        shared, ring = self.reactor.ports
+        self.assertEqual(
+            (shared.host, shared.multicast, shared.listen_multiple, shared.joined),
+            (SUBNET_BROADCAST, True, True, []),
+        )
+        self.assertEqual((ring.host, ring.multicast), (address(1), False))
+        self.assertTrue(ring.broadcast_allowed)
+        shared.protocol.datagramReceived(sealed(MergeDetect(RING, 1), 1), address(1))
+        self.assertEqual(self.counters["dropped.own"], 1)
+
+    def test_join_refused(self) -> None:
+        """
+        A group that cannot be joined fails listen_ring: the group socket is closed,
+        the ring socket never opened, the member never started.
+        """
+        self.reactor.refuse_join = MulticastJoinError(GROUP[0], "10.0.0.1", 19, "No such device")
+        protocol, engine = self.member(MULTICAST)
+        self.assertRaises(MulticastJoinError, listen_ring, self.reactor, protocol)
+        (group,) = self.reactor.ports
+        self.assertFalse(group.listening)
+        self.assertEqual(engine.inputs, [])
+
+    def test_ring_address_taken(self) -> None:
+        """A ring address in use fails listen_ring, and closes the group socket."""
+        self.reactor.taken.add(address(1))
+        for ring_transport in (MULTICAST, BROADCAST):
+            protocol, engine = self.member(ring_transport)
+            self.assertRaises(CannotListenError, listen_ring, self.reactor, protocol)
+            self.assertEqual([p.listening for p in self.reactor.ports], [False])
+            self.assertEqual(engine.inputs, [])
+            self.reactor.ports.clear()
+
+    def test_setup_refused(self) -> None:
+        """
+        A ring socket that cannot be set up for multicast fails listen_ring with the
+        reason, closing both sockets; the member never started.
+        """
+        self.reactor.refuse_interface = OSError(99, "Cannot assign requested address")
+        protocol, engine = self.member(MULTICAST)
+        self.assertRaises(OSError, listen_ring, self.reactor, protocol)
+        self.assertEqual([p.listening for p in self.reactor.ports], [False, False])
+        self.assertEqual(engine.inputs, [])
+        self.assertEqual(self.counters["errors.transport"], 1)
+
+    def test_needs_multicast_reactor(self) -> None:
+        """Multicast and broadcast need a reactor with multicast sockets."""
+        for ring_transport in (MULTICAST, BROADCAST):
+            protocol, _ = self.member(ring_transport)
+            self.assertRaises(TypeError, listen_ring, UnicastOnlyReactor(), protocol)
+
+    def test_needs_own_address(self) -> None:
+        """A member without a ring address of its own cannot listen."""
+        protocol = RingProtocol(
+            ScriptedEngine(),
+            Sealer(KEY, CLUSTER),
+            {2: address(2), 3: address(3)},
+            Clock(),
+            lambda event: None,
+        )
+        self.assertRaises(ValueError, listen_ring, self.reactor, protocol)
+        self.assertEqual(self.reactor.ports, [])
+
+
 class BadDatagramTests(SynchronousTestCase):
     """What a member does with datagrams it must not accept."""
 
@@ -467,7 +1119,8 @@ class BadDatagramTests(SynchronousTestCase):
             ("dropped.unknown_sender", self.good, address(3)),
             ("dropped.unknown_sender", self.good, ("10.0.0.2", 9999)),
             ("dropped.unknown_sender", self.good, None),
-            ("dropped.unknown_sender", sealed(MergeDetect(RING, 1), 1), address(1)),
+            ("dropped.unknown_sender", sealed(MergeDetect(RING, 1), 1), address(2)),
+            ("dropped.own", sealed(MergeDetect(RING, 1), 1), address(1)),
             ("dropped.malformed", malformed_body, address(2)),
             ("dropped.malformed", not_msgpack, address(2)),
             ("dropped.malformed", unknown_type, address(2)),
@@ -491,7 +1144,7 @@ class BadDatagramTests(SynchronousTestCase):
         )
         self.assertEqual(+dropped, Counter(counter for counter, _, _ in cases))
         self.assertEqual(
-            self.node.counters["datagrams.received"] - before["datagrams.received"], 17
+            self.node.counters["datagrams.received"] - before["datagrams.received"], 18
         )
         self.assertEqual(received, [])
         self.assertEqual(self.node.counters["errors.internal"], 0)
@@ -517,14 +1170,22 @@ class BadDatagramTests(SynchronousTestCase):
 
 
 class RingTests(SynchronousTestCase):
-    """Three real members over the in-memory network."""
+    """Three real members over the in-memory network, broadcasting by unicast fan-out."""
+
+    ring_transport: IRingTransport = UnicastTransport()
+
+    def ring(self, size: int = 3) -> Ring:
+        return Ring(size, self.ring_transport)
 
     def test_forms_and_orders(self) -> None:
         """
         Three adapters form one ring of all three, and deliver every submitted payload
-        once, in the same order at every member, each sender's in its own order.
+        once, in the same order at every member, each sender's in its own order.  Every
+        datagram goes to a peer's ring address or the transport's one-to-many address;
+        nothing is dropped but, with multicast or broadcast, each member's own
+        one-to-many datagrams.
         """
-        ring = Ring(3)
+        ring = self.ring(3)
         ring.run(0.3)
         self.assertTrue(ring.formed())
         for node in ring.nodes.values():
@@ -547,19 +1208,36 @@ class RingTests(SynchronousTestCase):
         for n in ring.nodes:
             mine = [p for p in orders[0] if p.startswith(b"%d:" % n)]
             self.assertEqual(mine, [p for p in submitted if p.startswith(b"%d:" % n)])
-        for node in ring.nodes.values():
+        shared = one_to_many_address(self.ring_transport)
+        for n, node in ring.nodes.items():
             safe = [e.upto for e in node.events if isinstance(e, Safe)]
             self.assertEqual(safe, sorted(safe))
-            self.assertFalse([k for k in node.counters if k.startswith(("dropped.", "errors."))])
+            bad = [
+                k
+                for k in node.counters
+                if k.startswith(("dropped.", "errors.", "send.")) and k != "dropped.own"
+            ]
+            self.assertEqual(bad, [])
             self.assertGreater(node.counters["datagrams.sent"], 0)
             self.assertGreater(node.counters["bytes.received"], 0)
+            destinations = {a for _, a in node.transport.written}
+            peers = {address(m) for m in ring.nodes if m != n}
+            if shared is None:
+                self.assertEqual(destinations, peers)
+                self.assertEqual(node.counters["dropped.own"], 0)
+                self.assertEqual(node.counters["datagrams.received.group"], 0)
+            else:
+                self.assertIn(shared, destinations)
+                self.assertLessEqual(destinations, peers | {shared})
+                self.assertGreater(node.counters["dropped.own"], 0)
+                self.assertGreater(node.counters["datagrams.received.group"], 0)
 
     def test_one_timer_each_then_none(self) -> None:
         """
         While the ring runs every member has exactly one pending call, due at its
         engine's deadline; after stop() none is left.
         """
-        ring = Ring(3)
+        ring = self.ring(3)
         for _ in range(300):
             ring.run(0.001)
             for node in ring.nodes.values():
@@ -581,7 +1259,7 @@ class RingTests(SynchronousTestCase):
         delivers what it submits.
         """
         network = Network()
-        node = Node(1, [1], network)
+        node = Node(1, [1], network, self.ring_transport)
         node.protocol.makeConnection(node.transport)
         for _ in range(100):
             node.clock.advance(0.001)
@@ -601,7 +1279,7 @@ class RingTests(SynchronousTestCase):
         heals, traffic from the other side makes them merge, and all three deliver
         alike again.
         """
-        ring = Ring(3)
+        ring = self.ring(3)
         ring.run(0.3)
         ring.network.cut.add(address(3))
         ring.run(1.0)
@@ -621,13 +1299,25 @@ class RingTests(SynchronousTestCase):
         Healed partitions merge even when nobody submits anything: the representative
         of an idle ring broadcasts merge detects.
         """
-        ring = Ring(3)
+        ring = self.ring(3)
         ring.run(0.3)
         ring.network.cut.add(address(3))
         ring.run(1.0)
         ring.network.cut.clear()
         ring.run(2.0)
         self.assertTrue(ring.formed())
+
+
+class MulticastRingTests(RingTests):
+    """Three real members over the in-memory network, broadcasting by multicast."""
+
+    ring_transport = MULTICAST
+
+
+class BroadcastRingTests(RingTests):
+    """Three real members over the in-memory network, broadcasting to the subnet."""
+
+    ring_transport = BROADCAST
 
 
 class MessageKindsTests(SynchronousTestCase):
