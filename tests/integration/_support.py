@@ -13,7 +13,7 @@ import ipaddress
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -137,11 +137,12 @@ class TwistdServer:
     transport: IProcessTransport
     watcher: _Watcher
     clients: list[TupleSpaceClient] = attrs.field(factory=list)
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
         """Plain TCP client endpoint string of this server."""
-        return f"tcp:host=127.0.0.1:port={self.port}"
+        return f"tcp:host={self.host}:port={self.port}"
 
     @property
     def running(self) -> bool:
@@ -187,14 +188,17 @@ class TwistdServer:
             await within(self.watcher.ended, STOP_DEADLINE)
 
 
-def _spawn(args: list[str], log: Path, cwd: Path) -> tuple[IProcessTransport, _Watcher]:
+def _spawn(
+    args: list[str], log: Path, cwd: Path, prefix: Sequence[str] = ()
+) -> tuple[IProcessTransport, _Watcher]:
     watcher = _Watcher()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [*prefix, *TWISTD]
     with log.open("ab") as f:
         transport = _reactor().spawnProcess(
             watcher,
-            TWISTD[0],
-            [*TWISTD, *args],
+            command[0],
+            [*command, *args],
             env=env,
             path=str(cwd),
             childFDs={0: "w", 1: f.fileno(), 2: f.fileno()},
@@ -223,7 +227,7 @@ async def _accepting(server: TwistdServer, deadline: float) -> None:
             raise ServerDidNotStart(f"{server.role} failed to start; its log:\n{text}")
         try:
             probe = await connectProtocol(
-                TCP4ClientEndpoint(reactor, "127.0.0.1", server.port, timeout=2), Protocol()
+                TCP4ClientEndpoint(reactor, server.host, server.port, timeout=2), Protocol()
             )
         except error.ConnectError:
             if reactor.seconds() > deadline:
@@ -245,18 +249,27 @@ class ServerFarm:
     servers: list[TwistdServer] = attrs.field(factory=list)
     logs: list[Path] = attrs.field(factory=list)
 
-    def spawn(self, *options: str, port: int, role: str = "lips-msgserver") -> TwistdServer:
+    def spawn(
+        self,
+        *options: str,
+        port: int,
+        role: str = "lips-msgserver",
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> TwistdServer:
         """
         Run C{twistd -n --pidfile= ROLE OPTIONS} without waiting for anything.
 
         @param port: the port it is expected to listen on (the options must say so).
+        @param host: the address it listens on.
+        @param prefix: a command that runs twistd (C{ip netns exec NS}, say).
         """
         log = self.directory / f"{role}-{len(self.logs)}.log"
         self.logs.append(log)
         args = ["-n", "--pidfile=", role, *options]
-        log.write_text(f"$ twistd {' '.join(args)}\n")
-        transport, watcher = _spawn(args, log, self.directory)
-        server = TwistdServer(role, port, log, transport, watcher)
+        log.write_text(f"$ {' '.join(prefix)} twistd {' '.join(args)}\n")
+        transport, watcher = _spawn(args, log, self.directory, prefix)
+        server = TwistdServer(role, port, log, transport, watcher, host=host)
         self.servers.append(server)
         return server
 
@@ -309,8 +322,18 @@ class RingCluster:
 
     farm: ServerFarm
     size: int = 3
+    hosts: Sequence[str] = ()
+    """Each server's address (all on 127.0.0.1 with free ports by default; on other
+    addresses the ports are fixed)."""
+    transport: str = "unicast"
+    one_to_many: str = ""
+    """The multicast group or broadcast address and port of a non-unicast transport."""
+    timings: str = "loopback"
+    prefixes: Mapping[str, Sequence[str]] = attrs.Factory(dict)
+    """A command that runs each server's twistd (C{ip netns exec NS}), by name."""
     path: Path = attrs.field(init=False)
     ports: dict[str, int] = attrs.field(init=False, factory=dict)
+    addresses: dict[str, str] = attrs.field(init=False, factory=dict)
     running: dict[str, TwistdServer] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -323,19 +346,25 @@ class RingCluster:
             "[cluster]",
             "id = 11",
             'key_file = "cluster.key"',
-            'transport = "unicast"',
-            'timings = "loopback"',
+            f'transport = "{self.transport}"',
+            f'timings = "{self.timings}"',
             'state_dir = "state"',
         ]
+        if self.transport != "unicast":
+            field = "group" if self.transport == "multicast" else "broadcast"
+            lines += ["[rings.msgserver]", f'{field} = "{self.one_to_many}"']
         for n in range(1, self.size + 1):
-            name, port = f"m{n}", _free_port()
-            self.ports[name] = port
+            name = f"m{n}"
+            host = self.hosts[n - 1] if self.hosts else "127.0.0.1"
+            local = host == "127.0.0.1"
+            port, ring = (_free_port(), _free_udp_port()) if local else (7010, 7100)
+            self.ports[name], self.addresses[name] = port, host
             lines += [
                 f"[servers.{name}]",
                 'role = "msgserver"',
                 f"id = {n}",
-                f'ring = "127.0.0.1:{_free_udp_port()}"',
-                f'listen = "tcp:{port}:interface=127.0.0.1"',
+                f'ring = "{host}:{ring}"',
+                f'listen = "tcp:{port}:interface={host}"',
             ]
         self.path = directory / "cluster.toml"
         self.path.write_text("\n".join(lines) + "\n")
@@ -345,11 +374,19 @@ class RingCluster:
         return list(self.ports)
 
     def endpoint(self, name: str) -> str:
-        return f"tcp:host=127.0.0.1:port={self.ports[name]}"
+        return f"tcp:host={self.addresses[name]}:port={self.ports[name]}"
 
     async def start(self, name: str) -> TwistdServer:
         """Start server C{name}; return once it accepts connections."""
-        server = self.farm.spawn("--config", str(self.path), "--name", name, port=self.ports[name])
+        server = self.farm.spawn(
+            "--config",
+            str(self.path),
+            "--name",
+            name,
+            port=self.ports[name],
+            host=self.addresses[name],
+            prefix=self.prefixes.get(name, ()),
+        )
         self.running[name] = server
         await _accepting(server, _reactor().seconds() + START_DEADLINE)
         return server

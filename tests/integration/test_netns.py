@@ -1,0 +1,179 @@
+# mypy: disable-error-code="untyped-decorator"
+# (pytest-twisted ships no type hints, so its decorators are untyped.)
+"""
+Three servers in network namespaces on a bridge (198.18.0.0/24, the benchmarking
+range), with real UDP broadcast and IP multicast: one server's link is cut (a
+partition), then healed.  Root only: the test makes and removes its namespaces, veth
+pairs and bridge itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+
+import lips.client
+from lips.client import TupleSpaceClient
+from tests.integration._support import RingCluster, ServerFarm, eventually, within
+
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="network namespaces need root (run the suite as root)"
+    ),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip command"),
+]
+
+SUBNET = "198.18.0"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+class Bridge:
+    """A bridge in this namespace and C{size} namespaces hanging off it by veth pairs."""
+
+    def __init__(self, size: int) -> None:
+        tag = f"{os.getpid() % 10000}"
+        self.bridge = f"lipsbr{tag}"
+        self.namespaces = [f"lips{tag}n{n}" for n in range(1, size + 1)]
+        self.links = [f"lips{tag}v{n}" for n in range(1, size + 1)]
+        self.hosts = [f"{SUBNET}.{n}" for n in range(1, size + 1)]
+
+    def create(self) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
+        _ip("addr", "add", f"{SUBNET}.254/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for ns, link, host in zip(self.namespaces, self.links, self.hosts, strict=True):
+            _ip("netns", "add", ns)
+            _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("link", "set", link, "master", self.bridge, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"{host}/24", "brd", f"{SUBNET}.255", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    def destroy(self) -> None:
+        for ns in self.namespaces:
+            subprocess.run(
+                ["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30
+            )
+        for link in self.links:
+            subprocess.run(
+                ["ip", "link", "del", link], check=False, capture_output=True, timeout=30
+            )
+        subprocess.run(
+            ["ip", "link", "del", self.bridge], check=False, capture_output=True, timeout=30
+        )
+
+    def cut(self, n: int) -> None:
+        _ip("link", "set", self.links[n - 1], "down")
+
+    def heal(self, n: int) -> None:
+        _ip("link", "set", self.links[n - 1], "up")
+
+    def prefix(self, n: int) -> list[str]:
+        return [shutil.which("ip") or "ip", "netns", "exec", self.namespaces[n - 1]]
+
+
+@pytest.fixture
+def bridge() -> Iterator[Bridge]:
+    b = Bridge(3)
+    b.destroy()  # leftovers of an interrupted run with the same tag
+    try:
+        b.create()
+        yield b
+    finally:
+        b.destroy()
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def _partition_and_heal(cluster: RingCluster, bridge: Bridge) -> None:
+    for name in cluster.names:
+        await cluster.start(name)
+    await cluster.serving()
+    eps = [cluster.endpoint(n) for n in cluster.names]
+
+    async def client(first: int, name: str) -> TupleSpaceClient:
+        order = eps[first:] + eps[:first]
+        return await within(lips.client.connect(_reactor(), order, name=name))
+
+    # The clients start on the servers that stay together: a cut link is silent, and
+    # a client on the cut-off server would only notice when its request timed out.
+    producer = await client(1, "producer")
+    consumer = await client(0, "consumer")
+    produced: list[int] = []
+
+    async def produce(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            await within(producer.out(("item", i)), 30)
+            produced.append(i)
+
+    await produce(0, 50)
+    bridge.cut(3)
+    # The majority forms a ring of two and serves; m3 alone is no primary.
+    await cluster.serving("m1", "m2", members=2)
+    await within(defer.ensureDeferred(produce(50, 100)), 60)
+    bridge.heal(3)
+    await cluster.serving(members=3)
+    # A client that starts on the healed server is served there.
+    late = await client(2, "late")
+    await within(late.out(("item", 100)))
+    produced.append(100)
+    await produce(101, 150)
+
+    taken = []
+    while (t := await within(consumer.inp(("item", int)))) is not None:
+        taken.append(t[1])
+    assert sorted(taken) == list(range(150)), "a tuple was lost or doubled"
+
+    async def caught_up() -> bool:
+        stats = await cluster.serving()
+        return len({(s["space.applied"], s["space.fingerprint"]) for s in stats}) == 1
+
+    await eventually(caught_up, 30, "the three servers at the same point")
+    m3 = await cluster.running["m3"].stats()
+    # Alone, it was no primary; back, it received the majority's state.
+    assert m3["ring.replica.configurations"] >= 3  # the ring of three, alone, and back
+    assert m3["ring.replica.snapshots.restored"] >= 1
+    assert m3["ring.net.datagrams.received.group"] > 0
+    assert late.failovers == 0
+    for c in (producer, consumer, late):
+        await within(c.close())
+    await deferLater(_reactor(), 0)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("transport", "address"),
+    [("broadcast", f"{SUBNET}.255:7200"), ("multicast", "239.192.18.1:7200")],
+)
+async def test_partition_and_heal(
+    servers: ServerFarm, bridge: Bridge, transport: str, address: str
+) -> None:
+    """
+    Cut one server off and heal it, over real broadcast or multicast: the majority
+    serves throughout, nothing answered is lost or doubled, the healed server catches up.
+    """
+    cluster = RingCluster(
+        servers,
+        3,
+        hosts=bridge.hosts,
+        transport=transport,
+        one_to_many=address,
+        prefixes={f"m{n}": bridge.prefix(n) for n in (1, 2, 3)},
+    )
+    await _partition_and_heal(cluster, bridge)
