@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 
 from lips.client import TupleSpaceClient
 from lips.client import connect as connect_async
+from lips.client._client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT
 from lips.tuples import LTuple, Template
 
 __all__ = ["BlockingSpace", "connect"]
@@ -82,6 +83,21 @@ class BlockingSpace:
         """This process's id in the tuple space."""
         return self._client.pid
 
+    @property
+    def server(self) -> str:
+        """The name of the server it is on."""
+        return self._client.server
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint of the server it is on; C{None} while failing over."""
+        return self._client.endpoint
+
+    @property
+    def failovers(self) -> int:
+        """How many times it moved to another server."""
+        return self._client.failovers
+
     def out(self, values: Sequence[Any]) -> None:
         """Store a tuple."""
         _call(self._client.out, values)
@@ -122,10 +138,30 @@ class BlockingSpace:
         self.close()
 
 
-def connect(endpoint: str, *, pid: int | None = None, name: str = "") -> BlockingSpace:
+def connect(
+    endpoints: str | Sequence[str],
+    *,
+    pid: int | None = None,
+    name: str = "",
+    reconnect: bool | None = None,
+    failover_timeout: float = FAILOVER_TIMEOUT,
+    attempt_timeout: float = ATTEMPT_TIMEOUT,
+    start: int = 0,
+) -> BlockingSpace:
     """
-    Connect to a MessageServer; see L{lips.client.connect} for the arguments.
+    Connect to a MessageServer, or to the first reachable of several (the servers of one
+    replicated space, failed over between); see L{lips.client.connect} for the arguments.
     """
     reactor = _reactor()
-    client = _call(connect_async, reactor, endpoint, pid=pid, name=name)
+    client = _call(
+        connect_async,
+        reactor,
+        endpoints,
+        pid=pid,
+        name=name,
+        reconnect=reconnect,
+        failover_timeout=failover_timeout,
+        attempt_timeout=attempt_timeout,
+        start=start,
+    )
     return BlockingSpace(client)

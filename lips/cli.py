@@ -14,7 +14,9 @@ that is not JSON is taken as a string.  In templates C{?int}, C{?float}, C{?str}
 C{?bytes}, C{?bool} are formals and C{?} (or C{?any}) matches anything; a string that
 really starts with C{?} is written with two (C{??what}).  Bytes are written and printed as
 C{{"$bytes": "<base64>"}}.  The server is C{--server} or C{$LIPS_SERVER}, by default
-C{tcp:host=127.0.0.1:port=7010}.
+C{tcp:host=127.0.0.1:port=7010}.  Give C{--server} once per server of a replicated space
+(or list them in C{$LIPS_SERVER}, separated by spaces): the first reachable one is used,
+and a request is moved to the next if that server fails or is unavailable.
 
 Exit status: 0 done, 1 nothing matched or timed out, 2 bad usage or tuple, 3 the server
 could not be reached or refused the request.
@@ -171,8 +173,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s",
         "--server",
-        default=os.environ.get("LIPS_SERVER", DEFAULT_SERVER),
-        help="client endpoint of the server (default $LIPS_SERVER or %(default)s)",
+        action="append",
+        default=None,
+        help=(
+            "client endpoint of the server; repeat it for the servers of a replicated"
+            f" space (default $LIPS_SERVER or {DEFAULT_SERVER})"
+        ),
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
     o = sub.add_parser("out", help="store a tuple")
@@ -209,10 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FieldError as e:
         print(f"lips: {e}", file=sys.stderr)
         return 2
+    servers: list[str] = (
+        args.server or os.environ.get("LIPS_SERVER", "").split() or [DEFAULT_SERVER]
+    )
     try:
-        space = blocking.connect(args.server, name=f"lips {command}")
+        space = blocking.connect(servers, name=f"lips {command}")
     except Exception as e:
-        print(f"lips: cannot reach {args.server}: {e}", file=sys.stderr)
+        print(f"lips: cannot reach {' '.join(servers)}: {e}", file=sys.stderr)
         return 3
     try:
         if command == "out":

@@ -9,12 +9,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips import ANY, ConnectionLost, Timeout, TupleError, TupleTooLarge
+from lips.client import connect
 from lips.client._client import TIMEOUT_GRACE
-from lips.protocols import MessageServerProtocol
+from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import LocalBackend
 from lips.space import TupleSpace
 from lips.testing import memory_client, memory_server
@@ -167,6 +169,31 @@ class ClientTests(SynchronousTestCase):
         """A client that brings its pid continues as that process."""
         c2, _ = memory_client(self.server, self.clock, pid=self.client.pid)
         self.assertEqual(c2.pid, self.client.pid)
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_single_endpoint_string(self) -> None:
+        """
+        connect() with one endpoint string reaches that server; losing it fails the
+        waiting requests with ConnectionLost, with no attempt to reconnect.
+        """
+        reactor = MemoryReactorClock()
+        reactor.listenTCP(7010, MessageServerFactory(memory_server(reactor)))
+        d = connect(reactor, "tcp:host=127.0.0.1:port=7010", name="one")
+        pump = iosim.ConnectionCompleter(reactor).succeedOnce()
+        assert pump is not None
+        pump.flush()
+        client = self.successResultOf(d)
+        self.assertEqual(
+            (client.endpoint, client.state), ("tcp:host=127.0.0.1:port=7010", "connected")
+        )
+        waiting = client.in_(("job", int))
+        pump.flush()
+        pump.server.transport.loseConnection()
+        pump.flush()
+        self.failureResultOf(waiting, ConnectionLost)
+        self.assertEqual((reactor.tcpClients, client.failovers), ([], 0))
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 class ServerProtocolTests(SynchronousTestCase):
