@@ -127,6 +127,23 @@ class ReplicaNode:
         return self.protocol.submit(payload)
 
     def _ring_event(self, event: Effect) -> None:
+        before = self.replica.mode
+        self._dispatch(event)
+        after = self.replica.mode
+        if after is not before:
+            r = self.replica
+            self.log.info(
+                "Replica {mode} in ring {ring} (last primary {primary}, {applied} applied,"
+                " {tuples} tuples, {restored} snapshots restored)",
+                mode=after.value,
+                ring=f"{r.ring.seq}.{r.ring.rep}",
+                primary=f"{r.last_primary.seq}.{r.last_primary.rep}",
+                applied=r.applied,
+                tuples=len(r.space),
+                restored=r.counters["snapshots.restored"],
+            )
+
+    def _dispatch(self, event: Effect) -> None:
         if isinstance(event, Deliver):
             self.replica.delivered(event.ring, event.seq, event.payload, event.origin, event.index)
         elif isinstance(event, Safe):
