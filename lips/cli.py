@@ -113,19 +113,28 @@ def _run_server(role: str, args: list[str]) -> int:
     return 0
 
 
-def _simulate(start: int, count: int, one: int | None) -> int:
+def _simulate(start: int, count: int, one: int | None, replicated: bool) -> int:
     import time
 
-    from lips.testing.ringsim import InvariantViolation, RingSimulation
+    import attrs
+
+    from lips.testing.ringsim import InvariantViolation, ReplicatedSimulation, RingSimulation
+
+    def run(seed: int) -> RingSimulation:
+        if replicated:
+            return ReplicatedSimulation.random(seed).run()
+        return RingSimulation(seed).run()
 
     if one is not None:
         try:
-            sim = RingSimulation(one).run()
+            sim = run(one)
         except InvariantViolation as e:
             print(e)
             return 1
         print(f"seed {one}: {sim.scenario}")
         print(f"{sim.steps} steps, {len(sim.submitted)} payloads")
+        if isinstance(sim, ReplicatedSimulation):
+            print(f"{len(sim.ops)} operations, {len(sim.answers)} answered, {sim.retries} retries")
         for line in sim.summary():
             print(line)
         return 0
@@ -135,28 +144,20 @@ def _simulate(start: int, count: int, one: int | None) -> int:
     steps = 0
     for seed in range(start, start + count):
         try:
-            sim = RingSimulation(seed).run()
+            sim = run(seed)
         except InvariantViolation as e:
             failed.append(str(e))
             continue
         steps += sim.steps
-        f = sim.scenario.faults
-        mix = "+".join(
-            name
-            for name, on in (
-                ("loss", f.loss > 0),
-                ("duplication", f.duplicate > 0),
-                ("crashes", f.crashes > 0),
-                ("partitions", f.partitions > 0),
-            )
-            if on
-        )
+        faults = attrs.asdict(sim.scenario.faults)
+        mix = "+".join(name for name, value in faults.items() if name != "delay" and value)
         mixes[mix or "reordering only"] = mixes.get(mix or "reordering only", 0) + 1
     elapsed = time.monotonic() - began
     for text in failed[:5]:
         print(text)
     last = start + count - 1
-    print(f"seeds {start}..{last}: {count - len(failed)} passed, {len(failed)} failed")
+    kind = "replicated tuple space" if replicated else "ring"
+    print(f"{kind} seeds {start}..{last}: {count - len(failed)} passed, {len(failed)} failed")
     print(f"{steps:,} steps checked in {elapsed:.1f} s")
     for mix, n in sorted(mixes.items(), key=lambda kv: -kv[1]):
         print(f"  {n:6} {mix}")
@@ -193,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     sim.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     sim.add_argument("--seed", type=int, default=None, help="replay this one seed, verbosely")
+    sim.add_argument(
+        "--replicated",
+        action="store_true",
+        help="simulate the replicated tuple space (clients, failover, state transfer)",
+    )
     for role in _SERVER_ROLES:
         sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
     return p
@@ -207,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(words)
     command: str = args.command
     if command == "sim":
-        return _simulate(args.start, args.seeds, args.seed)
+        return _simulate(args.start, args.seeds, args.seed, args.replicated)
     from lips import blocking
 
     try:

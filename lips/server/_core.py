@@ -164,6 +164,7 @@ class MessageServer:
         self,
         backend: ISpaceBackend,
         clock: IReactorTime,
+        *,
         name: str = "lips",
         limits: Limits = DEFAULT_LIMITS,
         rng: random.Random | None = None,

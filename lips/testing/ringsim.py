@@ -3,8 +3,9 @@ A deterministic simulator for the token ring: engines on an in-memory datagram n
 under a fake clock and one seeded random.
 
 Faults: loss, duplication, delay with jitter (hence reordering), partitions, crashes and
-restarts, graceful leaves, and nodes deaf to broadcasts (they fail to receive).  After every step the simulator checks the ring's invariants and raises
-L{InvariantViolation} with the seed, so any failure replays from its seed alone.
+restarts, graceful leaves, and nodes deaf to broadcasts (they fail to receive).  After
+every step the simulator checks the ring's invariants and raises L{InvariantViolation}
+with the seed, so any failure replays from its seed alone.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class InvariantViolation(AssertionError):
     """A ring invariant failed; the message names the seed that replays it."""
 
 
-def replay_command(seed: int) -> str:
-    return f"lips sim --seed {seed}"
+def replay_command(seed: int, replicated: bool = False) -> str:
+    return f"lips sim {'--replicated ' if replicated else ''}--seed {seed}"
 
 
 @attrs.frozen
@@ -102,6 +103,8 @@ class _NodeRecord:
 
 class RingSimulation:
     """Runs one L{Scenario} from one seed."""
+
+    replicated = False
 
     def __init__(self, seed: int, scenario: Scenario | None = None) -> None:
         self.seed = seed
@@ -339,7 +342,7 @@ class RingSimulation:
     def _fail(self, what: str) -> None:
         raise InvariantViolation(
             f"seed {self.seed} at t={self.now:.4f} step {self.steps}: {what}\n"
-            f"  scenario: {self.scenario}\n  replay: {replay_command(self.seed)}"
+            f"  scenario: {self.scenario}\n  replay: {replay_command(self.seed, self.replicated)}"
         )
 
     def _check_left(self, n: int, message: RingMessage) -> None:
@@ -384,8 +387,8 @@ class RingSimulation:
             }
         # Every payload submitted once the final ring was installed everywhere is
         # delivered everywhere; every payload of a node that never crashed nor left is
-        # delivered at least by its sender.  (A payload delivered in one partition's ring before the
-        # partitions merged is, rightly, never delivered in the other.)
+        # delivered at least by its sender.  (A payload delivered in one partition's ring
+        # before the partitions merged is, rightly, never delivered in the other.)
         final = self.engines[live[0]].ring
         settled = max(self.records[n].installed_at[final] for n in live)
         late = [p for p, (_, t) in self.submitted.items() if t > settled]
@@ -435,6 +438,8 @@ class ReplicatedSimulation(RingSimulation):
     had crashed: "the last server") are exempt from the end checks: they are lost by
     design of an in-memory space.
     """
+
+    replicated = True
 
     def __init__(
         self,
