@@ -12,7 +12,14 @@ changes and the ring sequence number to persist.
 States: GATHER (agree on who is there), COMMIT (the commit token collects what every
 member brings from its last ring), RECOVERY (old-ring messages are re-broadcast through
 the new ring, then every member delivers the same old-ring set and installs the new
-configuration) and OPERATIONAL.
+configuration) and OPERATIONAL; and LEFT, once L{RingEngine.leave} has announced that
+this node is leaving (it then sends, delivers and fires nothing more).
+
+Two ways a member is dropped before the token-loss timeout: it leaves (its leave, a
+L{Join} naming itself as failed, sends the others to GATHER with it failed), or it fails
+to receive (the token shows it lacking the same messages, which others hold, for
+L{RingConfig.fail_recv_rotations} rotations: a member that holds them gathers with it
+failed, as the Totem paper has it; corosync's node fails itself instead).
 """
 
 from __future__ import annotations
@@ -62,11 +69,25 @@ class State(enum.Enum):
     COMMIT = "commit"
     RECOVERY = "recovery"
     OPERATIONAL = "operational"
+    LEFT = "left"
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+#: The fewest rotations L{RingConfig.fail_recv_rotations} may be: a member that lacks a
+#: message for a few rotations is ordinary loss (a request and its retransmission can
+#: each be lost), not a failure to receive.
+FAIL_RECV_MIN: Final = 10
+
+
+def _rotations(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < FAIL_RECV_MIN:
+        raise ValueError(
+            f"{attribute.name} must be an integer of at least {FAIL_RECV_MIN}, not {value!r}"
+        )
 
 
 @attrs.frozen
@@ -90,6 +111,11 @@ class RingConfig:
     """Bytes of payload one broadcast message may carry: small payloads are packed
     together up to it, larger ones are cut into fragments of it.  Size it to the network
     MTU less the ring's headers."""
+    fail_recv_rotations: int = attrs.field(default=800, validator=_rotations)
+    """Token rotations a member may go on lacking the same messages, which the others
+    hold, before it is declared failed to receive and a ring is formed without it.
+    corosync's C{fail_recv_const} is 2500 rotations for its 3 s token; this is the same
+    allowance for the 1 s token here."""
 
     def __attrs_post_init__(self) -> None:
         if self.token_retransmit >= self.token_timeout:
@@ -109,6 +135,7 @@ class RingConfig:
             consensus_timeout=0.3,
             merge_interval=0.1,
             hold=0.02,
+            fail_recv_rotations=200,
         )
 
 
@@ -244,6 +271,13 @@ class RingEngine:
         self._last_commit: tuple[int, Commit] | None = None
         self._forming = NO_RING
         self._join_seq: dict[int, int] = {}
+        # Nodes that left, with the ring sequence number of their leave: failed in every
+        # gather until a newer incarnation of theirs joins.
+        self._gone: dict[int, int] = {}
+        # failed-to-receive watch: the (aru, aru_node) of the token at this node's last
+        # visits, and for how many visits in a row it has held the ring back
+        self._stuck: tuple[int, int] = (0, 0)
+        self._stuck_visits = 0
         self._now = 0.0
         self._started = False
 
@@ -257,12 +291,40 @@ class RingEngine:
         self._emit(PersistRingSeq(self._ring_seq_max))
         self._enter_gather(self.peers, frozenset(), fresh=True)
 
+    def leave(self, now: float) -> None:
+        """
+        Leave the ring for good: broadcast a leave, so that the other members form a
+        ring without this node at once (not after the token-loss and consensus
+        timeouts), and stop.  From now on the engine sends, delivers and fires nothing
+        and ignores every input; what it had queued is dropped.  Its messages that any
+        other member holds are still recovered by them.  To come back, start a new engine
+        (a new incarnation, as after a restart) from the persisted ring sequence number.
+        """
+        self._now = now
+        if not self._started or self.state is State.LEFT:
+            return
+        self.counters["left"] += 1
+        # Persisted so that the next incarnation's joins are newer than this leave.
+        self._emit(PersistRingSeq(self._ring_seq_max))
+        self._send(None, Join.leave(self.node, self._ring_seq_max))
+        self.state = State.LEFT
+        self._timers.clear()
+        self._queue.clear()
+        self._recovery.clear()
+        self._assembly.clear()
+        self._held = None
+        self._last_token = None
+        self._last_commit = None
+
     def submit(self, payload: bytes, now: float) -> bool:
         """
         Queue C{payload} for broadcast.  Returns False (and queues nothing) when the
-        queue is full: back-pressure for the caller.
+        queue is full: back-pressure for the caller; and always once this node has left.
         """
         self._now = now
+        if self.state is State.LEFT:
+            self.counters["dropped.left"] += 1
+            return False
         size = self.config.max_payload - _PIECE_OVERHEAD
         pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
         if len(self._queue) + len(pieces) > self.config.max_queue:
@@ -285,7 +347,7 @@ class RingEngine:
     def received(self, message: RingMessage, now: float) -> None:
         """Handle one authentic message."""
         self._now = now
-        if not self._started:
+        if not self._started or self.state is State.LEFT:
             return
         if isinstance(message, Mcast):
             self._on_mcast(message)
@@ -359,6 +421,13 @@ class RingEngine:
         if sender == self.node or sender not in self.peers:
             self.counters["dropped.stranger"] += 1
             return
+        if sender in self._gone:
+            if ring.seq <= self._gone[sender]:
+                # A late message from before its leave: it is not coming back as that.
+                self.counters["dropped.gone"] += 1
+                return
+            # A ring newer than its leave: a new incarnation of it.
+            del self._gone[sender]
         if ring < self.ring and sender in self.members:
             self.counters["dropped.stale"] += 1
             return
@@ -383,8 +452,36 @@ class RingEngine:
         self._token_seq_seen = tok.token_seq
         self.counters["token.received"] += 1
         self._timers.pop("retransmit", None)
+        laggard = self._failing_to_receive(tok)
+        if laggard is not None:
+            self.counters["fail_to_recv"] += 1
+            self._enter_gather(frozenset(), frozenset({laggard}))
+            return
         self._arm("token_loss", self.config.token_timeout)
         self._forward_token(tok)
+
+    def _failing_to_receive(self, tok: Token) -> int | None:
+        """
+        The member that has failed to receive, if the token shows one: for
+        L{RingConfig.fail_recv_rotations} visits in a row the ring's aru has stayed
+        where that member holds it, below messages this node holds.
+        """
+        lacking = tok.aru_node
+        stuck = (tok.aru, lacking)
+        if (
+            lacking == self.node
+            or lacking not in self.members
+            or self._logs[self.ring].aru <= tok.aru
+        ):
+            self._stuck_visits = 0
+            return None
+        if stuck != self._stuck:
+            self._stuck, self._stuck_visits = stuck, 0
+        self._stuck_visits += 1
+        if self._stuck_visits < self.config.fail_recv_rotations:
+            return None
+        self._stuck_visits = 0
+        return lacking
 
     def _forward_token(self, tok: Token) -> None:
         """Use the token: retransmit, broadcast, update it, forward it, deliver."""
@@ -566,7 +663,8 @@ class RingEngine:
             self._procs = frozenset(base)
             self._failed = frozenset()
         self._procs = self._procs | frozenset(procs)
-        self._failed = (self._failed | frozenset(failed)) - {self.node}
+        gone = frozenset(n for n in self._procs if n in self._gone)
+        self._failed = (self._failed | frozenset(failed) | gone) - {self.node}
         self.state = State.GATHER
         self._held = None
         for t in ("token_loss", "retransmit", "hold", "merge"):
@@ -591,6 +689,17 @@ class RingEngine:
             self.counters["join.stale"] += 1
             return
         self._join_seq[j.sender] = j.ring_seq
+        if j.leaving:
+            self._gone[j.sender] = j.ring_seq
+            self._on_leave(j.sender)
+            return
+        if j.sender in self._gone:
+            if j.ring_seq <= self._gone[j.sender]:
+                # Sent before its leave, and overtaken by it.
+                self.counters["join.stale"] += 1
+                return
+            # A new incarnation of a node that left: it may be gathered again.
+            del self._gone[j.sender]
         if self.state is not State.GATHER and self.node in j.failed:
             # Its sender gave up on this node; it will gather afresh (on a foreign
             # message or a merge detect) and find it again.
@@ -620,6 +729,18 @@ class RingEngine:
         procs = self._procs | j.procs | {j.sender}
         failed = self._failed | ({j.sender} if self.node in j.failed else j.failed)
         self._enter_gather(procs, failed)
+
+    def _on_leave(self, node: int) -> None:
+        """Node C{node} is leaving: gather without it, if it is one this node counts on."""
+        if self.state is State.GATHER:
+            ours = node in self._procs and node not in self._failed
+        else:
+            ours = node in self.members or node in self._forming_members()
+        if not ours:
+            self.counters["leave.ignored"] += 1
+            return
+        self.counters["leave.received"] += 1
+        self._enter_gather(frozenset(), frozenset({node}))
 
     def _forming_members(self) -> frozenset[int]:
         if self.state is State.COMMIT and self._last_commit is not None:
@@ -739,6 +860,7 @@ class RingEngine:
         self._sent_last = 0
         self._backlog_last = 0
         self._idle_visits = 0
+        self._stuck_visits = 0
         self.safe = 0
         self._arm("token_loss", self.config.token_timeout)
 

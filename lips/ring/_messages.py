@@ -96,12 +96,28 @@ class Mcast:
 
 @attrs.frozen
 class Join:
-    """Membership consensus: the sender's view of who is there and who has failed."""
+    """
+    Membership consensus: the sender's view of who is there and who has failed.
+
+    A join whose sender lists itself as failed is a leave (corosync's leave message):
+    its sender is leaving for good, and the others form a ring without it at once
+    instead of waiting for the token to be lost.  L{Join.leave} makes one.
+    """
 
     sender: int
     procs: frozenset[int]
     failed: frozenset[int]
     ring_seq: int
+
+    @property
+    def leaving(self) -> bool:
+        """Whether this is a leave: the sender names itself as failed."""
+        return self.sender in self.failed
+
+    @classmethod
+    def leave(cls, sender: int, ring_seq: int) -> Join:
+        """The leave of node C{sender}."""
+        return cls(sender, frozenset({sender}), frozenset({sender}), ring_seq)
 
 
 @attrs.frozen

@@ -151,6 +151,18 @@ class RoundTripTests(SynchronousTestCase):
         for message, fields in cases:
             self.assertEqual(encode(message)[1], packb(fields), message)
 
+    def test_leave(self) -> None:
+        """A leave is a join that names its sender as failed, and decodes as a leave."""
+        leave = Join.leave(3, 9)
+        self.assertEqual(encode(leave), (JOIN, packb([3, [3], [3], 9])))
+        decoded = decode(*encode(leave))
+        self.assertEqual(decoded, leave)
+        assert isinstance(decoded, Join)
+        self.assertTrue(decoded.leaving)
+        join = decode(JOIN, packb([3, [1, 3], [1], 9]))
+        assert isinstance(join, Join)
+        self.assertFalse(join.leaving)
+
     def test_not_a_message(self) -> None:
         """Encoding something that is not a ring message is a TypeError."""
         self.assertRaises(TypeError, encode, Report(RingId(1, 1), 0, 0))

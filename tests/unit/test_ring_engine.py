@@ -5,24 +5,33 @@ simulator L{lips.testing.ringsim}.
 
 from __future__ import annotations
 
+import heapq
 import os
+from collections import defaultdict
+from collections.abc import Callable
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.ring import (
     Commit,
     Configuration,
     Deliver,
+    Effect,
+    Join,
     Kind,
     Mcast,
+    PersistRingSeq,
     RingConfig,
     RingEngine,
     RingId,
+    RingMessage,
     Safe,
     Send,
     State,
     Token,
 )
+from lips.ring._engine import FAIL_RECV_MIN
 from lips.testing.ringsim import (
     Faults,
     InvariantViolation,
@@ -33,6 +42,90 @@ from lips.testing.ringsim import (
 
 #: Seeds the default suite runs; LIPS_SIM_SEEDS raises it for a soak run.
 SEEDS = int(os.environ.get("LIPS_SIM_SEEDS", "300"))
+
+
+class Network:
+    """
+    Engines on an in-memory network where every datagram takes C{delay}, under fake
+    time: simple enough to reason about exact times.  A node in C{deaf} loses every
+    broadcast sent to it (what is sent to it alone still arrives).
+    """
+
+    def __init__(self, nodes: int, config: RingConfig, delay: float = 0.001) -> None:
+        self.ids = list(range(1, nodes + 1))
+        self.config = config
+        self.delay = delay
+        self.now = 0.0
+        self.deaf: set[int] = set()
+        self.engines: dict[int, RingEngine] = {}
+        self.effects: dict[int, list[Effect]] = defaultdict(list)
+        self.persisted: dict[int, int] = defaultdict(int)
+        self._queue: list[tuple[float, int, int, RingMessage]] = []
+        self._count = 0
+        for n in self.ids:
+            self.start(n)
+
+    def start(self, n: int) -> RingEngine:
+        """Start (or restart, as a new incarnation) node C{n}."""
+        engine = self.engines[n] = RingEngine(n, self.ids, self.config, self.persisted[n])
+        engine.start(self.now)
+        self.flush(n)
+        return engine
+
+    def flush(self, n: int) -> None:
+        """Carry out node C{n}'s effects."""
+        for effect in self.engines[n].take_effects():
+            self.effects[n].append(effect)
+            if isinstance(effect, PersistRingSeq):
+                self.persisted[n] = max(self.persisted[n], effect.seq)
+            if not isinstance(effect, Send):
+                continue
+            if effect.to is not None:
+                dests = [effect.to]
+            else:
+                dests = [d for d in self.ids if d != n and d not in self.deaf]
+            for d in dests:
+                self._count += 1
+                item = (self.now + self.delay, self._count, d, effect.message)
+                heapq.heappush(self._queue, item)
+
+    def run(self, until: float, stop: Callable[[], bool] = lambda: False) -> bool:
+        """
+        Deliver datagrams and fire timers in time order up to C{until}, or until
+        C{stop()} holds after an event (then return True, with C{now} at that event).
+        """
+        while True:
+            times = [t for e in self.engines.values() if (t := e.next_deadline()) is not None]
+            if self._queue:
+                times.append(self._queue[0][0])
+            if not times or min(times) > until:
+                self.now = until
+                return False
+            self.now = min(times)
+            if self._queue and self._queue[0][0] <= self.now:
+                _, _, dest, message = heapq.heappop(self._queue)
+                self.engines[dest].received(message, self.now)
+                self.flush(dest)
+            else:
+                for n, engine in list(self.engines.items()):
+                    deadline = engine.next_deadline()
+                    if deadline is not None and deadline <= self.now:
+                        engine.tick(self.now)
+                        self.flush(n)
+            if stop():
+                return True
+
+    def formed(self, *members: int) -> bool:
+        """Nodes C{members}, and only they, have installed one ring."""
+        engines = [self.engines[n] for n in members]
+        return len({e.ring for e in engines}) == 1 and all(
+            e.state is State.OPERATIONAL and e.members == members and e.installed == e.ring
+            for e in engines
+        )
+
+    def delivered(self, n: int) -> list[bytes]:
+        """What node C{n} has delivered, in order."""
+        return [e.payload for e in self.effects[n] if isinstance(e, Deliver)]
 
 
 class RingConfigTests(SynchronousTestCase):
@@ -47,6 +140,19 @@ class RingConfigTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, RingConfig, **kwargs)
         RingConfig.loopback()
+
+    def test_fail_recv_rotations(self) -> None:
+        """
+        The failed-to-receive threshold is a whole number of rotations, and not so few
+        that ordinary loss (a lost request or retransmission) would fail a member.
+        """
+        for bad in (0, -1, FAIL_RECV_MIN - 1, True, float(FAIL_RECV_MIN), "100", None):
+            e = self.assertRaises(ValueError, RingConfig, fail_recv_rotations=bad)
+            self.assertIn("fail_recv_rotations", str(e))
+        self.assertEqual(RingConfig(fail_recv_rotations=FAIL_RECV_MIN).fail_recv_rotations, 10)
+        self.assertGreater(
+            RingConfig().fail_recv_rotations, RingConfig.loopback().fail_recv_rotations
+        )
 
 
 class SingleNodeTests(SynchronousTestCase):
@@ -156,6 +262,39 @@ class SimulationTests(SynchronousTestCase):
         self.assertTrue(any(r.crashed_ever for r in sim.records.values()))
         self.assertEqual({len(e.members) for e in sim.engines.values()}, {3})
 
+    def test_leaves(self) -> None:
+        """
+        Nodes that leave are dropped by leave, not by timeout, stay silent while gone
+        (the simulator checks it), and come back as new incarnations.
+        """
+        sim = RingSimulation(0, Scenario(nodes=4, faults=Faults(leaves=2))).run()
+        self.assertEqual(sum(r.left_ever for r in sim.records.values()), 2)
+        self.assertGreater(sum(e.counters["leave.received"] for e in sim.engines.values()), 0)
+        self.assertEqual({len(e.members) for e in sim.engines.values()}, {4})
+
+    def test_deaf_node(self) -> None:
+        """
+        A node deaf to broadcasts for a while is failed to receive, and is back in the
+        ring by the end.
+        """
+        sim = RingSimulation(0, Scenario(nodes=3, faults=Faults(deaf=1))).run()
+        self.assertGreater(sum(e.counters["fail_to_recv"] for e in sim.engines.values()), 0)
+        self.assertEqual({len(e.members) for e in sim.engines.values()}, {3})
+
+    def test_checker_catches_talking_leaver(self) -> None:
+        """
+        The leave invariant is not vacuous: an engine that goes on after its leave is
+        caught.
+        """
+
+        def leaky(self: RingEngine, now: float) -> None:
+            self._send(None, Join.leave(self.node, self._ring_seq_max))
+
+        self.patch(RingEngine, "leave", leaky)
+        scenario = Scenario(nodes=4, faults=Faults(leaves=2))
+        e = self.assertRaises(InvariantViolation, RingSimulation(0, scenario).run)
+        self.assertIn("after it left", str(e))
+
     def test_many_seeds(self) -> None:
         """
         Seeded runs across fault mixes (loss, duplication, reordering, partitions,
@@ -188,3 +327,217 @@ class SimulationTests(SynchronousTestCase):
                 failures.append(str(e))
         self.assertTrue(failures, "no seed caught the broken recovery")
         self.assertIn(replay_command(int(failures[0].split()[1])), failures[0])
+
+
+class LeaveTests(SynchronousTestCase):
+    """A node that leaves is dropped at once, stays silent, and may come back later."""
+
+    def setUp(self) -> None:
+        self.config = RingConfig.loopback()
+        self.net = Network(3, self.config)
+        self.assertTrue(self.net.run(1.0, lambda: self.net.formed(1, 2, 3)))
+        self.net.run(self.net.now + 0.1)
+
+    def test_new_ring_without_waiting(self) -> None:
+        """
+        The others form a ring without the leaver well within the token-loss timeout
+        (the leave spares them that timeout and the consensus one after it), with no
+        token loss and no consensus timeout, and install both configurations.
+        """
+        net = self.net
+        left_at = net.now
+        net.engines[3].leave(net.now)
+        net.flush(3)
+        self.assertTrue(net.run(left_at + 5, lambda: net.formed(1, 2)))
+        self.assertLess(net.now - left_at, self.config.token_timeout / 2)
+        for n in (1, 2):
+            e = net.engines[n]
+            self.assertEqual(e.counters["token.lost"], 0)
+            self.assertEqual(e.counters["consensus.timeout"], 0)
+            self.assertGreaterEqual(e.counters["leave.received"], 1)
+            configs = [x for x in net.effects[n] if isinstance(x, Configuration)]
+            self.assertEqual(
+                configs[-2:],
+                [
+                    Configuration(e.ring, (1, 2), transitional=True),
+                    Configuration(e.ring, (1, 2), transitional=False),
+                ],
+            )
+
+    def test_leave_while_forming(self) -> None:
+        """
+        A second node leaving while the ring without the first is being formed does
+        not bring back the first: the rest form a ring without both, still without any
+        timeout.
+        """
+        net = Network(4, self.config)
+        self.assertTrue(net.run(1.0, lambda: net.formed(1, 2, 3, 4)))
+        left_at = net.now
+        net.engines[4].leave(net.now)
+        net.flush(4)
+        forming = (State.COMMIT, State.RECOVERY)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.engines[1].state in forming))
+        net.engines[3].leave(net.now)
+        net.flush(3)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.formed(1, 2)))
+        self.assertLess(net.now - left_at, self.config.token_timeout / 2)
+        for n in (1, 2):
+            self.assertEqual(net.engines[n].counters["consensus.timeout"], 0)
+            self.assertEqual(net.engines[n].counters["token.lost"], 0)
+
+    def test_leaver_is_silent(self) -> None:
+        """
+        After its leave (one broadcast, and its ring sequence number persisted) the
+        leaver sends, delivers and fires nothing, refuses payloads, and ignores what
+        still reaches it; leaving again changes nothing.
+        """
+        net = self.net
+        leaver = net.engines[3]
+        self.assertTrue(leaver.submit(b"never sent", net.now))
+        before = len(net.effects[3])
+        leaver.leave(net.now)
+        net.flush(3)
+        self.assertEqual(
+            net.effects[3][before:],
+            [
+                PersistRingSeq(leaver._ring_seq_max),
+                Send(None, Join.leave(3, leaver._ring_seq_max)),
+            ],
+        )
+        self.assertIs(leaver.state, State.LEFT)
+        self.assertIsNone(leaver.next_deadline())
+        self.assertEqual(leaver.backlog, 0)
+        self.assertFalse(leaver.submit(b"late", net.now))
+        leaver.leave(net.now)
+        # The survivors go on: their joins, commit tokens and traffic reach it too.
+        for p in (b"a", b"b"):
+            self.assertTrue(net.engines[1].submit(p, net.now))
+        net.flush(1)
+        net.run(net.now + 1.0)
+        self.assertTrue(net.formed(1, 2))
+        self.assertEqual(net.delivered(1)[-2:], [b"a", b"b"])
+        self.assertEqual(len(net.effects[3]), before + 2)
+        self.assertEqual(leaver.take_effects(), [])
+        self.assertEqual(leaver.counters["left"], 1)
+
+    def test_last_messages_recovered(self) -> None:
+        """
+        A message the leaver broadcast just before leaving, which only one survivor
+        received, is recovered: both survivors deliver it, in the same order.
+        """
+        net = self.net
+        leaver = net.engines[3]
+        self.assertTrue(leaver.submit(b"last words", net.now))
+        net.deaf.add(2)
+
+        def broadcast() -> bool:
+            return any(
+                isinstance(x, Send) and isinstance(x.message, Mcast) for x in net.effects[3]
+            )
+
+        net.effects[3].clear()
+        self.assertTrue(net.run(net.now + 1.0, broadcast))
+        net.deaf.clear()
+        leaver.leave(net.now)
+        net.flush(3)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.formed(1, 2)))
+        self.assertIn(b"last words", net.delivered(1))
+        self.assertEqual(net.delivered(1), net.delivered(2))
+        recovered = [
+            x.message
+            for x in net.effects[1]
+            if isinstance(x, Send)
+            and isinstance(x.message, Mcast)
+            and x.message.kind is Kind.RECOVERED
+            and x.message.old_origin == 3
+        ]
+        self.assertTrue(recovered, "the survivor that had it did not re-broadcast it")
+
+    def test_comes_back(self) -> None:
+        """
+        A join the leaver sent before its leave, arriving after it, is stale; a new
+        incarnation of the leaver is gathered into the ring again.
+        """
+        net = self.net
+        old_join = Join(3, frozenset({1, 2, 3}), frozenset(), net.engines[3]._ring_seq_max)
+        old_mcast = Mcast(net.engines[3].ring, 999, 3, Kind.APP, b"late")
+        net.engines[3].leave(net.now)
+        net.flush(3)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.formed(1, 2)))
+        survivor = net.engines[1]
+        ring = survivor.ring
+        survivor.received(old_join, net.now)
+        survivor.received(old_mcast, net.now)
+        net.flush(1)
+        self.assertEqual((survivor.state, survivor.ring), (State.OPERATIONAL, ring))
+        self.assertEqual(survivor.counters["join.stale"], 1)
+        self.assertEqual(survivor.counters["dropped.gone"], 1)
+        net.start(3)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.formed(1, 2, 3)))
+
+
+class FailToReceiveTests(SynchronousTestCase):
+    """A member that keeps failing to receive is dropped; the others go on."""
+
+    def setUp(self) -> None:
+        self.config = attrs.evolve(RingConfig.loopback(), fail_recv_rotations=20)
+        self.net = Network(3, self.config)
+        self.assertTrue(self.net.run(1.0, lambda: self.net.formed(1, 2, 3)))
+
+    def test_deaf_member_dropped(self) -> None:
+        """
+        A member that loses every broadcast (but still gets the token) is declared
+        failed to receive after the configured rotations, counted, and the others form
+        a ring without it and deliver; once it hears again it joins back.
+        """
+        net = self.net
+        net.deaf.add(3)
+        payloads = [b"p%d" % i for i in range(5)]
+        for p in payloads:
+            self.assertTrue(net.engines[1].submit(p, net.now))
+        net.flush(1)
+
+        def detected() -> bool:
+            return any(e.counters["fail_to_recv"] for e in net.engines.values())
+
+        self.assertTrue(net.run(net.now + 1.0, detected))
+        detector = next(e for e in net.engines.values() if e.counters["fail_to_recv"])
+        self.assertIn(detector.node, (1, 2))
+        self.assertEqual(net.engines[3].counters["fail_to_recv"], 0)
+        self.assertTrue(net.run(net.now + 2.0, lambda: net.formed(1, 2)))
+        self.assertEqual(net.delivered(1), payloads)
+        self.assertEqual(net.delivered(2), payloads)
+        self.assertEqual(net.delivered(3), [])
+        net.deaf.clear()
+        self.assertTrue(net.run(net.now + 3.0, lambda: net.formed(1, 2, 3)))
+        self.assertTrue(net.engines[1].submit(b"after", net.now))
+        net.flush(1)
+        net.run(net.now + 0.5)
+        for n in (1, 2, 3):
+            self.assertEqual(net.delivered(n)[-1], b"after")
+
+    def test_rotations_counted(self) -> None:
+        """
+        A member is failed no sooner than the configured rotations: the token visits
+        a detector that many times with the same messages missing.
+        """
+        net = self.net
+        net.deaf.add(3)
+        visits_before = net.engines[1].counters["token.received"]
+        self.assertTrue(net.engines[1].submit(b"x", net.now))
+        net.flush(1)
+        self.assertTrue(net.run(net.now + 1.0, lambda: net.engines[1].state is State.GATHER))
+        visits = net.engines[1].counters["token.received"] - visits_before
+        self.assertGreaterEqual(visits, self.config.fail_recv_rotations)
+        self.assertEqual(net.engines[1].counters["fail_to_recv"], 1)
+        self.assertIn(3, net.engines[1]._failed)
+
+    def test_no_false_failures(self) -> None:
+        """
+        Ordinary loss, duplication and reordering never fail a member to receive,
+        even with the simulator's lower threshold.
+        """
+        lossy = Scenario(nodes=4, messages=80, faults=Faults(loss=0.1, duplicate=0.05))
+        for seed in range(10):
+            sim = RingSimulation(seed, lossy).run()
+            self.assertEqual(sum(e.counters["fail_to_recv"] for e in sim.engines.values()), 0)
