@@ -193,6 +193,14 @@ class RingProtocol(DatagramProtocol):
         self._timer = self._loopback_call = None
         self._loopback.clear()
 
+    def leave(self) -> None:
+        """
+        Leave the ring gracefully: the engine says goodbye (the others form a new ring
+        at once, without waiting for the token to be lost) and falls silent.
+        """
+        if not self._stopped:
+            self._input(self.engine.leave)
+
     def submit(self, payload: bytes) -> bool:
         """
         Queue C{payload} for broadcast in the ring's total order.

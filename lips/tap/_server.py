@@ -230,6 +230,8 @@ class RingService(service.Service):
 
     def stopService(self) -> Deferred[None]:
         service.Service.stopService(self)
+        if self.ports:
+            self.node.protocol.leave()
         self.node.protocol.stop()
         ports, self.ports = self.ports, []
         return DeferredList(

@@ -110,3 +110,23 @@ async def test_sigkill_mid_load(servers: ServerFarm) -> None:
     m3 = await cluster.running["m3"].stats()
     assert m3["ring.replica.snapshots.restored"] == 1
     assert m3["space.tuples"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_graceful_stop_leaves_the_ring(servers: ServerFarm) -> None:
+    """
+    A server stopped with SIGTERM says goodbye: the others form a ring without it at
+    once, without waiting for the token to be lost, and go on serving.
+    """
+    cluster = RingCluster(servers, 3)
+    for name in cluster.names:
+        await cluster.start(name)
+    await cluster.serving()
+    await cluster.running.pop("m3").stop()
+    stats = await cluster.serving("m1", "m2", members=2)
+    assert all(s["ring.leave.received"] == 1 for s in stats), stats
+    assert all(s.get("ring.token.lost", 0) == 0 for s in stats), stats
+    client = await _client(cluster, 0, "after")
+    await within(client.out(("after", 1)))
+    assert await within(client.inp(("after", int))) == ("after", 1)
+    await within(client.close())

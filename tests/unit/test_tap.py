@@ -4,6 +4,8 @@ Tests for L{lips.tap} and the twistd plugins.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
@@ -11,8 +13,10 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from lips.ring import Join, Opened, State, decode
 from lips.tap import fixserver, msgserver
-from lips.tap._server import ServerOptions, make_server_service
+from lips.tap._server import RingService, ServerOptions, make_server_service
+from tests.unit.test_ring_protocol import FakeReactor
 
 
 class PluginTests(SynchronousTestCase):
@@ -76,3 +80,96 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpServers), 1)
         self.assertEqual(top.core.name, "x")
         top.stopService()
+
+
+class _UDPReactor(MemoryReactorClock):
+    """A memory reactor whose UDP ports are the ring tests' fakes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp = FakeReactor()
+        self.listenUDP = self.udp.listenUDP
+
+
+class ClusterOptionsTests(SynchronousTestCase):
+    """C{--config FILE --name NAME}: a replicated server of the cluster file."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "k").write_bytes(b"k" * 32)
+        (directory / "k").chmod(0o600)
+        self.path = directory / "cluster.toml"
+        self.path.write_text(
+            '[cluster]\nid = 3\nkey_file = "k"\ntimings = "loopback"\nstate_dir = "s"\n'
+            + "".join(
+                f'[servers.{name}]\nrole = "{role}"\nid = {n}\n'
+                f'ring = "127.0.0.1:{7100 + i}"\nlisten = "tcp:{7010 + i}:interface=127.0.0.1"\n'
+                for i, (name, role, n) in enumerate(
+                    [("m1", "msgserver", 1), ("m2", "msgserver", 2), ("f1", "fixserver", 1)]
+                )
+            )
+        )
+
+    def parse(self, *argv: str, options: type = msgserver.Options) -> ServerOptions:
+        o = options()
+        o.parseOptions(list(argv))
+        assert isinstance(o, ServerOptions)
+        return o
+
+    def test_server_from_the_file(self) -> None:
+        """--name picks the server: its listen endpoint and ring come from the file."""
+        o = self.parse("--config", str(self.path), "--name", "m2")
+        self.assertEqual(o["listen"], "tcp:7011:interface=127.0.0.1")
+        self.assertEqual((o["entry"].id, o["entry"].ring), (2, ("127.0.0.1", 7101)))
+        f = self.parse("--config", str(self.path), "--name", "f1", options=fixserver.Options)
+        self.assertEqual(f["entry"].role, "fixserver")
+
+    def test_bad_combinations(self) -> None:
+        """Every wrong combination is a UsageError that says what is wrong."""
+        config = str(self.path)
+        for argv, words in [
+            (("--config", config), "--config needs --name: one of the msgservers m1, m2"),
+            (("--config", config, "--name", "zz"), "no server named 'zz'"),
+            (("--config", config, "--name", "f1"), "f1 is a fixserver"),
+            (("--config", config, "--name", "m1", "--listen", "tcp:1"), "--listen comes from"),
+            (("--config", "/no/such.toml", "--name", "m1"), "/no/such.toml"),
+        ]:
+            e = self.assertRaises(UsageError, self.parse, *argv)
+            self.assertIn(words, str(e), argv)
+
+    def test_corrupt_ring_sequence_file(self) -> None:
+        """A damaged ring sequence file stops the server: ring ids must never repeat."""
+        state = self.path.parent / "s"
+        state.mkdir()
+        (state / "m1.ringseq").write_text("not a number\n")
+        e = self.assertRaises(UsageError, self.parse, "--config", str(self.path), "--name", "m1")
+        self.assertIn("m1.ringseq", str(e))
+
+    def test_make_service(self) -> None:
+        """The service serves from the ring's replica; stopping it leaves the ring."""
+        reactor = _UDPReactor()
+        top = make_server_service(self.parse("--config", str(self.path), "--name", "m1"), reactor)
+        ring = next(s for s in top if isinstance(s, RingService))
+        self.assertIs(top.core.backend, ring.node)
+        top.privilegedStartService()
+        top.startService()
+        [port] = reactor.udp.ports
+        self.assertEqual(port.host, ("127.0.0.1", 7100))
+        engine = ring.node.engine
+        self.assertEqual(engine.state, State.GATHER)
+        self.assertEqual(ring.node.store.load(), engine._ring_seq_max)
+        self.assertIn("ring.state", top.core.stats())
+        port.written.clear()
+        top.stopService()
+        self.assertEqual(engine.state, State.LEFT)
+        # The goodbye went out to the other member before the socket closed.
+        sealer = ring.node.protocol.sealer
+        [(datagram, to)] = port.written
+        self.assertEqual(to, ("127.0.0.1", 7101))
+        opened = sealer.open(datagram)
+        assert isinstance(opened, Opened)
+        message = decode(opened.type, opened.body)
+        assert isinstance(message, Join)
+        self.assertTrue(message.leaving)
+        self.assertFalse(port.listening)
