@@ -124,8 +124,11 @@ async def test_graceful_stop_leaves_the_ring(servers: ServerFarm) -> None:
     await cluster.serving()
     await cluster.running.pop("m3").stop()
     stats = await cluster.serving("m1", "m2", members=2)
-    assert all(s["ring.leave.received"] == 1 for s in stats), stats
-    assert all(s.get("ring.token.lost", 0) == 0 for s in stats), stats
+    # Each heard the goodbye (one that had already started forming the new ring
+    # ignores it as news); neither waited for a lost token.
+    ring = [{k: v for k, v in s.items() if k.startswith("ring.")} for s in stats]
+    assert all(s.get("ring.leave.received", 0) + s.get("ring.leave.ignored", 0) for s in ring)
+    assert not any(s.get("ring.token.lost") for s in ring), ring
     client = await _client(cluster, 0, "after")
     await within(client.out(("after", 1)))
     assert await within(client.inp(("after", int))) == ("after", 1)
