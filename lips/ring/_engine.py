@@ -107,6 +107,8 @@ class RingConfig:
     max_messages: int = attrs.field(default=17, validator=attrs.validators.ge(1))
     window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
     max_queue: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    """Most payload pieces waiting to be broadcast: beyond it L{RingEngine.submit}
+    refuses (back-pressure), except one oversized payload into an empty queue."""
     max_payload: int = attrs.field(default=1200, validator=attrs.validators.ge(64))
     """Bytes of payload one broadcast message may carry: small payloads are packed
     together up to it, larger ones are cut into fragments of it.  Size it to the network
@@ -320,6 +322,8 @@ class RingEngine:
         """
         Queue C{payload} for broadcast.  Returns False (and queues nothing) when the
         queue is full: back-pressure for the caller; and always once this node has left.
+        A payload of more pieces than the queue holds (a state-transfer snapshot, say) is
+        taken when the queue is empty, so it is delayed, never refused for ever.
         """
         self._now = now
         if self.state is State.LEFT:
@@ -327,7 +331,7 @@ class RingEngine:
             return False
         size = self.config.max_payload - _PIECE_OVERHEAD
         pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
-        if len(self._queue) + len(pieces) > self.config.max_queue:
+        if self._queue and len(self._queue) + len(pieces) > self.config.max_queue:
             self.counters["queue_full"] += 1
             return False
         if len(pieces) > 1:

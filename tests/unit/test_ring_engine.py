@@ -228,10 +228,17 @@ class SingleNodeTests(SynchronousTestCase):
         self.assertTrue(engine.submit(b"2", 0))
         self.assertFalse(engine.submit(b"3", 0))
         self.assertEqual(engine.counters["queue_full"], 1)
-        # A payload whose fragments would not all fit is refused whole.
+        # A payload whose fragments would not all fit is refused whole...
         roomy = RingEngine(1, [1], RingConfig(max_queue=3, max_payload=64))
+        self.assertTrue(roomy.submit(b"1", 0))
         self.assertFalse(roomy.submit(bytes(500), 0))
-        self.assertEqual(roomy.backlog, 0)
+        self.assertEqual(roomy.backlog, 1)
+        # ...but into an empty queue it is taken alone, however large: a snapshot for a
+        # joining server must be able to go out some time.
+        empty = RingEngine(1, [1], RingConfig(max_queue=3, max_payload=64))
+        self.assertTrue(empty.submit(bytes(500), 0))
+        self.assertEqual(empty.backlog, 13)
+        self.assertFalse(empty.submit(b"2", 0))
 
     def test_duplicate_token_dropped(self) -> None:
         """A token copy not newer than the last one seen is dropped and counted."""
