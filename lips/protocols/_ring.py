@@ -384,7 +384,13 @@ class RingProtocol(DatagramProtocol):
             self.counters["bytes.sent"] += len(datagram)
 
     def _reschedule(self) -> None:
-        """Keep exactly one timer, due at the engine's next deadline (none if it has none)."""
+        """
+        Keep one timer, due no later than the engine's next deadline.  A deadline that
+        moved later (the token-loss timer, pushed back at every token) leaves the timer
+        where it is: when it fires, the engine has nothing due and the timer is set again
+        for the new deadline.  Moving a reactor timer at every token would cost more
+        than the early wake-ups do.
+        """
         if self._stopped:
             return
         deadline = self.engine.next_deadline()
@@ -395,7 +401,7 @@ class RingProtocol(DatagramProtocol):
             self._timer = None
             return
         if timer is not None and timer.active():
-            if deadline != self._timer_deadline:
+            if deadline < self._timer_deadline:
                 self._timer_deadline = deadline
                 timer.reset(max(0.0, deadline - self.clock.seconds()))
             return

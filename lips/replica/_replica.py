@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -220,6 +220,7 @@ class Replica:
         self.members: tuple[int, ...] = ()
         self.counters: dict[str, int] = {
             "refused": 0,
+            "claims.lost": 0,
             "malformed": 0,
             "dropped": 0,
             "unavailable": 0,
@@ -231,8 +232,15 @@ class Replica:
         }
         # Requests of this server's clients, by (pid, event).
         self._waiting: OrderedDict[tuple[int, int], _Wait] = OrderedDict()
-        self._claiming: dict[tuple[int, int], _Wait] = {}
+        # Claims in flight, with the tuple each is on (an older claim of the same
+        # request, sent before a configuration change, is not the current one).
+        self._claiming: dict[tuple[int, int], tuple[_Wait, int]] = {}
         self._outs: dict[tuple[int, int], LTuple] = {}
+        # Tuples this server's removing claims are on (a second claim would lose), and
+        # tuples another server stored whose out is not yet safe here: that server's
+        # waiters have the first go at them (see L{_offer}).
+        self._inflight: Counter[int] = Counter()
+        self._fresh: dict[int, tuple[RingId, int]] = {}
         self._queued: OrderedDict[tuple[int, int], Operation] = OrderedDict()
         # Answers waiting to be safe: (ring, seq, completion), and their keys.
         self._held: list[tuple[RingId, int, Completion]] = []
@@ -320,7 +328,10 @@ class Replica:
             self.counters["dropped"] += 1  # sent before its sender knew it was outside
 
     def safe(self, ring: RingId, upto: int) -> None:
-        """Every member holds the ring's messages up to C{upto}: release their answers."""
+        """
+        Every member holds the ring's messages up to C{upto}: release their answers, and
+        offer this server's waiters the other servers' tuples that are now safe.
+        """
         if self._pending_snapshot is not None:
             self._send_snapshot()
         keep = []
@@ -330,6 +341,17 @@ class Replica:
             else:
                 keep.append(entry)
         self._held = keep
+        fresh = self._fresh
+        aged = []
+        for t, (r, s) in fresh.items():
+            if r == ring and s > upto:
+                break  # in delivery order: the rest are newer still
+            aged.append(t)
+        for t in aged:
+            del fresh[t]
+            values = self.space.stored(t)
+            if values is not None and self.mode is Mode.SERVING:
+                self._offer(t, values)
 
     def configuration(self, ring: RingId, members: Iterable[int], transitional: bool) -> None:
         """
@@ -448,6 +470,8 @@ class Replica:
         requests that waited are served.
         """
         self.mode = Mode.SERVING
+        self._inflight.clear()
+        self._fresh.clear()
         self._held = [
             (self.ring, _AFTER_TRANSFER if self._transfer else seq, c)
             if r != self.ring
@@ -462,7 +486,7 @@ class Replica:
         outs, self._outs = self._outs, {}
         for (pid, event), values in outs.items():
             self.submit(Operation(Kind.OUT, pid, event, values))
-        waits = list(self._claiming.items()) + list(self._waiting.items())
+        waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
         self._claiming.clear()
         self._waiting.clear()
         for (pid, event), wait in waits:
@@ -478,11 +502,11 @@ class Replica:
         if done is not None and done.status is not Status.CANCELLED:
             self.on_complete(done)
             return
-        found = self.space.find(wait.template)
+        found = self._choose(wait)
         if found is None:
             self._waiting[(pid, event)] = wait  # still waiting: no new PENDING answer
         else:
-            self._claim(pid, event, wait, found[0])
+            self._claim(pid, event, wait, found)
 
     def _become_unavailable(self) -> None:
         """Outside the primary: every request of this server's clients goes elsewhere."""
@@ -512,16 +536,28 @@ class Replica:
             for c in self.space.out(pid, event, values):
                 if mine:
                     self._hold(ring, seq, c)
-            if self.space.sequence != before:
-                self._offer(self.space.sequence, values)
+            t = self.space.sequence
+            if t != before:
+                if not mine:
+                    self._fresh[t] = (ring, seq)
+                self._offer(t, values)
             return
         _, pid, event, kind, tuple_seq, _claimer = op
         won = self.space.claim(pid, event, kind, tuple_seq)
-        wait = self._claiming.pop((pid, event), None) if mine else None
+        claiming = self._claiming.get((pid, event)) if mine else None
+        wait = None
+        if claiming is not None and claiming[1] == tuple_seq:
+            del self._claiming[(pid, event)]
+            wait = claiming[0]
+        if mine and kind.removes and self._inflight[tuple_seq] > 0:
+            self._inflight[tuple_seq] -= 1
+            if not self._inflight[tuple_seq]:
+                del self._inflight[tuple_seq]
         if won is not None:
             if mine:
                 self._hold(ring, seq, won)
         elif wait is not None:
+            self.counters["claims.lost"] += 1
             self._match(pid, event, wait)  # lost the race: match again
 
     def _hold(self, ring: RingId, seq: int, c: Completion) -> None:
@@ -546,7 +582,7 @@ class Replica:
         self.on_complete(Completion(pid, event, Status.UNAVAILABLE))
 
     def _match(self, pid: int, event: int, wait: _Wait) -> None:
-        found = self.space.find(wait.template)
+        found = self._choose(wait)
         if found is None:
             if wait.kind.blocks:
                 self._waiting[(pid, event)] = wait
@@ -554,18 +590,48 @@ class Replica:
             else:
                 self.on_complete(Completion(pid, event, Status.NO_MATCH))
             return
-        self._claim(pid, event, wait, found[0])
+        self._claim(pid, event, wait, found)
+
+    def _choose(self, wait: _Wait) -> int | None:
+        """
+        The tuple a request of this server claims: the oldest match, passing over, for
+        an C{in} or C{inp}, tuples this server already claims and tuples that another
+        server stored and whose out is not yet safe here (that server's waiters have the
+        first go).  Every claim passed over this way is one that would likely lose.  An
+        C{inp} takes any match rather than answer "none" while a tuple is there; an
+        C{in} waits, and is offered those tuples once they are safe.
+        """
+        space, template = self.space, wait.template
+        if not wait.kind.removes:
+            found = space.find(template)
+            return None if found is None else found[0]
+        inflight, fresh = self._inflight, self._fresh
+        found = space.find(template, lambda t: t not in inflight and t not in fresh)
+        if found is None and not wait.kind.blocks:
+            found = space.find(template, lambda t: t not in inflight)
+        return None if found is None else found[0]
 
     def _claim(self, pid: int, event: int, wait: _Wait, tuple_seq: int) -> None:
         if self._broadcast(encode_claim(pid, event, wait.kind, tuple_seq, self.node)):
-            self._claiming[(pid, event)] = wait
+            self._claiming[(pid, event)] = (wait, tuple_seq)
+            if wait.kind.removes:
+                self._inflight[tuple_seq] += 1
         else:
             self._refuse(pid, event)
 
     def _offer(self, tuple_seq: int, values: LTuple) -> None:
-        """A new tuple: local waiters claim it, first come first served."""
+        """
+        A tuple for this server's waiters, first come first served: every matching
+        C{rd} claims it, and the first matching C{in}.  A tuple another server has just
+        stored goes to the C{in} waiters here only once it is safe here (L{safe}): by
+        then that server's waiters, which had the first go, have claimed it or not, and
+        a claim from here does not race theirs.
+        """
+        removable = tuple_seq not in self._fresh and tuple_seq not in self._inflight
         for key, wait in list(self._waiting.items()):
             if not wait.template.matches(values):
+                continue
+            if wait.kind.removes and not removable:
                 continue
             del self._waiting[key]
             self._claim(key[0], key[1], wait, tuple_seq)

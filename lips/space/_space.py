@@ -22,7 +22,7 @@ import enum
 import hashlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -240,14 +240,22 @@ class TupleSpace:
 
     # -- for a replica: local matching, claims applied in the total order -----------------
 
-    def find(self, template: Template) -> tuple[int, LTuple] | None:
+    def find(
+        self, template: Template, accept: Callable[[int], bool] | None = None
+    ) -> tuple[int, LTuple] | None:
         """
-        The oldest stored tuple matching C{template}, with its sequence number, changing
-        nothing.  A replica matches locally with this, then claims the tuple through the
-        total order (L{claim}).
+        The oldest stored tuple matching C{template} (and whose sequence number
+        C{accept}s, if given), with its sequence number, changing nothing.  A replica
+        matches locally with this, then claims the tuple through the total order
+        (L{claim}).
         """
-        seq = self._find(template)
+        seq = self._find(template, accept)
         return None if seq is None else (seq, self._store[seq][0])
+
+    def stored(self, seq: int) -> LTuple | None:
+        """The stored tuple number C{seq}, if it is still stored."""
+        entry = self._store.get(seq)
+        return None if entry is None else entry[0]
 
     def answered(self, pid: int, event: int) -> Completion | None:
         """The logged answer to C{(pid, event)}, if the space has one (a retry's answer)."""
@@ -387,7 +395,7 @@ class TupleSpace:
             if not bucket:
                 del by_field[fk]
 
-    def _find(self, template: Template) -> int | None:
+    def _find(self, template: Template, accept: Callable[[int], bool] | None = None) -> int | None:
         arity = template.arity
         best: OrderedDict[int, None] | None = None
         for pos, key in template.index_keys:
@@ -403,7 +411,7 @@ class TupleSpace:
         store = self._store
         for seq in best:
             values, keys = store[seq]
-            if template.matches(values, keys):
+            if template.matches(values, keys) and (accept is None or accept(seq)):
                 return seq
         return None
 

@@ -466,7 +466,7 @@ class ReplicatedSimulation(RingSimulation):
         self.at: dict[tuple[int, int], int] = {}
         self.retries = 0
         self.wiped_at = -1.0
-        self._taken: dict[Any, tuple[int, int]] = {}
+        self._taken: dict[Any, tuple[tuple[int, int], float]] = {}
         self._events: dict[int, int] = defaultdict(int)
 
     @classmethod
@@ -582,9 +582,10 @@ class ReplicatedSimulation(RingSimulation):
         if first != c:
             self._fail(f"exactly once: {key} answered {first} and then {c}")
         if c is first and c.status is Status.MATCHED and self.ops[key].kind is not Kind.RD:
-            other = self._taken.setdefault(c.value, key)
-            if other != key:
+            other, when = self._taken.setdefault(c.value, (key, self.now))
+            if other != key and when >= self.wiped_at:
                 self._fail(f"exactly once: {c.value} taken by {other} and by {key}")
+            self._taken[c.value] = (key, self.now)
 
     # -- the end ----------------------------------------------------------------------------
 

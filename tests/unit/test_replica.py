@@ -95,6 +95,56 @@ class ReplicaTests(SynchronousTestCase):
         self.replica.safe(R, self.seq)
         self.assertIn(Completion(5, 1, Status.MATCHED, ("job", 2)), self.answers)
 
+    def test_no_two_claims_on_one_tuple(self) -> None:
+        """Two waiting ins of this server claim two different tuples, not the oldest twice."""
+        space = self.replica.space
+        space.out(9, 1, ("job", 1))
+        space.out(9, 2, ("job", 2))
+        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.replica.submit(Operation(Kind.IN, 6, 1, make_template(("job", int))))
+        self.assertEqual([decode(p)[4] for p in self.sent], [1, 2])
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.replica.counters["claims.lost"], 0)
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_other_servers_tuple_waits_until_safe(self) -> None:
+        """
+        A tuple another server just stored is left to that server's waiters: an in
+        waiting here claims it only once the out is safe here.
+        """
+        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.seq += 1
+        self.replica.delivered(R, self.seq, encode_out(7, 1, ("job", 1)), origin=2)
+        self.assertEqual(self.sent, [])  # not yet: server 2's waiters go first
+        self.replica.safe(R, self.seq)
+        self.assertEqual(decode(self.sent[0])[:5], ("claim", 5, 1, Kind.IN, 1))
+
+    def test_other_servers_tuple_taken_if_still_there(self) -> None:
+        """An inp takes another server's fresh tuple rather than answer "none"."""
+        self.seq += 1
+        self.replica.delivered(R, self.seq, encode_out(7, 1, ("job", 1)), origin=2)
+        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.assertEqual(decode(self.sent[0])[:5], ("claim", 5, 1, Kind.INP, 1))
+
+    def test_stale_claim_of_a_request_is_not_its_current_one(self) -> None:
+        """
+        A claim sent before a configuration change that arrives after the request
+        claimed again does not count as the current claim losing.
+        """
+        space = self.replica.space
+        space.out(9, 1, ("job", 1))
+        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        [old] = self.sent
+        self.sent = []
+        # The request claims again (as after a configuration change) tuple 2.
+        space.out(9, 2, ("job", 2))
+        self.replica._claiming[(5, 1)] = (self.replica._claiming[(5, 1)][0], 2)
+        self.replica.delivered(R, 90, encode_claim(8, 1, Kind.IN, 1, 2), origin=2)
+        self.replica.delivered(R, 91, old, origin=1)  # the old claim loses tuple 1
+        self.assertEqual(self.replica.counters["claims.lost"], 0)
+        self.assertNotIn(Completion(5, 1, Status.NO_MATCH), self.answers)
+
     def test_retry_answered_from_the_log(self) -> None:
         """A retried operation already answered gets its first answer, nothing travels."""
         self.replica.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))

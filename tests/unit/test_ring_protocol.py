@@ -1234,8 +1234,9 @@ class RingTests(SynchronousTestCase):
 
     def test_one_timer_each_then_none(self) -> None:
         """
-        While the ring runs every member has exactly one pending call, due at its
-        engine's deadline; after stop() none is left.
+        While the ring runs every member has exactly one pending call, due no later
+        than its engine's deadline (a deadline that moved later leaves the call where it
+        was), and the ring works; after stop() none is left.
         """
         ring = self.ring(3)
         for _ in range(300):
@@ -1244,7 +1245,7 @@ class RingTests(SynchronousTestCase):
                 (call,) = node.clock.getDelayedCalls()
                 deadline = node.engine.next_deadline()
                 assert deadline is not None
-                self.assertAlmostEqual(call.getTime(), deadline, places=9)
+                self.assertLessEqual(call.getTime(), deadline + 1e-9)
         ring.nodes[3].protocol.submit(b"x")
         for node in ring.nodes.values():
             node.protocol.stop()
