@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import cooperate
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -78,6 +79,9 @@ class ReplicaNode:
         self.store = store
         self.engine = RingEngine(node, peers, config, ring_seq=store.load())
         self.replica = Replica(node, self._broadcast, peers, space)
+        # A large snapshot is restored in steps between the ring's own work, so the
+        # token keeps moving while it is (a blocked member would be taken for dead).
+        self.replica.background = cooperate
         self.protocol = RingProtocol(
             self.engine, sealer, peers, clock, self._ring_event, **protocol_options
         )

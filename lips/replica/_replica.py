@@ -46,7 +46,7 @@ import enum
 import hashlib
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -71,6 +71,11 @@ _POSITION = struct.Struct("!QIQI")
 
 #: The sequence number of answers held until a state transfer's snapshot is safe.
 _AFTER_TRANSFER: Final = 2**63
+
+
+def _run_now(steps: Iterator[None]) -> None:
+    for _ in steps:
+        pass
 
 
 class ReplicaPayloadError(ValueError):
@@ -211,6 +216,9 @@ class Replica:
         self.space = space if space is not None else TupleSpace()
         self._broadcast = broadcast
         self.on_complete: Callable[[Completion], None] = lambda c: None
+        self.background: Callable[[Iterator[None]], object] = _run_now
+        """Runs long work (restoring a snapshot) given as steps: at once by default; a
+        server runs the steps between its other work (L{ReplicaNode})."""
         self.mode = Mode.SYNCING
         self.has_state = False
         self.last_primary = NO_RING
@@ -451,12 +459,21 @@ class Replica:
         self._held = [(r, seq if s == _AFTER_TRANSFER else s, c) for r, s, c in self._held]
         if source != self._source or self.mode is not Mode.SYNCING:
             return
+        self.background(self._restore(self.ring, seq, blob, applied, fingerprint))
+
+    def _restore(
+        self, ring: RingId, seq: int, blob: bytes, applied: int, fingerprint: bytes
+    ) -> Generator[None, None, None]:
+        """Restore the snapshot delivered at C{seq} of C{ring}, a step at a time; serve."""
+        limits, log_limit = self.space.limits, self.space.log_limit
         try:
-            space = TupleSpace.restore(blob, self.space.limits, self.space.log_limit)
+            space = yield from TupleSpace.restoring(blob, limits, log_limit)
         except SnapshotError:
             # Every member got the same bytes; this one waits for the next configuration.
             self.counters["snapshots.bad"] += 1
             return
+        if self.ring != ring or self.mode is not Mode.SYNCING:
+            return  # the configuration changed meanwhile: the next one decides again
         self.counters["snapshots.restored"] += 1
         self.space = space
         self.applied, self.fingerprint, self.has_state = applied, fingerprint, True

@@ -22,7 +22,7 @@ import enum
 import hashlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
 import attrs
@@ -153,8 +153,10 @@ class TupleSpace:
         self.log_limit = log_limit
         self._seq = 0
         self._store: dict[int, tuple[LTuple, tuple[Any, ...]]] = {}
-        self._by_arity: dict[int, OrderedDict[int, None]] = {}
-        self._by_field: dict[tuple[int, int, Any], OrderedDict[int, None]] = {}
+        # Index buckets: plain dicts, which keep insertion order (oldest first) and are
+        # cheaper to make than OrderedDicts; a space has one per distinct field value.
+        self._by_arity: dict[int, dict[int, None]] = {}
+        self._by_field: dict[tuple[int, int, Any], dict[int, None]] = {}
         self._procs: dict[int, _Process] = {}
         self._waiter_serial = 0
         self._waiters: dict[tuple[int, int], _Waiter] = {}
@@ -370,14 +372,14 @@ class TupleSpace:
         self._store[seq] = (values, keys)
         bucket = self._by_arity.get(arity)
         if bucket is None:
-            bucket = self._by_arity[arity] = OrderedDict()
+            bucket = self._by_arity[arity] = {}
         bucket[seq] = None
         by_field = self._by_field
         for pos, key in enumerate(keys):
             fk = (arity, pos, key)
             bucket = by_field.get(fk)
             if bucket is None:
-                bucket = by_field[fk] = OrderedDict()
+                bucket = by_field[fk] = {}
             bucket[seq] = None
 
     def _remove(self, seq: int) -> None:
@@ -397,7 +399,7 @@ class TupleSpace:
 
     def _find(self, template: Template, accept: Callable[[int], bool] | None = None) -> int | None:
         arity = template.arity
-        best: OrderedDict[int, None] | None = None
+        best: dict[int, None] | None = None
         for pos, key in template.index_keys:
             bucket = self._by_field.get((arity, pos, key))
             if bucket is None:
@@ -515,21 +517,46 @@ class TupleSpace:
 
         @raise SnapshotError: if C{data} is not a valid snapshot.
         """
+        steps = cls.restoring(data, limits, log_limit)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                space: TupleSpace = done.value
+                return space
+
+    @classmethod
+    def restoring(
+        cls,
+        data: bytes,
+        limits: Limits = DEFAULT_LIMITS,
+        log_limit: int = 4096,
+        chunk: int = 1000,
+    ) -> Generator[None, None, TupleSpace]:
+        """
+        L{restore} in steps: a generator that yields after every C{chunk} tuples and
+        processes, and returns the space.  A server restoring a large snapshot runs it
+        a step at a time, between its other work (its ring's token, say).
+
+        @raise SnapshotError: from the generator, if C{data} is not a valid snapshot.
+        """
         try:
             version, seq, stored, procs = unpackb(data)
             if version != _SNAPSHOT_VERSION:
                 raise SnapshotError(f"unsupported snapshot version {version!r}")
             space = cls(limits, log_limit)
             last_seq = 0
-            for s, values in stored:
+            for n, (s, values) in enumerate(stored, 1):
                 if type(s) is not int or s <= last_seq or s > seq:
                     raise SnapshotError(f"tuple sequence number {s!r} out of order")
                 last_seq = s
                 space._seq = s - 1
                 space._store_tuple(make_tuple(values, limits), tuple_keys(values))
+                if n % chunk == 0:
+                    yield
             space._seq = seq
-            for pid, last, floor, log in procs:
-                if not all(type(n) is int for n in (pid, last, floor)):
+            for n, (pid, last, floor, log) in enumerate(procs, 1):
+                if not all(type(x) is int for x in (pid, last, floor)):
                     raise SnapshotError(f"process entry {pid!r} is malformed")
                 proc = space._process(pid)
                 proc.last = last
@@ -538,6 +565,8 @@ class TupleSpace:
                     proc.log[e] = Completion(pid, e, Status(status), value)
                 while len(proc.log) > log_limit:
                     proc.drop_oldest()
+                if n % chunk == 0:
+                    yield
         except SnapshotError:
             raise
         except (ValueError, TypeError, TupleError) as e:

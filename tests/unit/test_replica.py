@@ -5,6 +5,7 @@ Tests for L{lips.replica.Replica}: the tuple space replicated through the ring.
 from __future__ import annotations
 
 import os
+from collections.abc import Generator, Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -284,6 +285,43 @@ class MembershipTests(SynchronousTestCase):
         fresh.submit(Operation(Kind.IN, 6, 1, make_template(("job", int))))
         self.assertEqual(ring.answers[3], [Completion(6, 1, Status.MATCHED, ("job", 0))])
 
+    def test_restore_in_steps(self) -> None:
+        """
+        A snapshot is restored a step at a time by the replica's background runner;
+        the replica serves once the last step is done, not before.
+        """
+        ring = self.cluster()
+        r1 = ring.replicas[1]
+        for i in range(2500):
+            r1.space.out(5, i + 1, ("job", i))
+        fresh = ring.start(3)
+        steps: list[Iterator[None]] = []
+        fresh.background = steps.append
+        ring.install((1, 2, 3))
+        ring.run()
+        [work] = steps
+        self.assertIs(fresh.mode, Mode.SYNCING)
+        next(work)  # one chunk: not yet done
+        self.assertIs(fresh.mode, Mode.SYNCING)
+        for _ in work:
+            pass
+        self.assertIs(fresh.mode, Mode.SERVING)
+        self.assertEqual(len(fresh.space), 2500)
+
+    def test_restore_outlived_by_its_configuration(self) -> None:
+        """A restore still running when the configuration changes is dropped."""
+        ring = self.cluster()
+        fresh = ring.start(3)
+        steps: list[Iterator[None]] = []
+        fresh.background = steps.append
+        ring.install((1, 2, 3))
+        ring.run()
+        ring.install((1, 2, 3))  # a new configuration before the restore ran
+        for _ in steps[0]:
+            pass
+        self.assertEqual(fresh.counters["snapshots.restored"], 0)
+        self.assertEqual(len(steps), 2)  # the new configuration transfers again
+
     def test_minority_is_unavailable(self) -> None:
         """A minority answers UNAVAILABLE; the majority goes on without a transfer."""
         ring = self.cluster()
@@ -374,13 +412,15 @@ class ReplicatedSimulationTests(SynchronousTestCase):
 
     def test_checker_catches_a_failed_transfer(self) -> None:
         """A state transfer that restores nothing is caught."""
-        original = TupleSpace.restore
+        original = TupleSpace.restoring
 
-        def empty(cls: type[TupleSpace], data: bytes, *args: object) -> TupleSpace:
-            original(data)
+        def empty(
+            cls: type[TupleSpace], data: bytes, *args: object
+        ) -> Generator[None, None, TupleSpace]:
+            yield from original(data)
             return TupleSpace()
 
-        self.patch(TupleSpace, "restore", classmethod(empty))
+        self.patch(TupleSpace, "restoring", classmethod(empty))
         caught = 0
         for seed in range(30):
             try:
