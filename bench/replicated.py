@@ -88,15 +88,14 @@ from bench.throughput import (
     BUSY,
     PairFunction,
     Row,
-    Window,
     _finite,
     cpu_seconds,
     free_port,
     machine_busy_seconds,
+    measure_pairs,
     median_row,
     percentile,
     read_line,
-    run_pairs,
     spread,
     stop,
 )
@@ -583,34 +582,11 @@ async def pairs_process(reactor: Any, args: argparse.Namespace) -> None:
     The body of C{replicated.py client}: connect, say C{ready}, wait for a line on
     stdin, warm up, measure, print C{result <json>} (as C{throughput.py client}).
     """
-    from twisted.internet import threads
-
     connect = {"pysyncobj": connect_syncobj, "ring-own": connect_lips_own}.get(
         args.system, connect_lips
     )
     pairs = [await connect(reactor, args.ports, args.first + n) for n in range(args.clients)]
-    print("ready", flush=True)
-    await threads.deferToThread(sys.stdin.readline)
-    start = time.perf_counter_ns() + int(args.warmup * 1e9)
-    window = Window(start, start + int(args.duration * 1e9))
-    marks: list[tuple[float, float]] = []
-
-    def mark() -> None:
-        marks.append((time.process_time(), time.perf_counter()))
-
-    reactor.callLater(args.warmup, mark)
-    await defer.gatherResults(
-        [defer.Deferred.fromCoroutine(run_pairs(pair, window)) for pair in pairs],
-        consumeErrors=True,
-    )
-    mark()
-    (cpu0, wall0), (cpu1, wall1) = marks[0], marks[-1]
-    result = {
-        "latencies_ns": window.latencies_ns,
-        "cpu_share": (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else math.nan,
-    }
-    sys.stdout.write("result " + json.dumps(result) + "\n")
-    sys.stdout.flush()
+    await measure_pairs(reactor, pairs, args.warmup, args.duration)
 
 
 @attrs.define

@@ -337,24 +337,35 @@ async def client_process(reactor: Any, args: argparse.Namespace) -> None:
     The body of C{throughput.py client}: connect, say C{ready}, wait for a line on
     stdin, warm up, measure, print C{result <json>}.
     """
-    from twisted.internet import threads
-
     pairs: list[PairFunction] = []
     for n in range(args.clients):
         if args.system == "lips":
             pairs.append(await connect_lips(reactor, args.port, n))
         else:
             pairs.append(await connect_frames(reactor, args.port, n, args.system == "lips-raw"))
+    await measure_pairs(reactor, pairs, args.warmup, args.duration)
+
+
+async def measure_pairs(
+    reactor: Any, pairs: Sequence[PairFunction], warmup: float, duration: float
+) -> None:
+    """
+    The measuring part of a client process: say C{ready}, wait for a line on stdin
+    (every client process starts together), run C{pairs} through C{warmup} and
+    C{duration} seconds, and print C{result <json>}: pair latencies and CPU share.
+    """
+    from twisted.internet import threads
+
     print("ready", flush=True)
     await threads.deferToThread(sys.stdin.readline)
-    start = time.perf_counter_ns() + int(args.warmup * 1e9)
-    window = Window(start, start + int(args.duration * 1e9))
+    start = time.perf_counter_ns() + int(warmup * 1e9)
+    window = Window(start, start + int(duration * 1e9))
     marks: list[tuple[float, float]] = []
 
     def mark() -> None:
         marks.append((time.process_time(), time.perf_counter()))
 
-    reactor.callLater(args.warmup, mark)
+    reactor.callLater(warmup, mark)
     await defer.gatherResults(
         [defer.Deferred.fromCoroutine(run_pairs(pair, window)) for pair in pairs],
         consumeErrors=True,
