@@ -99,6 +99,7 @@ from bench.throughput import (
     spread,
     stop,
 )
+from lips.testing import ClusterMember, write_cluster
 from lips.wire import (
     Frame,
     FrameDecoder,
@@ -332,30 +333,14 @@ class LipsCluster(Servers):
         super().__init__()
         directory.mkdir(parents=True)
         self.directory = directory
-        key = directory / "cluster.key"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
-        lines = [
-            "[cluster]",
-            "id = 9",
-            'key_file = "cluster.key"',
-            'transport = "unicast"',
-            'timings = "loopback"',
-            'state_dir = "state"',
-        ]
         self.path = directory / "cluster.toml"
-        for n in range(1, size + 1):
-            name, port = f"m{n}", free_port()
-            lines += [
-                f"[servers.{name}]",
-                'role = "msgserver"',
-                f"id = {n}",
-                f'ring = "127.0.0.1:{free_udp_port()}"',
-                f'listen = "tcp:{port}:interface=127.0.0.1"',
-            ]
-            argv = twistd_argv("lips-msgserver", "--config", str(self.path), "--name", name)
-            self.processes[name] = Process(name, port, argv, directory / f"{name}.log")
-        self.path.write_text("\n".join(lines) + "\n")
+        members = [
+            ClusterMember(f"m{n}", n, free_udp_port(), free_port()) for n in range(1, size + 1)
+        ]
+        write_cluster(directory, members, cluster_id=9)
+        for m in members:
+            argv = twistd_argv("lips-msgserver", "--config", str(self.path), "--name", m.name)
+            self.processes[m.name] = Process(m.name, m.tcp_port, argv, directory / f"{m.name}.log")
         self.probes = {name: StatusProbe(p.port) for name, p in self.processes.items()}
 
     def start(self, *names: str) -> None:

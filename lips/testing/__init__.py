@@ -23,10 +23,11 @@ from lips.client._client import TupleSpaceClient, _ClientProtocol
 from lips.protocols import MessageServerProtocol
 from lips.server import LocalBackend, MessageServer
 from lips.space import TupleSpace
+from lips.testing._cluster import ClusterMember, write_cluster
 from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Hello, Welcome
 
-__all__ = ["memory_client", "memory_server"]
+__all__ = ["ClusterMember", "memory_client", "memory_server", "write_cluster"]
 
 
 def memory_server(

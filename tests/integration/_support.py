@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 import lips.client
 from lips.client import TupleSpaceClient
+from lips.testing import ClusterMember, write_cluster
 from lips.wire import Error, ErrorCode, Frame, FrameDecoder, FrameError, Message, decode_message
 
 __all__ = [
@@ -337,37 +338,21 @@ class RingCluster:
     running: dict[str, TwistdServer] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        directory = self.farm.directory / "cluster"
-        directory.mkdir(exist_ok=True)
-        key = directory / "cluster.key"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
-        lines = [
-            "[cluster]",
-            "id = 11",
-            'key_file = "cluster.key"',
-            f'transport = "{self.transport}"',
-            f'timings = "{self.timings}"',
-            'state_dir = "state"',
-        ]
-        if self.transport != "unicast":
-            field = "group" if self.transport == "multicast" else "broadcast"
-            lines += ["[rings.msgserver]", f'{field} = "{self.one_to_many}"']
+        members = []
         for n in range(1, self.size + 1):
             name = f"m{n}"
             host = self.hosts[n - 1] if self.hosts else "127.0.0.1"
             local = host == "127.0.0.1"
             port, ring = (_free_port(), _free_udp_port()) if local else (7010, 7100)
             self.ports[name], self.addresses[name] = port, host
-            lines += [
-                f"[servers.{name}]",
-                'role = "msgserver"',
-                f"id = {n}",
-                f'ring = "{host}:{ring}"',
-                f'listen = "tcp:{port}:interface={host}"',
-            ]
-        self.path = directory / "cluster.toml"
-        self.path.write_text("\n".join(lines) + "\n")
+            members.append(ClusterMember(name, n, ring, port, host))
+        self.path = write_cluster(
+            self.farm.directory / "cluster",
+            members,
+            transport=self.transport,
+            one_to_many=self.one_to_many,
+            timings=self.timings,
+        )
 
     @property
     def names(self) -> list[str]:
