@@ -85,6 +85,9 @@ MAX_RETRY_DELAY: Final = 2.0
 #: How long a server must keep a client that failed over to it before a later failover
 #: starts its count (of the failover timeout and the rounds) afresh.
 SETTLE_TIME: Final = 3.0
+#: How long a server may stay silent while requests wait on it before the client asks
+#: for a sign of life, and then again before it moves to another server.
+KEEPALIVE: Final = 2.0
 _BODY_OVERHEAD: Final = 4096
 
 Endpoints: TypeAlias = str | IStreamClientEndpoint | Sequence[str | IStreamClientEndpoint]
@@ -200,6 +203,49 @@ class _ClientProtocol(Protocol):
         self.on_lost: list[defer.Deferred[None]] = []
         self.limits = _reply_limits(DEFAULT_LIMITS.max_size)
         self.owner: _IConnectionOwner | None = None
+        self._keepalive = 0.0
+        self._heard = False
+        self._probing = False
+        self._watch_call: IDelayedCall | None = None
+
+    def watch(self, interval: float) -> None:
+        """
+        Notice a server that went silent (a cut link: no FIN, no RST) while requests
+        wait on it: every C{interval} seconds in which nothing was heard, ask for its
+        stats; if the next C{interval} brings nothing either, drop the connection (so
+        that its owner fails over).  A connection with nothing pending sends nothing.
+        """
+        self._keepalive = interval
+        self._arm_watch()
+
+    def _arm_watch(self) -> None:
+        if self._keepalive and self.pending and self._watch_call is None and self.lost is None:
+            self._heard = self._probing = False
+            self._watch_call = self.clock.callLater(self._keepalive, self._check_alive)
+
+    def _disarm_watch(self) -> None:
+        _cancel(self._watch_call)
+        self._watch_call = None
+
+    def _check_alive(self) -> None:
+        self._watch_call = None
+        if self.lost is not None or self.transport is None or not self.pending:
+            return
+        if self._heard:
+            self._heard = self._probing = False
+        elif self._probing:
+            self.log.warn(
+                "No word from the server for {seconds} s with requests waiting: dropping"
+                " the connection",
+                seconds=2 * self._keepalive,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        else:
+            # Its answer is matched to no request; that anything arrived is what counts.
+            self._probing = True
+            self.transport.write(encode_message(StatsRequest(), 0))
+        self._watch_call = self.clock.callLater(self._keepalive, self._check_alive)
 
     def request(
         self, message: Message, timeout: float | None = None, max_size: int | None = None
@@ -237,6 +283,7 @@ class _ClientProtocol(Protocol):
         p.sends += 1
         assert self.transport is not None
         self.transport.write(frame)
+        self._arm_watch()
 
     def withdraw(self, p: _Pending) -> None:
         """Ask the server to withdraw C{p}, if it is still waiting here."""
@@ -249,12 +296,14 @@ class _ClientProtocol(Protocol):
         owner nothing more.  Answers that still arrive here are dropped.
         """
         self.owner = None
+        self._disarm_watch()
         pending, self.pending = self.pending, {}
         for p in pending.values():
             p.connection = None
         return list(pending.values())
 
     def dataReceived(self, data: bytes) -> None:
+        self._heard = True
         for item in self.decoder.feed(data):
             if type(item) is not Frame:
                 assert not isinstance(item, Frame)
@@ -266,6 +315,8 @@ class _ClientProtocol(Protocol):
                 self._violation(f"bad message from server: {e.message}")
                 return
             p = self.pending.pop(item.request_id, None)
+            if not self.pending:
+                self._disarm_watch()
             if p is None:
                 continue  # the answer to a CANCEL, or to a request given up on
             owner = self.owner
@@ -314,6 +365,7 @@ class _ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = reason
+        self._disarm_watch()
         if self.owner is not None:
             self.owner.connection_lost(self, reason)
         pending, self.pending = self.pending, {}
@@ -368,6 +420,9 @@ class TupleSpaceClient:
         it before it gives up: counted from losing a server, and not counted afresh
         when the next server also refuses or loses it within L{SETTLE_TIME}.
     @param attempt_timeout: how long one attempt at one endpoint may take.
+    @param keepalive: when failing over, how long a server may stay silent while
+        requests wait on it before it is asked for a sign of life, and then again
+        before the client moves on (None: never).
     """
 
     log = Logger()
@@ -384,6 +439,7 @@ class TupleSpaceClient:
         reconnect: bool = False,
         failover_timeout: float = FAILOVER_TIMEOUT,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        keepalive: float | None = KEEPALIVE,
     ) -> None:
         if reconnect and not endpoints:
             raise ValueError("failing over needs the endpoints to fail over to")
@@ -397,6 +453,7 @@ class TupleSpaceClient:
         self._reconnect = reconnect
         self._failover_timeout = failover_timeout
         self._attempt_timeout = attempt_timeout
+        self._keepalive = keepalive
         self._state = _State.CONNECTED
         self._queue: list[_Pending] = []
         self._failure = ""
@@ -424,6 +481,8 @@ class TupleSpaceClient:
         protocol.decoder.max_body = max(protocol.decoder.max_body, self.max_size + _BODY_OVERHEAD)
         if self._reconnect:
             protocol.owner = self
+            if self._keepalive is not None:
+                protocol.watch(self._keepalive)
 
     @property
     def connected(self) -> bool:
@@ -762,6 +821,7 @@ async def _connect(
     reconnect: bool,
     failover_timeout: float,
     attempt_timeout: float,
+    keepalive: float | None,
 ) -> TupleSpaceClient:
     errors: list[str] = []
     for i in range(len(targets)):
@@ -785,6 +845,7 @@ async def _connect(
             reconnect=reconnect,
             failover_timeout=failover_timeout,
             attempt_timeout=attempt_timeout,
+            keepalive=keepalive,
         )
     raise NoServerAvailable("no server could be reached: " + "; ".join(errors))
 
@@ -799,6 +860,7 @@ def connect(
     failover_timeout: float = FAILOVER_TIMEOUT,
     attempt_timeout: float = ATTEMPT_TIMEOUT,
     start: int = 0,
+    keepalive: float | None = KEEPALIVE,
 ) -> defer.Deferred[TupleSpaceClient]:
     """
     Connect to a MessageServer, or to the first reachable of several.
@@ -817,6 +879,9 @@ def connect(
     @param attempt_timeout: how long one attempt (connect and HELLO) may take.
     @param start: the index of the endpoint to try first (pass a random one to spread
         clients over the servers).
+    @param keepalive: when failing over, how long a server may be silent while requests
+        wait on it before the client asks it for a sign of life, and then again before
+        the client drops it and moves on (a link cut without a FIN or RST); None: never.
     @return: a Deferred firing with a L{TupleSpaceClient}, or failing with the error of
         the one endpoint, or L{NoServerAvailable} if none of several could be reached.
     """
@@ -833,5 +898,6 @@ def connect(
             reconnect=reconnect,
             failover_timeout=failover_timeout,
             attempt_timeout=attempt_timeout,
+            keepalive=keepalive,
         )
     )

@@ -115,9 +115,9 @@ async def _partition_and_heal(cluster: RingCluster, bridge: Bridge) -> None:
         order = eps[first:] + eps[:first]
         return await within(lips.client.connect(_reactor(), order, name=name))
 
-    # The clients start on the servers that stay together: a cut link is silent, and
-    # a client on the cut-off server would only notice when its request timed out.
-    producer = await client(1, "producer")
+    # The producer starts on the server that will be cut off.  A cut link is silent
+    # (no FIN, no RST): the client notices by its keepalive and moves on.
+    producer = await client(2, "producer")
     consumer = await client(0, "consumer")
     produced: list[int] = []
 
@@ -131,6 +131,7 @@ async def _partition_and_heal(cluster: RingCluster, bridge: Bridge) -> None:
     # The majority forms a ring of two and serves; m3 alone is no primary.
     await cluster.serving("m1", "m2", members=2)
     await within(defer.ensureDeferred(produce(50, 100)), 60)
+    assert producer.failovers >= 1
     bridge.heal(3)
     await cluster.serving(members=3)
     # A client that starts on the healed server is served there.

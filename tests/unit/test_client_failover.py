@@ -39,7 +39,17 @@ from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import ISpaceBackend, MessageServer, Operation, Session
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import memory_server
-from lips.wire import ErrorCode, Message, Out, Take
+from lips.tuples import DEFAULT_LIMITS
+from lips.wire import (
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Message,
+    Out,
+    StatsRequest,
+    Take,
+    decode_message,
+)
 
 T = TypeVar("T")
 
@@ -586,6 +596,51 @@ class FailoverTests(SynchronousTestCase):
             [(77, 1, "OUT"), (77, 2, "OUT"), (77, 3, "OUT")],
         )
         self.assertEqual(list(self.cluster.space.tuples()), [("a",), ("b",), ("c",)])
+
+    def test_silent_server_is_left(self) -> None:
+        """
+        A server that goes silent (a cut link: no FIN, no RST) while a request waits on
+        it is asked for a sign of life after the keepalive interval, and left after
+        another: the request moves to the next server.
+        """
+        client = self.cluster.connect("AB", keepalive=2.0)
+        d = client.in_(("job", int))
+        self.flush()
+        link = self.a.link
+        link.client_io.stream = []  # from now on nothing moves on A's connection
+        self.clock.advance(2.0)
+        [probe] = FrameDecoder(1 << 20).feed(link.client_io.getOutBuffer())
+        assert isinstance(probe, Frame)
+        self.assertIsInstance(decode_message(probe, DEFAULT_LIMITS), StatsRequest)
+        self.assertEqual(client.failovers, 0)
+        self.clock.advance(2.0)
+        self.flush()
+        self.assertEqual((client.endpoint, client.failovers), ("memory:B", 1))
+        other = self.cluster.connect("C")
+        other.out(("job", 3))
+        self.flush()
+        self.assertEqual(self.successResultOf(d), ("job", 3))
+
+    def test_quiet_but_alive_server_is_kept(self) -> None:
+        """A waiting request on a server that answers the probes stays where it is."""
+        client = self.cluster.connect("AB", keepalive=2.0)
+        d = client.in_(("job", int))
+        for _ in range(5):
+            self.flush()
+            self.clock.advance(2.0)
+        self.flush()
+        self.assertNoResult(d)
+        self.assertEqual(client.failovers, 0)
+        self.assertTrue(self.a.link.open)
+
+    def test_no_keepalive_without_requests(self) -> None:
+        """A connection with nothing waiting keeps no timer."""
+        client = self.cluster.connect("AB", keepalive=2.0)
+        self.assertNoDelayedCalls()
+        d = client.out(("job", 1))
+        self.flush()
+        self.successResultOf(d)
+        self.assertNoDelayedCalls()
 
     def test_withdrawal_by_the_old_server_is_not_seen(self) -> None:
         """
