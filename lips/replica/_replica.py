@@ -23,9 +23,10 @@ fingerprint of them (a hash chained over the ring positions of every applied
 operation).  Every member delivers the same statuses in the same order, so when the
 last one is in, every member takes the same decision at the same point of the order:
 
-- The configuration is primary if it holds a majority of the configured servers (half,
-  when it holds the lowest configured id) and either some member holds a state, or
-  every configured server is present (a cold start: the space begins empty).
+- The configuration is primary if every configured server is in it, or if its members
+  that hold a state are a majority of the configured servers (half, when they include
+  the lowest configured id).  With every server present and none holding a state, the
+  space begins empty (a cold start).
 - The source is the member with the most recent state: the highest last primary, then
   the most operations applied, then the lowest id.  Every member whose fingerprint
   differs (a restarted server, one that spent a while in a minority) waits for the
@@ -398,11 +399,21 @@ class Replica:
             self._decide(seq)
 
     def _primary(self) -> bool:
-        present = self.configured & set(self.members)
+        """
+        Whether this configuration may serve: every configured server is in it (then no
+        state can be anywhere else), or the members holding a state are a majority of
+        the configured servers (half, holding the lowest id).  Counting holders, not
+        members, matters: the last primary had a majority of holders too, so the two
+        majorities share a server, which never lost that primary's state (else it would
+        hold none) and never saw a later one, and so is the source (see L{_decide}).  A
+        majority of mere members could be a server behind the times and a restarted
+        empty one, while the one with the newest state sits in a partition.
+        """
+        if self.configured <= set(self.members):
+            return True
+        holders = {s.node for s in self._statuses.values() if s.has_state} & self.configured
         half = len(self.configured) / 2
-        if len(present) < half or (len(present) == half and min(self.configured) not in present):
-            return False
-        return any(s.has_state for s in self._statuses.values()) or present == self.configured
+        return len(holders) > half or (len(holders) == half and min(self.configured) in holders)
 
     def _decide(self, seq: int) -> None:
         """Every status is in (the last at C{seq}): the same decision on every member."""

@@ -349,6 +349,25 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(r3.counters["snapshots.restored"], 1)
         self.assertEqual(r3.space.digest(), ring.replicas[1].space.digest())
 
+    def test_stale_and_empty_majority_is_no_primary(self) -> None:
+        """
+        A server behind the times and a restarted empty one are a majority of members
+        but not of state holders: they do not serve, and when the server with the newest
+        state is back, its state wins.
+        """
+        ring = self.cluster()
+        ring.install((2, 3))  # server 1 is cut off
+        ring.replicas[2].submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        ring.run()
+        self.assertEqual(ring.answers[2], [Completion(5, 1, Status.STORED)])
+        ring.start(3)  # server 3 crashed and came back empty; server 2 is cut off now
+        ring.install((1, 3))
+        self.assertEqual({ring.replicas[n].mode for n in (1, 3)}, {Mode.UNAVAILABLE})
+        ring.install((1, 2, 3))
+        ring.run()
+        for n in (1, 2, 3):
+            self.assertEqual(list(ring.replicas[n].space.tuples()), [("job", 1)])
+
     def test_half_with_the_lowest_id_is_primary(self) -> None:
         """Of two halves, the one holding the lowest configured id serves."""
         ring = self.cluster(4)
