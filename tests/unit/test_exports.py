@@ -20,6 +20,7 @@ MODULES = [
     "lips.errors",
     "lips.blocking",
     "lips.cli",
+    "lips.node",
 ]
 
 

@@ -14,7 +14,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.ring import Join, Opened, State, decode
-from lips.tap import fixserver, msgserver
+from lips.tap import fixserver, msgserver, node
 from lips.tap._server import RingService, ServerOptions, make_server_service
 from tests.unit.test_ring_protocol import FakeReactor
 
@@ -23,13 +23,14 @@ class PluginTests(SynchronousTestCase):
     def test_plugins_listed(self) -> None:
         """getPlugins(IServiceMaker) lists exactly the LiPS roles that work."""
         names = {p.tapname for p in getPlugins(IServiceMaker) if p.tapname.startswith("lips-")}
-        self.assertEqual(names, {"lips-msgserver", "lips-fixserver"})
+        self.assertEqual(names, {"lips-msgserver", "lips-fixserver", "lips-node"})
 
     def test_plugin_modules(self) -> None:
         """Each plugin names its own tap module, with Options and makeService."""
         by_name = {p.tapname: p for p in getPlugins(IServiceMaker)}
         self.assertIs(by_name["lips-msgserver"].options, msgserver.Options)
         self.assertIs(by_name["lips-fixserver"].options, fixserver.Options)
+        self.assertIs(by_name["lips-node"].options, node.Options)
 
 
 class OptionsTests(SynchronousTestCase):

@@ -10,3 +10,6 @@ lipsMsgServer = ServiceMaker(
 lipsFixServer = ServiceMaker(
     "LiPS FixServer", "lips.tap.fixserver", "The System Tuple Space.", "lips-fixserver"
 )
+lipsNode = ServiceMaker(
+    "LiPS node daemon", "lips.tap.node", "lipsd: node state and watchdog.", "lips-node"
+)

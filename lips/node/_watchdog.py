@@ -1,0 +1,110 @@
+"""
+The watchdog core: from the node-state tuples it reads, it knows when each watched
+node last reported, and says which nodes have been silent for too long.
+
+It decides only; L{lips.node._lipsd} reads the tuples and writes the verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["Suspect", "Watchdog"]
+
+
+@attrs.frozen
+class Suspect:
+    """
+    Node C{name} has shown the same report, C{seq}, for the watchdog's whole limit:
+    it may be declared down by taking exactly that report.
+    """
+
+    name: str
+    seq: int
+    silent_for: float
+
+
+@attrs.define(eq=False)
+class _Seen:
+    seq: int | None = None
+    since: float = 0.0
+    tried: int | None = None
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer of at least 1, not {value!r}")
+
+
+@attrs.define
+class Watchdog:
+    """
+    Watches C{nodes}: a node whose report (its sequence number) has not changed for
+    C{misses} intervals of C{interval} seconds, on C{clock}, is a L{Suspect}.
+
+    A node never seen is never suspected: there is no report of it to take.  Each
+    unchanged report is suspected once; a node that reports again is watched afresh.
+    """
+
+    nodes: tuple[str, ...] = attrs.field(converter=_names)
+    clock: IReactorTime = attrs.field()
+    interval: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    misses: int = attrs.field(default=3, validator=_at_least_one)
+    _seen: dict[str, _Seen] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"a node is watched twice: {self.nodes}")
+        self._seen = {name: _Seen() for name in self.nodes}
+
+    @property
+    def limit(self) -> float:
+        """How long a report may stay unchanged before its node is suspected."""
+        return self.interval * self.misses
+
+    def observe(self, name: str, seq: int | None) -> None:
+        """
+        The watchdog read node C{name}'s state tuple now: report C{seq}, or C{None} if
+        there was none (the node has not reported yet, or its last report was taken
+        when it was declared down).
+        """
+        seen = self._seen[name]
+        if seq is not None and seq != seen.seq:
+            seen.seq, seen.since, seen.tried = seq, self.clock.seconds(), None
+
+    def suspects(self) -> list[Suspect]:
+        """The nodes silent for longer than the limit, not yet tried, in C{nodes} order."""
+        now = self.clock.seconds()
+        found = []
+        for name in self.nodes:
+            seen = self._seen[name]
+            if seen.seq is None or seen.tried == seen.seq:
+                continue
+            silent = now - seen.since
+            if silent >= self.limit:
+                found.append(Suspect(name, seen.seq, silent))
+        return found
+
+    def tried(self, suspect: Suspect) -> None:
+        """C{suspect} was acted on (declared down here, or by another watchdog)."""
+        seen = self._seen[suspect.name]
+        if seen.seq == suspect.seq:
+            seen.tried = suspect.seq
+
+    def silent(self) -> Iterable[str]:
+        """The nodes whose current report has been tried: those believed down."""
+        return [n for n in self.nodes if self._seen[n].tried is not None]

@@ -1,0 +1,158 @@
+"""
+C{twistd lips-node}: lipsd, the node daemon.  It writes its node's state into the
+System Tuple Space (served by the FixServers of the cluster file) every interval, and
+runs the watchdog over the nodes it is told to watch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from lips.cluster import ClusterConfig, ClusterConfigError, load_cluster
+from lips.node import IdlePolicy, NodeMonitor, NodeService, PsutilSampler, Watchdog
+
+__all__ = ["Options", "makeService"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _number(name: str, *, positive: bool = False, top: float | None = None) -> Any:
+    def convert(value: str) -> float:
+        try:
+            n = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+        if not math.isfinite(n) or n < 0 or (positive and n == 0):
+            what = "positive" if positive else "at least 0"
+            raise usage.UsageError(f"--{name} must be {what}, not {value!r}")
+        if top is not None and n > top:
+            raise usage.UsageError(f"--{name} must be at most {top:g}, not {value!r}")
+        return n
+
+    return convert
+
+
+def _integer(name: str, lo: int) -> Any:
+    def convert(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be an integer, not {value!r}") from None
+        if n < lo:
+            raise usage.UsageError(f"--{name} must be at least {lo}")
+        return n
+
+    return convert
+
+
+class Options(usage.Options):
+    synopsis = "--config CLUSTER.toml --name NODE [options]"
+    longdesc = (
+        "Run lipsd, the LiPS node daemon: report this node's state into the System Tuple"
+        " Space every --interval seconds, and declare the nodes of --watch down when"
+        " their reports stop for --misses intervals."
+    )
+
+    optParameters: list[Any] = [
+        ["config", "c", None, "Cluster file (TOML): the FixServers to report to."],
+        ["name", None, None, "This node's name (1-63 letters, digits, '.', '_', '-')."],
+        [
+            "interval",
+            "i",
+            1.0,
+            "Seconds between reports.",
+            _number("interval", positive=True),
+        ],
+        [
+            "misses",
+            None,
+            3,
+            "Intervals without a new report after which a watched node is down.",
+            _integer("misses", 1),
+        ],
+        ["watch", "w", "", "Comma-separated names of the nodes this lipsd watches."],
+        [
+            "max-load",
+            None,
+            1.0,
+            "Idle policy: highest one-minute load average.",
+            _number("max-load"),
+        ],
+        [
+            "min-cpu-idle",
+            None,
+            50.0,
+            "Idle policy: lowest CPU idle percentage.",
+            _number("min-cpu-idle", top=100),
+        ],
+        [
+            "min-free-memory",
+            None,
+            256 << 20,
+            "Idle policy: fewest free bytes of memory.",
+            _integer("min-free-memory", 0),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"] is None:
+            raise usage.UsageError("--config is required: the cluster file")
+        name = self["name"]
+        if name is None:
+            raise usage.UsageError("--name is required: this node's name")
+        if not _NAME.fullmatch(name):
+            raise usage.UsageError(f"bad --name {name!r}: 1-63 letters, digits, '.', '_', '-'")
+        watch = [w.strip() for w in self["watch"].split(",") if w.strip()]
+        for w in watch:
+            if not _NAME.fullmatch(w):
+                raise usage.UsageError(f"bad node name {w!r} in --watch")
+        if len(set(watch)) != len(watch):
+            raise usage.UsageError(f"--watch names a node twice: {self['watch']!r}")
+        if name in watch:
+            raise usage.UsageError(f"--watch must not name this node ({name})")
+        self["watch"] = tuple(watch)
+        try:
+            cluster = load_cluster(self["config"])
+        except ClusterConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if not cluster.members("fixserver"):
+            raise usage.UsageError(f"{self['config']}: no FixServers to report to")
+        self["cluster"] = cluster
+        self["policy"] = IdlePolicy(
+            max_load=self["max-load"],
+            min_cpu_idle=self["min-cpu-idle"],
+            min_free_memory=self["min-free-memory"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """A MultiService running lipsd as C{options} say."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    import lips.client
+
+    cluster: ClusterConfig = options["cluster"]
+    endpoints = cluster.client_endpoints("fixserver")
+    name: str = options["name"]
+    monitor = NodeMonitor(
+        name, PsutilSampler(), reactor, policy=options["policy"], interval=options["interval"]
+    )
+    watchdog = None
+    if options["watch"]:
+        watchdog = Watchdog(
+            options["watch"], reactor, interval=options["interval"], misses=options["misses"]
+        )
+
+    def connect() -> Any:
+        return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}", reconnect=True)
+
+    top = service.MultiService()
+    top.addService(NodeService(monitor, connect, watchdog))
+    return top
