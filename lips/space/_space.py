@@ -47,7 +47,7 @@ __all__ = [
     "TupleSpace",
 ]
 
-_SNAPSHOT_VERSION: Final = 2
+_SNAPSHOT_VERSION: Final = 3
 
 
 class Kind(enum.IntEnum):
@@ -158,6 +158,8 @@ class TupleSpace:
         self._by_arity: dict[int, dict[int, None]] = {}
         self._by_field: dict[tuple[int, int, Any], dict[int, None]] = {}
         self._procs: dict[int, _Process] = {}
+        # Each process's latest checkpoint: (its event number, the state it stored).
+        self._checkpoints: dict[int, tuple[int, bytes]] = {}
         self._waiter_serial = 0
         self._waiters: dict[tuple[int, int], _Waiter] = {}
         # Waiters by (arity, key of first field) and, for a non-actual first field, by
@@ -318,6 +320,28 @@ class TupleSpace:
         ]
         self._procs.pop(pid, None)
         return cancelled
+
+    def checkpoint(self, pid: int, event: int, state: bytes) -> Completion:
+        """
+        Process C{pid}'s checkpoint, as its event C{event}: C{state} replaces its
+        previous one, and its logged answers of earlier events are discarded (a process
+        restarted from this checkpoint continues after C{event}, and never asks for
+        them again).  A repeated event gets its first answer and changes nothing.
+        """
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return replay
+        previous = self._checkpoints.get(pid)
+        if previous is None or previous[0] < event:
+            self._checkpoints[pid] = (event, state)
+            self.trim(pid, event - 1)
+        done = Completion(pid, event, Status.STORED)
+        self._record(pid, event, done)
+        return done
+
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        """Process C{pid}'s latest checkpoint: its event number and state, if it has one."""
+        return self._checkpoints.get(pid)
 
     def trim(self, pid: int, upto: int) -> None:
         """Forget the logged answers of process C{pid} for events up to C{upto}."""
@@ -501,6 +525,7 @@ class TupleSpace:
             self._seq,
             [[seq, values] for seq, (values, _) in self._store.items()],
             procs,
+            [[pid, e, state] for pid, (e, state) in sorted(self._checkpoints.items())],
         ]
         return packb(body)
 
@@ -541,10 +566,17 @@ class TupleSpace:
         @raise SnapshotError: from the generator, if C{data} is not a valid snapshot.
         """
         try:
-            version, seq, stored, procs = unpackb(data)
-            if version != _SNAPSHOT_VERSION:
+            body = unpackb(data)
+            if type(body) is not tuple or not body or body[0] not in (2, _SNAPSHOT_VERSION):
+                version = body[0] if type(body) is tuple and body else body
                 raise SnapshotError(f"unsupported snapshot version {version!r}")
+            # Version 2 had no checkpoints.
+            version, seq, stored, procs, checkpoints = (*body, ()) if body[0] == 2 else body
             space = cls(limits, log_limit)
+            for pid, e, state in checkpoints:
+                if type(pid) is not int or type(e) is not int or type(state) is not bytes:
+                    raise SnapshotError(f"checkpoint entry {pid!r} is malformed")
+                space._checkpoints[pid] = (e, state)
             last_seq = 0
             for n, (s, values) in enumerate(stored, 1):
                 if type(s) is not int or s <= last_seq or s > seq:

@@ -182,6 +182,7 @@ class ModelSpace:
                 )
                 for pid, p in sorted(self.procs.items())
             ),
+            (),  # checkpoints: the model makes none
         )
 
 
@@ -921,3 +922,80 @@ class ClaimTests(SynchronousTestCase):
     def test_claim_refuses_out(self) -> None:
         """OUT is not a claim."""
         self.assertRaises(ValueError, self.space.claim, 1, 1, Kind.OUT, 1)
+
+
+class CheckpointTests(SynchronousTestCase):
+    """Checkpoints, and replay from the per-process log (the LiPS paper's §7 rules)."""
+
+    def test_checkpoint_replaces_and_discards_earlier_log(self) -> None:
+        """A checkpoint replaces the last one and drops the process's earlier answers."""
+        space = TupleSpace()
+        space.out(1, 1, ("a",))
+        space.out(1, 2, ("b",))
+        self.assertEqual(space.checkpoint(1, 3, b"state-3"), Completion(1, 3, Status.STORED))
+        self.assertEqual(space.recovered(1), (3, b"state-3"))
+        self.assertEqual(space.answered(1, 2), Completion(1, 2, Status.STALE))
+        self.assertEqual(space.answered(1, 3), Completion(1, 3, Status.STORED))
+        space.out(1, 4, ("c",))
+        space.checkpoint(1, 5, b"state-5")
+        self.assertEqual(space.recovered(1), (5, b"state-5"))
+        self.assertIsNone(space.recovered(2))
+
+    def test_repeated_checkpoint_changes_nothing(self) -> None:
+        """A checkpoint sent again (same event) is answered from the log, state kept."""
+        space = TupleSpace()
+        space.checkpoint(1, 1, b"first")
+        space.out(1, 2, ("x",))
+        self.assertEqual(space.checkpoint(1, 1, b"other"), Completion(1, 1, Status.STORED))
+        self.assertEqual(space.recovered(1), (1, b"first"))
+
+    def test_snapshot_keeps_checkpoints(self) -> None:
+        """Checkpoints travel with a snapshot; a version-2 snapshot still restores."""
+        space = TupleSpace()
+        space.out(1, 1, ("a",))
+        space.checkpoint(1, 2, b"s")
+        copy = TupleSpace.restore(space.snapshot())
+        self.assertEqual(copy.recovered(1), (2, b"s"))
+        self.assertEqual(copy.digest(), space.digest())
+        old = packb([2, 1, [[1, ("a",)]], []])
+        self.assertEqual(list(TupleSpace.restore(old).tuples()), [("a",)])
+        self.assertRaises(SnapshotError, TupleSpace.restore, packb([3, 0, [], [], [[1, 2]]]))
+
+    def test_golden_scenario(self) -> None:
+        """
+        The scenario of the paper's Figure 4 (papers-detail §4.5 rule 5): A does rd
+        (e1), out(("w", 1)) (e2) and three more operations, then crashes with no
+        checkpoint; B takes A's tuple (e2) and checkpoints (e3).  B's log no longer
+        holds that receive.  A restarted from scratch has e1 answered from the log, its
+        out at e2 suppressed (no second ("w", 1)), e3-e5 answered from the log, and is
+        active again at e6.
+        """
+        space = TupleSpace()
+        a, b = 1, 2
+        space.out(9, 1, ("cfg", 42))
+        w = make_template(("w", int))
+        first = [
+            space.take(a, 1, Kind.RD, make_template(("cfg", int))),
+            *space.out(a, 2, ("w", 1)),
+            *space.out(a, 3, ("log", "a3")),
+            space.take(a, 4, Kind.INP, make_template(("none",))),
+            space.take(a, 5, Kind.RDP, make_template(("log", str))),
+        ]
+        space.take(b, 1, Kind.RDP, make_template(("cfg", int)))
+        self.assertEqual(space.take(b, 2, Kind.IN, w), Completion(b, 2, Status.MATCHED, ("w", 1)))
+        space.checkpoint(b, 3, b"B at e3")
+        self.assertEqual(space.answered(b, 2), Completion(b, 2, Status.STALE))
+        # A restarts from scratch, with the same process id and events from 1.
+        again = [
+            space.take(a, 1, Kind.RD, make_template(("cfg", int))),
+            *space.out(a, 2, ("w", 1)),
+            *space.out(a, 3, ("log", "a3")),
+            space.take(a, 4, Kind.INP, make_template(("none",))),
+            space.take(a, 5, Kind.RDP, make_template(("log", str))),
+        ]
+        self.assertEqual(again, first)
+        self.assertIsNone(space.find(w))  # the out at e2 was suppressed
+        self.assertEqual(sorted(space.tuples()), [("cfg", 42), ("log", "a3")])
+        # At e6 A is active again: a new event is applied.
+        space.out(a, 6, ("w", 2))
+        self.assertEqual(space.find(w), (space.sequence, ("w", 2)))
