@@ -118,6 +118,14 @@ class BlockingSpace:
         """Read the oldest matching tuple, or return C{None} if there is none."""
         return _call(self._client.rdp, template)
 
+    def checkpoint(self, state: Any) -> None:
+        """Store C{state} as this process's checkpoint (see L{TupleSpaceClient.checkpoint})."""
+        _call(self._client.checkpoint, state)
+
+    def recover(self) -> Any:
+        """This process's last checkpoint state, or C{None}; call it first."""
+        return _call(self._client.recover)
+
     def stats(self) -> dict[str, int | float | str]:
         """The server's counters and gauges."""
         return _call(self._client.stats)

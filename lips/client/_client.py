@@ -26,6 +26,7 @@ from operator import attrgetter
 from typing import Any, Final, TypeAlias
 
 import attrs
+import msgpack
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -50,6 +51,7 @@ from lips.wire import (
     HEADER,
     Cancel,
     Cancelled,
+    CheckpointRequest,
     Error,
     ErrorCode,
     Frame,
@@ -60,6 +62,8 @@ from lips.wire import (
     MessageError,
     NoMatch,
     Out,
+    Recovered,
+    RecoverRequest,
     Stats,
     StatsRequest,
     Stored,
@@ -536,6 +540,46 @@ class TupleSpaceClient:
         """Read the oldest matching tuple, or fire with C{None} at once if there is none."""
         return self._take(Kind.RDP, template, None)
 
+    def checkpoint(self, state: Any) -> defer.Deferred[None]:
+        """
+        Store C{state} as this process's checkpoint, as its next event.  C{state} is
+        anything msgpack encodes (numbers, strings, bytes, lists, dicts, None, bools),
+        up to the server's tuple size (else C{TypeError} or L{TupleTooLarge} at once).
+        It replaces the process's last checkpoint, and
+        the answers logged for its earlier events are discarded.  Fires once the
+        checkpoint is stable: on a replicated space, once every server holds it.
+        """
+        try:
+            blob = msgpack.packb(state, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise TypeError(f"a checkpoint's state must be msgpack-encodable: {e}") from None
+        d = self._request(CheckpointRequest(self._event + 1, blob), max_size=self.max_size)
+        self._event += 1
+        return d.addCallback(_expect, Stored).addCallback(lambda _: None)
+
+    def recover(self) -> defer.Deferred[Any]:
+        """
+        This process's last checkpoint state, or C{None} if it has none.  Call it first,
+        before any other operation: from here the process's event numbers continue
+        after its checkpoint (from 1 with none).  Its next operations that the space
+        has logged are answered from the log -- an C{in_} or C{rd} gets the tuple it got
+        the first time, an C{out} is not stored again -- until it passes the point where
+        it stopped, and then it is active again.  The process must be deterministic
+        between checkpoints for that to hold (keep random generators' state in the
+        checkpoint, say).
+        """
+        d = self._request(RecoverRequest())
+
+        def recovered(message: Message) -> Any:
+            r: Recovered = _expect(message, Recovered)
+            if r.event is None or r.state is None:
+                self._event = 0
+                return None
+            self._event = r.event
+            return msgpack.unpackb(r.state, raw=False, strict_map_key=False)
+
+        return d.addCallback(recovered)
+
     def stats(self) -> defer.Deferred[dict[str, int | float | str]]:
         """The server's counters and gauges."""
         d = self._request(StatsRequest())
@@ -743,6 +787,10 @@ def _cancel(call: IDelayedCall | None) -> None:
 def _check_size(message: Message, max_size: int) -> None:
     if isinstance(message, Out) and len(packb(message.tuple)) > max_size:
         raise TupleTooLarge(f"tuple encodes to more than {max_size} bytes")
+    if isinstance(message, CheckpointRequest) and len(message.state) > max_size:
+        raise TupleTooLarge(
+            f"checkpoint state encodes to {len(message.state)} bytes, over the server's {max_size}"
+        )
 
 
 def _reply_limits(max_size: int) -> Limits:

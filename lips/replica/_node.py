@@ -105,6 +105,9 @@ class ReplicaNode:
     def gauges(self) -> dict[str, int | float | str]:
         return self.replica.gauges()
 
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        return self.replica.recovered(pid)
+
     # -- the ring ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int | float | str]:

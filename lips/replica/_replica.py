@@ -54,7 +54,7 @@ import attrs
 from zope.interface import implementer
 
 from lips.ring import NO_RING, RingId
-from lips.server import ISpaceBackend, Operation
+from lips.server import ISpaceBackend, Operation, Unavailable
 from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
 from lips.tuples import LTuple, Template, TupleError, make_tuple, packb, unpackb
 
@@ -64,6 +64,7 @@ _OUT: Final = 1
 _CLAIM: Final = 2
 _STATUS: Final = 3
 _SNAPSHOT: Final = 4
+_CHECKPOINT: Final = 5
 
 #: Most client requests kept while the replica is not yet serving.
 MAX_QUEUED: Final = 10_000
@@ -144,6 +145,10 @@ def _ints(values: Iterable[Any]) -> bool:
     return all(type(v) is int for v in values)
 
 
+def encode_checkpoint(pid: int, event: int, state: bytes) -> bytes:
+    return packb([_CHECKPOINT, pid, event, state])
+
+
 def decode(payload: bytes) -> tuple[Any, ...]:
     """
     A ring payload as C{("out", pid, event, tuple)},
@@ -167,9 +172,11 @@ def decode(payload: bytes) -> tuple[Any, ...]:
             kind = Kind(body[3])
         except ValueError:
             raise ReplicaPayloadError(f"unknown kind {body[3]}") from None
-        if kind is Kind.OUT:
-            raise ReplicaPayloadError("a claim cannot be an OUT")
+        if not kind.removes and kind not in (Kind.RD, Kind.RDP):
+            raise ReplicaPayloadError(f"a claim cannot be an {kind.name}")
         return ("claim", body[1], body[2], kind, body[4], body[5])
+    if tag == _CHECKPOINT and len(body) == 4 and type(body[3]) is bytes:
+        return ("checkpoint", body[1], body[2], body[3])
     if (
         tag == _STATUS
         and len(body) == 9
@@ -244,7 +251,8 @@ class Replica:
         # Claims in flight, with the tuple each is on (an older claim of the same
         # request, sent before a configuration change, is not the current one).
         self._claiming: dict[tuple[int, int], tuple[_Wait, int]] = {}
-        self._outs: dict[tuple[int, int], LTuple] = {}
+        # Outs and checkpoints in flight (sent again after a configuration change).
+        self._outs: dict[tuple[int, int], Operation] = {}
         # Tuples this server's removing claims are on (a second claim would lose), and
         # tuples another server stored whose out is not yet safe here: that server's
         # waiters have the first go at them (see L{_offer}).
@@ -281,15 +289,28 @@ class Replica:
         if done is not None and done.status is not Status.CANCELLED:
             self.on_complete(done)  # a retry: the first answer again
             return
-        if op.kind is Kind.OUT:
-            assert isinstance(op.payload, tuple)
-            if self._broadcast(encode_out(op.pid, op.event, op.payload)):
-                self._outs[key] = op.payload
+        if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT:
+            if isinstance(op.payload, bytes):
+                payload = encode_checkpoint(op.pid, op.event, op.payload)
+            else:
+                assert isinstance(op.payload, tuple)
+                payload = encode_out(op.pid, op.event, op.payload)
+            if self._broadcast(payload):
+                self._outs[key] = op
             else:
                 self._refuse(*key)
             return
         assert isinstance(op.payload, Template)
         self._match(op.pid, op.event, _Wait(op.kind, op.payload))
+
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        """
+        Process C{pid}'s latest checkpoint.  Every member of a primary holds it (it was
+        answered once safe), so a serving replica answers at once.
+        """
+        if self.mode is not Mode.SERVING:
+            raise Unavailable(f"this replica is {self.mode.value}")
+        return self.space.recovered(pid)
 
     def withdraw(self, pid: int, event: int) -> None:
         key = (pid, event)
@@ -512,8 +533,8 @@ class Replica:
         # Requests in flight when the configuration changed may have been lost with the
         # old ring: send them again; the log applies each once.
         outs, self._outs = self._outs, {}
-        for (pid, event), values in outs.items():
-            self.submit(Operation(Kind.OUT, pid, event, values))
+        for op in outs.values():
+            self.submit(op)
         waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
         self._claiming.clear()
         self._waiting.clear()
@@ -569,6 +590,13 @@ class Replica:
                 if not mine:
                     self._fresh[t] = (ring, seq)
                 self._offer(t, values)
+            return
+        if op[0] == "checkpoint":
+            _, pid, event, state = op
+            done = self.space.checkpoint(pid, event, state)
+            if mine:
+                self._outs.pop((pid, event), None)
+                self._hold(ring, seq, done)
             return
         _, pid, event, kind, tuple_seq, _claimer = op
         won = self.space.claim(pid, event, kind, tuple_seq)

@@ -25,6 +25,7 @@ from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template
 from lips.wire import (
     Cancel,
     Cancelled,
+    CheckpointRequest,
     Error,
     ErrorCode,
     Hello,
@@ -32,6 +33,8 @@ from lips.wire import (
     Message,
     NoMatch,
     Out,
+    Recovered,
+    RecoverRequest,
     Stats,
     StatsRequest,
     Stored,
@@ -41,7 +44,14 @@ from lips.wire import (
     encode_message,
 )
 
-__all__ = ["ISpaceBackend", "LocalBackend", "MessageServer", "Operation", "Session"]
+__all__ = [
+    "ISpaceBackend",
+    "LocalBackend",
+    "MessageServer",
+    "Operation",
+    "Session",
+    "Unavailable",
+]
 
 _PID_BITS: Final = 62
 _OP_COUNTERS: Final = {kind: f"ops.{kind.name.lower()}" for kind in Kind}
@@ -54,7 +64,9 @@ class Operation:
     kind: Kind
     pid: int
     event: int
-    payload: LTuple | Template
+    payload: LTuple | Template | bytes
+    """The tuple of an OUT, the template of IN, RD, INP or RDP, the state of a
+    CHECKPOINT."""
 
 
 class ISpaceBackend(Interface):
@@ -73,6 +85,17 @@ class ISpaceBackend(Interface):
     def gauges() -> Mapping[str, int | float | str]:
         """Sizes and states worth reporting (stored tuples, waiters, ...)."""
 
+    def recovered(pid: int) -> tuple[int, bytes] | None:
+        """
+        Process C{pid}'s latest checkpoint (its event and state), if it has one.
+
+        @raise Unavailable: if this backend cannot answer now (it is not serving).
+        """
+
+
+class Unavailable(Exception):
+    """A backend cannot answer now; the client should ask another server."""
+
 
 @implementer(ISpaceBackend)
 class LocalBackend:
@@ -88,6 +111,9 @@ class LocalBackend:
             assert isinstance(op.payload, tuple)
             for c in self.space.out(op.pid, op.event, op.payload):
                 self.on_complete(c)
+        elif op.kind is Kind.CHECKPOINT:
+            assert isinstance(op.payload, bytes)
+            self.on_complete(self.space.checkpoint(op.pid, op.event, op.payload))
         else:
             assert isinstance(op.payload, Template)
             self.on_complete(self.space.take(op.pid, op.event, op.kind, op.payload))
@@ -96,6 +122,9 @@ class LocalBackend:
         c = self.space.cancel(pid, event)
         if c is not None:
             self.on_complete(c)
+
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        return self.space.recovered(pid)
 
     def gauges(self) -> dict[str, int]:
         s = self.space
@@ -205,11 +234,13 @@ class MessageServer:
 
     def received(self, session: Session, message: Message, request_id: int) -> None:
         self.counters["frames_in"] += 1
-        if isinstance(message, Out | Take):
+        if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest):
             if session.pid is None:
                 session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
-                return
-            self._operation(session, message, request_id)
+            elif isinstance(message, RecoverRequest):
+                self._recover(session, request_id)
+            else:
+                self._operation(session, message, request_id)
         elif isinstance(message, Cancel):
             self._cancel(session, message.target)
         elif isinstance(message, Hello):
@@ -284,7 +315,21 @@ class MessageServer:
         self.counters["hellos"] += 1
         session.reply(Welcome(pid, self.name, self.limits.max_size), request_id)
 
-    def _operation(self, session: Session, message: Out | Take, request_id: int) -> None:
+    def _recover(self, session: Session, request_id: int) -> None:
+        assert session.pid is not None
+        self.counters["ops.recover"] += 1
+        try:
+            found = self.backend.recovered(session.pid)
+        except Unavailable:
+            session.error(
+                ErrorCode.UNAVAILABLE, "this server cannot serve now; use another", request_id
+            )
+            return
+        session.reply(Recovered(*found) if found else Recovered(None, None), request_id)
+
+    def _operation(
+        self, session: Session, message: Out | Take | CheckpointRequest, request_id: int
+    ) -> None:
         if request_id in session.requests:
             session.error(
                 ErrorCode.DUPLICATE_REQUEST,
@@ -307,6 +352,9 @@ class MessageServer:
         if isinstance(message, Out):
             self.counters["ops.out"] += 1
             op = Operation(Kind.OUT, pid, message.event, message.tuple)
+        elif isinstance(message, CheckpointRequest):
+            self.counters["ops.checkpoint"] += 1
+            op = Operation(Kind.CHECKPOINT, pid, message.event, message.state)
         else:
             self.counters[_OP_COUNTERS[message.kind]] += 1
             op = Operation(message.kind, pid, message.event, message.template)

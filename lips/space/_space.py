@@ -58,6 +58,8 @@ class Kind(enum.IntEnum):
     RD = 3
     INP = 4
     RDP = 5
+    CHECKPOINT = 6
+    """Not a Linda operation: a process's checkpoint, applied and logged like one."""
 
     @property
     def removes(self) -> bool:

@@ -128,6 +128,28 @@ class StatsRequest:
         return []
 
 
+@attrs.frozen
+class CheckpointRequest:
+    """Store C{state} as the caller's checkpoint, its event C{event}."""
+
+    TYPE: ClassVar[int] = 17
+    event: int
+    state: bytes
+
+    def fields(self) -> list[Any]:
+        return [self.event, self.state]
+
+
+@attrs.frozen
+class RecoverRequest:
+    """Ask for the caller's latest checkpoint."""
+
+    TYPE: ClassVar[int] = 18
+
+    def fields(self) -> list[Any]:
+        return []
+
+
 # -- server to client ---------------------------------------------------------------
 
 
@@ -207,6 +229,18 @@ class Stats:
 
 
 @attrs.frozen
+class Recovered:
+    """The caller's latest checkpoint: its event and state, or C{None} and C{None}."""
+
+    TYPE: ClassVar[int] = 26
+    event: int | None
+    state: bytes | None
+
+    def fields(self) -> list[Any]:
+        return [self.event, self.state]
+
+
+@attrs.frozen
 class Error:
     """A request failed; C{code} says how."""
 
@@ -224,6 +258,8 @@ Message: TypeAlias = (
     | Take
     | Cancel
     | StatsRequest
+    | CheckpointRequest
+    | RecoverRequest
     | Welcome
     | Stored
     | Matched
@@ -231,6 +267,7 @@ Message: TypeAlias = (
     | Cancelled
     | TimedOut
     | Stats
+    | Recovered
     | Error
 )
 
@@ -238,7 +275,19 @@ _TAKE_TYPES: Final = {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14}
 _KIND_OF_TYPE: Final = {v: k for k, v in _TAKE_TYPES.items()}
 _EMPTY: Final = packb([])
 _ERROR_CODES: Final = {int(c): c for c in ErrorCode}
-_SIMPLE_TYPES: Final = (Hello, Out, Cancel, StatsRequest, Welcome, Stored, Matched, NoMatch)
+_SIMPLE_TYPES: Final = (
+    Hello,
+    Out,
+    Cancel,
+    StatsRequest,
+    CheckpointRequest,
+    RecoverRequest,
+    Welcome,
+    Stored,
+    Matched,
+    NoMatch,
+    Recovered,
+)
 _KNOWN_TYPES: Final = frozenset(
     [*_KIND_OF_TYPE, *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error))]
 )
@@ -287,6 +336,14 @@ def _template(v: Any, limits: Limits) -> Template:
         raise _fail(ErrorCode.BAD_TEMPLATE, str(e)) from None
 
 
+def _state(v: Any, limits: Limits) -> bytes:
+    if type(v) is not bytes:
+        raise _fail(ErrorCode.MALFORMED, "a checkpoint's state must be bytes")
+    if len(v) > limits.max_size:
+        raise _fail(ErrorCode.TOO_LARGE, f"a checkpoint's state exceeds {limits.max_size} bytes")
+    return v
+
+
 def _timeout(v: Any) -> float | None:
     if v is None:
         return None
@@ -330,6 +387,19 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     if t == StatsRequest.TYPE:
         _fields(body, 0, "STATS")
         return StatsRequest()
+    if t == CheckpointRequest.TYPE:
+        event, state = _fields(body, 2, "CHECKPOINT")
+        return CheckpointRequest(_int(event, "event"), _state(state, limits))
+    if t == RecoverRequest.TYPE:
+        _fields(body, 0, "RECOVER")
+        return RecoverRequest()
+    if t == Recovered.TYPE:
+        event, state = _fields(body, 2, "RECOVERED")
+        if (event is None) != (state is None):
+            raise _fail(ErrorCode.MALFORMED, "RECOVERED has both an event and a state, or neither")
+        if event is None:
+            return Recovered(None, None)
+        return Recovered(_int(event, "event"), _state(state, limits))
     if t == Welcome.TYPE:
         pid, server, max_size = _fields(body, 3, "WELCOME")
         return Welcome(_int(pid, "pid", 1), _str(server, "server"), _int(max_size, "max_size"))

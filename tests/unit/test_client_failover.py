@@ -36,10 +36,10 @@ from lips.client._client import (
     NoServerAvailable,
 )
 from lips.protocols import MessageServerFactory, MessageServerProtocol
-from lips.server import ISpaceBackend, MessageServer, Operation, Session
+from lips.server import ISpaceBackend, MessageServer, Operation, Session, Unavailable
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import memory_server
-from lips.tuples import DEFAULT_LIMITS
+from lips.tuples import DEFAULT_LIMITS, Template
 from lips.wire import (
     ErrorCode,
     Frame,
@@ -78,9 +78,17 @@ class _SharedBackend:
         if op.kind is Kind.OUT:
             assert isinstance(op.payload, tuple)
             self._tell(self.space.out(op.pid, op.event, op.payload))
+        elif op.kind is Kind.CHECKPOINT:
+            assert isinstance(op.payload, bytes)
+            self._tell([self.space.checkpoint(op.pid, op.event, op.payload)])
         else:
-            assert not isinstance(op.payload, tuple)
+            assert isinstance(op.payload, Template)
             self._tell([self.space.take(op.pid, op.event, op.kind, op.payload)])
+
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        if self.refuse is Status.UNAVAILABLE:
+            raise Unavailable("refusing")
+        return self.space.recovered(pid)
 
     def withdraw(self, pid: int, event: int) -> None:
         c = self.space.cancel(pid, event)

@@ -22,6 +22,7 @@ from lips.wire import (
     VERSION,
     Cancel,
     Cancelled,
+    CheckpointRequest,
     Error,
     ErrorCode,
     Frame,
@@ -33,6 +34,8 @@ from lips.wire import (
     MessageError,
     NoMatch,
     Out,
+    Recovered,
+    RecoverRequest,
     Stats,
     StatsRequest,
     Stored,
@@ -97,6 +100,11 @@ EXAMPLES: list[Message] = [
     Stats({"tuples": 3, "load": 0.5, "server": "s1"}),
     Stats({}),
     Error(ErrorCode.BAD_TUPLE, "field 0: no"),
+    CheckpointRequest(7, b"\x81\xa1k\x01"),
+    CheckpointRequest(1, b""),
+    RecoverRequest(),
+    Recovered(7, b"state"),
+    Recovered(None, None),
 ]
 
 
@@ -365,17 +373,22 @@ class MessageTests(SynchronousTestCase):
                 "Out": 10,
                 "Cancel": 15,
                 "StatsRequest": 16,
+                "CheckpointRequest": 17,
+                "RecoverRequest": 18,
                 "Stored": 20,
                 "Matched": 21,
                 "NoMatch": 22,
                 "Cancelled": 23,
                 "TimedOut": 24,
                 "Stats": 25,
+                "Recovered": 26,
                 "Error": 30,
             },
         )
         any_template = make_template((ANY,))
-        takes = {k: Take(k, 1, any_template).TYPE for k in Kind if k is not Kind.OUT}
+        takes = {
+            k: Take(k, 1, any_template).TYPE for k in Kind if k not in (Kind.OUT, Kind.CHECKPOINT)
+        }
         self.assertEqual(takes, {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14})
 
     def test_error_codes(self) -> None:
@@ -418,9 +431,19 @@ class MessageTests(SynchronousTestCase):
         for bad in (-1, -0.5, float("nan"), float("inf"), True, "3", (1,)):
             self.assertMessageError(ErrorCode.MALFORMED, frame_of(11, (1, template, bad)))
 
+    def test_checkpoint_messages_checked(self) -> None:
+        """Checkpoint states are bytes within the tuple size limit; RECOVERED is whole."""
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(17, (1, "text")))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(17, (-1, b"")))
+        small = Limits(max_size=16)
+        self.assertMessageError(ErrorCode.TOO_LARGE, frame_of(17, (1, bytes(17))), small)
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(26, (1, None)))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(26, (None, b"s")))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(18, (1,)))
+
     def test_unknown_type(self) -> None:
         """A frame of an unknown type is UNKNOWN_TYPE."""
-        for type_ in (0, 3, 17, 26, 31, 255):
+        for type_ in (0, 3, 19, 27, 31, 255):
             self.assertMessageError(ErrorCode.UNKNOWN_TYPE, frame_of(type_, ()))
 
     def test_not_msgpack(self) -> None:

@@ -1,0 +1,128 @@
+"""
+Checkpoints and replay through the client API: L{TupleSpaceClient.checkpoint} and
+L{TupleSpaceClient.recover}, on a local and on a replicated space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lips.client import TupleSpaceClient
+from lips.errors import RequestError
+from lips.replica import Replica
+from lips.ring import RingId
+from lips.server import MessageServer
+from lips.testing import memory_client, memory_server
+from lips.tuples import TupleTooLarge
+from lips.wire import ErrorCode
+
+
+class RecoveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock)
+        self.pumps: list[Any] = []
+
+    def connect(self, pid: int | None = None, server: MessageServer | None = None) -> Any:
+        client, pump = memory_client(server or self.server, self.clock, pid)
+        self.pumps.append(pump)
+        return client
+
+    def wait(self, d: Any) -> Any:
+        for pump in self.pumps:
+            pump.flush()
+        return self.successResultOf(d)
+
+    def process_a(self, space: TupleSpaceClient) -> list[Any]:
+        """A's first five events: rd, out(("w", 1)), out, inp, rdp."""
+        return [
+            self.wait(space.rd(("cfg", int))),
+            self.wait(space.out(("w", 1))),
+            self.wait(space.out(("log", "a3"))),
+            self.wait(space.inp(("none",))),
+            self.wait(space.rdp(("log", str))),
+        ]
+
+    def test_golden_scenario(self) -> None:
+        """
+        The paper's Figure 4 through the client (papers-detail §4.5 rule 5): A crashes
+        after five events with no checkpoint; B takes A's tuple and checkpoints; A
+        restarted from scratch gets the same answers, its out is suppressed, and it is
+        active again at its sixth event; B restarted continues after its checkpoint.
+        """
+        other = self.connect()
+        self.wait(other.out(("cfg", 42)))
+        a = self.connect()
+        first = self.process_a(a)
+        b = self.connect()
+        self.assertEqual(self.wait(b.in_(("w", int))), ("w", 1))
+        self.wait(b.checkpoint({"seen": ["w", 1], "rng": 12345}))
+        # A restarts from scratch: same pid, no checkpoint.
+        a2 = self.connect(pid=a.pid)
+        self.assertIsNone(self.wait(a2.recover()))
+        self.assertEqual(self.process_a(a2), first)
+        self.assertIsNone(self.wait(other.inp(("w", int))))  # no second ("w", 1)
+        self.wait(a2.out(("w", 2)))  # event 6: active again
+        self.assertEqual(self.wait(other.inp(("w", int))), ("w", 2))
+        # B restarts from its checkpoint: the state, and events after it.
+        b2 = self.connect(pid=b.pid)
+        self.assertEqual(self.wait(b2.recover()), {"seen": ["w", 1], "rng": 12345})
+        self.assertEqual(b2.event, 2)
+        self.wait(b2.out(("b", 3)))
+        self.assertEqual(self.wait(other.inp(("b", int))), ("b", 3))
+
+    def test_replay_of_a_take_gets_the_same_tuple(self) -> None:
+        """A restarted process's in_ gets the tuple it got the first time, not another."""
+        other = self.connect()
+        for i in range(3):
+            self.wait(other.out(("job", i)))
+        a = self.connect()
+        self.wait(a.checkpoint("start"))
+        got = self.wait(a.in_(("job", int)))
+        a2 = self.connect(pid=a.pid)
+        self.assertEqual(self.wait(a2.recover()), "start")
+        self.assertEqual(self.wait(a2.in_(("job", int))), got)
+        self.assertEqual(self.wait(a2.in_(("job", int))), ("job", 1))  # active: a new take
+
+    def test_state_must_encode_and_fit(self) -> None:
+        """A state msgpack cannot encode, or larger than the server's limit, is refused."""
+        a = self.connect()
+        self.assertRaises(TypeError, a.checkpoint, object())
+        self.assertRaises(TupleTooLarge, a.checkpoint, bytes(a.max_size + 1))
+        self.assertEqual(a.event, 0)
+
+    def test_recover_refused_outside_the_primary(self) -> None:
+        """A replica that is not serving answers a recover UNAVAILABLE."""
+        replica = Replica(1, lambda payload: True, [1, 2, 3])
+        server = MessageServer(replica, self.clock)
+        a = self.connect(server=server)
+        d = a.recover()
+        self.pumps[-1].flush()
+        f = self.failureResultOf(d, RequestError)
+        self.assertEqual(f.value.code, ErrorCode.UNAVAILABLE)
+
+    def test_checkpoint_through_a_replica(self) -> None:
+        """A replica applies a checkpoint in the ring's order and answers once safe."""
+        sent: list[bytes] = []
+
+        def broadcast(payload: bytes) -> bool:
+            sent.append(payload)
+            return True
+
+        replica = Replica(1, broadcast, [1])
+        server = MessageServer(replica, self.clock)
+        ring = RingId(8, 1)
+        replica.configuration(ring, (1,), transitional=False)
+        replica.delivered(ring, 1, sent.pop(), origin=1)  # its status: a cold start
+        a = self.connect(server=server)
+        d = a.checkpoint([1, 2])
+        self.pumps[-1].flush()
+        replica.delivered(ring, 2, sent.pop(), origin=1)
+        self.assertNoResult(d)
+        replica.safe(ring, 2)
+        self.assertIsNone(self.wait(d))
+        self.assertEqual(replica.space.recovered(a.pid), (1, b"\x92\x01\x02"))
+        self.assertEqual(self.wait(a.recover()), [1, 2])
