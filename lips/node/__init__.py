@@ -1,12 +1,30 @@
 """
-lipsd, the node daemon: node state in the System Tuple Space, and the watchdog.
+lipsd, the node daemon: node state in the System Tuple Space, the watchdog, and the
+processes it runs for C{eval} (placed by L{eval_request}, restarted by L{Supervisor}).
 
 L{NodeMonitor} numbers the node's reports and applies the L{IdlePolicy}; L{Watchdog}
 says which watched nodes fell silent; L{NodeService} runs both against the FixServers.
 The tuples are described in C{docs/node.md}.
 """
 
+from lips.node._eval import (
+    EVAL_TAG,
+    PROCESS_TAG,
+    Chooser,
+    EvalRequest,
+    NodeReport,
+    NoNodeAvailable,
+    Placed,
+    decode_args,
+    eval_request,
+    eval_template,
+    failed_template,
+    least_loaded,
+    new_pid,
+    process_template,
+)
 from lips.node._lipsd import NodeService, SystemSpace, declare_down, poll, publish
+from lips.node._process import ProcessService, ReactorSpawner, child_input
 from lips.node._sampler import PsutilSampler
 from lips.node._state import (
     DOWN_TAG,
@@ -21,10 +39,51 @@ from lips.node._state import (
     state_template,
     up_template,
 )
+from lips.node._supervisor import (
+    FAILED_TAG,
+    Exit,
+    IChild,
+    ISpawner,
+    ProcessFailed,
+    ProcessSpec,
+    ProcessState,
+    RestartPolicy,
+    Supervised,
+    Supervisor,
+    check_target,
+)
 from lips.node._watchdog import Suspect, Watchdog
 
 __all__ = [
     "DOWN_TAG",
+    "EVAL_TAG",
+    "FAILED_TAG",
+    "PROCESS_TAG",
+    "Chooser",
+    "EvalRequest",
+    "Exit",
+    "IChild",
+    "ISpawner",
+    "NoNodeAvailable",
+    "NodeReport",
+    "Placed",
+    "ProcessFailed",
+    "ProcessService",
+    "ProcessSpec",
+    "ProcessState",
+    "ReactorSpawner",
+    "RestartPolicy",
+    "Supervised",
+    "Supervisor",
+    "check_target",
+    "child_input",
+    "decode_args",
+    "eval_request",
+    "eval_template",
+    "failed_template",
+    "least_loaded",
+    "new_pid",
+    "process_template",
     "STATE_TAG",
     "UP_TAG",
     "ISampler",

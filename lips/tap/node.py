@@ -1,12 +1,14 @@
 """
 C{twistd lips-node}: lipsd, the node daemon.  It writes its node's state into the
-System Tuple Space (served by the FixServers of the cluster file) every interval, and
-runs the watchdog over the nodes it is told to watch.
+System Tuple Space (served by the FixServers of the cluster file) every interval, runs
+the watchdog over the nodes it is told to watch, and runs the processes eval places on
+its node, restarting them when they crash.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -14,7 +16,17 @@ from twisted.application import service
 from twisted.python import usage
 
 from lips.cluster import ClusterConfig, ClusterConfigError, load_cluster
-from lips.node import IdlePolicy, NodeMonitor, NodeService, PsutilSampler, Watchdog
+from lips.node import (
+    IdlePolicy,
+    NodeMonitor,
+    NodeService,
+    ProcessService,
+    PsutilSampler,
+    ReactorSpawner,
+    RestartPolicy,
+    Supervisor,
+    Watchdog,
+)
 
 __all__ = ["Options", "makeService"]
 
@@ -55,7 +67,10 @@ class Options(usage.Options):
     longdesc = (
         "Run lipsd, the LiPS node daemon: report this node's state into the System Tuple"
         " Space every --interval seconds, and declare the nodes of --watch down when"
-        " their reports stop for --misses intervals."
+        " their reports stop for --misses intervals.  Run the processes eval places on"
+        " this node (connected to the MessageServers of --app-config or --app), and"
+        " restart a crashed one with the same process id, failing it after"
+        " --max-restarts crashes within --restart-window seconds."
     )
 
     optParameters: list[Any] = [
@@ -97,7 +112,51 @@ class Options(usage.Options):
             "Idle policy: fewest free bytes of memory.",
             _integer("min-free-memory", 0),
         ],
+        [
+            "app-config",
+            None,
+            None,
+            "Cluster file (TOML) whose MessageServers the processes connect to.",
+        ],
+        [
+            "pythonpath",
+            None,
+            "",
+            "Directories (os.pathsep-separated) put first on the processes' PYTHONPATH.",
+        ],
+        [
+            "restart-delay",
+            None,
+            0.1,
+            "Seconds before the first restart of a crashed process.",
+            _number("restart-delay"),
+        ],
+        [
+            "restart-max-delay",
+            None,
+            5.0,
+            "Longest delay before a restart (the delay doubles with each crash).",
+            _number("restart-max-delay"),
+        ],
+        [
+            "max-restarts",
+            None,
+            5,
+            "Restarts within --restart-window after which a process is failed.",
+            _integer("max-restarts", 0),
+        ],
+        [
+            "restart-window",
+            None,
+            60.0,
+            "Seconds over which crashes are counted.",
+            _number("restart-window", positive=True),
+        ],
     ]
+
+    def opt_app(self, endpoint: str) -> None:
+        """A MessageServer endpoint the processes connect to (repeat for several)."""
+        self.setdefault("app", []).append(endpoint)
 
     def postOptions(self) -> None:
         if self["config"] is None:
@@ -123,6 +182,23 @@ class Options(usage.Options):
         if not cluster.members("fixserver"):
             raise usage.UsageError(f"{self['config']}: no FixServers to report to")
         self["cluster"] = cluster
+        endpoints = list(self.get("app", []))
+        if self["app-config"] is not None:
+            try:
+                app = load_cluster(self["app-config"])
+            except ClusterConfigError as e:
+                raise usage.UsageError(str(e)) from None
+            endpoints += app.client_endpoints("msgserver")
+            if not endpoints:
+                raise usage.UsageError(f"{self['app-config']}: no MessageServers")
+        self["app"] = tuple(endpoints)
+        self["pythonpath"] = tuple(p for p in self["pythonpath"].split(os.pathsep) if p)
+        self["restart"] = RestartPolicy(
+            delay=self["restart-delay"],
+            max_delay=self["restart-max-delay"],
+            max_restarts=self["max-restarts"],
+            window=self["restart-window"],
+        )
         self["policy"] = IdlePolicy(
             max_load=self["max-load"],
             min_cpu_idle=self["min-cpu-idle"],
@@ -153,6 +229,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     def connect() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}", reconnect=True)
 
+    supervisor = Supervisor(
+        name,
+        ReactorSpawner(reactor, pythonpath=options["pythonpath"]),
+        reactor,
+        policy=options["restart"],
+    )
+
+    def connect_processes() -> Any:
+        return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-eval", reconnect=True)
+
     top = service.MultiService()
     top.addService(NodeService(monitor, connect, watchdog))
+    top.addService(ProcessService(supervisor, connect_processes, reactor, options["app"]))
     return top

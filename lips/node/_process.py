@@ -1,0 +1,262 @@
+"""
+lipsd's processes on the network: L{ReactorSpawner} starts children with
+C{reactor.spawnProcess}; L{ProcessService} takes the eval requests addressed to its
+node from the System Tuple Space, runs them under a L{Supervisor} and writes what
+becomes of them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IProcessTransport, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lips.node._eval import EvalRequest, eval_template, process_template
+from lips.node._lipsd import SystemSpace
+from lips.node._supervisor import (
+    Exit,
+    IChild,
+    ISpawner,
+    ProcessFailed,
+    ProcessSpec,
+    Supervisor,
+)
+from lips.node.child import ENDPOINTS_VAR, PID_VAR
+from lips.tuples import LTuple, packb
+
+__all__ = ["ProcessService", "ReactorSpawner", "child_input"]
+
+#: How long the request loop waits before connecting again after a failure.
+RETRY_DELAY = 1.0
+
+
+def child_input(spec: ProcessSpec) -> bytes:
+    """What a child reads on standard input: the msgpack array C{[fields, args]}."""
+    return packb([spec.fields, spec.args])
+
+
+class _ChildProtocol(ProcessProtocol):
+    def __init__(self, ended: Callable[[Exit], None]) -> None:
+        self._ended = ended
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, error.ProcessTerminated):
+            self._ended(Exit(code=value.exitCode, signal=value.signal))
+        else:
+            self._ended(Exit(code=0))
+
+
+@implementer(IChild)
+class _Child:
+    def __init__(self, transport: IProcessTransport) -> None:
+        self._transport = transport
+
+    @property
+    def os_pid(self) -> int | None:
+        pid = self._transport.pid
+        return pid if isinstance(pid, int) else None
+
+    def terminate(self) -> None:
+        with contextlib.suppress(error.ProcessExitedAlready):
+            self._transport.signalProcess("TERM")
+
+
+@implementer(ISpawner)
+class ReactorSpawner:
+    """
+    Starts C{python -m lips.node.child TARGET} children with C{reactor.spawnProcess}:
+    the process id and endpoints in the environment, fields and arguments on standard
+    input, standard output and error shared with lipsd.
+
+    @param pythonpath: directories put first on the children's C{PYTHONPATH} (where
+        the application's modules are).
+    @param cwd: the children's working directory (lipsd's by default).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        executable: str = sys.executable,
+        pythonpath: Sequence[str] = (),
+        cwd: str | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._executable = executable
+        self._pythonpath = tuple(pythonpath)
+        self._cwd = cwd
+
+    def environment(self, spec: ProcessSpec) -> dict[str, str]:
+        """The environment of C{spec}'s child."""
+        env = dict(os.environ)
+        env[PID_VAR] = str(spec.pid)
+        env[ENDPOINTS_VAR] = json.dumps(list(spec.endpoints))
+        path = [*self._pythonpath, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(path)
+        return env
+
+    def spawn(self, spec: ProcessSpec, ended: Callable[[Exit], None]) -> IChild:
+        exe = self._executable
+        transport = self._reactor.spawnProcess(
+            _ChildProtocol(ended),
+            exe,
+            [exe, "-m", "lips.node.child", spec.target],
+            env=self.environment(spec),
+            path=self._cwd,
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        transport.write(child_input(spec))
+        transport.closeStdin()
+        return _Child(transport)
+
+
+class _Client(SystemSpace, Protocol):
+    @property
+    def state(self) -> str: ...
+
+    def in_(self, template: Sequence[Any], timeout: float | None = None) -> Any: ...
+
+    def close(self) -> defer.Deferred[None]: ...
+
+
+Connect = Callable[[], defer.Deferred[Any]]
+
+
+class ProcessService(service.Service):
+    """
+    Takes the eval requests addressed to node C{supervisor.node} (a blocking C{in}
+    on the System Tuple Space, through C{connect}) and starts them under
+    C{supervisor}.  When a process finishes, its C{process} record is taken; when it
+    fails, the record is replaced by C{("process-failed", pid, node, reason,
+    restarts)}.
+
+    @param endpoints: the application's MessageServers, for requests that name none.
+    @ivar started: the process ids started here, in order.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        connect: Connect,
+        clock: IReactorTime,
+        endpoints: Sequence[str] = (),
+    ) -> None:
+        self.supervisor = supervisor
+        self.clock = clock
+        self.endpoints = tuple(endpoints)
+        self._connect = connect
+        self._client: _Client | None = None
+        self._loop: defer.Deferred[None] | None = None
+        self._writes: list[defer.Deferred[None]] = []
+        self.started: list[int] = []
+        supervisor.on_finished = self._finished
+        supervisor.on_failed = self._failed
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._loop = defer.Deferred.fromCoroutine(self._take())
+        self._loop.addErrback(lambda f: self.log.failure("eval request loop ended", f))
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.supervisor.stop()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(defer.CancelledError):
+                await loop
+        writes = list(self._writes)
+        if writes:
+            await defer.DeferredList(writes, consumeErrors=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def _client_(self) -> _Client:
+        if self._client is None:
+            self._client = await self._connect()
+        return self._client
+
+    async def _take(self) -> None:
+        node = self.supervisor.node
+        while self.running:
+            try:
+                client = await self._client_()
+                values = await client.in_(eval_template(node))
+            except defer.CancelledError:
+                return
+            except Exception:
+                self.log.failure("Taking eval requests for {node} failed", node=node)
+                client_ = self._client
+                if client_ is not None and client_.state in ("failed", "closed"):
+                    self._client = None
+                await deferLater(self.clock, RETRY_DELAY)
+                continue
+            self._request(values)
+
+    def _request(self, values: LTuple) -> None:
+        try:
+            request = EvalRequest.from_tuple(values)
+        except ValueError as e:
+            self.log.error("Dropped a bad eval request: {error}", error=str(e))
+            return
+        spec = request.spec
+        if not spec.endpoints:
+            if not self.endpoints:
+                self._failed(
+                    ProcessFailed(spec.pid, self.supervisor.node, "no application endpoints", 0)
+                )
+                return
+            spec = ProcessSpec(spec.pid, spec.target, spec.fields, spec.args, self.endpoints)
+        if self.supervisor.start(spec):
+            self.started.append(spec.pid)
+            self.log.info("Started process {pid}: {target}", pid=spec.pid, target=spec.target)
+
+    def _write(self, work: Callable[[_Client], Any]) -> None:
+        async def run() -> None:
+            client = await self._client_()
+            await work(client)
+
+        d = defer.Deferred.fromCoroutine(run())
+        self._writes.append(d)
+
+        def done(result: object) -> None:
+            self._writes.remove(d)
+            if isinstance(result, Failure):
+                self.log.failure("Writing a process record failed", result)
+
+        d.addBoth(done)
+
+    def _finished(self, spec: ProcessSpec) -> None:
+        self.log.info("Process {pid} finished", pid=spec.pid)
+
+        async def work(client: _Client) -> None:
+            await client.inp(process_template(spec.pid))
+
+        self._write(work)
+
+    def _failed(self, record: ProcessFailed) -> None:
+        async def work(client: _Client) -> None:
+            await client.inp(process_template(record.pid))
+            await client.out(record.as_tuple())
+
+        self._write(work)

@@ -1,0 +1,536 @@
+"""
+Tests for lipsd's processes: the L{Supervisor} core on a fake clock with a fake
+spawner, the chooser and L{eval_request} against the real tuple-space core, the
+L{ProcessService} that takes requests, and the child's input.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from lips.node import (
+    EVAL_TAG,
+    FAILED_TAG,
+    PROCESS_TAG,
+    EvalRequest,
+    Exit,
+    IChild,
+    ISpawner,
+    NodeReport,
+    NoNodeAvailable,
+    ProcessFailed,
+    ProcessService,
+    ProcessSpec,
+    ProcessState,
+    RestartPolicy,
+    Supervisor,
+    child_input,
+    decode_args,
+    eval_request,
+    eval_template,
+    failed_template,
+    least_loaded,
+    new_pid,
+    process_template,
+)
+from lips.node.child import load, read_input
+from lips.space import Completion, Kind, Status, TupleSpace
+from lips.tap import node as node_tap
+from lips.testing import ClusterMember, write_cluster
+from lips.tuples import make_template, packb
+from tests.unit.test_node import FakeClient, matching
+
+SPEC = ProcessSpec(7, "evalapp:square", ("sq", 7), packb([7]), ("tcp:host=127.0.0.1:port=1",))
+
+
+@implementer(IChild)
+class FakeChild:
+    def __init__(self, spec: ProcessSpec, ended: Callable[[Exit], None], os_pid: int) -> None:
+        self.spec = spec
+        self.ended = ended
+        self.os_pid = os_pid
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+@implementer(ISpawner)
+class FakeSpawner:
+    """Records every child it is asked for; a test ends them with exit()."""
+
+    def __init__(self) -> None:
+        self.children: list[FakeChild] = []
+        self.broken = False
+
+    def spawn(self, spec: ProcessSpec, ended: Callable[[Exit], None]) -> IChild:
+        if self.broken:
+            raise OSError("no such executable")
+        child = FakeChild(spec, ended, 1000 + len(self.children))
+        self.children.append(child)
+        return child
+
+    @property
+    def last(self) -> FakeChild:
+        return self.children[-1]
+
+
+class SupervisorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.spawner = FakeSpawner()
+        self.finished: list[ProcessSpec] = []
+        self.failed: list[ProcessFailed] = []
+        self.policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=3)
+        self.supervisor = Supervisor(
+            "n1",
+            self.spawner,
+            self.clock,
+            policy=self.policy,
+            on_finished=self.finished.append,
+            on_failed=self.failed.append,
+        )
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_clean_exit_final(self) -> None:
+        """A child that exits 0 is finished: reported once, never restarted."""
+        self.assertTrue(self.supervisor.start(SPEC))
+        self.spawner.last.ended(Exit(code=0))
+        self.clock.advance(100)
+        self.assertEqual(len(self.spawner.children), 1)
+        self.assertEqual(self.finished, [SPEC])
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.FINISHED)
+        self.assertEqual(self.supervisor.running, [])
+
+    def test_restart_same_pid(self) -> None:
+        """A child killed by a signal is started again after the first delay, with the
+        same spec (so the same process id), and its later clean exit finishes it."""
+        self.supervisor.start(SPEC)
+        self.spawner.last.ended(Exit(signal=9))
+        self.assertEqual(len(self.spawner.children), 1)
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.WAITING)
+        self.clock.advance(0.099)
+        self.assertEqual(len(self.spawner.children), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(len(self.spawner.children), 2)
+        self.assertEqual(self.spawner.last.spec, SPEC)
+        self.assertEqual(self.supervisor.processes[7].restarts, 1)
+        self.spawner.last.ended(Exit(code=0))
+        self.assertEqual(self.finished, [SPEC])
+        self.assertEqual(self.failed, [])
+
+    def test_backoff_doubles_to_cap(self) -> None:
+        """Crashes within the window wait 0.1, 0.2, 0.4, then the cap 0.5 s."""
+        policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=10)
+        supervisor = Supervisor("n1", self.spawner, self.clock, policy=policy)
+        supervisor.start(SPEC)
+        delays = []
+        for _ in range(5):
+            self.spawner.last.ended(Exit(code=1))
+            (call,) = self.clock.getDelayedCalls()
+            delays.append(round(call.getTime() - self.clock.seconds(), 9))
+            self.clock.advance(call.getTime() - self.clock.seconds())
+        self.assertEqual(delays, [0.1, 0.2, 0.4, 0.5, 0.5])
+        supervisor.stop()
+
+    def test_fails_past_threshold(self) -> None:
+        """The crash after max_restarts restarts within the window fails the process:
+        one record with the node, the reason and the restarts; no more starts."""
+        self.supervisor.start(SPEC)
+        for _ in range(3):
+            self.spawner.last.ended(Exit(code=3))
+            self.clock.advance(1.0)
+        self.assertEqual(len(self.spawner.children), 4)
+        self.spawner.last.ended(Exit(code=3))
+        self.clock.advance(100)
+        self.assertEqual(len(self.spawner.children), 4)
+        (record,) = self.failed
+        self.assertEqual((record.pid, record.node, record.restarts), (7, "n1", 3))
+        self.assertIn("exit code 3", record.reason)
+        self.assertIn("4 crashes", record.reason)
+        self.assertEqual(record.as_tuple(), (FAILED_TAG, 7, "n1", record.reason, 3))
+        self.assertTrue(make_template(failed_template(7)).matches(record.as_tuple()))
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.FAILED)
+
+    def test_old_crashes_forgotten(self) -> None:
+        """Crashes older than the window do not count toward failing, nor the delay."""
+        policy = RestartPolicy(delay=0.1, max_restarts=1, window=10.0)
+        supervisor = Supervisor("n1", self.spawner, self.clock, policy=policy)
+        failed: list[ProcessFailed] = []
+        supervisor.on_failed = failed.append
+        supervisor.start(SPEC)
+        for _ in range(4):
+            self.spawner.last.ended(Exit(signal=9))
+            (call,) = self.clock.getDelayedCalls()
+            self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 0.1)
+            self.clock.advance(11.0)
+        self.assertEqual((failed, len(self.spawner.children)), ([], 5))
+        supervisor.stop()
+
+    def test_spawn_error_is_a_crash(self) -> None:
+        """A child that cannot be started counts as a crash, and fails in the end."""
+        self.spawner.broken = True
+        self.supervisor.start(SPEC)
+        self.clock.pump([1.0] * 5)
+        (record,) = self.failed
+        self.assertIn("not started: OSError", record.reason)
+
+    def test_duplicate_start(self) -> None:
+        """A process id already running is not started twice."""
+        self.assertTrue(self.supervisor.start(SPEC))
+        self.assertFalse(self.supervisor.start(SPEC))
+        self.assertEqual(len(self.spawner.children), 1)
+        self.supervisor.stop()
+
+    def test_stop(self) -> None:
+        """Stopping terminates running children, cancels pending restarts, and ignores
+        their later ends."""
+        other = ProcessSpec(8, "evalapp:square", ("sq", 8), packb([8]), ("tcp:host=h:port=1",))
+        self.supervisor.start(SPEC)
+        self.supervisor.start(other)
+        self.spawner.children[1].ended(Exit(code=1))
+        running = self.spawner.children[0]
+        self.supervisor.stop()
+        self.assertTrue(running.terminated)
+        running.ended(Exit(signal=15))
+        self.clock.advance(10)
+        self.assertEqual((self.finished, self.failed, len(self.spawner.children)), ([], [], 2))
+        with self.assertRaises(RuntimeError):
+            self.supervisor.start(SPEC)
+
+    def test_stale_end_ignored(self) -> None:
+        """An end reported twice (or by an older child) is counted once."""
+        self.supervisor.start(SPEC)
+        first = self.spawner.last
+        first.ended(Exit(code=1))
+        self.clock.advance(0.1)
+        first.ended(Exit(code=1))
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.RUNNING)
+        self.spawner.last.ended(Exit(code=0))
+
+    def test_exit_describe(self) -> None:
+        """Exits say how the child ended."""
+        self.assertEqual(Exit(code=2).describe(), "exit code 2")
+        self.assertEqual(Exit(signal=9).describe(), "signal 9 (SIGKILL)")
+        self.assertTrue(Exit(code=0).clean)
+        self.assertFalse(Exit(code=0, signal=9).clean)
+
+    def test_bad_values(self) -> None:
+        """Specs and policies check what they are given."""
+        with self.assertRaises(ValueError):
+            ProcessSpec(0, "m:f", ("x",), b"\x90", ())
+        with self.assertRaises(ValueError):
+            ProcessSpec(1, "os.system('x')", ("x",), b"\x90", ())
+        with self.assertRaises(TypeError):
+            ProcessSpec(1, "m:f", ("x",), b"\x90", "tcp:host=h:port=1")
+        with self.assertRaises(ValueError):
+            RestartPolicy(max_restarts=-1)
+        with self.assertRaises(ValueError):
+            RestartPolicy(window=0)
+
+
+def report(name: str, load1: float, idle: bool = True, processes: int = 0) -> NodeReport:
+    return NodeReport(name, 1, load1, 80.0, 1 << 30, processes, idle)
+
+
+class ChooserTests(SynchronousTestCase):
+    def test_least_loaded_idle(self) -> None:
+        """The least loaded of the idle nodes wins; a busier idle node and a less
+        loaded node that is not idle lose."""
+        reports = [report("a", 0.5), report("b", 0.2), report("c", 0.1, idle=False)]
+        self.assertEqual(least_loaded(reports), "b")
+
+    def test_ties(self) -> None:
+        """Equal load: fewer processes, then the name, decide."""
+        self.assertEqual(least_loaded([report("b", 0.2), report("a", 0.2, processes=1)]), "b")
+        self.assertEqual(least_loaded([report("b", 0.2), report("a", 0.2)]), "a")
+
+    def test_none_idle(self) -> None:
+        """No idle node, or no report at all: no choice."""
+        self.assertIsNone(least_loaded([report("a", 0.1, idle=False)]))
+        self.assertIsNone(least_loaded([]))
+
+    def test_report_from_tuple(self) -> None:
+        """A state tuple reads into a report; anything else is refused."""
+        values = ("node", "a", 3, 0.5, 90.0, 100, 2, True)
+        self.assertEqual(
+            NodeReport.from_tuple(values), NodeReport("a", 3, 0.5, 90.0, 100, 2, True)
+        )
+        with self.assertRaises(ValueError):
+            NodeReport.from_tuple(("node", "a", 3, 0.5, 90.0, 100, 2, 1))
+
+
+def publish_state(space: TupleSpace, name: str, load1: float, idle: bool = True) -> None:
+    FakeClient(space).out(("node", name, 1, load1, 80.0, 1 << 30, 0, idle))
+
+
+class EvalRequestTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+        self.client = FakeClient(self.space)
+
+    def test_places_on_least_loaded(self) -> None:
+        """The request goes to the least loaded idle node, with its process record."""
+        publish_state(self.space, "n1", 0.9)
+        publish_state(self.space, "n2", 0.1)
+        placed = self.successResultOf(
+            defer.ensureDeferred(
+                eval_request(
+                    self.client, ("sq", 7), "evalapp:square", 7, nodes=["n1", "n2"], pid=42
+                )
+            )
+        )
+        self.assertEqual((placed.pid, placed.node), (42, "n2"))
+        (request,) = matching(self.space, eval_template("n2"))
+        self.assertEqual(
+            request, (EVAL_TAG, "n2", 42, ("sq", 7), "evalapp:square", packb([7]), ())
+        )
+        (record,) = matching(self.space, process_template(42))
+        self.assertEqual(record[:3], (PROCESS_TAG, 42, "n2"))
+        self.assertEqual(EvalRequest.from_tuple(request).spec.pid, 42)
+
+    def test_down_node_passed_over(self) -> None:
+        """A node without a state tuple (down, or never up) is not chosen."""
+        publish_state(self.space, "n2", 0.5)
+        placed = self.successResultOf(
+            defer.ensureDeferred(
+                eval_request(self.client, ("x",), "evalapp:square", 1, nodes=["n1", "n2"])
+            )
+        )
+        self.assertEqual(placed.node, "n2")
+
+    def test_pluggable_chooser(self) -> None:
+        """A chooser given replaces the default."""
+        publish_state(self.space, "n1", 0.9)
+        publish_state(self.space, "n2", 0.1)
+        placed = self.successResultOf(
+            defer.ensureDeferred(
+                eval_request(
+                    self.client,
+                    ("x",),
+                    "evalapp:square",
+                    1,
+                    nodes=["n1", "n2"],
+                    chooser=lambda reports: max(reports, key=lambda r: r.load1).name,
+                )
+            )
+        )
+        self.assertEqual(placed.node, "n1")
+
+    def test_no_node(self) -> None:
+        """No idle node: NoNodeAvailable, and nothing is written."""
+        publish_state(self.space, "n1", 3.0, idle=False)
+        d = defer.ensureDeferred(eval_request(self.client, ("x",), "m:f", nodes=["n1"]))
+        self.failureResultOf(d, NoNodeAvailable)
+        self.assertEqual(matching(self.space, eval_template("n1")), [])
+
+    def test_bad_request(self) -> None:
+        """Bad targets and arguments that are not LiPS values are refused before any
+        operation."""
+        for target, args in [("not a target", (1,)), ("m:f", (object(),))]:
+            d = defer.ensureDeferred(eval_request(self.client, ("x",), target, *args, nodes=[]))
+            self.failureResultOf(d, ValueError, TypeError)
+        self.assertEqual(self.client.event, 0)
+
+    def test_request_decoder(self) -> None:
+        """A taken request is checked field by field."""
+        good = (EVAL_TAG, "n1", 5, ("x",), "m:f", packb([1]), ())
+        self.assertEqual(EvalRequest.from_tuple(good).as_tuple(), good)
+        for bad in [
+            good[:6],
+            (EVAL_TAG, "n1", -5, *good[3:]),
+            (EVAL_TAG, "n1", 5, ("x",), "eval('1')", packb([1]), ()),
+            (EVAL_TAG, "n1", 5, ("x",), "m:f", b"\xc1", ()),
+            (EVAL_TAG, "n1", 5, ("x",), "m:f", packb({"a": 1}), ()),
+            (EVAL_TAG, "n1", 5, ("x",), "m:f", packb([1]), (3,)),
+        ]:
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                EvalRequest.from_tuple(bad)
+
+    def test_new_pid(self) -> None:
+        """Process ids are positive 62-bit numbers; a seeded random repeats them."""
+        pids = [new_pid(random.Random(1)), new_pid(random.Random(1)), new_pid()]
+        self.assertEqual(pids[0], pids[1])
+        self.assertTrue(all(0 < p <= 2**62 for p in pids))
+
+
+class ProcessServiceTests(SynchronousTestCase):
+    """The service on a fake clock, a fake spawner and a fake client of one space."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.space = NotifyingSpace()
+        self.spawner = FakeSpawner()
+        self.supervisor = Supervisor(
+            "n1", self.spawner, self.clock, policy=RestartPolicy(max_restarts=1)
+        )
+        self.service = ProcessService(
+            self.supervisor,
+            lambda: defer.succeed(BlockingFake(self.space)),
+            self.clock,
+            endpoints=("tcp:host=127.0.0.1:port=9",),
+        )
+        self.service.startService()
+        self.requester = FakeClient(self.space)
+
+    def tearDown(self) -> None:
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def place(self, target: str = "evalapp:square", pid: int = 11) -> None:
+        self.successResultOf(
+            defer.ensureDeferred(
+                eval_request(self.requester, ("sq", 3), target, 3, nodes=["n1"], pid=pid)
+            )
+        )
+
+    def test_runs_request_and_takes_record(self) -> None:
+        """A request for this node starts a child with lipsd's endpoints; its clean exit
+        takes the process record."""
+        publish_state(self.space, "n1", 0.1)
+        self.place()
+        (child,) = self.spawner.children
+        self.assertEqual(child.spec.pid, 11)
+        self.assertEqual(child.spec.endpoints, ("tcp:host=127.0.0.1:port=9",))
+        self.assertEqual(self.service.started, [11])
+        self.assertEqual(len(matching(self.space, process_template(11))), 1)
+        child.ended(Exit(code=0))
+        self.assertEqual(matching(self.space, process_template(11)), [])
+        self.assertEqual(matching(self.space, eval_template("n1")), [])
+
+    def test_failure_recorded(self) -> None:
+        """A process that keeps crashing leaves a process-failed record, not a process
+        record."""
+        publish_state(self.space, "n1", 0.1)
+        self.place()
+        self.spawner.last.ended(Exit(code=1))
+        self.clock.advance(1)
+        self.spawner.last.ended(Exit(signal=9))
+        (failed,) = matching(self.space, failed_template(11))
+        self.assertEqual(failed[:3], (FAILED_TAG, 11, "n1"))
+        self.assertEqual(failed[4], 1)
+        self.assertEqual(matching(self.space, process_template(11)), [])
+
+    def test_bad_request_dropped(self) -> None:
+        """A malformed request is logged and dropped; the next one still runs."""
+        self.requester.out((EVAL_TAG, "n1", 5, ("x",), "m:f", b"\xc1", ()))
+        self.assertEqual(self.spawner.children, [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        publish_state(self.space, "n1", 0.1)
+        self.place()
+        self.assertEqual(len(self.spawner.children), 1)
+
+
+class NotifyingSpace(TupleSpace):
+    """A tuple space that answers the waiting takes of L{BlockingFake} clients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering: dict[tuple[int, int], defer.Deferred[Any]] = {}
+
+    def out(self, pid: int, event: int, values: Any) -> list[Completion]:
+        done = super().out(pid, event, values)
+        for c in done[1:]:
+            d = self.answering.pop((c.pid, c.event), None)
+            if d is not None and c.status is Status.MATCHED:
+                d.callback(c.value)
+        return done
+
+
+class BlockingFake(FakeClient):
+    """A fake client with a blocking in_, answered by later outs."""
+
+    space: NotifyingSpace
+
+    def in_(self, template: Any, timeout: float | None = None) -> defer.Deferred[Any]:
+        self.event += 1
+        key = (self.pid, self.event)
+        done = self.space.take(self.pid, self.event, Kind.IN, make_template(template))
+        if done.status is Status.MATCHED:
+            return defer.succeed(done.value)
+
+        def cancel(d: defer.Deferred[Any]) -> None:
+            self.space.answering.pop(key, None)
+            self.space.cancel(*key)
+
+        d: defer.Deferred[Any] = defer.Deferred(cancel)
+        self.space.answering[key] = d
+        return d
+
+
+class ChildTests(SynchronousTestCase):
+    def test_load(self) -> None:
+        """Targets are imported by name; malformed names and non-callables are refused."""
+        self.assertIs(load("os.path:join"), __import__("os").path.join)
+        with self.assertRaises(ValueError):
+            load("os.path:sep")
+        with self.assertRaises(ValueError):
+            load("__import__('os').system")
+
+    def test_input(self) -> None:
+        """The child reads the fields and the decoded arguments from what lipsd writes."""
+        self.assertEqual(read_input(child_input(SPEC)), (("sq", 7), (7,)))
+        self.assertEqual(decode_args(packb([])), ())
+        with self.assertRaises(ValueError):
+            read_input(packb([1, 2, 3]))
+
+
+class OptionsTests(SynchronousTestCase):
+    def cluster(self, role: str = "fixserver") -> Path:
+        return write_cluster(Path(self.mktemp()), [ClusterMember("s1", 1, 7201, 7021, role=role)])
+
+    def test_process_options(self) -> None:
+        """The application endpoints come from --app-config and --app; the restart
+        thresholds make the restart policy."""
+        o = node_tap.Options()
+        o.parseOptions(
+            [
+                "--config",
+                str(self.cluster()),
+                "--name",
+                "n1",
+                "--app",
+                "tcp:host=10.0.0.1:port=7010",
+                "--app-config",
+                str(self.cluster("msgserver")),
+                "--max-restarts",
+                "2",
+                "--restart-delay",
+                "0.05",
+                "--restart-window",
+                "30",
+                "--pythonpath",
+                "/a:/b",
+            ]
+        )
+        self.assertEqual(o["app"][0], "tcp:host=10.0.0.1:port=7010")
+        self.assertEqual(len(o["app"]), 2)
+        self.assertEqual(o["restart"], RestartPolicy(delay=0.05, max_restarts=2, window=30.0))
+        self.assertEqual(o["pythonpath"], ("/a", "/b"))
+
+    def test_refused(self) -> None:
+        """Bad thresholds are usage errors."""
+        for extra in (["--max-restarts", "-1"], ["--restart-window", "0"]):
+            with self.assertRaises(UsageError):
+                node_tap.Options().parseOptions(
+                    ["--config", str(self.cluster()), "--name", "n1", *extra]
+                )
+
+    def test_make_service(self) -> None:
+        """makeService runs a ProcessService beside the NodeService."""
+        o = node_tap.Options()
+        o.parseOptions(["--config", str(self.cluster()), "--name", "n1"])
+        services = list(node_tap.makeService(o, reactor=Clock()))
+        (proc,) = [s for s in services if isinstance(s, ProcessService)]
+        self.assertEqual(proc.supervisor.node, "n1")
