@@ -118,12 +118,18 @@ class BlockingSpace:
         """Read the oldest matching tuple, or return C{None} if there is none."""
         return _call(self._client.rdp, template)
 
-    def checkpoint(self, state: Any) -> None:
-        """Store C{state} as this process's checkpoint (see L{TupleSpaceClient.checkpoint})."""
-        _call(self._client.checkpoint, state)
+    def checkpoint(self, state: Any, files: Sequence[str] = ()) -> None:
+        """
+        Store C{state} (and C{files} of the working directory) as this process's
+        checkpoint (see L{TupleSpaceClient.checkpoint}).
+        """
+        _call(self._client.checkpoint, state, files)
 
     def recover(self) -> Any:
-        """This process's last checkpoint state, or C{None}; call it first."""
+        """
+        This process's last checkpoint state, or C{None}, its files restored into the
+        working directory; call it first.
+        """
         return _call(self._client.recover)
 
     def stats(self) -> dict[str, int | float | str]:

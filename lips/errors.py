@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from lips.wire import ErrorCode
 
-__all__ = ["ConnectionLost", "LipsError", "ProtocolViolation", "RequestError", "Timeout"]
+__all__ = [
+    "CheckpointError",
+    "ConnectionLost",
+    "LipsError",
+    "ProtocolViolation",
+    "RequestError",
+    "Timeout",
+]
 
 
 class LipsError(Exception):
@@ -32,3 +39,11 @@ class ConnectionLost(LipsError, ConnectionError):
 
 class ProtocolViolation(LipsError):
     """The server sent something the protocol does not allow."""
+
+
+class CheckpointError(LipsError):
+    """
+    A checkpoint cannot be made or restored: a state msgpack cannot encode, a file
+    name that is not a plain name in the working directory, a file that cannot be read
+    or written, a malformed checkpoint.
+    """

@@ -23,10 +23,10 @@ import enum
 import itertools
 from collections.abc import Sequence
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import attrs
-import msgpack
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from lips.client import _checkpoint
 from lips.errors import ConnectionLost, ProtocolViolation, RequestError, Timeout
 from lips.space import Kind
 from lips.tuples import (
@@ -540,33 +541,34 @@ class TupleSpaceClient:
         """Read the oldest matching tuple, or fire with C{None} at once if there is none."""
         return self._take(Kind.RDP, template, None)
 
-    def checkpoint(self, state: Any) -> defer.Deferred[None]:
+    def checkpoint(
+        self, state: Any, files: Sequence[str] = (), directory: Path | None = None
+    ) -> defer.Deferred[None]:
         """
         Store C{state} as this process's checkpoint, as its next event.  C{state} is
-        anything msgpack encodes (numbers, strings, bytes, lists, dicts, None, bools),
-        up to the server's tuple size (else C{TypeError} or L{TupleTooLarge} at once).
-        It replaces the process's last checkpoint, and
-        the answers logged for its earlier events are discarded.  Fires once the
-        checkpoint is stable: on a replicated space, once every server holds it.
+        anything msgpack encodes (numbers, strings, bytes, lists, dicts, None, bools);
+        C{files} names files of the working directory (or C{directory}) kept with it.
+        The whole must fit the server's tuple size (else L{CheckpointError} or
+        L{TupleTooLarge} at once).  It replaces the process's last checkpoint, and the
+        answers logged for its earlier events are discarded.  Fires once the checkpoint
+        is stable: on a replicated space, once every server holds it.
         """
-        try:
-            blob = msgpack.packb(state, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise TypeError(f"a checkpoint's state must be msgpack-encodable: {e}") from None
+        blob = _checkpoint.pack(state, files, directory)
         d = self._request(CheckpointRequest(self._event + 1, blob), max_size=self.max_size)
         self._event += 1
         return d.addCallback(_expect, Stored).addCallback(lambda _: None)
 
-    def recover(self) -> defer.Deferred[Any]:
+    def recover(self, directory: Path | None = None) -> defer.Deferred[Any]:
         """
-        This process's last checkpoint state, or C{None} if it has none.  Call it first,
-        before any other operation: from here the process's event numbers continue
-        after its checkpoint (from 1 with none).  Its next operations that the space
-        has logged are answered from the log -- an C{in_} or C{rd} gets the tuple it got
-        the first time, an C{out} is not stored again -- until it passes the point where
-        it stopped, and then it is active again.  The process must be deterministic
-        between checkpoints for that to hold (keep random generators' state in the
-        checkpoint, say).
+        This process's last checkpoint state, or C{None} if it has none; the files kept
+        with it are written back into the working directory (or C{directory}) first.
+        Call it first, before any other operation: from here the process's event
+        numbers continue after its checkpoint (from 1 with none).  Its next operations
+        that the space has logged are answered from the log -- an C{in_} or C{rd} gets
+        the tuple it got the first time, an C{out} is not stored again -- until it
+        passes the point where it stopped, and then it is active again.  The process
+        must be deterministic between checkpoints for that to hold (keep random
+        generators' state in the checkpoint, say).
         """
         d = self._request(RecoverRequest())
 
@@ -575,8 +577,9 @@ class TupleSpaceClient:
             if r.event is None or r.state is None:
                 self._event = 0
                 return None
+            state = _checkpoint.unpack(r.state, directory)
             self._event = r.event
-            return msgpack.unpackb(r.state, raw=False, strict_map_key=False)
+            return state
 
         return d.addCallback(recovered)
 

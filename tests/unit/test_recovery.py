@@ -5,13 +5,16 @@ L{TupleSpaceClient.recover}, on a local and on a replicated space.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import msgpack
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lips.client import TupleSpaceClient
-from lips.errors import RequestError
+from lips.client import TupleSpaceClient, _checkpoint
+from lips.errors import CheckpointError, RequestError
 from lips.replica import Replica
 from lips.ring import RingId
 from lips.server import MessageServer
@@ -90,7 +93,7 @@ class RecoveryTests(SynchronousTestCase):
     def test_state_must_encode_and_fit(self) -> None:
         """A state msgpack cannot encode, or larger than the server's limit, is refused."""
         a = self.connect()
-        self.assertRaises(TypeError, a.checkpoint, object())
+        self.assertRaises(CheckpointError, a.checkpoint, object())
         self.assertRaises(TupleTooLarge, a.checkpoint, bytes(a.max_size + 1))
         self.assertEqual(a.event, 0)
 
@@ -124,5 +127,53 @@ class RecoveryTests(SynchronousTestCase):
         self.assertNoResult(d)
         replica.safe(ring, 2)
         self.assertIsNone(self.wait(d))
-        self.assertEqual(replica.space.recovered(a.pid), (1, b"\x92\x01\x02"))
+        recovered = replica.space.recovered(a.pid)
+        assert recovered is not None
+        self.assertEqual(recovered[0], 1)
         self.assertEqual(self.wait(a.recover()), [1, 2])
+
+
+class CheckpointFilesTests(SynchronousTestCase):
+    """Level 3: files of the working directory kept with a checkpoint, and restored."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock)
+        self.here = Path(self.mktemp())
+        self.here.mkdir()
+
+    def test_files_restored_elsewhere(self) -> None:
+        """Files kept with a checkpoint come back, whole, in another directory."""
+        (self.here / "partial.dat").write_bytes(b"\x00" * 1000 + b"end")
+        (self.here / "notes.txt").write_text("step 3\n")
+        os.chmod(self.here / "notes.txt", 0o640)
+        a, pump = memory_client(self.server, self.clock)
+        d = a.checkpoint({"step": 3}, ["partial.dat", "notes.txt"], self.here)
+        pump.flush()
+        self.successResultOf(d)
+        other = Path(self.mktemp())
+        other.mkdir()
+        (other / "notes.txt").write_text("stale")
+        b, pump = memory_client(self.server, self.clock, a.pid)
+        d = b.recover(other)
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), {"step": 3})
+        self.assertEqual((other / "partial.dat").read_bytes(), b"\x00" * 1000 + b"end")
+        self.assertEqual((other / "notes.txt").read_text(), "step 3\n")
+        self.assertEqual((other / "notes.txt").stat().st_mode & 0o777, 0o640)
+        self.assertEqual(sorted(p.name for p in other.iterdir()), ["notes.txt", "partial.dat"])
+
+    def test_names_must_be_plain(self) -> None:
+        """Only plain names in the working directory: no paths, no '..'."""
+        a, _ = memory_client(self.server, self.clock)
+        for bad in ("../x", "/etc/passwd", "a/b", "..", ".", ""):
+            self.assertRaises(CheckpointError, a.checkpoint, 1, [bad], self.here)
+        self.assertRaises(CheckpointError, a.checkpoint, 1, ["missing"], self.here)
+
+    def test_malicious_checkpoint_writes_nothing(self) -> None:
+        """A checkpoint naming a path outside the directory is refused whole."""
+        blob = msgpack.packb([1, "s", [["ok", 0o600, b"x"], ["../evil", 0o600, b"x"]]])
+        self.assertRaises(CheckpointError, _checkpoint.unpack, blob, self.here)
+        self.assertEqual(list(self.here.iterdir()), [])
+        for bad in (b"\xc1", msgpack.packb([2, "s", []]), msgpack.packb([1, "s", [["a", 1]]])):
+            self.assertRaises(CheckpointError, _checkpoint.unpack, bad, self.here)
