@@ -114,11 +114,23 @@ class _Watcher(ProcessProtocol):
 
     def __init__(self) -> None:
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self._waiters: list[defer.Deferred[None]] = []
         self.reason: Failure | None = None
 
     def processEnded(self, reason: Failure) -> None:
         self.reason = reason
         self.ended.callback(None)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self) -> defer.Deferred[None]:
+        """A new Deferred that fires when the process has ended (one to time out)."""
+        if self.reason is not None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
 
 def _free_port() -> int:
@@ -182,11 +194,11 @@ class TwistdServer:
         with contextlib.suppress(error.ProcessExitedAlready):
             self.transport.signalProcess("TERM")
         try:
-            await within(self.watcher.ended, STOP_DEADLINE)
+            await within(self.watcher.wait(), STOP_DEADLINE)
         except defer.TimeoutError:
             with contextlib.suppress(error.ProcessExitedAlready):
                 self.transport.signalProcess("KILL")
-            await within(self.watcher.ended, STOP_DEADLINE)
+            await within(self.watcher.wait(), STOP_DEADLINE)
 
 
 def _spawn(

@@ -1,0 +1,171 @@
+# mypy: disable-error-code="untyped-decorator"
+# (pytest-twisted ships no type hints, so its decorators are untyped.)
+"""
+The LiPS runtime end to end: two FixServers and two MessageServers (each pair a ring),
+two lipsd, and the fault-tolerant primes application of C{examples/ftprimes.py} with many
+workers, some of them killed with SIGKILL while it runs.  The answer must be exact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest_twisted
+from twisted.internet.task import deferLater
+
+import lips.client
+from lips.client import TupleSpaceClient
+from lips.node import eval_request
+from lips.testing import ClusterMember, write_cluster
+from tests.integration._support import ServerFarm, TwistdServer, eventually, within
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+ftprimes: Any = importlib.import_module("ftprimes")
+
+BOUND = 1_500_000
+TASKS = 60
+WORKERS = 6
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _free(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _workers(lipsd: TwistdServer) -> list[int]:
+    """The OS ids of a lipsd's running worker children."""
+    pid = lipsd.transport.pid
+    assert isinstance(pid, int)
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "ftprimes:worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) -> None:
+    """
+    Six workers on two nodes count the primes below 1,500,000 in 60 tasks,
+    checkpointing every three; two workers are killed with SIGKILL mid-run.  lipsd
+    restarts each with its process id, it recovers its checkpoint and replays from the
+    log, and the master's total is exact with every task counted once.
+    """
+    members = [
+        ClusterMember(f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role=r)
+        for n, r in ((1, "fixserver"), (2, "fixserver"))
+    ] + [
+        ClusterMember(f"m{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM))
+        for n in (1, 2)
+    ]
+    path = write_cluster(tmp_path / "cluster", members)
+    started = {
+        m.name: servers.spawn(
+            "--config",
+            str(path),
+            "--name",
+            m.name,
+            port=m.tcp_port,
+            role=f"lips-{m.role}",
+        )
+        for m in members
+    }
+
+    async def serving() -> bool:
+        for server in started.values():
+            try:
+                stats = await server.stats()
+            except Exception:
+                return False
+            if stats["space.mode"] != "serving" or stats["space.members"] != 2:
+                return False
+        return True
+
+    await eventually(serving, 30, "both rings serving")
+    app_endpoints = [started[n].endpoint for n in ("m1", "m2")]
+    nodes = {}
+    for name in ("n1", "n2"):
+        nodes[name] = servers.spawn(
+            "--config",
+            str(path),
+            "--name",
+            name,
+            "--interval",
+            "0.25",
+            *(arg for ep in app_endpoints for arg in ("--app", ep)),
+            "--pythonpath",
+            str(EXAMPLES),
+            "--max-load",
+            "1000",
+            "--min-cpu-idle",
+            "0",
+            "--min-free-memory",
+            "0",
+            "--restart-delay",
+            "0.1",
+            port=0,
+            role="lips-node",
+        )
+    system: TupleSpaceClient = await within(
+        lips.client.connect(_reactor(), [started[n].endpoint for n in ("f1", "f2")])
+    )
+    space: TupleSpaceClient = await within(lips.client.connect(_reactor(), app_endpoints))
+    try:
+        for name in nodes:
+            await within(system.rd(("node", name, int, float, float, int, int, bool), timeout=10))
+        for t in ftprimes.tasks(BOUND, TASKS):
+            await within(space.out(t))
+        for w in range(WORKERS):
+            node = ("n1", "n2")[w % 2]
+            await within(eval_request(system, ("worker", w), "ftprimes:worker", w, nodes=[node]))
+
+        total = 0
+        seen: set[int] = set()
+        killed = 0
+        while len(seen) < TASKS:
+            _, tid, n = await within(space.in_(("result", int, int)), 60)
+            assert tid not in seen, f"task {tid} counted twice"
+            seen.add(tid)
+            total += n
+            if killed < 2 and len(seen) >= TASKS * (killed + 1) // 3:
+                # Kill a worker on each node in turn, mid-run.
+                victims = _workers(nodes[("n1", "n2")[killed]])
+                if victims:
+                    psutil.Process(victims[0]).send_signal(signal.SIGKILL)
+                    killed += 1
+        assert killed == 2
+        assert total == ftprimes.count_primes(0, BOUND)
+        for _ in range(WORKERS):
+            await within(space.out(("task", -1, 0, 0)))
+        counted = 0
+        for w in range(WORKERS):
+            done = await within(space.in_(("worker", w, int), timeout=30))
+            counted += done[2]
+        assert counted == total  # each worker's own tally, across its restarts
+        assert await within(space.inp(("result", int, int))) is None
+        assert await within(space.inp(("task", int, int, int))) is None
+    finally:
+        await within(system.close())
+        await within(space.close())
+        # The nodes go first, while the servers they report to are still there.
+        for lipsd in nodes.values():
+            await lipsd.stop()
+        await deferLater(_reactor(), 0)
