@@ -11,30 +11,16 @@ with no result counted twice.
 
 from __future__ import annotations
 
-import math
+import importlib
+from collections.abc import Callable
 from typing import Any
+
+# The sieve of examples/primes.py: this module runs as a top-level module (lipsd puts
+# examples/ on the children's path), so it imports its neighbour by that name.
+count_primes: Callable[[int, int], int] = importlib.import_module("primes").count_primes
 
 #: Tasks a worker completes between two checkpoints.
 CHECKPOINT_EVERY = 3
-
-
-def count_primes(lo: int, hi: int) -> int:
-    """The number of primes p with lo <= p < hi (a segmented sieve)."""
-    if hi <= 2:
-        return 0
-    lo = max(lo, 2)
-    root = math.isqrt(hi - 1)
-    small = bytearray([1]) * (root + 1)
-    small[:2] = b"\x00\x00"
-    for i in range(2, math.isqrt(root) + 1):
-        if small[i]:
-            small[i * i :: i] = bytearray(len(range(i * i, root + 1, i)))
-    segment = bytearray([1]) * (hi - lo)
-    for p in range(2, root + 1):
-        if small[p]:
-            start = max(p * p, (lo + p - 1) // p * p)
-            segment[start - lo :: p] = bytearray(len(range(start, hi, p)))
-    return sum(segment)
 
 
 def worker(space: Any, wid: int) -> int:
