@@ -15,6 +15,7 @@ from lips.node._eval import (
     NodeReport,
     NoNodeAvailable,
     Placed,
+    Replaced,
     decode_args,
     eval_request,
     eval_template,
@@ -22,8 +23,16 @@ from lips.node._eval import (
     least_loaded,
     new_pid,
     process_template,
+    replace_processes,
 )
-from lips.node._lipsd import NodeService, SystemSpace, declare_down, poll, publish
+from lips.node._lipsd import (
+    NodeService,
+    Processes,
+    SystemSpace,
+    declare_down,
+    poll,
+    publish,
+)
 from lips.node._process import ProcessService, ReactorSpawner, child_input
 from lips.node._sampler import PsutilSampler
 from lips.node._state import (
@@ -67,11 +76,13 @@ __all__ = [
     "NoNodeAvailable",
     "NodeReport",
     "Placed",
+    "Processes",
     "ProcessFailed",
     "ProcessService",
     "ProcessSpec",
     "ProcessState",
     "ReactorSpawner",
+    "Replaced",
     "RestartPolicy",
     "Supervised",
     "Supervisor",
@@ -84,6 +95,7 @@ __all__ = [
     "least_loaded",
     "new_pid",
     "process_template",
+    "replace_processes",
     "STATE_TAG",
     "UP_TAG",
     "ISampler",

@@ -1,7 +1,8 @@
 """
 lipsd's work in the System Tuple Space, and the thin Twisted service that runs it.
 
-The three exchanges (L{publish}, L{poll}, L{declare_down}) are written against any
+The exchanges (L{publish}, L{poll}, L{declare_down}, and
+L{lips.node.replace_processes}) are written against any
 L{SystemSpace} (a L{lips.client.TupleSpaceClient}, or a fake); the decisions are made by
 the sans-IO cores L{NodeMonitor} and L{Watchdog}.  Why the exchanges are exactly-once
 is explained in C{docs/node.md}.
@@ -9,7 +10,7 @@ is explained in C{docs/node.md}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.application import service
@@ -17,29 +18,20 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from lips.node._eval import Chooser, Placed, least_loaded, replace_processes
 from lips.node._state import (
     DOWN_TAG,
     UP_TAG,
     NodeMonitor,
     NodeState,
+    SystemSpace,
     down_template,
     state_template,
     up_template,
 )
 from lips.node._watchdog import Suspect, Watchdog
-from lips.tuples import LTuple
 
-__all__ = ["NodeService", "SystemSpace", "declare_down", "poll", "publish"]
-
-
-class SystemSpace(Protocol):
-    """The operations lipsd uses on the System Tuple Space (a client's, structurally)."""
-
-    def out(self, values: Sequence[Any]) -> defer.Deferred[None]: ...
-
-    def inp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]: ...
-
-    def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]: ...
+__all__ = ["NodeService", "Processes", "SystemSpace", "declare_down", "poll", "publish"]
 
 
 async def publish(space: SystemSpace, state: NodeState, *, joining: bool) -> bool:
@@ -85,6 +77,17 @@ async def declare_down(space: SystemSpace, suspect: Suspect, watcher: str) -> bo
     return True
 
 
+class Processes(Protocol):
+    """What L{NodeService} needs of the node's L{lips.node.ProcessService}."""
+
+    @property
+    def fenced(self) -> bool: ...
+
+    def fence(self) -> None: ...
+
+    async def adopt(self, client: SystemSpace) -> list[int]: ...
+
+
 class _Client(SystemSpace, Protocol):
     @property
     def state(self) -> str: ...
@@ -101,8 +104,15 @@ class NodeService(service.Service):
     FixServers (by C{connect}, with failover), it publishes the node's state and runs
     the watchdog's round.  A round that is still waiting (a failover) delays the next.
 
+    With C{processes} (the node's L{lips.node.ProcessService}), it also restarts the
+    processes of the nodes its watchdog found down on other nodes (chosen by
+    C{chooser}), fences its own processes when no report of its own has gone in for
+    C{fence_after} seconds, and runs again the processes whose records still name
+    this node when it joins, comes back from a fence, or finds itself declared down.
+
     @ivar declared: the suspects this lipsd declared down.
     @ivar taken_in: how many times this node took itself in again.
+    @ivar moved: the processes this lipsd restarted elsewhere, as L{Placed}.
     """
 
     log = Logger()
@@ -112,32 +122,63 @@ class NodeService(service.Service):
         monitor: NodeMonitor,
         connect: Connect,
         watchdog: Watchdog | None = None,
+        processes: Processes | None = None,
+        *,
+        chooser: Chooser = least_loaded,
+        fence_after: float | None = None,
     ) -> None:
         self.monitor = monitor
         self.watchdog = watchdog
+        self.processes = processes
+        self.chooser = chooser
+        self.fence_after = fence_after
         self._connect = connect
         self._client: _Client | None = None
         self._loop: LoopingCall | None = None
+        self._guard: LoopingCall | None = None
         self._joining = True
+        self._last_report = 0.0
+        self._waiting: set[str] = set()
         self.declared: list[Suspect] = []
+        self.moved: list[Placed] = []
         self.taken_in = 0
         self.rounds = 0
 
     def startService(self) -> None:
         service.Service.startService(self)
+        clock = self.monitor.clock
+        self._last_report = clock.seconds()
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.monitor.clock
+        self._loop.clock = clock
         self._loop.start(self.monitor.interval, now=True)
+        if self.processes is not None and self.fence_after is not None:
+            self._guard = LoopingCall(self._check_fence)
+            self._guard.clock = clock
+            self._guard.start(min(self.fence_after, self.monitor.interval) / 4, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        for loop in (self._loop, self._guard):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._loop = self._guard = None
         client, self._client = self._client, None
         if client is None:
             return defer.succeed(None)
         return client.close()
+
+    def _check_fence(self) -> None:
+        processes, limit = self.processes, self.fence_after
+        if processes is None or limit is None or processes.fenced:
+            return
+        silent = self.monitor.clock.seconds() - self._last_report
+        if silent >= limit:
+            self.log.warn(
+                "No report of {node} for {silent:.2f} s: fencing its processes",
+                node=self.monitor.name,
+                silent=silent,
+            )
+            processes.fence()
 
     def _tick(self) -> defer.Deferred[None]:
         d = defer.Deferred.fromCoroutine(self._round())
@@ -155,9 +196,14 @@ class NodeService(service.Service):
             self._client = await self._connect()
         client = self._client
         state = self.monitor.report()
-        if await publish(client, state, joining=self._joining):
+        taken_in = await publish(client, state, joining=self._joining)
+        self._last_report = self.monitor.clock.seconds()
+        if taken_in:
             self.taken_in += 1
             self.log.info("Node {name} taken in again", name=state.name)
+        processes = self.processes
+        if processes is not None and (taken_in or self._joining or processes.fenced):
+            await processes.adopt(client)
         self._joining = False
         self.rounds += 1
         if self.watchdog is None:
@@ -173,3 +219,32 @@ class NodeService(service.Service):
                     silent=suspect.silent_for,
                 )
             self.watchdog.tried(suspect)
+        if processes is not None:
+            await self._replace(client, self.watchdog)
+
+    async def _replace(self, client: SystemSpace, watchdog: Watchdog) -> None:
+        """Restart the processes of every watched node declared down elsewhere."""
+        for name in watchdog.silent():
+            if await client.rdp(down_template(name)) is None:
+                self._waiting.discard(name)
+                continue
+            nodes = [n for n in (self.monitor.name, *watchdog.nodes) if n != name]
+            result = await replace_processes(client, name, nodes, self.chooser)
+            for placed in result.moved:
+                self.log.warn(
+                    "Process {pid} of down node {down} restarted on {node}",
+                    pid=placed.pid,
+                    down=name,
+                    node=placed.node,
+                )
+            self.moved.extend(result.moved)
+            if result.waiting and name not in self._waiting:
+                self.log.warn(
+                    "Processes of down node {down} wait: no idle node among {nodes}",
+                    down=name,
+                    nodes=nodes,
+                )
+            if result.waiting:
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)

@@ -145,7 +145,13 @@ class ProcessService(service.Service):
     restarts)}.
 
     @param endpoints: the application's MessageServers, for requests that name none.
-    @ivar started: the process ids started here, in order.
+    With C{fenced}, requests taken are held, not started, until L{adopt} runs (lipsd
+    calls it once its first report is in, and whenever it finds itself declared
+    down); L{fence} stops every child and holds requests again.  See "Restarting a
+    down node's processes" in C{docs/node.md}.
+
+    @ivar started: the process ids started here from requests, in order.
+    @ivar adopted: the process ids started (again) here by L{adopt}, in order.
     """
 
     log = Logger()
@@ -156,6 +162,8 @@ class ProcessService(service.Service):
         connect: Connect,
         clock: IReactorTime,
         endpoints: Sequence[str] = (),
+        *,
+        fenced: bool = False,
     ) -> None:
         self.supervisor = supervisor
         self.clock = clock
@@ -164,7 +172,10 @@ class ProcessService(service.Service):
         self._client: _Client | None = None
         self._loop: defer.Deferred[None] | None = None
         self._writes: list[defer.Deferred[None]] = []
+        self._held: list[EvalRequest] = []
+        self.fenced = fenced
         self.started: list[int] = []
+        self.adopted: list[int] = []
         supervisor.on_finished = self._finished
         supervisor.on_failed = self._failed
 
@@ -213,23 +224,93 @@ class ProcessService(service.Service):
                 continue
             self._request(values)
 
+    def fence(self) -> None:
+        """
+        Stop every child (they may be restarted on another node) and hold the requests
+        taken until L{adopt}.
+        """
+        stopped = self.supervisor.fence()
+        if stopped and not self.fenced:
+            self.log.warn(
+                "Node {node} fenced: stopped processes {pids}",
+                node=self.supervisor.node,
+                pids=stopped,
+            )
+        self.fenced = True
+
+    async def adopt(self, client: SystemSpace) -> list[int]:
+        """
+        Fence, then run (again) every process whose record still names this node:
+        each record is taken with C{inp} (so a watchdog moving the node's processes
+        concurrently gets each one or not at all), its pending request for this node
+        taken, the record put back, and the process started.  Then the held requests
+        whose records still name this node are started.
+
+        @return: the process ids adopted.
+        """
+        node = self.supervisor.node
+        self.fence()
+        writes = list(self._writes)
+        if writes:
+            await defer.DeferredList(writes, consumeErrors=True)
+        records = []
+        while (record := await client.inp(process_template(node=node))) is not None:
+            records.append(record)
+        requests = []
+        for record in records:
+            try:
+                request = EvalRequest.from_record(record)
+            except ValueError as e:
+                self.log.error("Dropped a bad process record: {error}", error=str(e))
+                continue
+            await client.inp(eval_template(node, request.spec.pid))
+            await client.out(record)
+            requests.append(request)
+        held, self._held = self._held, []
+        self.fenced = False
+        adopted = []
+        for request in requests:
+            if self._start(request):
+                adopted.append(request.spec.pid)
+        self.adopted.extend(adopted)
+        for request in held:
+            pid = request.spec.pid
+            known = self.supervisor.processes.get(pid)
+            if known is not None and not known.state.final:
+                continue
+            if await client.rdp(process_template(pid, node)) is not None and self._start(request):
+                self.started.append(pid)
+        if adopted:
+            self.log.info("Node {node} runs processes {pids} again", node=node, pids=adopted)
+        return adopted
+
     def _request(self, values: LTuple) -> None:
         try:
             request = EvalRequest.from_tuple(values)
         except ValueError as e:
             self.log.error("Dropped a bad eval request: {error}", error=str(e))
             return
+        if self.fenced:
+            self._held.append(request)
+            return
+        if self._start(request):
+            self.started.append(request.spec.pid)
+            self.log.info(
+                "Started process {pid}: {target}",
+                pid=request.spec.pid,
+                target=request.spec.target,
+            )
+
+    def _start(self, request: EvalRequest) -> bool:
         spec = request.spec
         if not spec.endpoints:
             if not self.endpoints:
                 self._failed(
                     ProcessFailed(spec.pid, self.supervisor.node, "no application endpoints", 0)
                 )
-                return
+                return False
             spec = ProcessSpec(spec.pid, spec.target, spec.fields, spec.args, self.endpoints)
-        if self.supervisor.start(spec):
-            self.started.append(spec.pid)
-            self.log.info("Started process {pid}: {target}", pid=spec.pid, target=spec.target)
+        return self.supervisor.start(spec)
 
     def _write(self, work: Callable[[_Client], Any]) -> None:
         async def run() -> None:
@@ -250,13 +331,13 @@ class ProcessService(service.Service):
         self.log.info("Process {pid} finished", pid=spec.pid)
 
         async def work(client: _Client) -> None:
-            await client.inp(process_template(spec.pid))
+            await client.inp(process_template(spec.pid, self.supervisor.node))
 
         self._write(work)
 
     def _failed(self, record: ProcessFailed) -> None:
         async def work(client: _Client) -> None:
-            await client.inp(process_template(record.pid))
-            await client.out(record.as_tuple())
+            if await client.inp(process_template(record.pid, record.node)) is not None:
+                await client.out(record.as_tuple())
 
         self._write(work)

@@ -9,9 +9,11 @@ Nothing here does I/O: the sampler and the clock are injected.
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
@@ -26,6 +28,7 @@ __all__ = [
     "NodeMonitor",
     "NodeState",
     "Sample",
+    "SystemSpace",
     "down_template",
     "state_template",
     "up_template",
@@ -37,6 +40,16 @@ STATE_TAG: Final = "node"
 DOWN_TAG: Final = "node-down"
 #: The first field of the tuple that says a node is up (joined, or taken in again).
 UP_TAG: Final = "node-up"
+
+
+class SystemSpace(Protocol):
+    """The operations lipsd uses on the System Tuple Space (a client's, structurally)."""
+
+    def out(self, values: Sequence[Any]) -> defer.Deferred[None]: ...
+
+    def inp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]: ...
+
+    def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]: ...
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:

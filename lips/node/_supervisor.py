@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import math
 import re
 import signal as signals
@@ -280,6 +281,8 @@ class Supervisor:
     on_failed: Callable[[ProcessFailed], None] = attrs.field(default=_ignore)
     processes: dict[int, Supervised] = attrs.field(init=False, factory=dict)
     stopped: bool = attrs.field(init=False, default=False)
+    _generations: Any = attrs.field(init=False, factory=lambda: itertools.count(1))
+    _dying: dict[int, int] = attrs.field(init=False, factory=dict)
 
     @property
     def running(self) -> list[Supervised]:
@@ -301,12 +304,28 @@ class Supervisor:
         if known is not None and not known.state.final:
             return False
         proc = self.processes[spec.pid] = Supervised(spec)
-        self._launch(proc)
+        if spec.pid in self._dying:
+            # A terminated child of this process has not ended yet: never two at once.
+            proc.state = ProcessState.WAITING
+        else:
+            self._launch(proc)
         return True
 
     def stop(self) -> None:
         """Stop supervising: cancel pending restarts and terminate the running children."""
         self.stopped = True
+        self.fence()
+
+    def fence(self) -> list[int]:
+        """
+        Stop every process (terminate its child, cancel its restart) but go on
+        supervising: they may have been restarted on another node.  A process started
+        again before its terminated child has ended waits for that end, so two children
+        of one process id never run at once.
+
+        @return: the ids of the processes stopped.
+        """
+        stopped = []
         for proc in self.processes.values():
             if proc.state.final:
                 continue
@@ -315,10 +334,13 @@ class Supervisor:
             proc.call = None
             if proc.child is not None:
                 proc.child.terminate()
+                self._dying[proc.spec.pid] = proc.generation
             proc.state = ProcessState.STOPPED
+            stopped.append(proc.spec.pid)
+        return stopped
 
     def _launch(self, proc: Supervised) -> None:
-        proc.generation += 1
+        proc.generation = next(self._generations)
         proc.starts += 1
         proc.state = ProcessState.RUNNING
         generation, pid = proc.generation, proc.spec.pid
@@ -332,6 +354,17 @@ class Supervisor:
             self._ended(pid, generation, Exit(error=f"{type(e).__name__}: {e}"))
 
     def _ended(self, pid: int, generation: int, exit: Exit) -> None:
+        if self._dying.get(pid) == generation:
+            del self._dying[pid]
+            waiting = self.processes.get(pid)
+            if (
+                waiting is not None
+                and waiting.state is ProcessState.WAITING
+                and waiting.call is None
+                and not self.stopped
+            ):
+                self._launch(waiting)
+            return
         proc = self.processes.get(pid)
         if proc is None or proc.generation != generation or proc.state is not ProcessState.RUNNING:
             return  # an older child of the process, or a process stopped meanwhile

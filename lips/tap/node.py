@@ -2,7 +2,8 @@
 C{twistd lips-node}: lipsd, the node daemon.  It writes its node's state into the
 System Tuple Space (served by the FixServers of the cluster file) every interval, runs
 the watchdog over the nodes it is told to watch, and runs the processes eval places on
-its node, restarting them when they crash.
+its node, restarting them when they crash; it restarts the processes of the nodes it
+finds down on another node, and stops its own when its reports cannot go in.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Options(usage.Options):
         " their reports stop for --misses intervals.  Run the processes eval places on"
         " this node (connected to the MessageServers of --app-config or --app), and"
         " restart a crashed one with the same process id, failing it after"
-        " --max-restarts crashes within --restart-window seconds."
+        " --max-restarts crashes within --restart-window seconds.  Restart the processes"
+        " of a node declared down on another idle node, with the same process ids."
     )
 
     optParameters: list[Any] = [
@@ -239,7 +241,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     def connect_processes() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-eval", reconnect=True)
 
+    processes = ProcessService(supervisor, connect_processes, reactor, options["app"], fenced=True)
+    # Fence half an interval before a watchdog can declare this node down.
+    fence_after = (options["misses"] - 0.5) * options["interval"]
     top = service.MultiService()
-    top.addService(NodeService(monitor, connect, watchdog))
-    top.addService(ProcessService(supervisor, connect_processes, reactor, options["app"]))
+    top.addService(NodeService(monitor, connect, watchdog, processes, fence_after=fence_after))
+    top.addService(processes)
     return top

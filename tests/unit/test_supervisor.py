@@ -25,7 +25,9 @@ from lips.node import (
     Exit,
     IChild,
     ISpawner,
+    NodeMonitor,
     NodeReport,
+    NodeService,
     NoNodeAvailable,
     ProcessFailed,
     ProcessService,
@@ -33,6 +35,7 @@ from lips.node import (
     ProcessState,
     RestartPolicy,
     Supervisor,
+    Watchdog,
     child_input,
     decode_args,
     eval_request,
@@ -41,13 +44,14 @@ from lips.node import (
     least_loaded,
     new_pid,
     process_template,
+    replace_processes,
 )
 from lips.node.child import load, read_input
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.tap import node as node_tap
 from lips.testing import ClusterMember, write_cluster
 from lips.tuples import make_template, packb
-from tests.unit.test_node import FakeClient, matching
+from tests.unit.test_node import BUSY, FakeClient, FakeSampler, matching
 
 SPEC = ProcessSpec(7, "evalapp:square", ("sq", 7), packb([7]), ("tcp:host=127.0.0.1:port=1",))
 
@@ -208,6 +212,22 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual((self.finished, self.failed, len(self.spawner.children)), ([], [], 2))
         with self.assertRaises(RuntimeError):
             self.supervisor.start(SPEC)
+
+    def test_fence_never_two_children(self) -> None:
+        """A fenced process's child is terminated and its restart cancelled; started
+        again, it waits for the terminated child to end before a new one is spawned."""
+        self.supervisor.start(SPEC)
+        old = self.spawner.last
+        self.assertEqual(self.supervisor.fence(), [7])
+        self.assertTrue(old.terminated)
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.STOPPED)
+        self.assertTrue(self.supervisor.start(SPEC))
+        self.assertEqual(len(self.spawner.children), 1)
+        old.ended(Exit(signal=15))
+        self.assertEqual(len(self.spawner.children), 2)
+        self.assertIs(self.supervisor.processes[7].state, ProcessState.RUNNING)
+        self.spawner.last.ended(Exit(code=0))
+        self.assertEqual((self.finished, self.failed), ([SPEC], []))
 
     def test_stale_end_ignored(self) -> None:
         """An end reported twice (or by an older child) is counted once."""
@@ -430,6 +450,268 @@ class ProcessServiceTests(SynchronousTestCase):
         publish_state(self.space, "n1", 0.1)
         self.place()
         self.assertEqual(len(self.spawner.children), 1)
+
+
+def place_on(space: TupleSpace, node: str, pid: int) -> None:
+    """Put out process C{pid}'s record and request for C{node}, as eval_request does."""
+    request = EvalRequest(node, ProcessSpec(pid, "evalapp:square", ("sq", pid), packb([pid]), ()))
+    client = FakeClient(space)
+    client.out(request.record())
+    client.out(request.as_tuple())
+
+
+class ReplaceProcessesTests(SynchronousTestCase):
+    """replace_processes against the real tuple-space core."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+        place_on(self.space, "n1", 5)
+        place_on(self.space, "n1", 6)
+        place_on(self.space, "n9", 7)
+
+    def test_moved_once_by_two_lipsd(self) -> None:
+        """Two lipsd moving the processes of one down node at once, their operations
+        interleaved one by one: each process gets one new record and one request, on
+        an idle node; the down node's records and requests are gone; others untouched."""
+        publish_state(self.space, "n2", 0.1)
+        publish_state(self.space, "n3", 0.5)
+        w1, w2 = FakeClient(self.space, hold=True), FakeClient(self.space, hold=True)
+        d1 = defer.ensureDeferred(replace_processes(w1, "n1", ["n1", "n2", "n3"]))
+        d2 = defer.ensureDeferred(replace_processes(w2, "n1", ["n2", "n3"]))
+        while w1.held or w2.held:
+            for w in (w1, w2):
+                if w.held:
+                    w.release()
+        r1, r2 = self.successResultOf(d1), self.successResultOf(d2)
+        self.assertEqual(sorted(p.pid for p in r1.moved + r2.moved), [5, 6])
+        self.assertFalse(r1.waiting or r2.waiting)
+        self.assertEqual(matching(self.space, process_template(node="n1")), [])
+        self.assertEqual(matching(self.space, eval_template("n1")), [])
+        records = matching(self.space, process_template(node="n2"))
+        self.assertEqual(sorted(r[1] for r in records), [5, 6])
+        requests = matching(self.space, eval_template("n2"))
+        self.assertEqual(sorted(r[2] for r in requests), [5, 6])
+        self.assertEqual(len(matching(self.space, process_template(7, "n9"))), 1)
+
+    def test_wait_for_idle_node(self) -> None:
+        """With no idle node nothing is taken and the records wait; once a node is
+        idle they are moved to it."""
+        publish_state(self.space, "n2", 3.0, idle=False)
+        client = FakeClient(self.space)
+        result = self.successResultOf(
+            defer.ensureDeferred(replace_processes(client, "n1", ["n1", "n2"]))
+        )
+        self.assertEqual((result.moved, result.waiting), ((), True))
+        self.assertEqual(len(matching(self.space, process_template(node="n1"))), 2)
+        self.assertEqual(len(matching(self.space, eval_template("n1"))), 2)
+        client.inp(("node", "n2", int, float, float, int, int, bool))
+        publish_state(self.space, "n2", 0.1)
+        result = self.successResultOf(
+            defer.ensureDeferred(replace_processes(client, "n1", ["n1", "n2"]))
+        )
+        self.assertEqual(sorted(p.pid for p in result.moved), [5, 6])
+        self.assertEqual({p.node for p in result.moved}, {"n2"})
+
+
+class Lipsd:
+    """One node's lipsd on the fake clock: NodeService and ProcessService, a fake
+    spawner, fake clients of one shared space."""
+
+    def __init__(
+        self,
+        space: NotifyingSpace,
+        clock: Clock,
+        name: str,
+        watch: list[str],
+        fence_after: float | None = None,
+    ) -> None:
+        self.name = name
+        self.space = space
+        self.sampler = FakeSampler()
+        self.spawner = FakeSpawner()
+        self.supervisor = Supervisor(name, self.spawner, clock, policy=RestartPolicy())
+        self.processes = ProcessService(
+            self.supervisor,
+            lambda: defer.succeed(BlockingFake(space)),
+            clock,
+            endpoints=("tcp:host=127.0.0.1:port=9",),
+            fenced=True,
+        )
+        monitor = NodeMonitor(name, self.sampler, clock, interval=1.0)
+        dog = Watchdog(watch, clock, interval=1.0, misses=3)
+        self.node = NodeService(
+            monitor,
+            lambda: defer.succeed(FakeClient(space)),
+            dog,
+            self.processes,
+            fence_after=fence_after,
+        )
+        self.processes.startService()
+        self.node.startService()
+        self.cut: FakeClient | None = None
+
+    def pids(self) -> list[int]:
+        """The process ids of the children not told to end."""
+        return [c.spec.pid for c in self.spawner.children if not c.terminated]
+
+    def kill(self) -> None:
+        """SIGKILL: lipsd says nothing more; its children end with it (orphaned)."""
+        node = self.node
+        assert node._loop is not None and node._guard is None
+        node._loop.stop()
+        node._loop = None
+        node._client = None
+        children = [c for c in self.spawner.children if not c.terminated]
+        self.processes.fenced = False
+        assert self.processes._loop is not None
+        self.processes._loop.cancel()
+        self.processes.stopService()
+        for c in children:
+            c.ended(Exit(code=75))
+
+    def partition(self) -> None:
+        """lipsd's reports stop going in (its operations are held), its children run."""
+        self.cut = FakeClient(self.space, hold=True)
+        self.node._client = self.cut
+
+    def heal(self) -> None:
+        """The held operations go in, in order, and the round finishes."""
+        cut = self.cut
+        assert cut is not None
+        while cut.held:
+            cut.release()
+        cut.hold = False
+
+    def stop(self) -> list[defer.Deferred[Any]]:
+        done = []
+        if self.node.running:
+            done.append(self.node.stopService())
+        if self.processes.running:
+            done.append(self.processes.stopService())
+        return done
+
+
+class FailoverTests(SynchronousTestCase):
+    """Down nodes' processes restarted elsewhere by lipsd services on a fake clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.space = NotifyingSpace()
+        self.nodes: list[Lipsd] = []
+
+    def start(self, name: str, watch: list[str], fence_after: float | None = None) -> Lipsd:
+        node = Lipsd(self.space, self.clock, name, watch, fence_after)
+        self.nodes.append(node)
+        return node
+
+    def tearDown(self) -> None:
+        for n in self.nodes:
+            for d in n.stop():
+                self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def place(self, node: str, pid: int) -> None:
+        self.successResultOf(
+            defer.ensureDeferred(
+                eval_request(
+                    FakeClient(self.space), ("sq", 3), "evalapp:square", 3, nodes=[node], pid=pid
+                )
+            )
+        )
+
+    def test_down_node_processes_restarted_once(self) -> None:
+        """n1 dies with two processes; n2 and n3 both watch it: each process is
+        restarted exactly once, with its process id, on one of them, and its record
+        names that node."""
+        n1 = self.start("n1", ["n2", "n3"])
+        n2 = self.start("n2", ["n1", "n3"])
+        n3 = self.start("n3", ["n1", "n2"])
+        self.place("n1", 21)
+        self.place("n1", 22)
+        self.assertEqual(sorted(n1.pids()), [21, 22])
+        n1.kill()
+        self.clock.pump([0.5] * 20)
+        self.assertEqual(sorted(n2.pids() + n3.pids()), [21, 22])
+        self.assertEqual(len(n2.node.moved) + len(n3.node.moved), 2)
+        for pid in (21, 22):
+            (record,) = matching(self.space, process_template(pid))
+            self.assertIn(pid, {"n2": n2, "n3": n3}[record[2]].pids())
+        self.assertEqual(matching(self.space, eval_template("n1")), [])
+
+    def test_waits_for_idle_node(self) -> None:
+        """With no idle node the down node's processes wait (their records still name
+        it); once a node is idle they are restarted there."""
+        n1 = self.start("n1", ["n2"])
+        n2 = self.start("n2", ["n1"])
+        self.place("n1", 31)
+        n2.sampler.current = BUSY
+        self.clock.advance(1.0)
+        n1.kill()
+        self.clock.pump([0.5] * 20)
+        self.assertEqual(n2.pids(), [])
+        self.assertEqual(len(matching(self.space, process_template(31, "n1"))), 1)
+        self.assertIn("n1", n2.node._waiting)
+        n2.sampler.current = FakeSampler().current
+        self.clock.pump([0.5] * 4)
+        self.assertEqual(n2.pids(), [31])
+        self.assertEqual(len(matching(self.space, process_template(31, "n2"))), 1)
+
+    def test_fenced_node_does_not_run_moved_processes(self) -> None:
+        """A node whose reports stop going in stops its children before it can be
+        declared down; its process is restarted on n2; when its reports go in again
+        it runs nothing (the record names n2): never two children of one id at once."""
+        n1 = self.start("n1", ["n2"], fence_after=2.5)
+        n2 = self.start("n2", ["n1"], fence_after=2.5)
+        self.place("n1", 41)
+        (child,) = n1.spawner.children
+        n1.partition()
+        running_together = []
+        for _ in range(12):
+            self.clock.advance(0.5)
+            if n2.pids() and n1.pids():
+                running_together.append(self.clock.seconds())
+            if child.terminated and child.spec.pid in n1.supervisor._dying:
+                child.ended(Exit(signal=15))
+        self.assertTrue(child.terminated)
+        self.assertEqual(running_together, [])
+        self.assertEqual(n2.pids(), [41])
+        n1.heal()
+        self.clock.pump([0.5] * 6)
+        self.assertEqual(n1.pids(), [])
+        self.assertEqual(len(n1.spawner.children), 1)
+        self.assertEqual(n2.pids(), [41])
+        self.assertEqual(n1.node.taken_in, 1)
+        (record,) = matching(self.space, process_template(41))
+        self.assertEqual(record[2], "n2")
+
+    def test_declared_down_node_stops_moved_processes(self) -> None:
+        """Without the fence, a node that finds itself declared down stops the
+        children whose processes were moved, and does not start them again."""
+        n1 = self.start("n1", ["n2"])
+        n2 = self.start("n2", ["n1"])
+        self.place("n1", 51)
+        n1.partition()
+        self.clock.pump([0.5] * 12)
+        self.assertEqual(n2.pids(), [51])
+        n1.heal()
+        self.assertEqual(n1.pids(), [])
+        self.assertEqual(len(n1.spawner.children), 1)
+        n1.spawner.last.ended(Exit(signal=15))
+        self.clock.pump([0.5] * 4)
+        self.assertEqual(n1.pids(), [])
+        self.assertEqual(n2.pids(), [51])
+
+    def test_records_still_naming_node_run_again(self) -> None:
+        """A lipsd restarted before it was declared down runs again the processes
+        whose records still name its node, once each, and takes their requests."""
+        n1 = self.start("n1", [])
+        self.place("n1", 61)
+        n1.kill()
+        place_on(self.space, "n1", 62)
+        again = self.start("n1", [])
+        self.assertEqual(sorted(again.pids()), [61, 62])
+        self.assertEqual(matching(self.space, eval_template("n1")), [])
+        self.assertEqual(sorted(again.processes.adopted), [61, 62])
 
 
 class NotifyingSpace(TupleSpace):

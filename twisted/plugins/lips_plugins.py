@@ -11,5 +11,8 @@ lipsFixServer = ServiceMaker(
     "LiPS FixServer", "lips.tap.fixserver", "The System Tuple Space.", "lips-fixserver"
 )
 lipsNode = ServiceMaker(
-    "LiPS node daemon", "lips.tap.node", "lipsd: node state and watchdog.", "lips-node"
+    "LiPS node daemon",
+    "lips.tap.node",
+    "lipsd: node state, watchdog, eval'd processes, failover.",
+    "lips-node",
 )
