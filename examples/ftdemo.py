@@ -8,8 +8,8 @@ injected on purpose.
 It starts, on loopback, two FixServers (the System Tuple Space) and three
 MessageServers (the application's space), each a replicated ring, and two lipsd nodes;
 then it counts the primes below a bound with workers started by eval
-(C{examples/ftprimes.py}).  While it runs it kills a worker process, and then the
-MessageServer every client is connected to, with SIGKILL.  It shows a progress bar,
+(C{examples/ftprimes.py}).  While it runs it kills, with SIGKILL, a worker process,
+then the MessageServer every client is connected to, then a whole node.  It shows a progress bar,
 then what failed and how the system recovered, and checks the answer against a sieve
 of its own.  Exit status 0 means the answer is exact.
 """
@@ -120,6 +120,8 @@ class Cluster:
                 "lips-node",
                 "--interval",
                 "0.25",
+                "--watch",
+                "n2" if name == "n1" else "n1",
                 *app,
                 "--pythonpath",
                 str(HERE),
@@ -206,7 +208,7 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
         )
         progress = Progress(args.tasks)
         total, seen = 0, set[int]()
-        faults = [] if args.no_faults else [args.tasks // 3, args.tasks // 2]
+        faults = [] if args.no_faults else [args.tasks // 4, args.tasks // 2, args.tasks * 3 // 4]
         pending_kill: tuple[str, float, int] | None = None
         while len(seen) < args.tasks:
             _, tid, n = await space.in_(("result", int, int), timeout=60)
@@ -227,7 +229,20 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
                 pending_kill = None
             if faults and len(seen) >= faults[0]:
                 fault = faults.pop(0)
-                if fault == args.tasks // 3:
+                if fault == args.tasks * 3 // 4:
+                    moved = [w for w, (_, node) in pids.items() if node == "n2"]
+                    killed_at = time.monotonic()
+                    cluster.kill("n2")
+                    note = "<- killed node n2 (its lipsd; its workers end with it)"
+                    down = await system.rd(("node-down", "n2", int, str), timeout=30)
+                    declared = time.monotonic()
+                    summary.append(
+                        f"  node n2 (lipsd and the {len(moved)} workers it ran): killed"
+                        f" (SIGKILL) at {len(seen)}/{args.tasks} results -> {down[3]}"
+                        f" declared it down after {1000 * (declared - killed_at):.0f} ms and"
+                        f" restarted its workers, with their process ids, on n1"
+                    )
+                elif fault == args.tasks // 4:
                     victims = cluster.workers("n1")
                     if victims:
                         victim = victims[0]

@@ -65,9 +65,11 @@ def _workers(lipsd: TwistdServer) -> list[int]:
 async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) -> None:
     """
     Six workers on two nodes count the primes below 1,500,000 in 60 tasks,
-    checkpointing every three; two workers are killed with SIGKILL mid-run.  lipsd
-    restarts each with its process id, it recovers its checkpoint and replays from the
-    log, and the master's total is exact with every task counted once.
+    checkpointing every three; two workers, and then one whole lipsd, are killed with
+    SIGKILL mid-run.  lipsd restarts a killed worker with its process id; the node that
+    is left declares the other down and restarts its workers, with their ids.  Each
+    recovers its checkpoint and replays from the log, and the master's total is exact
+    with every task counted once.
     """
     members = [
         ClusterMember(f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role=r)
@@ -110,6 +112,8 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
             name,
             "--interval",
             "0.25",
+            "--watch",
+            "n2" if name == "n1" else "n1",
             *(arg for ep in app_endpoints for arg in ("--app", ep)),
             "--pythonpath",
             str(EXAMPLES),
@@ -145,13 +149,20 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
             assert tid not in seen, f"task {tid} counted twice"
             seen.add(tid)
             total += n
-            if killed < 2 and len(seen) >= TASKS * (killed + 1) // 3:
+            if killed < 2 and len(seen) >= TASKS * (killed + 1) // 4:
                 # Kill a worker on each node in turn, mid-run.
                 victims = _workers(nodes[("n1", "n2")[killed]])
                 if victims:
                     psutil.Process(victims[0]).send_signal(signal.SIGKILL)
                     killed += 1
-        assert killed == 2
+            elif killed == 2 and len(seen) >= TASKS * 3 // 4:
+                # Then a whole node: lipsd n2 (its workers end with it); n1 declares it
+                # down and restarts n2's workers with their process ids.
+                nodes["n2"].transport.signalProcess("KILL")
+                killed += 1
+        assert killed == 3
+        down = await within(system.rd(("node-down", "n2", int, str), timeout=10))
+        assert down[3] == "n1"
         assert total == ftprimes.count_primes(0, BOUND)
         for _ in range(WORKERS):
             await within(space.out(("task", -1, 0, 0)))
