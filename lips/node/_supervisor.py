@@ -173,11 +173,12 @@ class RestartPolicy:
     """
     When to restart a crashed process.
 
-    The n-th crash within the last C{window} seconds is restarted after
-    C{min(max_delay, delay * factor ** (n - 1))} seconds; crash number
+    The first crash within the last C{window} seconds is restarted at once (a process
+    killed once should be back as soon as possible); the n-th, for n >= 2, after
+    C{min(max_delay, delay * factor ** (n - 2))} seconds; crash number
     C{max_restarts + 1} within the window fails the process instead.
 
-    @ivar delay: the delay before the first restart.
+    @ivar delay: the delay before the second restart within the window.
     @ivar factor: what each further crash within the window multiplies it by.
     @ivar max_delay: the longest delay.
     @ivar max_restarts: the most restarts within the window (0: fail at the first crash).
@@ -194,7 +195,9 @@ class RestartPolicy:
         """The delay before restarting after the C{crashes}-th crash in the window."""
         if crashes < 1:
             raise ValueError("backoff follows a crash")
-        exponent = min(crashes - 1, 64)
+        if crashes == 1:
+            return 0.0
+        exponent = min(crashes - 2, 64)
         return min(self.max_delay, self.delay * self.factor**exponent)
 
 

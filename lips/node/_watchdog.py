@@ -95,7 +95,9 @@ class Watchdog:
             if seen.seq is None or seen.tried == seen.seq:
                 continue
             silent = now - seen.since
-            if silent >= self.limit:
+            # Rounds come every interval, give or take the reactor's jitter: a round due
+            # exactly at the limit must not miss it by a hair and wait a whole interval.
+            if silent >= self.limit - self.interval / 4:
                 found.append(Suspect(name, seen.seq, silent))
         return found
 

@@ -81,7 +81,7 @@ class Options(usage.Options):
         [
             "interval",
             "i",
-            1.0,
+            0.2,
             "Seconds between reports.",
             _number("interval", positive=True),
         ],
@@ -130,7 +130,7 @@ class Options(usage.Options):
             "restart-delay",
             None,
             0.1,
-            "Seconds before the first restart of a crashed process.",
+            "Seconds before the second restart of a crashed process (the first is at once).",
             _number("restart-delay"),
         ],
         [

@@ -44,6 +44,8 @@ __all__ = [
     "TwistdServer",
     "eventually",
     "expect_error",
+    "free_port",
+    "live_children",
     "make_pki",
     "run_twistd",
     "within",
@@ -320,10 +322,31 @@ class ServerFarm:
 
 
 def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    return free_port(socket.SOCK_DGRAM)
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port free on loopback for C{kind} (TCP by default), as far as one can tell."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def live_children(server: TwistdServer, target: str) -> list[int]:
+    """The OS ids of a lipsd's live children running C{target} (C{module:function})."""
+    import psutil
+
+    pid = server.transport.pid
+    assert isinstance(pid, int)
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if target in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return found
 
 
 @attrs.define(eq=False)

@@ -14,7 +14,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest_twisted
 
 import lips.client
@@ -22,7 +21,7 @@ from lips.client import TupleSpaceClient
 from lips.node import FAILED_TAG, eval_request, failed_template, process_template
 from lips.testing import ClusterMember, write_cluster
 from lips.tuples import ANY
-from tests.integration._support import ServerFarm, eventually, within
+from tests.integration._support import ServerFarm, eventually, free_port, live_children, within
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -31,25 +30,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _children(lipsd_pid: int, target: str) -> list[int]:
-    """The OS ids of lipsd's children running C{target}."""
-    found = []
-    for child in psutil.Process(lipsd_pid).children():
-        try:
-            if target in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
 
 
 @pytest_twisted.ensureDeferred
@@ -62,9 +42,7 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
     process-failed record; finished and failed processes leave no process record.
     """
     members = [
-        ClusterMember(
-            f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role="fixserver"
-        )
+        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role="fixserver")
         for n in (1, 2)
     ]
     path = write_cluster(tmp_path / "cluster", members)
@@ -138,11 +116,11 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
         first = running[3]
         lipsd_pid = lipsd.transport.pid
         assert isinstance(lipsd_pid, int)
-        assert _children(lipsd_pid, "evalapp:wait_then_square") == [first]
+        assert live_children(lipsd, "evalapp:wait_then_square") == [first]
         os.kill(first, signal.SIGKILL)
 
         async def restarted() -> bool:
-            now = _children(lipsd_pid, "evalapp:wait_then_square")
+            now = live_children(lipsd, "evalapp:wait_then_square")
             return bool(now) and first not in now
 
         await eventually(restarted, 8, "the killed child restarted")

@@ -18,7 +18,7 @@ import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import down_template, state_template, up_template
 from lips.testing import ClusterMember, write_cluster
-from tests.integration._support import ServerFarm, TwistdServer, eventually, within
+from tests.integration._support import ServerFarm, TwistdServer, eventually, free_port, within
 
 INTERVAL = 0.25
 MISSES = 3
@@ -28,13 +28,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _lipsd(servers: ServerFarm, path: Path, name: str, watch: str) -> TwistdServer:
@@ -62,8 +55,7 @@ async def test_node_down_and_back(servers: ServerFarm, tmp_path: Path) -> None:
     node-down tuple is gone and its node-up tuple is back.
     """
     members = [
-        ClusterMember(f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM))
-        for n in (1, 2)
+        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port()) for n in (1, 2)
     ]
     members = [
         ClusterMember(m.name, m.id, m.ring_port, m.tcp_port, role="fixserver") for m in members

@@ -14,7 +14,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest_twisted
 
 import lips.client
@@ -22,7 +21,14 @@ from lips.client import TupleSpaceClient
 from lips.node import down_template, eval_request, process_template, state_template
 from lips.testing import ClusterMember, write_cluster
 from lips.tuples import ANY
-from tests.integration._support import ServerFarm, TwistdServer, eventually, within
+from tests.integration._support import (
+    ServerFarm,
+    TwistdServer,
+    eventually,
+    free_port,
+    live_children,
+    within,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INTERVAL = 0.25
@@ -33,27 +39,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _children(server: TwistdServer) -> list[int]:
-    """The OS ids of the lipsd's live children running the test's target."""
-    pid = server.transport.pid
-    assert isinstance(pid, int)
-    found = []
-    for child in psutil.Process(pid).children():
-        try:
-            if TARGET in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
 
 
 def _lipsd(servers: ServerFarm, path: Path, app: str, name: str, watch: str) -> TwistdServer:
@@ -92,9 +77,7 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
     passive tuple, and its first out, already applied, is not applied again.
     """
     members = [
-        ClusterMember(
-            f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role="fixserver"
-        )
+        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role="fixserver")
         for n in (1, 2)
     ]
     path = write_cluster(tmp_path / "cluster", members)
@@ -130,7 +113,7 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
         assert placed.node == "n1"
         running = await within(space.rd(("running", 4, int, int), timeout=8))
         assert running[2] == placed.pid
-        assert _children(n1) == [running[3]]
+        assert live_children(n1, TARGET) == [running[3]]
 
         n1.transport.signalProcess("KILL")
         os.kill(running[3], signal.SIGKILL)
@@ -141,7 +124,7 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
         assert record[1:3] == (placed.pid, "n2")
 
         async def restarted() -> bool:
-            return bool(_children(n2))
+            return bool(live_children(n2, TARGET))
 
         await eventually(restarted, 8, "the process restarted under n2's lipsd")
         await within(space.out(("go", 4)))

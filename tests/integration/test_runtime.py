@@ -23,7 +23,13 @@ import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import eval_request
 from lips.testing import ClusterMember, write_cluster
-from tests.integration._support import ServerFarm, TwistdServer, eventually, within
+from tests.integration._support import (
+    ServerFarm,
+    eventually,
+    free_port,
+    live_children,
+    within,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -40,27 +46,6 @@ def _reactor() -> Any:
     return reactor
 
 
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _workers(lipsd: TwistdServer) -> list[int]:
-    """The OS ids of a lipsd's running worker children."""
-    pid = lipsd.transport.pid
-    assert isinstance(pid, int)
-    found = []
-    for child in psutil.Process(pid).children():
-        try:
-            if "ftprimes:worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest_twisted.ensureDeferred
 async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) -> None:
     """
@@ -72,12 +57,9 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
     with every task counted once.
     """
     members = [
-        ClusterMember(f"f{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role=r)
+        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role=r)
         for n, r in ((1, "fixserver"), (2, "fixserver"))
-    ] + [
-        ClusterMember(f"m{n}", n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM))
-        for n in (1, 2)
-    ]
+    ] + [ClusterMember(f"m{n}", n, free_port(socket.SOCK_DGRAM), free_port()) for n in (1, 2)]
     path = write_cluster(tmp_path / "cluster", members)
     started = {
         m.name: servers.spawn(
@@ -151,7 +133,7 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
             total += n
             if killed < 2 and len(seen) >= TASKS * (killed + 1) // 4:
                 # Kill a worker on each node in turn, mid-run.
-                victims = _workers(nodes[("n1", "n2")[killed]])
+                victims = live_children(nodes[("n1", "n2")[killed]], "ftprimes:worker")
                 if victims:
                     psutil.Process(victims[0]).send_signal(signal.SIGKILL)
                     killed += 1

@@ -118,15 +118,14 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.supervisor.running, [])
 
     def test_restart_same_pid(self) -> None:
-        """A child killed by a signal is started again after the first delay, with the
-        same spec (so the same process id), and its later clean exit finishes it."""
+        """A child killed by a signal is started again at once (on the reactor's next
+        turn), with the same spec (so the same process id), and its later clean exit
+        finishes it."""
         self.supervisor.start(SPEC)
         self.spawner.last.ended(Exit(signal=9))
         self.assertEqual(len(self.spawner.children), 1)
         self.assertIs(self.supervisor.processes[7].state, ProcessState.WAITING)
-        self.clock.advance(0.099)
-        self.assertEqual(len(self.spawner.children), 1)
-        self.clock.advance(0.001)
+        self.clock.advance(0)
         self.assertEqual(len(self.spawner.children), 2)
         self.assertEqual(self.spawner.last.spec, SPEC)
         self.assertEqual(self.supervisor.processes[7].restarts, 1)
@@ -135,7 +134,7 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.failed, [])
 
     def test_backoff_doubles_to_cap(self) -> None:
-        """Crashes within the window wait 0.1, 0.2, 0.4, then the cap 0.5 s."""
+        """The first crash restarts at once; the next wait 0.1, 0.2, 0.4, then 0.5 s."""
         policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=10)
         supervisor = Supervisor("n1", self.spawner, self.clock, policy=policy)
         supervisor.start(SPEC)
@@ -145,7 +144,7 @@ class SupervisorTests(SynchronousTestCase):
             (call,) = self.clock.getDelayedCalls()
             delays.append(round(call.getTime() - self.clock.seconds(), 9))
             self.clock.advance(call.getTime() - self.clock.seconds())
-        self.assertEqual(delays, [0.1, 0.2, 0.4, 0.5, 0.5])
+        self.assertEqual(delays, [0.0, 0.1, 0.2, 0.4, 0.5])
         supervisor.stop()
 
     def test_fails_past_threshold(self) -> None:
@@ -177,7 +176,7 @@ class SupervisorTests(SynchronousTestCase):
         for _ in range(4):
             self.spawner.last.ended(Exit(signal=9))
             (call,) = self.clock.getDelayedCalls()
-            self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 0.1)
+            self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 0.0)  # a first
             self.clock.advance(11.0)
         self.assertEqual((failed, len(self.spawner.children)), ([], 5))
         supervisor.stop()
