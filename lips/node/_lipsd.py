@@ -44,8 +44,15 @@ async def publish(space: SystemSpace, state: NodeState, *, joining: bool) -> boo
     """
     name = state.name
     down = await space.inp(down_template(name))
-    await space.inp(state_template(name))
+    # The new report goes in before the old ones come out, so a reader (eval placing a
+    # process, a watchdog) always finds one; reads return the oldest, so they see the
+    # previous report until it is gone, which is harmless.
     await space.out(state.as_tuple())
+    while True:
+        oldest = await space.rdp(state_template(name))
+        if oldest is None or oldest[2] == state.seq:
+            break
+        await space.inp(state_template(name, oldest[2]))
     if down is not None or joining:
         await space.inp(up_template(name))
         await space.out((UP_TAG, name, state.seq))

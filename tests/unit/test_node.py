@@ -286,6 +286,21 @@ class PublishTests(SynchronousTestCase):
         self.assertEqual([s[2] for s in states], [3])
         self.assertEqual(matching(space, up_template("n1")), [(UP_TAG, "n1", 1)])
 
+    def test_new_report_before_old_ones_go(self) -> None:
+        """
+        The new report is stored before the old ones are taken, so a reader never finds
+        none, and every older one goes, an earlier run's of a higher number too.
+        """
+        space = TupleSpace()
+        client = FakeClient(space, hold=True)
+        space.out(99, 1, make_tuple(_state("n1", 57).as_tuple()))  # an earlier run's
+        d = defer.ensureDeferred(publish(client, _state("n1", 1), joining=True))
+        while client.held:
+            client.release()
+            self.assertNotEqual(matching(space, state_template("n1")), [])
+        self.successResultOf(d)
+        self.assertEqual([s[2] for s in matching(space, state_template("n1"))], [1])
+
     def test_taken_in_again(self) -> None:
         """A node that finds itself declared down removes the down tuple and says it is
         up, replacing its earlier node-up tuple."""
