@@ -249,7 +249,9 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
                         killed_at = time.monotonic()
                         victim.send_signal(signal.SIGKILL)
                         note = f"<- killed a worker process on n1 (os pid {victim.pid})"
-                        restarted = await _restarted(reactor, cluster, "n1", victim.pid)
+                        restarted = await _restarted(
+                            reactor, cluster, "n1", victim.pid, len(victims)
+                        )
                         summary.append(
                             f"  worker process on n1 (os pid {victim.pid}): killed (SIGKILL) at"
                             f" {len(seen)}/{args.tasks} results -> lipsd restarted it with the"
@@ -290,13 +292,15 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
         await space.close()
 
 
-async def _restarted(reactor: Any, cluster: Cluster, node: str, old: int) -> float:
-    """When lipsd C{node} has a worker again that is not C{old} (the restart)."""
-    count = len(cluster.workers(node))
+async def _restarted(reactor: Any, cluster: Cluster, node: str, old: int, before: int) -> float:
+    """
+    When lipsd C{node}, which ran C{before} workers with C{old} among them, runs as many
+    again without C{old}: the killed one was restarted.
+    """
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         current = [p.pid for p in cluster.workers(node)]
-        if old not in current and len(current) >= count + 1:
+        if old not in current and len(current) >= before:
             return time.monotonic()
         await task.deferLater(reactor, 0.005)
     raise AssertionError(f"lipsd {node} did not restart the killed worker")
