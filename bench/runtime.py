@@ -8,8 +8,9 @@ by side at the end:
    replayed its events since then from the space's log, and answered a new request.  It
    is split into lipsd's restart, the new interpreter starting up, connecting,
    C{recover()}, and replay plus the new operation.  Against the application space on
-   a 3-server ring and on one server, with lipsd's default restart delay (0.1 s) and
-   with none.  Beside it: the Chameleon paper's Execution ARMOR recovery, 2,428 ms
+   a 3-server ring and on one server, with lipsd's default restart delay (0.1 s, which
+   applies from a process's second crash in the window: the first restart is at once)
+   and with none.  Beside it: the Chameleon paper's Execution ARMOR recovery, 2,428 ms
    (target under 250 ms).
 
 2. Node down: two lipsd watch each other; one gets SIGKILL.  The figure is the time
