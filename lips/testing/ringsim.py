@@ -422,10 +422,14 @@ class RingSimulation:
             yield f"node {n}: {e.state.value} ring {e.ring} members {e.members}"
 
 
+_CHECKPOINTER = 7
+
+
 class ReplicatedSimulation(RingSimulation):
     """
     The ring carrying a replicated tuple space: every node runs a L{Replica}; clients
-    make C{out}, C{in} and C{inp} operations at random servers, and move to another
+    make C{out}, C{in} and C{inp} operations (and one process checkpoints) at random
+    servers, and move to another
     server (same process id and event number) when theirs crashes or answers
     UNAVAILABLE or BUSY, as the client library does.
 
@@ -537,6 +541,23 @@ class ReplicatedSimulation(RingSimulation):
         from lips.space import Kind
         from lips.tuples import make_template
 
+        if self.rng.random() < 0.1:
+            # Process 7 keeps checkpointing (and storing tuples nobody takes): its
+            # checkpoints must survive like any answered operation.  Like a real
+            # process it waits for each answer before its next operation (a checkpoint
+            # discards the log of the events before it).
+            last = (_CHECKPOINTER, self._events[_CHECKPOINTER])
+            if last in self.ops and last not in self.answers:
+                return
+            self._events[_CHECKPOINTER] += 1
+            key = (_CHECKPOINTER, self._events[_CHECKPOINTER])
+            if self.rng.random() < 0.5:
+                op = Operation(Kind.OUT, *key, ("ck", i))
+            else:
+                op = Operation(Kind.CHECKPOINT, *key, b"state-%d" % key[1])
+            self.ops[key] = op
+            self._do_send(key)
+            return
         pid = self.rng.randint(1, 6)
         self._events[pid] += 1
         key = (pid, self._events[pid])
@@ -602,8 +623,17 @@ class ReplicatedSimulation(RingSimulation):
         space = next(iter(self.replicas.values())).space
         remaining = set(space.tuples())
         for key, op in self.ops.items():
-            if key not in self.answers and op.kind in (Kind.OUT, Kind.INP):
+            if key not in self.answers and op.kind in (Kind.OUT, Kind.INP, Kind.CHECKPOINT):
                 self._fail(f"progress: {op.kind.name} {key} was never answered")
+        stored = [
+            key[1]
+            for key, (c, when) in self.answers.items()
+            if self.ops[key].kind is Kind.CHECKPOINT and when >= self.wiped_at
+        ]
+        if stored:
+            last = space.recovered(_CHECKPOINTER)
+            if last is None or last[0] < max(stored) or last[1] != b"state-%d" % last[0]:
+                self._fail(f"no loss: checkpoint {max(stored)} answered, the space has {last}")
         taken = set()
         for key, op in self.ops.items():
             logged = space.answered(*key)

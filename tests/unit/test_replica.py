@@ -429,6 +429,26 @@ class ReplicatedSimulationTests(SynchronousTestCase):
                 caught += 1
         self.assertGreater(caught, 0)
 
+    def test_checker_catches_a_lost_checkpoint(self) -> None:
+        """A state transfer that drops the checkpoints is caught."""
+        original = TupleSpace.restoring
+
+        def forgetful(
+            cls: type[TupleSpace], data: bytes, *args: object
+        ) -> Generator[None, None, TupleSpace]:
+            space = yield from original(data)
+            space._checkpoints.clear()
+            return space
+
+        self.patch(TupleSpace, "restoring", classmethod(forgetful))
+        caught = 0
+        for seed in range(60):
+            try:
+                ReplicatedSimulation.random(seed).run()
+            except InvariantViolation:
+                caught += 1
+        self.assertGreater(caught, 0)
+
     def test_checker_catches_a_failed_transfer(self) -> None:
         """A state transfer that restores nothing is caught."""
         original = TupleSpace.restoring
