@@ -38,7 +38,10 @@ __all__ = [
     "PKI",
     "TWISTD",
     "RawPeer",
+    "ANY_LOAD",
+    "EXAMPLES",
     "RingCluster",
+    "Rings",
     "ServerDidNotStart",
     "ServerFarm",
     "TwistdServer",
@@ -48,6 +51,8 @@ __all__ = [
     "live_children",
     "make_pki",
     "run_twistd",
+    "spawn_lipsd",
+    "start_rings",
     "within",
 ]
 
@@ -436,6 +441,74 @@ class RingCluster:
 
         await eventually(ready, 30, f"servers {names} serving in a ring of {want}")
         return latest
+
+
+#: The examples' directory: the modules lipsd's children import (C{--pythonpath}).
+EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
+
+#: lipsd options that count a node idle however loaded the test machine is.
+ANY_LOAD: Final = ("--max-load", "1000", "--min-cpu-idle", "0", "--min-free-memory", "0")
+
+
+@attrs.frozen
+class Rings:
+    """The FixServers (C{f1}...) and MessageServers (C{m1}...) of one cluster file."""
+
+    path: Path
+    servers: Mapping[str, TwistdServer]
+
+    def endpoints(self, role: str) -> list[str]:
+        """The client endpoints of the servers of C{role} (C{"fixserver"}, ...)."""
+        return [s.endpoint for name, s in self.servers.items() if name[0] == role[0]]
+
+
+async def start_rings(
+    farm: ServerFarm, directory: Path, fixservers: int = 2, msgservers: int = 0
+) -> Rings:
+    """
+    Write a cluster file of C{fixservers} FixServers and C{msgservers} MessageServers
+    (each role its own ring), start them all, and return once every one serves in a
+    ring of all its role's servers.
+    """
+    counts = {"fixserver": fixservers, "msgserver": msgservers}
+    members = [
+        ClusterMember(f"{role[0]}{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role=role)
+        for role, count in counts.items()
+        for n in range(1, count + 1)
+    ]
+    path = write_cluster(directory / "cluster", members)
+    servers = {
+        m.name: farm.spawn(
+            "--config", str(path), "--name", m.name, port=m.tcp_port, role=f"lips-{m.role}"
+        )
+        for m in members
+    }
+
+    async def serving() -> bool:
+        for m in members:
+            try:
+                stats = await servers[m.name].stats()
+            except Exception:
+                return False
+            if stats["space.mode"] != "serving" or stats["space.members"] != counts[m.role]:
+                return False
+        return True
+
+    await eventually(serving, 30, "every ring serving")
+    return Rings(path, servers)
+
+
+def spawn_lipsd(
+    farm: ServerFarm, path: Path, name: str, *options: str, processes: bool = True
+) -> TwistdServer:
+    """
+    Start C{twistd lips-node} as node C{name} of cluster file C{path}, with C{options};
+    with C{processes}, it may run the examples' functions on any load.
+    """
+    extra = ("--pythonpath", str(EXAMPLES), *ANY_LOAD) if processes else ()
+    return farm.spawn(
+        "--config", str(path), "--name", name, *extra, *options, port=0, role="lips-node"
+    )
 
 
 async def run_twistd(*args: str, cwd: Path) -> tuple[int, str]:

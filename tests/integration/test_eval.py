@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,15 @@ import pytest_twisted
 import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import FAILED_TAG, eval_request, failed_template, process_template
-from lips.testing import ClusterMember, write_cluster
 from lips.tuples import ANY
-from tests.integration._support import ServerFarm, eventually, free_port, live_children, within
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.integration._support import (
+    ServerFarm,
+    eventually,
+    live_children,
+    spawn_lipsd,
+    start_rings,
+    within,
+)
 
 
 def _reactor() -> Any:
@@ -41,56 +44,23 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
     and finishes (its first out not repeated); one that always crashes is failed with a
     process-failed record; finished and failed processes leave no process record.
     """
-    members = [
-        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role="fixserver")
-        for n in (1, 2)
-    ]
-    path = write_cluster(tmp_path / "cluster", members)
-    fix = [
-        servers.spawn(
-            "--config", str(path), "--name", m.name, port=m.tcp_port, role="lips-fixserver"
-        )
-        for m in members
-    ]
+    rings = await start_rings(servers, tmp_path)
     app = await servers.start()
-
-    async def serving() -> bool:
-        for f in fix:
-            try:
-                stats = await f.stats()
-            except Exception:
-                return False
-            if stats["space.mode"] != "serving" or stats["space.members"] != 2:
-                return False
-        return True
-
-    await eventually(serving, 20, "both FixServers serving in one ring")
-    lipsd = servers.spawn(
-        "--config",
-        str(path),
-        "--name",
+    lipsd = spawn_lipsd(
+        servers,
+        rings.path,
         "n1",
         "--interval",
         "0.25",
         "--app",
         app.endpoint,
-        "--pythonpath",
-        str(EXAMPLES),
-        "--max-load",
-        "1000",
-        "--min-cpu-idle",
-        "0",
-        "--min-free-memory",
-        "0",
         "--restart-delay",
         "0.1",
         "--max-restarts",
         "2",
-        port=0,
-        role="lips-node",
     )
     system: TupleSpaceClient = await within(
-        lips.client.connect(_reactor(), [f.endpoint for f in fix])
+        lips.client.connect(_reactor(), rings.endpoints("fixserver"))
     )
     space = await app.connect()
     try:

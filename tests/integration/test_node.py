@@ -8,7 +8,6 @@ by the other, restarted, and taken in again.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,14 @@ import pytest_twisted
 import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import down_template, state_template, up_template
-from lips.testing import ClusterMember, write_cluster
-from tests.integration._support import ServerFarm, TwistdServer, eventually, free_port, within
+from tests.integration._support import (
+    ServerFarm,
+    TwistdServer,
+    eventually,
+    spawn_lipsd,
+    start_rings,
+    within,
+)
 
 INTERVAL = 0.25
 MISSES = 3
@@ -31,10 +36,9 @@ def _reactor() -> Any:
 
 
 def _lipsd(servers: ServerFarm, path: Path, name: str, watch: str) -> TwistdServer:
-    return servers.spawn(
-        "--config",
-        str(path),
-        "--name",
+    return spawn_lipsd(
+        servers,
+        path,
         name,
         "--interval",
         str(INTERVAL),
@@ -42,8 +46,7 @@ def _lipsd(servers: ServerFarm, path: Path, name: str, watch: str) -> TwistdServ
         str(MISSES),
         "--watch",
         watch,
-        port=0,
-        role="lips-node",
+        processes=False,
     )
 
 
@@ -54,32 +57,9 @@ async def test_node_down_and_back(servers: ServerFarm, tmp_path: Path) -> None:
     tuple) within the configured intervals; restarted, it is taken in again: its
     node-down tuple is gone and its node-up tuple is back.
     """
-    members = [
-        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port()) for n in (1, 2)
-    ]
-    members = [
-        ClusterMember(m.name, m.id, m.ring_port, m.tcp_port, role="fixserver") for m in members
-    ]
-    path = write_cluster(tmp_path / "cluster", members)
-    fix = {
-        m.name: servers.spawn(
-            "--config", str(path), "--name", m.name, port=m.tcp_port, role="lips-fixserver"
-        )
-        for m in members
-    }
-    endpoints = [f.endpoint for f in fix.values()]
-
-    async def serving() -> bool:
-        for f in fix.values():
-            try:
-                stats = await f.stats()
-            except Exception:
-                return False
-            if stats["space.mode"] != "serving" or stats["space.members"] != 2:
-                return False
-        return True
-
-    await eventually(serving, 20, "both FixServers serving in one ring")
+    rings = await start_rings(servers, tmp_path)
+    path = rings.path
+    endpoints = rings.endpoints("fixserver")
     n1 = _lipsd(servers, path, "n1", "n2")
     _lipsd(servers, path, "n2", "n1")
     client: TupleSpaceClient = await within(lips.client.connect(_reactor(), endpoints))

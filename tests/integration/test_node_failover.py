@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,17 @@ import pytest_twisted
 import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import down_template, eval_request, process_template, state_template
-from lips.testing import ClusterMember, write_cluster
 from lips.tuples import ANY
 from tests.integration._support import (
     ServerFarm,
     TwistdServer,
     eventually,
-    free_port,
     live_children,
+    spawn_lipsd,
+    start_rings,
     within,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INTERVAL = 0.25
 TARGET = "evalapp:wait_then_square"
 
@@ -42,10 +40,9 @@ def _reactor() -> Any:
 
 
 def _lipsd(servers: ServerFarm, path: Path, app: str, name: str, watch: str) -> TwistdServer:
-    return servers.spawn(
-        "--config",
-        str(path),
-        "--name",
+    return spawn_lipsd(
+        servers,
+        path,
         name,
         "--watch",
         watch,
@@ -55,16 +52,6 @@ def _lipsd(servers: ServerFarm, path: Path, app: str, name: str, watch: str) -> 
         "3",
         "--app",
         app,
-        "--pythonpath",
-        str(EXAMPLES),
-        "--max-load",
-        "1000",
-        "--min-cpu-idle",
-        "0",
-        "--min-free-memory",
-        "0",
-        port=0,
-        role="lips-node",
     )
 
 
@@ -76,34 +63,13 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
     the same LiPS process id (its record now names n2); it finishes with the right
     passive tuple, and its first out, already applied, is not applied again.
     """
-    members = [
-        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role="fixserver")
-        for n in (1, 2)
-    ]
-    path = write_cluster(tmp_path / "cluster", members)
-    fix = [
-        servers.spawn(
-            "--config", str(path), "--name", m.name, port=m.tcp_port, role="lips-fixserver"
-        )
-        for m in members
-    ]
+    rings = await start_rings(servers, tmp_path)
     app = await servers.start()
-
-    async def serving() -> bool:
-        for f in fix:
-            try:
-                stats = await f.stats()
-            except Exception:
-                return False
-            if stats["space.mode"] != "serving" or stats["space.members"] != 2:
-                return False
-        return True
-
-    await eventually(serving, 20, "both FixServers serving in one ring")
+    path = rings.path
     n1 = _lipsd(servers, path, app.endpoint, "n1", "n2")
     n2 = _lipsd(servers, path, app.endpoint, "n2", "n1")
     system: TupleSpaceClient = await within(
-        lips.client.connect(_reactor(), [f.endpoint for f in fix])
+        lips.client.connect(_reactor(), rings.endpoints("fixserver"))
     )
     space = await app.connect()
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,15 @@ from twisted.internet.task import deferLater
 import lips.client
 from lips.client import TupleSpaceClient
 from lips.node import eval_request
-from lips.testing import ClusterMember, write_cluster
 from tests.integration._support import (
+    EXAMPLES,
     ServerFarm,
-    eventually,
-    free_port,
     live_children,
+    spawn_lipsd,
+    start_rings,
     within,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 ftprimes: Any = importlib.import_module("ftprimes")
 
@@ -56,62 +54,25 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
     recovers its checkpoint and replays from the log, and the master's total is exact
     with every task counted once.
     """
-    members = [
-        ClusterMember(f"f{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role=r)
-        for n, r in ((1, "fixserver"), (2, "fixserver"))
-    ] + [ClusterMember(f"m{n}", n, free_port(socket.SOCK_DGRAM), free_port()) for n in (1, 2)]
-    path = write_cluster(tmp_path / "cluster", members)
-    started = {
-        m.name: servers.spawn(
-            "--config",
-            str(path),
-            "--name",
-            m.name,
-            port=m.tcp_port,
-            role=f"lips-{m.role}",
-        )
-        for m in members
-    }
-
-    async def serving() -> bool:
-        for server in started.values():
-            try:
-                stats = await server.stats()
-            except Exception:
-                return False
-            if stats["space.mode"] != "serving" or stats["space.members"] != 2:
-                return False
-        return True
-
-    await eventually(serving, 30, "both rings serving")
-    app_endpoints = [started[n].endpoint for n in ("m1", "m2")]
-    nodes = {}
-    for name in ("n1", "n2"):
-        nodes[name] = servers.spawn(
-            "--config",
-            str(path),
-            "--name",
+    rings = await start_rings(servers, tmp_path, fixservers=2, msgservers=2)
+    app_endpoints = rings.endpoints("msgserver")
+    nodes = {
+        name: spawn_lipsd(
+            servers,
+            rings.path,
             name,
             "--interval",
             "0.25",
             "--watch",
             "n2" if name == "n1" else "n1",
             *(arg for ep in app_endpoints for arg in ("--app", ep)),
-            "--pythonpath",
-            str(EXAMPLES),
-            "--max-load",
-            "1000",
-            "--min-cpu-idle",
-            "0",
-            "--min-free-memory",
-            "0",
             "--restart-delay",
             "0.1",
-            port=0,
-            role="lips-node",
         )
+        for name in ("n1", "n2")
+    }
     system: TupleSpaceClient = await within(
-        lips.client.connect(_reactor(), [started[n].endpoint for n in ("f1", "f2")])
+        lips.client.connect(_reactor(), rings.endpoints("fixserver"))
     )
     space: TupleSpaceClient = await within(lips.client.connect(_reactor(), app_endpoints))
     try:
