@@ -88,7 +88,6 @@ from bench.throughput import (
     BUSY,
     PairFunction,
     Row,
-    _finite,
     cpu_seconds,
     free_port,
     machine_busy_seconds,
@@ -96,6 +95,7 @@ from bench.throughput import (
     median_row,
     percentile,
     read_line,
+    save,
     spread,
     stop,
 )
@@ -1187,13 +1187,6 @@ def join_lines(sizes: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def save(result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"replicated-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
-    return path
-
-
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1381,7 +1374,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "failover": trials,
             "join": sizes,
-        }
+        },
+        "replicated",
     )
     print(f"\nresults: {saved}")
     return 0

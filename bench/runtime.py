@@ -75,7 +75,7 @@ from bench.replicated import (
     twistd_argv,
     wait_until,
 )
-from bench.throughput import BUSY, _finite, free_port, machine_busy_seconds, percentile
+from bench.throughput import BUSY, free_port, machine_busy_seconds, percentile, save
 from examples.bench_runtime import work
 from lips.client import TupleSpaceClient
 from lips.node import down_template, eval_request, state_template, up_template
@@ -848,13 +848,6 @@ def job_lines(job: dict[str, Any]) -> list[str]:
     return lines
 
 
-def save(result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
-    return path
-
-
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1026,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
             "node_down": down,
             "checkpoint": ckpt,
             "job": job,
-        }
+        },
+        "runtime",
     )
     print(f"\nresults: {saved}")
     return 0

@@ -697,9 +697,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def save(result: dict[str, Any]) -> Path:
+def save(result: dict[str, Any], name: str = "throughput") -> Path:
+    """Write C{result} as C{bench/results/NAME-<time>.json}; its path."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
     return path
 
