@@ -47,7 +47,9 @@ from lips.tuples import Limits
 __all__ = ["ServerOptions", "ServerService", "make_server_service"]
 
 
-def _positive(name: str, lo: int) -> Any:
+def integer_option(name: str, lo: int) -> Any:
+    """A converter of option C{--name}: an integer of at least C{lo}, else a UsageError."""
+
     def convert(value: str) -> int:
         try:
             n = int(value)
@@ -93,16 +95,16 @@ class ServerOptions(usage.Options):
             None,
             1 << 20,
             "Largest encoded tuple, bytes.",
-            _positive("max-tuple-size", 16),
+            integer_option("max-tuple-size", 16),
         ],
-        ["max-arity", None, 64, "Most fields in a tuple.", _positive("max-arity", 1)],
-        ["max-depth", None, 8, "Deepest nesting of a tuple.", _positive("max-depth", 1)],
+        ["max-arity", None, 64, "Most fields in a tuple.", integer_option("max-arity", 1)],
+        ["max-depth", None, 8, "Deepest nesting of a tuple.", integer_option("max-depth", 1)],
         [
             "log-limit",
             None,
             4096,
             "Answers remembered per process for retries.",
-            _positive("log-limit", 1),
+            integer_option("log-limit", 1),
         ],
     ]
 

@@ -28,6 +28,7 @@ from lips.node import (
     Supervisor,
     Watchdog,
 )
+from lips.tap._server import integer_option
 
 __all__ = ["Options", "makeService"]
 
@@ -45,19 +46,6 @@ def _number(name: str, *, positive: bool = False, top: float | None = None) -> A
             raise usage.UsageError(f"--{name} must be {what}, not {value!r}")
         if top is not None and n > top:
             raise usage.UsageError(f"--{name} must be at most {top:g}, not {value!r}")
-        return n
-
-    return convert
-
-
-def _integer(name: str, lo: int) -> Any:
-    def convert(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be an integer, not {value!r}") from None
-        if n < lo:
-            raise usage.UsageError(f"--{name} must be at least {lo}")
         return n
 
     return convert
@@ -90,7 +78,7 @@ class Options(usage.Options):
             None,
             3,
             "Intervals without a new report after which a watched node is down.",
-            _integer("misses", 1),
+            integer_option("misses", 1),
         ],
         ["watch", "w", "", "Comma-separated names of the nodes this lipsd watches."],
         [
@@ -112,7 +100,7 @@ class Options(usage.Options):
             None,
             256 << 20,
             "Idle policy: fewest free bytes of memory.",
-            _integer("min-free-memory", 0),
+            integer_option("min-free-memory", 0),
         ],
         [
             "app-config",
@@ -145,7 +133,7 @@ class Options(usage.Options):
             None,
             5,
             "Restarts within --restart-window after which a process is failed.",
-            _integer("max-restarts", 0),
+            integer_option("max-restarts", 0),
         ],
         [
             "restart-window",
