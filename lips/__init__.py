@@ -6,7 +6,14 @@ L{lips.blocking.connect} (plain scripts), then C{out}, C{in_}, C{rd}, C{inp}, C{
 Templates use formal types (C{int}, C{float}, C{str}, C{bytes}, C{bool}) and L{ANY}.
 """
 
-from lips.errors import CheckpointError, ConnectionLost, LipsError, RequestError, Timeout
+from lips.errors import (
+    CheckpointError,
+    ConnectionLost,
+    LipsError,
+    OutcomeUnknown,
+    RequestError,
+    Timeout,
+)
 from lips.tuples import ANY, Limits, Template, TemplateError, TupleError, TupleTooLarge
 
 __version__ = "0.1.0"
@@ -17,6 +24,7 @@ __all__ = [
     "ConnectionLost",
     "Limits",
     "LipsError",
+    "OutcomeUnknown",
     "RequestError",
     "Template",
     "TemplateError",

@@ -24,7 +24,7 @@ from twisted.internet import defer, threads
 
 from lips.client import TupleSpaceClient
 from lips.client import connect as connect_async
-from lips.client._client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT
+from lips.client._client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT, KEEPALIVE
 from lips.tuples import LTuple, Template
 
 __all__ = ["BlockingSpace", "connect"]
@@ -94,6 +94,15 @@ class BlockingSpace:
         return self._client.endpoint
 
     @property
+    def state(self) -> str:
+        """
+        C{"connected"}, C{"failing over"}, C{"failed"} (no server could be reached
+        within the failover timeout: every call fails with
+        L{lips.client.NoServerAvailable}) or C{"closed"}.
+        """
+        return self._client.state
+
+    @property
     def failovers(self) -> int:
         """How many times it moved to another server."""
         return self._client.failovers
@@ -161,6 +170,7 @@ def connect(
     failover_timeout: float = FAILOVER_TIMEOUT,
     attempt_timeout: float = ATTEMPT_TIMEOUT,
     start: int = 0,
+    keepalive: float | None = KEEPALIVE,
 ) -> BlockingSpace:
     """
     Connect to a MessageServer, or to the first reachable of several (the servers of one
@@ -177,5 +187,6 @@ def connect(
         failover_timeout=failover_timeout,
         attempt_timeout=attempt_timeout,
         start=start,
+        keepalive=keepalive,
     )
     return BlockingSpace(client)

@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "ConnectionLost",
     "LipsError",
+    "OutcomeUnknown",
     "ProtocolViolation",
     "RequestError",
     "Timeout",
@@ -30,10 +31,25 @@ class RequestError(LipsError):
 
 
 class Timeout(LipsError, TimeoutError):
-    """No matching tuple arrived within the operation's timeout."""
+    """
+    A server decided that no matching tuple arrived within the operation's timeout:
+    nothing was taken or read.  On a replicated space the decision is made in the total
+    order, so a tuple taken for the operation (at any server) is its answer instead.
+    """
 
 
-class ConnectionLost(LipsError, ConnectionError):
+class OutcomeUnknown(LipsError):
+    """
+    No answer came, and none can be had: the operation may or may not have taken
+    effect.  An C{out} may be stored; an C{in_} may have taken a tuple that is now
+    lost to the caller.  Raised when the client's own guard fires (no answer a while
+    after the operation's timeout) and, as L{ConnectionLost} or
+    L{lips.client.NoServerAvailable}, when the connection is lost with no server to
+    fail over to.
+    """
+
+
+class ConnectionLost(OutcomeUnknown, ConnectionError):
     """The connection to the server was lost before the answer came."""
 
 

@@ -2,6 +2,6 @@
 The Deferred-returning client API of LiPS.
 """
 
-from lips.client._client import TupleSpaceClient, connect
+from lips.client._client import NoServerAvailable, TupleSpaceClient, connect
 
-__all__ = ["TupleSpaceClient", "connect"]
+__all__ = ["NoServerAvailable", "TupleSpaceClient", "connect"]

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from lips.client import _checkpoint
-from lips.errors import ConnectionLost, ProtocolViolation, RequestError, Timeout
+from lips.errors import ConnectionLost, OutcomeUnknown, ProtocolViolation, RequestError, Timeout
 from lips.space import Kind
 from lips.tuples import (
     DEFAULT_LIMITS,
@@ -91,8 +91,11 @@ MAX_RETRY_DELAY: Final = 2.0
 #: starts its count (of the failover timeout and the rounds) afresh.
 SETTLE_TIME: Final = 3.0
 #: How long a server may stay silent while requests wait on it before the client asks
-#: for a sign of life, and then again before it moves to another server.
-KEEPALIVE: Final = 2.0
+#: for a sign of life, and then again before it moves to another server: a hung server
+#: (stopped, or cut off without a FIN or RST) loses its clients within twice this.  On
+#: loopback a healthy server answers a probe within milliseconds even flat out; on a
+#: LAN, keep it well above the round trip plus the server's longest pause.
+KEEPALIVE: Final = 0.5
 _BODY_OVERHEAD: Final = 4096
 
 Endpoints: TypeAlias = str | IStreamClientEndpoint | Sequence[str | IStreamClientEndpoint]
@@ -149,7 +152,12 @@ class _Pending:
 
     def _guard_fired(self) -> None:
         self.guard = None
-        self.deferred.errback(Timeout("the server did not answer in time"))
+        self.deferred.errback(
+            OutcomeUnknown(
+                f"no answer {TIMEOUT_GRACE:g} s past the operation's timeout: it may or may"
+                " not have taken effect"
+            )
+        )
         self.abandon()
 
     def stop_guard(self) -> None:

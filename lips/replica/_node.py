@@ -32,7 +32,7 @@ from lips.ring import (
 )
 from lips.ring._engine import Effect
 from lips.server import ISpaceBackend, Operation
-from lips.space import Completion, TupleSpace
+from lips.space import Completion, Status, TupleSpace
 
 __all__ = ["ReplicaNode", "RingSeqStorage"]
 
@@ -99,8 +99,8 @@ class ReplicaNode:
     def submit(self, operation: Operation) -> None:
         self.replica.submit(operation)
 
-    def withdraw(self, pid: int, event: int) -> None:
-        self.replica.withdraw(pid, event)
+    def withdraw(self, pid: int, event: int, status: Status) -> None:
+        self.replica.withdraw(pid, event, status)
 
     def gauges(self) -> dict[str, int | float | str]:
         return self.replica.gauges()

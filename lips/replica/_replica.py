@@ -65,6 +65,7 @@ _CLAIM: Final = 2
 _STATUS: Final = 3
 _SNAPSHOT: Final = 4
 _CHECKPOINT: Final = 5
+_WITHDRAW: Final = 6
 
 #: Most client requests kept while the replica is not yet serving.
 MAX_QUEUED: Final = 10_000
@@ -149,10 +150,18 @@ def encode_checkpoint(pid: int, event: int, state: bytes) -> bytes:
     return packb([_CHECKPOINT, pid, event, state])
 
 
+def encode_withdraw(pid: int, event: int, status: Status) -> bytes:
+    return packb([_WITHDRAW, pid, event, int(status)])
+
+
+_DECISIONS: Final = frozenset({int(Status.TIMED_OUT), int(Status.WITHDRAWN)})
+
+
 def decode(payload: bytes) -> tuple[Any, ...]:
     """
     A ring payload as C{("out", pid, event, tuple)},
-    C{("claim", pid, event, kind, seq, origin)}, C{("status", ring, _Status)} or
+    C{("claim", pid, event, kind, seq, origin)}, C{("checkpoint", pid, event, state)},
+    C{("withdraw", pid, event, status)}, C{("status", ring, _Status)} or
     C{("snapshot", ring, source, applied, fingerprint, blob)}.
     """
     try:
@@ -177,6 +186,8 @@ def decode(payload: bytes) -> tuple[Any, ...]:
         return ("claim", body[1], body[2], kind, body[4], body[5])
     if tag == _CHECKPOINT and len(body) == 4 and type(body[3]) is bytes:
         return ("checkpoint", body[1], body[2], body[3])
+    if tag == _WITHDRAW and len(body) == 4 and type(body[3]) is int and body[3] in _DECISIONS:
+        return ("withdraw", body[1], body[2], Status(body[3]))
     if (
         tag == _STATUS
         and len(body) == 9
@@ -262,6 +273,16 @@ class Replica:
         # Answers waiting to be safe: (ring, seq, completion), and their keys.
         self._held: list[tuple[RingId, int, Completion]] = []
         self._held_keys: dict[tuple[int, int], int] = {}
+        # Timeouts and cancels of this server's requests not yet decided in the order,
+        # and those the ring's full queue refused (sent again at the next safe).
+        self._withdrawals: dict[tuple[int, int], Status] = {}
+        self._unsent: set[tuple[int, int]] = set()
+        # The ring position of every answer applied and not yet known safe, oldest
+        # first, and a position before which everything is unsafe (the decision of the
+        # configuration this replica serves in): a retry is answered from the log only
+        # once its answer is safe (see L{_answer_logged}).
+        self._unsafe: OrderedDict[tuple[int, int], tuple[RingId, int]] = OrderedDict()
+        self._barrier: tuple[RingId, int] | None = None
         # The configuration being decided: statuses in, operations kept aside.
         self._statuses: dict[int, _Status] = {}
         self._aside: list[tuple[RingId, int, int, bytes, int]] = []
@@ -274,20 +295,23 @@ class Replica:
     def submit(self, operation: Operation) -> None:
         op = operation
         key = (op.pid, op.event)
-        if self.mode is Mode.UNAVAILABLE:
-            self._unavailable(*key)
-            return
-        if self.mode is Mode.SYNCING:
-            if key not in self._queued and len(self._queued) >= MAX_QUEUED:
-                self._refuse(*key)
-            else:
-                self._queued[key] = op
-            return
         if key in self._held_keys:
             return  # applied, not yet safe: its answer comes when it is
         done = self.space.answered(op.pid, op.event)
         if done is not None and done.status is not Status.CANCELLED:
-            self.on_complete(done)  # a retry: the first answer again
+            # A retry: its first answer again, in any mode, once that answer is safe.
+            if self._answer_logged(done):
+                return
+            if self.mode is Mode.UNAVAILABLE:
+                self._unavailable(*key)
+            else:
+                self._queue(op)
+            return
+        if self.mode is Mode.UNAVAILABLE:
+            self._unavailable(*key)
+            return
+        if self.mode is Mode.SYNCING:
+            self._queue(op)
             return
         if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT:
             if isinstance(op.payload, bytes):
@@ -312,10 +336,29 @@ class Replica:
             raise Unavailable(f"this replica is {self.mode.value}")
         return self.space.recovered(pid)
 
-    def withdraw(self, pid: int, event: int) -> None:
+    def withdraw(self, pid: int, event: int, status: Status) -> None:
+        """
+        A request of this server's clients timed out or was cancelled (C{status}
+        C{TIMED_OUT} or C{WITHDRAWN}): whether it took effect is decided in the total
+        order (a C{WITHDRAW} that every replica applies, L{TupleSpace.decide}), so a
+        claim already on its way wins and its tuple is the answer, and a later one
+        takes nothing.  While the replica syncs, the decision waits until it serves;
+        outside the primary there is nothing left to withdraw (every request was
+        answered UNAVAILABLE).  C{CANCELLED}: the connection is gone; the request stops
+        waiting here and no answer is due.
+        """
         key = (pid, event)
-        if self._waiting.pop(key, None) is not None or self._queued.pop(key, None) is not None:
-            self.on_complete(Completion(pid, event, Status.CANCELLED))
+        if status is Status.CANCELLED:
+            self._waiting.pop(key, None)
+            self._queued.pop(key, None)
+            self._withdrawals.pop(key, None)
+            self._unsent.discard(key)
+            return
+        if self.mode is Mode.UNAVAILABLE or key in self._held_keys or key in self._withdrawals:
+            return
+        self._withdrawals[key] = status
+        if self.mode is Mode.SERVING:
+            self._order_withdrawal(key)
 
     def gauges(self) -> dict[str, int | float | str]:
         return {
@@ -329,6 +372,7 @@ class Replica:
             "waiting": len(self._waiting),
             "claiming": len(self._claiming),
             "queued": len(self._queued),
+            "withdrawing": len(self._withdrawals),
             "unsafe_answers": len(self._held),
             "processes": self.space.processes,
             "sequence": self.space.sequence,
@@ -364,6 +408,18 @@ class Replica:
         """
         if self._pending_snapshot is not None:
             self._send_snapshot()
+        unsafe = self._unsafe
+        while unsafe:
+            key, (r, s) = next(iter(unsafe.items()))
+            if r != ring or s > upto:
+                break
+            del unsafe[key]
+        barrier = self._barrier
+        if barrier is not None and barrier[0] == ring and barrier[1] <= upto:
+            self._barrier = None
+        if self._unsent and self.mode is Mode.SERVING:
+            for key in list(self._unsent):
+                self._order_withdrawal(key)
         keep = []
         for entry in self._held:
             if entry[0] == ring and entry[1] <= upto:
@@ -489,6 +545,11 @@ class Replica:
         # every member holds it, the members that needed it do not hold those answers.
         self._transfer = False
         self._held = [(r, seq if s == _AFTER_TRANSFER else s, c) for r, s, c in self._held]
+        for key, (r, s) in list(self._unsafe.items()):
+            if s == _AFTER_TRANSFER:
+                self._unsafe[key] = (r, seq)
+        if self._barrier is not None and self._barrier[1] == _AFTER_TRANSFER:
+            self._barrier = (self._barrier[0], seq)
         if source != self._source or self.mode is not Mode.SYNCING:
             return
         self.background(self._restore(self.ring, seq, blob, applied, fingerprint))
@@ -521,6 +582,10 @@ class Replica:
         self.mode = Mode.SERVING
         self._inflight.clear()
         self._fresh.clear()
+        # Answers applied before the decision (in earlier configurations, or in the
+        # state restored) are safe once the decision is.
+        self._unsafe.clear()
+        self._barrier = (self.ring, _AFTER_TRANSFER if self._transfer else seq)
         self._held = [
             (self.ring, _AFTER_TRANSFER if self._transfer else seq, c)
             if r != self.ring
@@ -538,11 +603,18 @@ class Replica:
         waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
         self._claiming.clear()
         self._waiting.clear()
+        withdrawals = self._withdrawals
         for (pid, event), wait in waits:
-            self._rematch(pid, event, wait)
+            if (pid, event) not in withdrawals:
+                self._rematch(pid, event, wait)
         queued, self._queued = self._queued, OrderedDict()
-        for op in queued.values():
-            self.submit(op)
+        for key, op in queued.items():
+            if key not in withdrawals:
+                self.submit(op)
+        # Timeouts and cancels that came while syncing are decided now, in the order
+        # (they may find their request answered: a claim applied before the change).
+        for key in list(withdrawals):
+            self._order_withdrawal(key)
 
     def _rematch(self, pid: int, event: int, wait: _Wait) -> None:
         if (pid, event) in self._held_keys:
@@ -561,10 +633,19 @@ class Replica:
         """Outside the primary: every request of this server's clients goes elsewhere."""
         self.mode = Mode.UNAVAILABLE
         self._aside = []
-        keys = [*self._outs, *self._claiming, *self._waiting, *self._queued]
+        keys = [*self._outs, *self._claiming, *self._waiting, *self._queued, *self._withdrawals]
         keys += [(c.pid, c.event) for _, _, c in self._held]
-        for store in (self._outs, self._claiming, self._waiting, self._queued, self._held_keys):
+        stores = (
+            self._outs,
+            self._claiming,
+            self._waiting,
+            self._queued,
+            self._held_keys,
+            self._withdrawals,
+        )
+        for store in stores:
             store.clear()
+        self._unsent.clear()
         self._held.clear()
         for pid, event in dict.fromkeys(keys):
             self._unavailable(pid, event)
@@ -577,12 +658,15 @@ class Replica:
             self.fingerprint + _POSITION.pack(ring.seq, ring.rep, seq, index), digest_size=16
         ).digest()
         mine = origin == self.node
+        at = (ring, _AFTER_TRANSFER if self._transfer else seq)
+        unsafe = self._unsafe
         if op[0] == "out":
             _, pid, event, values = op
             if mine:
                 self._outs.pop((pid, event), None)
             before = self.space.sequence
             for c in self.space.out(pid, event, values):
+                unsafe.setdefault((c.pid, c.event), at)
                 if mine:
                     self._hold(ring, seq, c)
             t = self.space.sequence
@@ -594,8 +678,20 @@ class Replica:
         if op[0] == "checkpoint":
             _, pid, event, state = op
             done = self.space.checkpoint(pid, event, state)
+            unsafe.setdefault((pid, event), at)
             if mine:
                 self._outs.pop((pid, event), None)
+                self._hold(ring, seq, done)
+            return
+        if op[0] == "withdraw":
+            _, pid, event, status = op
+            key = (pid, event)
+            done = self.space.decide(pid, event, status)
+            unsafe.setdefault(key, at)
+            if mine:
+                self._withdrawals.pop(key, None)
+                self._unsent.discard(key)
+                self._waiting.pop(key, None)
                 self._hold(ring, seq, done)
             return
         _, pid, event, kind, tuple_seq, _claimer = op
@@ -610,11 +706,13 @@ class Replica:
             if not self._inflight[tuple_seq]:
                 del self._inflight[tuple_seq]
         if won is not None:
+            unsafe.setdefault((pid, event), at)
             if mine:
                 self._hold(ring, seq, won)
         elif wait is not None:
             self.counters["claims.lost"] += 1
-            self._match(pid, event, wait)  # lost the race: match again
+            if (pid, event) not in self._withdrawals:
+                self._match(pid, event, wait)  # lost the race: match again
 
     def _hold(self, ring: RingId, seq: int, c: Completion) -> None:
         key = (c.pid, c.event)
@@ -626,6 +724,49 @@ class Replica:
     def _release(self, c: Completion) -> None:
         self._held_keys.pop((c.pid, c.event), None)
         self.on_complete(c)
+
+    def _answer_logged(self, done: Completion) -> bool:
+        """
+        Answer a retry with the answer the log holds, C{done}: at once if it is known
+        safe (every member of a primary holds it, so no later state lacks it), else
+        once it is, if this replica serves.  False if it cannot answer it now (not
+        serving, and the answer not known safe): the caller queues the request or
+        sends it elsewhere.
+        """
+        key = (done.pid, done.event)
+        at = self._unsafe.get(key) or self._barrier
+        if at is None or done.status is Status.STALE:
+            self.on_complete(done)
+            return True
+        if self.mode is not Mode.SERVING:
+            return False
+        self._held.append((at[0], at[1], done))
+        self._held_keys[key] = at[1]
+        return True
+
+    def _order_withdrawal(self, key: tuple[int, int]) -> None:
+        """Send the pending timeout or cancel of C{key} into the order (see L{withdraw})."""
+        status = self._withdrawals[key]
+        # It claims nothing more from here; a claim already sent races the withdrawal.
+        self._waiting.pop(key, None)
+        done = self.space.answered(*key)
+        if done is not None and done.status is not Status.CANCELLED:
+            del self._withdrawals[key]
+            self._unsent.discard(key)
+            self._answer_logged(done)
+            return
+        if self._broadcast(encode_withdraw(key[0], key[1], status)):
+            self._unsent.discard(key)
+        else:
+            self._unsent.add(key)  # the ring's queue is full: again at the next safe
+
+    def _queue(self, op: Operation) -> None:
+        """Keep a request until the replica serves (or refuse it: the queue is full)."""
+        key = (op.pid, op.event)
+        if key not in self._queued and len(self._queued) >= MAX_QUEUED:
+            self._refuse(*key)
+        else:
+            self._queued[key] = op
 
     # -- internals --------------------------------------------------------------------------
 

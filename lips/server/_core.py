@@ -79,8 +79,17 @@ class ISpaceBackend(Interface):
     def submit(operation: Operation) -> None:
         """Apply C{operation}; its answer (now or later) goes to C{on_complete}."""
 
-    def withdraw(pid: int, event: int) -> None:
-        """Withdraw a waiting operation; if it was waiting, a CANCELLED answer follows."""
+    def withdraw(pid: int, event: int, status: Status) -> None:
+        """
+        Withdraw a waiting operation, for one of three reasons:
+
+        - C{Status.TIMED_OUT} (its timeout ran out) or C{Status.WITHDRAWN} (its caller
+          cancelled it): the operation is decided where its order is decided, and its
+          final answer follows: that status if nothing answered it first, else the
+          answer it had (a tuple it took is never reported as a timeout).
+        - C{Status.CANCELLED}: its connection is gone and nobody waits for an answer;
+          it stops waiting here, no answer is due, and its retry is applied afresh.
+        """
 
     def gauges() -> Mapping[str, int | float | str]:
         """Sizes and states worth reporting (stored tuples, waiters, ...)."""
@@ -118,10 +127,16 @@ class LocalBackend:
             assert isinstance(op.payload, Template)
             self.on_complete(self.space.take(op.pid, op.event, op.kind, op.payload))
 
-    def withdraw(self, pid: int, event: int) -> None:
-        c = self.space.cancel(pid, event)
-        if c is not None:
-            self.on_complete(c)
+    def withdraw(self, pid: int, event: int, status: Status) -> None:
+        # One space applies everything at once: a waiting operation has no answer yet.
+        if not self.space.is_pending(pid, event):
+            return
+        if status is Status.CANCELLED:
+            c = self.space.cancel(pid, event)
+            assert c is not None
+        else:
+            c = self.space.decide(pid, event, status)
+        self.on_complete(c)
 
     def recovered(self, pid: int) -> tuple[int, bytes] | None:
         return self.space.recovered(pid)
@@ -143,7 +158,6 @@ class _Route:
     session: Session
     request_id: int
     timer: IDelayedCall | None = None
-    withdrawn_for: type[TimedOut] | type[Cancelled] | None = None
 
 
 class Session:
@@ -229,7 +243,7 @@ class MessageServer:
             if route is not None and route.session is session:
                 self._cancel_timer(route)
                 del self._routes[key]
-                self.backend.withdraw(*key)
+                self.backend.withdraw(*key, Status.CANCELLED)
         session.requests.clear()
 
     def received(self, session: Session, message: Message, request_id: int) -> None:
@@ -277,8 +291,10 @@ class MessageServer:
             reply = Stored()
         elif status is Status.NO_MATCH:
             reply = NoMatch()
-        elif status is Status.CANCELLED:
-            reply = (route.withdrawn_for or Cancelled)()
+        elif status is Status.TIMED_OUT:
+            reply = TimedOut()
+        elif status is Status.CANCELLED or status is Status.WITHDRAWN:
+            reply = Cancelled()
         elif status is Status.BUSY:
             session.error(ErrorCode.BUSY, "the server is busy; retry", route.request_id)
             return
@@ -367,9 +383,8 @@ class MessageServer:
         if route is None:
             return
         route.timer = None
-        route.withdrawn_for = TimedOut
         self.counters["timeouts"] += 1
-        self.backend.withdraw(*key)
+        self.backend.withdraw(*key, Status.TIMED_OUT)
 
     def _cancel(self, session: Session, target: int) -> None:
         key = session.requests.get(target)
@@ -378,9 +393,8 @@ class MessageServer:
         route = self._routes.get(key)
         if route is None or route.session is not session:
             return
-        route.withdrawn_for = Cancelled
         self.counters["cancels"] += 1
-        self.backend.withdraw(*key)
+        self.backend.withdraw(*key, Status.WITHDRAWN)
 
     def _cancel_timer(self, route: _Route) -> None:
         if route.timer is not None:

@@ -82,7 +82,8 @@ class Status(enum.IntEnum):
     PENDING = 3
     """An C{in}/C{rd} is waiting for a tuple."""
     CANCELLED = 4
-    """A waiting operation was withdrawn (timeout, cancel or lost connection)."""
+    """A waiting operation was withdrawn because its connection was lost.  It had no
+    effect, and is not final: the same event sent again is applied afresh."""
     STALE = 5
     """A retried event is older than what the process log still remembers."""
     BUSY = 6
@@ -90,6 +91,13 @@ class Status(enum.IntEnum):
     UNAVAILABLE = 7
     """This server cannot serve now (it is outside the primary component, or is still
     receiving the state); never logged, so the client retries at another server."""
+    TIMED_OUT = 8
+    """A waiting operation's timeout was decided before any tuple answered it (see
+    L{TupleSpace.decide}): nothing was taken.  Final and logged: the same event sent
+    again gets this answer again, and a later claim for it takes nothing."""
+    WITHDRAWN = 9
+    """A waiting operation was cancelled by its caller before any tuple answered it:
+    nothing was taken.  Final and logged, like L{TIMED_OUT}."""
 
     @property
     def final(self) -> bool:
@@ -307,6 +315,27 @@ class TupleSpace:
             return None
         self._unlink_waiter(w)
         done = Completion(pid, event, Status.CANCELLED)
+        self._record(pid, event, done)
+        return done
+
+    def decide(self, pid: int, event: int, status: Status) -> Completion:
+        """
+        End the operation C{(pid, event)} with C{status} (L{Status.TIMED_OUT} or
+        L{Status.WITHDRAWN}) unless it has an answer already, which is then returned
+        and stands.  A waiting operation here stops waiting.  The decision is logged
+        like any answer, so a retry of the event gets it again and a claim for the
+        event that comes later takes nothing.  A replica applies it in the total order,
+        so a timeout and a claim of the same event are decided alike everywhere.
+        """
+        if status not in (Status.TIMED_OUT, Status.WITHDRAWN):
+            raise ValueError(f"decide() ends an operation as timed out or withdrawn, not {status}")
+        done = self.answered(pid, event)
+        if done is not None and done.status is not Status.CANCELLED:
+            return done
+        w = self._waiters.pop((pid, event), None)
+        if w is not None:
+            self._unlink_waiter(w)
+        done = Completion(pid, event, status)
         self._record(pid, event, done)
         return done
 

@@ -13,8 +13,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from lips import ANY, ConnectionLost, Timeout, TupleError, TupleTooLarge
-from lips.client import connect
+from lips import ANY, ConnectionLost, OutcomeUnknown, Timeout, TupleError, TupleTooLarge
+from lips.client import NoServerAvailable, connect
 from lips.client._client import TIMEOUT_GRACE
 from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import LocalBackend
@@ -89,10 +89,21 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_silent_server_guard(self) -> None:
-        """If the server never answers, the client gives up after timeout plus grace."""
+        """
+        If the server never answers, the client gives up after timeout plus grace with
+        OutcomeUnknown (the take may have happened), never with Timeout, which says a
+        server decided that nothing was taken.
+        """
         d = self.client.rd(("job", int), timeout=1.0)  # never pumped to the server
         self.clock.advance(1.0 + TIMEOUT_GRACE)
-        self.failureResultOf(d, Timeout)
+        f = self.failureResultOf(d, OutcomeUnknown)
+        self.assertNotIsInstance(f.value, Timeout)
+
+    def test_outcomes_a_caller_can_act_on(self) -> None:
+        """A lost connection is an unknown outcome; Timeout is not one."""
+        self.assertTrue(issubclass(ConnectionLost, OutcomeUnknown))
+        self.assertTrue(issubclass(NoServerAvailable, OutcomeUnknown))
+        self.assertFalse(issubclass(Timeout, OutcomeUnknown))
 
     def test_cancel_withdraws(self) -> None:
         """Cancelling an in_ Deferred withdraws the waiter at the server."""

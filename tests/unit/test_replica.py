@@ -28,7 +28,7 @@ SEEDS = int(os.environ.get("LIPS_REPLICA_SEEDS", "60"))
 R = RingId(8, 1)
 
 
-class ReplicaTests(SynchronousTestCase):
+class _OneReplica(SynchronousTestCase):
     """One replica, its ring played by the test."""
 
     def setUp(self) -> None:
@@ -53,6 +53,10 @@ class ReplicaTests(SynchronousTestCase):
         for payload in sent:
             self.seq += 1
             self.replica.delivered(R, self.seq, payload, origin=1)
+
+
+class ReplicaTests(_OneReplica):
+    """One replica, its ring played by the test."""
 
     def test_out_answered_when_safe(self) -> None:
         """An out is applied at delivery but answered only once it is safe."""
@@ -162,13 +166,6 @@ class ReplicaTests(SynchronousTestCase):
         self.assertEqual(self.answers, [Completion(5, 1, Status.BUSY)])
         self.assertEqual(self.replica.space.answered(5, 1), None)
 
-    def test_withdraw(self) -> None:
-        """A waiting in withdrawn (timeout, cancel) is answered CANCELLED."""
-        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
-        self.replica.withdraw(5, 1)
-        self.assertEqual(self.answers[-1], Completion(5, 1, Status.CANCELLED))
-        self.assertEqual(self.replica.gauges()["waiting"], 0)
-
     def test_malformed_payloads_skipped_alike(self) -> None:
         """Payloads that are not replica operations are counted and skipped."""
         for payload in (
@@ -215,7 +212,8 @@ class _Ring:
             self.replicas[m].configuration(self.ring, members, transitional=False)
         self.run()
 
-    def run(self) -> None:
+    def run(self, safe: bool = True) -> None:
+        """Deliver what was broadcast, in order; then, if C{safe}, report it safe."""
         while self.queue:
             node, payload = self.queue.pop(0)
             if node not in self.members:
@@ -223,8 +221,17 @@ class _Ring:
             self.seq += 1
             for m in self.members:
                 self.replicas[m].delivered(self.ring, self.seq, payload, origin=node)
-        for m in self.members:
-            self.replicas[m].safe(self.ring, self.seq)
+        if safe:
+            for m in self.members:
+                self.replicas[m].safe(self.ring, self.seq)
+
+    def configure(self, members: tuple[int, ...]) -> None:
+        """Install a new configuration and stop before its statuses are delivered."""
+        self.ring = RingId(self.ring.seq + 4, min(members))
+        self.members = members
+        self.seq = 0
+        for m in members:
+            self.replicas[m].configuration(self.ring, members, transitional=False)
 
 
 class MembershipTests(SynchronousTestCase):
@@ -467,3 +474,209 @@ class ReplicatedSimulationTests(SynchronousTestCase):
             except InvariantViolation:
                 caught += 1
         self.assertGreater(caught, 0)
+
+
+JOB = make_template(("job", int))
+
+
+class WithdrawalTests(_OneReplica):
+    """
+    Timeouts and cancels of one replica's requests: decided in the total order, so a
+    request that took a tuple is never answered as timed out.
+    """
+
+    def test_timeout_is_decided_in_the_order(self) -> None:
+        """
+        A waiting in that times out sends a WITHDRAW; once it is applied and safe the
+        answer is TIMED_OUT, which the log keeps: a retry gets it again and a tuple
+        stored afterwards is not taken by it.
+        """
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.assertEqual(self.answers, [Completion(5, 1, Status.PENDING)])
+        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.TIMED_OUT))
+        self.assertEqual(self.replica.gauges()["withdrawing"], 1)
+        self.deliver_all()
+        self.assertEqual(len(self.answers), 1)  # not before it is safe
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
+        self.replica.submit(Operation(Kind.OUT, 6, 1, ("job", 1)))
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
+        self.assertEqual(len(self.replica.space), 1)
+        self.assertEqual(self.replica.gauges()["withdrawing"], 0)
+
+    def test_claim_sent_before_the_timeout_wins(self) -> None:
+        """A claim already on its way when the timeout comes is applied first: the tuple."""
+        self.replica.space.out(6, 1, ("job", 1))
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.assertEqual([decode(p)[0] for p in self.sent], ["claim", "withdraw"])
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_claim_after_the_timeout_takes_nothing(self) -> None:
+        """
+        A claim of the same event from elsewhere (a copy of the request at a server the
+        client left) that is ordered after the timeout takes nothing: the tuple stays.
+        """
+        self.replica.space.out(6, 1, ("job", 1))
+        self.replica.withdraw(5, 1, Status.TIMED_OUT)  # a retry whose time is up
+        self.deliver_all()
+        self.seq += 1
+        self.replica.delivered(R, self.seq, encode_claim(5, 1, Kind.IN, 1, 2), origin=2)
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers, [Completion(5, 1, Status.TIMED_OUT)])
+        self.assertEqual(len(self.replica.space), 1)
+
+    def test_cancel_is_decided_like_a_timeout(self) -> None:
+        """A client's cancel is ordered too and ends as WITHDRAWN."""
+        self.replica.submit(Operation(Kind.RD, 5, 1, JOB))
+        self.replica.withdraw(5, 1, Status.WITHDRAWN)
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers[-1], Completion(5, 1, Status.WITHDRAWN))
+
+    def test_lost_connection_withdraws_without_deciding(self) -> None:
+        """
+        A lost connection stops the request waiting here; nothing travels, nothing is
+        logged, and the same event sent again is applied afresh.
+        """
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.replica.withdraw(5, 1, Status.CANCELLED)
+        self.assertEqual((self.sent, self.replica.gauges()["waiting"]), ([], 0))
+        self.replica.space.out(6, 1, ("job", 1))
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers[-1], Completion(5, 1, Status.MATCHED, ("job", 1)))
+
+    def test_withdrawal_refused_by_a_full_queue_is_sent_again(self) -> None:
+        """A WITHDRAW the ring's full queue refuses is sent at the next safe, not dropped."""
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.accept = False
+        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.accept = True
+        self.assertEqual(self.sent, [])
+        self.replica.safe(R, self.seq)
+        self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.TIMED_OUT))
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
+
+    def test_withdraw_after_the_answer_is_held_changes_nothing(self) -> None:
+        """A timeout that comes once the request is applied (held until safe) is moot."""
+        self.replica.space.out(6, 1, ("job", 1))
+        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.deliver_all()
+        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.assertEqual(self.sent, [])
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
+
+    def test_withdrawal_codec(self) -> None:
+        """Only a timeout or a cancel is a withdrawal on the wire."""
+        payload = packb([6, 5, 1, int(Status.MATCHED)])
+        self.assertRaises(ReplicaPayloadError, decode, payload)
+        self.assertEqual(decode(packb([6, 5, 1, 9])), ("withdraw", 5, 1, Status.WITHDRAWN))
+
+
+class FailoverAnswerTests(SynchronousTestCase):
+    """
+    A request sent again to another server, after its first server went away, whatever
+    that server is doing: answered from the log, never lost and never invented.
+    """
+
+    def setUp(self) -> None:
+        self.ring = _Ring((1, 2, 3))
+        for node in self.ring.configured:
+            self.ring.start(node)
+        self.ring.install((1, 2, 3))
+        self.r1, self.r3 = self.ring.replicas[1], self.ring.replicas[3]
+        self.r1.submit(Operation(Kind.OUT, 6, 1, ("job", 1)))
+        self.ring.run()
+        self.ring.answers[1].clear()
+
+    def test_taken_then_timed_out_while_syncing(self) -> None:
+        """
+        The loss found under pauses: a take applied everywhere but held at server 3
+        (not yet safe) when 3 stops; its client sends it again to server 1, still
+        syncing, with no time left.  The timeout waits for the decision, finds the
+        claim applied, and the answer is the tuple.
+        """
+        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.run(safe=False)
+        self.assertEqual(self.ring.answers[3], [])
+        self.assertEqual(len(self.r1.space), 0)
+        self.ring.configure((1, 2))  # 3 is gone; the others sync
+        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.assertEqual(self.ring.answers[1], [])
+        self.ring.run()
+        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
+
+    def test_timed_out_while_syncing_with_no_answer(self) -> None:
+        """A timeout that comes while syncing, for a request never applied, is TIMED_OUT."""
+        self.ring.configure((1, 2, 3))
+        self.r1.submit(Operation(Kind.IN, 5, 1, make_template(("other", int))))
+        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.ring.run()
+        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.TIMED_OUT)])
+        self.assertEqual(self.ring.replicas[2].space.answered(5, 1), self.ring.answers[1][0])
+
+    def test_safe_answer_given_while_syncing(self) -> None:
+        """A retry whose answer is in the log and safe is answered at once while syncing."""
+        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.run()
+        self.ring.configure((1, 2))
+        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
+
+    def test_unsafe_answer_waits_until_safe(self) -> None:
+        """
+        A retry of a take another server applied that is not yet safe here is answered
+        only once it is: an answer not every server holds could be undone.
+        """
+        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.run(safe=False)
+        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.assertEqual(self.ring.answers[1], [])
+        self.r1.safe(self.ring.ring, self.ring.seq)
+        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
+
+    def test_outside_the_primary(self) -> None:
+        """
+        Outside the primary a retry is answered from the log if its answer is safe, and
+        UNAVAILABLE otherwise; a timeout there decides nothing.
+        """
+        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.run()
+        self.ring.install((1, 2))
+        r3 = self.r3
+        self.ring.members = (3,)
+        r3.configuration(RingId(99, 3), (3,), transitional=False)
+        self.ring.ring = RingId(99, 3)
+        self.ring.run()
+        self.assertIs(r3.mode, Mode.UNAVAILABLE)
+        answers = self.ring.answers[3]
+        answers.clear()
+        r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        r3.submit(Operation(Kind.IN, 5, 2, JOB))
+        r3.withdraw(5, 2, Status.TIMED_OUT)
+        self.assertEqual(
+            answers,
+            [Completion(5, 1, Status.MATCHED, ("job", 1)), Completion(5, 2, Status.UNAVAILABLE)],
+        )
+
+    def test_pending_withdrawal_answered_unavailable_when_outside(self) -> None:
+        """A timeout waiting for the decision is answered UNAVAILABLE if none comes."""
+        self.ring.configure((1,))
+        self.r1.submit(Operation(Kind.IN, 5, 1, make_template(("other", int))))
+        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.ring.run()
+        self.assertIs(self.r1.mode, Mode.UNAVAILABLE)
+        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.UNAVAILABLE)])

@@ -4,11 +4,14 @@ Tests for L{lips.server}: the MessageServer core on a local tuple space.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
-from lips.server import LocalBackend, Session
-from lips.space import Kind, TupleSpace
+from lips.server import ISpaceBackend, LocalBackend, MessageServer, Operation, Session
+from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import memory_server
 from lips.tuples import ANY, make_template
 from lips.wire import (
@@ -249,3 +252,140 @@ class MessageServerTests(SynchronousTestCase):
         self.assertEqual(stats.values["space.tuples"], 1)
         self.assertEqual(stats.values["sessions"], 1)
         self.assertEqual(stats.values["hellos"], 1)
+
+
+@implementer(ISpaceBackend)
+class _ScriptedBackend:
+    """A backend that answers only when the test says so, and records what it is asked."""
+
+    def __init__(self) -> None:
+        self.on_complete: Callable[[Completion], None] = lambda c: None
+        self.submitted: list[Operation] = []
+        self.withdrawn: list[tuple[int, int, Status]] = []
+
+    def submit(self, operation: Operation) -> None:
+        self.submitted.append(operation)
+
+    def withdraw(self, pid: int, event: int, status: Status) -> None:
+        self.withdrawn.append((pid, event, status))
+
+    def recovered(self, pid: int) -> tuple[int, bytes] | None:
+        return None
+
+    def gauges(self) -> dict[str, int]:
+        return {}
+
+
+class AnswerPathTests(SynchronousTestCase):
+    """
+    Every way the server core can end a request, against a backend that decides later
+    (as a replica does): a timeout or a cancel asks the backend to decide, and the
+    client gets what the backend decided, never a guess of the core's.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.backend = _ScriptedBackend()
+        self.server = MessageServer(self.backend, self.clock, name="scripted")
+        self.wire = _Wire()
+        self.session = self.server.open_session(self.wire.send, "test")
+        self.session.received(Hello(7, "t"), 1)
+        self.wire.take()
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def answer(self, event: int, status: Status, value: tuple[object, ...] | None = None) -> None:
+        self.backend.on_complete(Completion(7, event, status, value))
+
+    def test_timeout_asks_the_backend_to_decide(self) -> None:
+        """An expired in is withdrawn as TIMED_OUT; the core answers nothing itself."""
+        self.session.received(take(Kind.IN, 1, "job", int, timeout=2.0), 3)
+        self.clock.advance(2.0)
+        self.assertEqual(self.backend.withdrawn, [(7, 1, Status.TIMED_OUT)])
+        self.assertEqual(self.wire.take(), [])
+        self.answer(1, Status.TIMED_OUT)
+        self.assertEqual(self.wire.take(), [(3, TimedOut())])
+        self.assertEqual(self.server.counters["timeouts"], 1)
+
+    def test_claim_that_won_before_the_timeout_is_the_answer(self) -> None:
+        """If the backend decides that a claim won, the tuple is the answer, not a timeout."""
+        self.session.received(take(Kind.IN, 1, "job", int, timeout=0.0), 3)
+        self.clock.advance(0)
+        self.assertEqual(self.backend.withdrawn, [(7, 1, Status.TIMED_OUT)])
+        self.answer(1, Status.MATCHED, ("job", 4))
+        self.assertEqual(self.wire.take(), [(3, Matched(("job", 4)))])
+
+    def test_cancel_asks_the_backend_to_decide(self) -> None:
+        """A client's CANCEL is withdrawn as WITHDRAWN and answered CANCELLED once decided."""
+        self.session.received(take(Kind.RD, 1, "job", int), 3)
+        self.session.received(Cancel(3), 4)
+        self.assertEqual(self.backend.withdrawn, [(7, 1, Status.WITHDRAWN)])
+        self.answer(1, Status.WITHDRAWN)
+        self.assertEqual(self.wire.take(), [(3, Cancelled())])
+        self.assertEqual(self.server.counters["cancels"], 1)
+
+    def test_closed_session_withdraws_without_an_answer(self) -> None:
+        """A lost connection withdraws its waiting requests as CANCELLED, its timers too."""
+        self.session.received(take(Kind.IN, 1, "job", int, timeout=9.0), 3)
+        self.session.close()
+        self.assertEqual(self.backend.withdrawn, [(7, 1, Status.CANCELLED)])
+        self.answer(1, Status.CANCELLED)
+        self.assertEqual(self.wire.take(), [])
+
+    def test_retry_keeps_one_timer_and_moves_the_answer(self) -> None:
+        """A retry from a new session moves the route; the answer goes to the new one."""
+        self.session.received(take(Kind.IN, 1, "job", int, timeout=5.0), 3)
+        other = _Wire()
+        again = self.server.open_session(other.send, "again")
+        again.received(Hello(7, "t"), 1)
+        other.take()
+        again.received(take(Kind.IN, 1, "job", int, timeout=1.0), 9)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.answer(1, Status.MATCHED, ("job", 1))
+        self.assertEqual((self.wire.take(), other.take()), ([], [(9, Matched(("job", 1)))]))
+
+    def test_refusals_are_errors_the_client_acts_on(self) -> None:
+        """UNAVAILABLE, BUSY and STALE answers become typed errors; the timer goes."""
+        for event, status, expected in (
+            (1, Status.UNAVAILABLE, ErrorCode.UNAVAILABLE),
+            (2, Status.BUSY, ErrorCode.BUSY),
+            (3, Status.STALE, ErrorCode.STALE_EVENT),
+        ):
+            self.session.received(take(Kind.IN, event, "job", int, timeout=3.0), 10 + event)
+            self.answer(event, status)
+            [(rid, err)] = self.wire.take()
+            self.assertEqual((rid, code(err)), (10 + event, expected))
+
+    def test_pending_is_not_an_answer(self) -> None:
+        """A PENDING completion leaves the request waiting, its timer armed."""
+        self.session.received(take(Kind.IN, 1, "job", int, timeout=1.0), 3)
+        self.answer(1, Status.PENDING)
+        self.assertEqual(self.wire.take(), [])
+        self.clock.advance(1.0)
+        self.answer(1, Status.TIMED_OUT)
+        self.assertEqual(self.wire.take(), [(3, TimedOut())])
+
+
+class LocalDecisionTests(SynchronousTestCase):
+    """On one local space, a timeout or cancel is final and logged like any answer."""
+
+    def test_timed_out_event_retried_gets_the_timeout_again(self) -> None:
+        """
+        An in that timed out, sent again with the same event (its answer was lost), is
+        answered TIMED_OUT again and does not take a tuple stored since.
+        """
+        clock = Clock()
+        server = memory_server(clock, seed=1)
+        wire = _Wire()
+        s = server.open_session(wire.send, "t")
+        s.received(Hello(7, "t"), 1)
+        s.received(take(Kind.IN, 1, "job", int, timeout=1.0), 2)
+        clock.advance(1.0)
+        s.received(Out(2, ("job", 1)), 3)
+        s.received(take(Kind.IN, 1, "job", int, timeout=1.0), 4)
+        self.assertEqual(wire.take()[1:], [(2, TimedOut()), (3, Stored()), (4, TimedOut())])
+        backend = server.backend
+        assert isinstance(backend, LocalBackend)
+        self.assertEqual(len(backend.space), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
