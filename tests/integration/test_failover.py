@@ -11,11 +11,15 @@ that moves with the client and is answered by a tuple stored at the second serve
 
 from __future__ import annotations
 
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
 import pytest
 import pytest_twisted
 
 import lips.client
-from tests.integration._support import ServerFarm, within
+from tests.integration._support import ServerFarm, eventually, within
 
 
 @pytest_twisted.ensureDeferred
@@ -78,3 +82,76 @@ async def test_no_server_left(servers: ServerFarm) -> None:
     with pytest.raises(NoServerAvailable):
         await within(space.rdp(("x",)))
     await within(space.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_server_is_left_while_it_is_stopped(servers: ServerFarm) -> None:
+    """
+    A server that stops (SIGSTOP: no FIN, no RST, the connection looks alive) loses its
+    client to the next server by the keepalive, while it is still stopped: the waiting
+    in_ moves and is answered there, the caller never waits out the pause.
+    """
+    from twisted.internet import reactor
+
+    first = await servers.start()
+    second = await servers.start()
+    space = await within(lips.client.connect(reactor, [first.endpoint, second.endpoint]))
+    second.clients.append(space)
+    waiting = space.in_(("job", int), timeout=30)
+    await within(space.stats())
+    first.transport.signalProcess(signal.SIGSTOP)
+    try:
+        await eventually(_failed_over(space), what="the client left the stopped server")
+        await within(space.out(("job", 1)))
+        assert await within(waiting) == ("job", 1)
+        assert space.endpoint == second.endpoint
+    finally:
+        first.transport.signalProcess(signal.SIGCONT)
+
+
+def _failed_over(space: lips.client.TupleSpaceClient) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return space.failovers == 1 and space.state == "connected"
+
+    return check
+
+
+_BLOCKING_CLIENT = """
+import sys
+from lips import blocking
+space = blocking.connect(sys.argv[1:], keepalive=0.3)
+print(space.state, flush=True)
+print(space.in_(("job", int), timeout=30), space.failovers, space.state, flush=True)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_client_leaves_a_hung_server(servers: ServerFarm) -> None:
+    """
+    lips.blocking takes the keepalive option and shows its state: a blocking worker
+    waiting in in_ at a server that stops is answered by the next one.
+    """
+    from twisted.internet import reactor, utils
+
+    first = await servers.start()
+    second = await servers.start()
+    watcher = await within(lips.client.connect(reactor, first.endpoint))
+    giver = await within(lips.client.connect(reactor, second.endpoint))
+    first.clients.append(watcher)
+    second.clients.append(giver)
+    run = utils.getProcessOutputAndValue(
+        sys.executable, ["-c", _BLOCKING_CLIENT, first.endpoint, second.endpoint]
+    )
+
+    async def waiting_at_first() -> bool:
+        return (await within(watcher.stats()))["space.waiting"] == 1
+
+    await eventually(waiting_at_first, what="the blocking client waits at the first server")
+    first.transport.signalProcess(signal.SIGSTOP)
+    try:
+        await within(giver.out(("job", 7)))
+        out, err, code = await within(run, 30)
+    finally:
+        first.transport.signalProcess(signal.SIGCONT)
+    assert code == 0, err.decode()
+    assert out.decode().split("\n")[:2] == ["connected", "('job', 7) 1 connected"]
