@@ -621,7 +621,7 @@ class Replica:
             return
         done = self.space.answered(pid, event)
         if done is not None and done.status is not Status.CANCELLED:
-            self.on_complete(done)
+            self._answer_logged(done)
             return
         found = self._choose(wait)
         if found is None:
