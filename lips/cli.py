@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lips import ANY
-from lips.errors import LipsError, RequestError, Timeout
+from lips.errors import LipsError, OutcomeUnknown, RequestError, Timeout
 from lips.tuples import TupleError, formal_by_name
 
 __all__ = ["format_tuple", "main", "parse_fields"]
@@ -248,8 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_tuple(found))
         return 0
     except Timeout:
-        print("lips: timed out with no matching tuple", file=sys.stderr)
+        print("lips: timed out with no matching tuple (nothing was taken)", file=sys.stderr)
         return 1
+    except OutcomeUnknown as e:
+        print(
+            f"lips: no answer; the operation may or may not have taken effect: {e}",
+            file=sys.stderr,
+        )
+        return 3
     except TupleError as e:
         print(f"lips: {e}", file=sys.stderr)
         return 2
