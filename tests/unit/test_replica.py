@@ -10,6 +10,7 @@ from collections.abc import Generator, Iterator
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.replica import Mode, Replica, ReplicaPayloadError
+from lips.replica import _replica as replica_module
 from lips.replica._replica import (
     _Status,
     decode,
@@ -680,3 +681,20 @@ class FailoverAnswerTests(SynchronousTestCase):
         self.ring.run()
         self.assertIs(self.r1.mode, Mode.UNAVAILABLE)
         self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.UNAVAILABLE)])
+
+    def test_full_queue_while_syncing_is_busy(self) -> None:
+        """
+        While syncing, requests wait in a bounded queue; past its bound they are
+        refused BUSY (never applied, so the client may retry), the others served.
+        """
+        self.patch(replica_module, "MAX_QUEUED", 2)
+        self.ring.configure((1, 2, 3))
+        for event in (1, 2, 3):
+            self.r1.submit(Operation(Kind.OUT, 5, event, ("job", 10 + event)))
+        self.assertEqual(self.ring.answers[1], [Completion(5, 3, Status.BUSY)])
+        self.ring.run()
+        self.assertEqual(
+            self.ring.answers[1][1:],
+            [Completion(5, 1, Status.STORED), Completion(5, 2, Status.STORED)],
+        )
+        self.assertIsNone(self.r1.space.answered(5, 3))
