@@ -63,6 +63,7 @@ from lips.wire import (
     MessageError,
     NoMatch,
     Out,
+    Ping,
     Recovered,
     RecoverRequest,
     Stats,
@@ -255,9 +256,10 @@ class _ClientProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         else:
-            # Its answer is matched to no request; that anything arrived is what counts.
+            # Its answer is matched to no request; that anything arrived is what counts
+            # (a server older than PING answers it with an error, which counts too).
             self._probing = True
-            self.transport.write(encode_message(StatsRequest(), 0))
+            self.transport.write(encode_message(Ping(), 0))
         self._watch_call = self.clock.callLater(self._keepalive, self._check_alive)
 
     def request(

@@ -33,6 +33,8 @@ from lips.wire import (
     Message,
     NoMatch,
     Out,
+    Ping,
+    Pong,
     Recovered,
     RecoverRequest,
     Stats,
@@ -259,6 +261,8 @@ class MessageServer:
             self._cancel(session, message.target)
         elif isinstance(message, Hello):
             self._hello(session, message, request_id)
+        elif isinstance(message, Ping):
+            session.reply(Pong(), request_id)
         elif isinstance(message, StatsRequest):
             session.reply(Stats(self.stats()), request_id)
         else:

@@ -129,6 +129,16 @@ class StatsRequest:
 
 
 @attrs.frozen
+class Ping:
+    """Ask for a sign of life: answered PONG at once, whatever the server is doing."""
+
+    TYPE: ClassVar[int] = 19
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
 class CheckpointRequest:
     """Store C{state} as the caller's checkpoint, its event C{event}."""
 
@@ -229,6 +239,16 @@ class Stats:
 
 
 @attrs.frozen
+class Pong:
+    """The reply to PING."""
+
+    TYPE: ClassVar[int] = 27
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
 class Recovered:
     """The caller's latest checkpoint: its event and state, or C{None} and C{None}."""
 
@@ -258,6 +278,7 @@ Message: TypeAlias = (
     | Take
     | Cancel
     | StatsRequest
+    | Ping
     | CheckpointRequest
     | RecoverRequest
     | Welcome
@@ -267,6 +288,7 @@ Message: TypeAlias = (
     | Cancelled
     | TimedOut
     | Stats
+    | Pong
     | Recovered
     | Error
 )
@@ -289,7 +311,10 @@ _SIMPLE_TYPES: Final = (
     Recovered,
 )
 _KNOWN_TYPES: Final = frozenset(
-    [*_KIND_OF_TYPE, *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error))]
+    [
+        *_KIND_OF_TYPE,
+        *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error, Ping, Pong)),
+    ]
 )
 _MAX_EVENT: Final = 2**63 - 1
 
@@ -387,6 +412,12 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     if t == StatsRequest.TYPE:
         _fields(body, 0, "STATS")
         return StatsRequest()
+    if t == Ping.TYPE:
+        _fields(body, 0, "PING")
+        return Ping()
+    if t == Pong.TYPE:
+        _fields(body, 0, "PONG")
+        return Pong()
     if t == CheckpointRequest.TYPE:
         event, state = _fields(body, 2, "CHECKPOINT")
         return CheckpointRequest(_int(event, "event"), _state(state, limits))

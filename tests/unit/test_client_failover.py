@@ -46,7 +46,7 @@ from lips.wire import (
     FrameDecoder,
     Message,
     Out,
-    StatsRequest,
+    Ping,
     Take,
     decode_message,
 )
@@ -624,7 +624,7 @@ class FailoverTests(SynchronousTestCase):
         self.clock.advance(2.0)
         [probe] = FrameDecoder(1 << 20).feed(link.client_io.getOutBuffer())
         assert isinstance(probe, Frame)
-        self.assertIsInstance(decode_message(probe, DEFAULT_LIMITS), StatsRequest)
+        self.assertIsInstance(decode_message(probe, DEFAULT_LIMITS), Ping)
         self.assertEqual(client.failovers, 0)
         self.clock.advance(2.0)
         self.flush()

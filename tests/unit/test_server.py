@@ -26,6 +26,8 @@ from lips.wire import (
     Message,
     NoMatch,
     Out,
+    Ping,
+    Pong,
     Stats,
     StatsRequest,
     Stored,
@@ -365,6 +367,14 @@ class AnswerPathTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.answer(1, Status.TIMED_OUT)
         self.assertEqual(self.wire.take(), [(3, TimedOut())])
+
+    def test_ping_is_answered_at_once(self) -> None:
+        """PING, the client's keepalive probe, gets PONG, before HELLO too."""
+        self.session.received(Ping(), 0)
+        wire = _Wire()
+        fresh = self.server.open_session(wire.send, "fresh")
+        fresh.received(Ping(), 5)
+        self.assertEqual((self.wire.take(), wire.take()), ([(0, Pong())], [(5, Pong())]))
 
 
 class LocalDecisionTests(SynchronousTestCase):

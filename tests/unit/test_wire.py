@@ -34,6 +34,8 @@ from lips.wire import (
     MessageError,
     NoMatch,
     Out,
+    Ping,
+    Pong,
     Recovered,
     RecoverRequest,
     Stats,
@@ -91,6 +93,8 @@ EXAMPLES: list[Message] = [
     Take(Kind.RDP, 2**63 - 1, make_template((None, ANY)), None),
     Cancel(2**32 - 1),
     StatsRequest(),
+    Ping(),
+    Pong(),
     Welcome(1, "lipsd-1", 1 << 20),
     Stored(),
     Matched(("job", -(2**63))),
@@ -374,6 +378,8 @@ class MessageTests(SynchronousTestCase):
                 "Cancel": 15,
                 "StatsRequest": 16,
                 "CheckpointRequest": 17,
+                "Ping": 19,
+                "Pong": 27,
                 "RecoverRequest": 18,
                 "Stored": 20,
                 "Matched": 21,
@@ -440,10 +446,12 @@ class MessageTests(SynchronousTestCase):
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(26, (1, None)))
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(26, (None, b"s")))
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(18, (1,)))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(19, (1,)))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(27, (1,)))
 
     def test_unknown_type(self) -> None:
         """A frame of an unknown type is UNKNOWN_TYPE."""
-        for type_ in (0, 3, 19, 27, 31, 255):
+        for type_ in (0, 3, 28, 29, 31, 255):
             self.assertMessageError(ErrorCode.UNKNOWN_TYPE, frame_of(type_, ()))
 
     def test_not_msgpack(self) -> None:
