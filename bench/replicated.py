@@ -188,7 +188,8 @@ class StatusProbe:
     the same connection, reconnecting when it is lost.
     """
 
-    def __init__(self, port: int, timeout: float = 2.0) -> None:
+    def __init__(self, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.timeout = timeout
         self.sock: socket.socket | None = None
@@ -219,7 +220,7 @@ class StatusProbe:
         """The server's counters; raises L{OSError} if it cannot be reached."""
         try:
             if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+                self.sock = socket.create_connection((self.host, self.port), self.timeout)
                 self.sock.settimeout(self.timeout)
                 self.decoder = FrameDecoder(1 << 20)
                 self._ask(Hello(None, "bench-status"))

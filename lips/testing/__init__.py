@@ -10,6 +10,10 @@ Test helpers for code that uses LiPS: in-memory servers and clients under a fake
 
 No sockets and no reactor: bytes move only when the pump is flushed, so tests decide
 exactly when each side sees what the other sent.
+
+For tests and benchmarks of real processes: L{write_cluster} writes a cluster file and
+its key; L{Bridge} (root only) puts servers in network namespaces on a bridge, so that
+one server's link can be cut and healed.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ from lips.protocols import MessageServerProtocol
 from lips.server import LocalBackend, MessageServer
 from lips.space import TupleSpace
 from lips.testing._cluster import ClusterMember, write_cluster
+from lips.testing._procs import Bridge, netns_subnet
 from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Hello, Welcome
 
-__all__ = ["ClusterMember", "memory_client", "memory_server", "write_cluster"]
+__all__ = [
+    "Bridge",
+    "ClusterMember",
+    "memory_client",
+    "memory_server",
+    "netns_subnet",
+    "write_cluster",
+]
 
 
 def memory_server(

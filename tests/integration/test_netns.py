@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from twisted.internet.task import deferLater
 
 import lips.client
 from lips.client import TupleSpaceClient
+from lips.testing import Bridge, netns_subnet
 from tests.integration._support import RingCluster, ServerFarm, eventually, within
 
 pytestmark = [
@@ -31,61 +31,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip command"),
 ]
 
-# One /24 of 198.18.0.0/15 per test process, so that runs side by side (two checkouts,
-# say) never route into each other's bridge.
+# One /24 of 198.18.0.0/15 per test process (see netns_subnet), and a multicast group
+# to match, so that runs side by side never route into each other's bridge.
 _TAG = os.getpid() % 512
-SUBNET = f"198.{18 + _TAG // 256}.{_TAG % 256}"
+SUBNET = netns_subnet()
 GROUP = f"239.192.{_TAG // 256}.{_TAG % 256}"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-class Bridge:
-    """A bridge in this namespace and C{size} namespaces hanging off it by veth pairs."""
-
-    def __init__(self, size: int) -> None:
-        tag = f"{os.getpid() % 10000}"
-        self.bridge = f"lipsbr{tag}"
-        self.namespaces = [f"lips{tag}n{n}" for n in range(1, size + 1)]
-        self.links = [f"lips{tag}v{n}" for n in range(1, size + 1)]
-        self.hosts = [f"{SUBNET}.{n}" for n in range(1, size + 1)]
-
-    def create(self) -> None:
-        _ip("link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
-        _ip("addr", "add", f"{SUBNET}.254/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
-        for ns, link, host in zip(self.namespaces, self.links, self.hosts, strict=True):
-            _ip("netns", "add", ns)
-            _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("link", "set", link, "master", self.bridge, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "addr", "add", f"{host}/24", "brd", f"{SUBNET}.255", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-
-    def destroy(self) -> None:
-        for ns in self.namespaces:
-            subprocess.run(
-                ["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30
-            )
-        for link in self.links:
-            subprocess.run(
-                ["ip", "link", "del", link], check=False, capture_output=True, timeout=30
-            )
-        subprocess.run(
-            ["ip", "link", "del", self.bridge], check=False, capture_output=True, timeout=30
-        )
-
-    def cut(self, n: int) -> None:
-        _ip("link", "set", self.links[n - 1], "down")
-
-    def heal(self, n: int) -> None:
-        _ip("link", "set", self.links[n - 1], "up")
-
-    def prefix(self, n: int) -> list[str]:
-        return [shutil.which("ip") or "ip", "netns", "exec", self.namespaces[n - 1]]
 
 
 @pytest.fixture
