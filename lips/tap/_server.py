@@ -20,6 +20,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python import usage
 
@@ -129,7 +130,8 @@ class ServerOptions(usage.Options):
 
         try:
             serverFromString(reactor, self["listen"])
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            # OSError: an ssl: endpoint naming a key or certificate that cannot be read.
             raise usage.UsageError(f"bad --listen endpoint {self['listen']!r}: {e}") from None
         try:
             self["limits"] = Limits(
@@ -244,9 +246,24 @@ class RingService(service.Service):
 class ServerService(service.MultiService):
     """A tuple-space server: its listener, and the core it serves (C{core})."""
 
-    def __init__(self, core: MessageServer) -> None:
+    def __init__(self, core: MessageServer, listen: str = "") -> None:
         service.MultiService.__init__(self)
         self.core = core
+        self.listen = listen
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen (as root, if twistd runs so).  An endpoint that cannot listen (a port in
+        use or out of range, an address not here, a refused privilege) ends twistd with
+        one line naming the endpoint and the reason, and a non-zero exit.
+        """
+        try:
+            service.MultiService.privilegedStartService(self)
+        except (CannotListenError, OverflowError, OSError) as e:
+            reason = e.socketError if isinstance(e, CannotListenError) else e
+            raise SystemExit(
+                f"{self.core.name}: cannot listen on {self.listen or 'its endpoint'}: {reason}"
+            ) from None
 
 
 def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerService:
@@ -286,7 +303,7 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerSe
         probes=probes,
     )
     factory = MessageServerFactory(core)
-    top = ServerService(core)
+    top = ServerService(core, options["listen"])
     if ring is not None:
         service.MultiService.addService(top, ring)
     endpoint = serverFromString(reactor, options["listen"])

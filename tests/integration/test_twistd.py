@@ -150,5 +150,38 @@ async def test_msgserver_exits_when_it_cannot_listen(servers: ServerFarm) -> Non
         ended = server.watcher.reason.value
         assert isinstance(ended, ProcessTerminated), ended
         assert ended.exitCode not in (0, None), server.read_log()
+        log = server.read_log()
+        assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in log, log
+        assert "Traceback" not in log, log
     finally:
         await maybeDeferred(blocker.stopListening)
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        pytest.param("tcp:99999", "port must be 0-65535", id="port-out-of-range"),
+        pytest.param(
+            "tcp:0:interface=198.18.255.254", "Cannot assign requested address", id="not-here"
+        ),
+        pytest.param(
+            "ssl:0:privateKey={tmp}/missing.key:certKey={tmp}/missing.pem",
+            "No such file or directory",
+            id="ssl-files-missing",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_startup_errors_end_in_one_line(tmp_path: Path, listen: str, message: str) -> None:
+    """
+    An endpoint that cannot serve (a port out of range, an address this host does not
+    have, TLS files that are not there) ends twistd non-zero with a line naming the
+    reason, never a traceback.
+    """
+    listen = listen.format(tmp=tmp_path)
+    code, output = await run_twistd(
+        "-n", "--pidfile=", "lips-msgserver", "--listen", listen, cwd=tmp_path
+    )
+    assert code != 0, output
+    assert message in output, output
+    assert "Traceback" not in output, output
