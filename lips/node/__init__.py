@@ -4,6 +4,9 @@ processes it runs for C{eval} (placed by L{eval_request}, restarted by L{Supervi
 
 L{NodeMonitor} numbers the node's reports and applies the L{IdlePolicy}; L{Watchdog}
 says which watched nodes fell silent; L{NodeService} runs both against the FixServers.
+L{Supervisor} and L{Watchdog} are cores of L{lips.kernel} (inputs taking C{now},
+effects out), run by L{ProcessService} and L{NodeService} through a
+L{lips.kernel.Driver}.
 The tuples are described in C{docs/node.md}.
 """
 
@@ -33,7 +36,7 @@ from lips.node._lipsd import (
     poll,
     publish,
 )
-from lips.node._process import ProcessService, ReactorSpawner, child_input
+from lips.node._process import IChild, ISpawner, ProcessService, ReactorSpawner, child_input
 from lips.node._sampler import PsutilSampler
 from lips.node._state import (
     DOWN_TAG,
@@ -51,14 +54,15 @@ from lips.node._state import (
 from lips.node._supervisor import (
     FAILED_TAG,
     Exit,
-    IChild,
-    ISpawner,
+    Outcome,
     ProcessFailed,
+    ProcessFinished,
     ProcessSpec,
     ProcessState,
     RestartPolicy,
     Supervised,
     Supervisor,
+    SupervisorTimer,
     check_target,
 )
 from lips.node._watchdog import Suspect, Watchdog
@@ -75,9 +79,11 @@ __all__ = [
     "ISpawner",
     "NoNodeAvailable",
     "NodeReport",
+    "Outcome",
     "Placed",
     "Processes",
     "ProcessFailed",
+    "ProcessFinished",
     "ProcessService",
     "ProcessSpec",
     "ProcessState",
@@ -86,6 +92,7 @@ __all__ = [
     "RestartPolicy",
     "Supervised",
     "Supervisor",
+    "SupervisorTimer",
     "check_target",
     "child_input",
     "decode_args",

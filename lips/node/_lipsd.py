@@ -4,13 +4,14 @@ lipsd's work in the System Tuple Space, and the thin Twisted service that runs i
 The exchanges (L{publish}, L{poll}, L{declare_down}, and
 L{lips.node.replace_processes}) are written against any
 L{SystemSpace} (a L{lips.client.TupleSpaceClient}, or a fake); the decisions are made by
-the sans-IO cores L{NodeMonitor} and L{Watchdog}.  Why the exchanges are exactly-once
-is explained in C{docs/node.md}.
+the sans-IO cores L{NodeMonitor} and L{Watchdog}, the watchdog run through a
+L{lips.kernel.Driver} on the monitor's clock.  Why the exchanges are exactly-once is
+explained in C{docs/node.md}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.application import service
@@ -18,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from lips.kernel import Deliver, Driver
 from lips.node._eval import Chooser, Placed, least_loaded, replace_processes
 from lips.node._state import (
     DOWN_TAG,
@@ -59,12 +61,17 @@ async def publish(space: SystemSpace, state: NodeState, *, joining: bool) -> boo
     return down is not None
 
 
-async def poll(space: SystemSpace, watchdog: Watchdog) -> None:
-    """Read every watched node's state tuple and tell the watchdog."""
-    for name in watchdog.nodes:
+async def poll(
+    space: SystemSpace, nodes: Iterable[str], observe: Callable[[str, int | None], None]
+) -> None:
+    """
+    Read the state tuple of each of C{nodes}, in order, and tell C{observe} (the
+    watchdog's input) its report number, or None, as soon as it is read.
+    """
+    for name in nodes:
         found = await space.rdp(state_template(name))
         seq = found[2] if found is not None else None
-        watchdog.observe(name, seq if isinstance(seq, int) else None)
+        observe(name, seq if isinstance(seq, int) else None)
 
 
 async def declare_down(space: SystemSpace, suspect: Suspect, watcher: str) -> bool:
@@ -117,6 +124,10 @@ class NodeService(service.Service):
     C{fence_after} seconds, and runs again the processes whose records still name
     this node when it joins, comes back from a fence, or finds itself declared down.
 
+    While the service runs, the watchdog is driven by a L{Driver} on C{monitor.clock}:
+    each round feeds it what it read, then asks for its verdict (its L{Suspect}s come
+    as L{Deliver} effects).
+
     @ivar declared: the suspects this lipsd declared down.
     @ivar taken_in: how many times this node took itself in again.
     @ivar moved: the processes this lipsd restarted elsewhere, as L{Placed}.
@@ -140,6 +151,8 @@ class NodeService(service.Service):
         self.chooser = chooser
         self.fence_after = fence_after
         self._connect = connect
+        self._watch: Driver[Watchdog] | None = None
+        self._found: list[Suspect] = []
         self._client: _Client | None = None
         self._loop: LoopingCall | None = None
         self._guard: LoopingCall | None = None
@@ -154,6 +167,8 @@ class NodeService(service.Service):
     def startService(self) -> None:
         service.Service.startService(self)
         clock = self.monitor.clock
+        if self.watchdog is not None:
+            self._watch = Driver(self.watchdog, clock, {Deliver: self._suspected})
         self._last_report = clock.seconds()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -169,6 +184,9 @@ class NodeService(service.Service):
             if loop is not None and loop.running:
                 loop.stop()
         self._loop = self._guard = None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         client, self._client = self._client, None
         if client is None:
             return defer.succeed(None)
@@ -213,10 +231,17 @@ class NodeService(service.Service):
             await processes.adopt(client)
         self._joining = False
         self.rounds += 1
-        if self.watchdog is None:
+        watchdog, watch = self.watchdog, self._watch
+        if watchdog is None or watch is None:
             return
-        await poll(client, self.watchdog)
-        for suspect in self.watchdog.suspects():
+
+        def observe(name: str, seq: int | None) -> None:
+            watch.input(watchdog.observe, name, seq)
+
+        await poll(client, watchdog.nodes, observe)
+        watch.input(watchdog.check)
+        found, self._found = self._found, []
+        for suspect in found:
             if await declare_down(client, suspect, self.monitor.name):
                 self.declared.append(suspect)
                 self.log.warn(
@@ -225,9 +250,12 @@ class NodeService(service.Service):
                     seq=suspect.seq,
                     silent=suspect.silent_for,
                 )
-            self.watchdog.tried(suspect)
+            watch.input(watchdog.tried, suspect)
         if processes is not None:
-            await self._replace(client, self.watchdog)
+            await self._replace(client, watchdog)
+
+    def _suspected(self, effect: Deliver[Suspect]) -> None:
+        self._found.append(effect.item)
 
     async def _replace(self, client: SystemSpace, watchdog: Watchdog) -> None:
         """Restart the processes of every watched node declared down elsewhere."""

@@ -3,6 +3,11 @@ lipsd's processes on the network: L{ReactorSpawner} starts children with
 C{reactor.spawnProcess}; L{ProcessService} takes the eval requests addressed to its
 node from the System Tuple Space, runs them under a L{Supervisor} and writes what
 becomes of them back.
+
+The supervisor is a sans-IO core; L{ProcessService} is its adapter: it drives it with a
+L{lips.kernel.Driver}, whose handlers turn its L{Spawn} and L{Kill} effects into
+children of an L{ISpawner} (each child's end fed back as the supervisor's C{ended}
+input) and its L{Deliver}ed outcomes into writes to the System Tuple Space.
 """
 
 from __future__ import annotations
@@ -21,25 +26,46 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
+from lips.kernel import Deliver, Driver, Kill, Spawn
 from lips.node._eval import EvalRequest, eval_template, process_template
 from lips.node._lipsd import SystemSpace
 from lips.node._supervisor import (
     Exit,
-    IChild,
-    ISpawner,
+    Outcome,
     ProcessFailed,
+    ProcessFinished,
     ProcessSpec,
     Supervisor,
 )
 from lips.node.child import ENDPOINTS_VAR, PID_VAR
 from lips.tuples import LTuple, packb
 
-__all__ = ["ProcessService", "ReactorSpawner", "child_input"]
+__all__ = ["IChild", "ISpawner", "ProcessService", "ReactorSpawner", "child_input"]
 
 #: How long the request loop waits before connecting again after a failure.
 RETRY_DELAY = 1.0
+
+
+class IChild(Interface):
+    """A running child process."""
+
+    os_pid = Attribute("The operating system's id of the process, or None if unknown.")
+
+    def terminate() -> None:
+        """Ask the process to end (SIGTERM); its end is still reported."""
+
+
+class ISpawner(Interface):
+    """Starts child processes: what carries out the supervisor's L{Spawn} effects."""
+
+    def spawn(spec: ProcessSpec, ended: Callable[[Exit], None]) -> IChild:
+        """
+        Start C{spec}'s process; call C{ended} once, later, when it ends.
+
+        @raise Exception: if it cannot be started (the supervisor counts it as a crash).
+        """
 
 
 def child_input(spec: ProcessSpec) -> bytes:
@@ -140,9 +166,9 @@ class ProcessService(service.Service):
     """
     Takes the eval requests addressed to node C{supervisor.node} (a blocking C{in}
     on the System Tuple Space, through C{connect}) and starts them under
-    C{supervisor}.  When a process finishes, its C{process} record is taken; when it
-    fails, the record is replaced by C{("process-failed", pid, node, reason,
-    restarts)}.
+    C{supervisor}, whose children C{spawner} starts.  When a process finishes, its
+    C{process} record is taken; when it fails, the record is replaced by
+    C{("process-failed", pid, node, reason, restarts)}.
 
     @param endpoints: the application's MessageServers, for requests that name none.
     With C{fenced}, requests taken are held, not started, until L{adopt} runs (lipsd
@@ -159,14 +185,27 @@ class ProcessService(service.Service):
     def __init__(
         self,
         supervisor: Supervisor,
+        spawner: ISpawner,
         connect: Connect,
         clock: IReactorTime,
         endpoints: Sequence[str] = (),
         *,
         fenced: bool = False,
     ) -> None:
+        if not isinstance(supervisor, Supervisor):
+            raise TypeError(f"not a Supervisor: {supervisor!r}")
+        if not ISpawner.providedBy(spawner):
+            raise TypeError(f"not an ISpawner: {spawner!r}")
         self.supervisor = supervisor
+        self.spawner = spawner
         self.clock = clock
+        self.driver = Driver(
+            supervisor,
+            clock,
+            {Spawn: self._spawn, Kill: self._kill, Deliver: self._outcome},
+        )
+        # The children spawned and not yet ended, by handle (None while spawning).
+        self._children: dict[int, IChild | None] = {}
         self.endpoints = tuple(endpoints)
         self._connect = connect
         self._client: _Client | None = None
@@ -176,8 +215,6 @@ class ProcessService(service.Service):
         self.fenced = fenced
         self.started: list[int] = []
         self.adopted: list[int] = []
-        supervisor.on_finished = self._finished
-        supervisor.on_failed = self._failed
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -189,7 +226,8 @@ class ProcessService(service.Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self.supervisor.stop()
+        self.driver.input(self.supervisor.stop)
+        self.driver.stop()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
@@ -229,7 +267,7 @@ class ProcessService(service.Service):
         Stop every child (they may be restarted on another node) and hold the requests
         taken until L{adopt}.
         """
-        stopped = self.supervisor.fence()
+        stopped = self.driver.input(self.supervisor.fence)
         if stopped and not self.fenced:
             self.log.warn(
                 "Node {node} fenced: stopped processes {pids}",
@@ -310,7 +348,38 @@ class ProcessService(service.Service):
                 )
                 return False
             spec = ProcessSpec(spec.pid, spec.target, spec.fields, spec.args, self.endpoints)
-        return self.supervisor.start(spec)
+        return self.driver.input(self.supervisor.start, spec)
+
+    # -- the supervisor's effects ---------------------------------------------------------
+
+    def _spawn(self, effect: Spawn[ProcessSpec]) -> None:
+        handle = effect.handle
+
+        def ended(exit: Exit) -> None:
+            self._children.pop(handle, None)
+            self.driver.input(self.supervisor.ended, handle, exit)
+
+        self._children[handle] = None
+        try:
+            child = self.spawner.spawn(effect.spec, ended)
+        except Exception as e:
+            self._children.pop(handle, None)
+            ended(Exit(error=f"{type(e).__name__}: {e}"))
+            return
+        if handle in self._children:  # it may have ended already
+            self._children[handle] = child
+
+    def _kill(self, effect: Kill) -> None:
+        child = self._children.get(effect.handle)
+        if child is not None:
+            child.terminate()
+
+    def _outcome(self, effect: Deliver[Outcome]) -> None:
+        outcome = effect.item
+        if isinstance(outcome, ProcessFinished):
+            self._finished(outcome.spec)
+        else:
+            self._failed(outcome)
 
     def _write(self, work: Callable[[_Client], Any]) -> None:
         async def run() -> None:

@@ -1,16 +1,40 @@
 """
-The supervisor core: lipsd's level-1 fault tolerance, with no I/O.
+The supervisor core: lipsd's level-1 fault tolerance, sans-IO (the core contract of
+L{lips.kernel}, C{docs/design/core.md}).
 
-A L{Supervisor} runs L{ProcessSpec}s through an injected L{ISpawner} and restarts a
-child that dies (a non-zero exit or a signal) with the same LiPS process id, after a
-delay that doubles with each crash.  Past L{RestartPolicy.max_restarts} crashes within
-L{RestartPolicy.window} seconds the process is failed: the supervisor hands a
-L{ProcessFailed} record to its C{on_failed} callback (lipsd writes it into the System
-Tuple Space).  A clean exit (status 0) is final: C{on_finished} is called and the
-process is never started again.
+A L{Supervisor} runs L{ProcessSpec}s and restarts a child that dies (a non-zero exit, a
+signal, or no start at all) with the same LiPS process id: at once the first time, then
+after a delay that doubles with each crash (L{RestartPolicy}).  Past
+L{RestartPolicy.max_restarts} crashes within L{RestartPolicy.window} seconds the process
+is failed: the supervisor delivers a L{ProcessFailed} record (lipsd writes it into the
+System Tuple Space).  A clean exit (status 0) is final: it delivers L{ProcessFinished}
+and never starts the process again.  Two children of one process id never run at once.
 
-Time comes from an injected C{IReactorTime}; the spawner is faked in the unit tests and
-is L{lips.node.ReactorSpawner} in lipsd.
+Inputs (each takes the current time, C{now}, last):
+
+  - L{Supervisor.start}C{(spec, now) -> bool}: run a process (not twice while it is not
+    final).
+  - L{Supervisor.ended}C{(handle, exit, now)}: child C{handle} ended as C{exit}; a
+    child that could not be started ends at once with C{Exit(error=...)}.
+  - L{Supervisor.fence}C{(now) -> list[int]}: stop every process, go on supervising.
+  - L{Supervisor.stop}C{(now)}: stop every process and supervising.
+  - L{Supervisor.timer}C{((SupervisorTimer.RESTART, pid), now)}: a restart is due.
+
+Effects:
+
+  - L{Spawn}C{(spec, handle)}: start a child for C{spec}; every child gets a new
+    handle, by which its end is fed back to L{Supervisor.ended}.
+  - L{Kill}C{(handle)}: terminate that child (fencing, stopping); its end is still fed
+    back, and no other child of its process id is spawned before it.
+  - L{StartTimer} / L{CancelTimer} C{((SupervisorTimer.RESTART, pid), at)}: the
+    delay before a restart, and its cancellation by a fence.
+  - L{Deliver}C{(ProcessFinished(spec))} and L{Deliver}C{(ProcessFailed(...))}: the
+    final outcomes.
+  - L{Log}: a restart scheduled (info), a process failed (warn).
+
+L{lips.node.ProcessService} drives it through L{lips.kernel.Driver}, carrying Spawn
+and Kill out with an L{ISpawner<lips.node.ISpawner>} (L{lips.node.ReactorSpawner} in
+lipsd, a fake in the unit tests).
 """
 
 from __future__ import annotations
@@ -21,27 +45,36 @@ import itertools
 import math
 import re
 import signal as signals
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from twisted.logger import LogLevel
 
+from lips.kernel import (
+    CancelTimer,
+    Deliver,
+    Effect,
+    Kill,
+    Log,
+    Outbox,
+    Spawn,
+    StartTimer,
+    TimerKey,
+)
 from lips.tuples import LTuple, make_tuple
 
 __all__ = [
     "FAILED_TAG",
     "Exit",
-    "IChild",
-    "ISpawner",
+    "Outcome",
     "ProcessFailed",
+    "ProcessFinished",
     "ProcessSpec",
     "ProcessState",
     "RestartPolicy",
     "Supervised",
     "Supervisor",
+    "SupervisorTimer",
     "check_target",
 ]
 
@@ -133,26 +166,6 @@ class Exit:
         return f"exit code {self.code}"
 
 
-class IChild(Interface):
-    """A running child process."""
-
-    os_pid = Attribute("The operating system's id of the process, or None if unknown.")
-
-    def terminate() -> None:
-        """Ask the process to end (SIGTERM); its end is still reported."""
-
-
-class ISpawner(Interface):
-    """Starts child processes."""
-
-    def spawn(spec: ProcessSpec, ended: Callable[[Exit], None]) -> IChild:
-        """
-        Start C{spec}'s process; call C{ended} once, later, when it ends.
-
-        @raise Exception: if it cannot be started (the supervisor counts it as a crash).
-        """
-
-
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{attribute.name} must be finite and not negative, not {value!r}")
@@ -224,17 +237,36 @@ class ProcessState(enum.Enum):
     RUNNING = "running"
     """A child runs it (or was just asked to start)."""
     WAITING = "waiting"
-    """It crashed; a restart is scheduled after the backoff delay."""
+    """It crashed and waits out the backoff delay, or it was started again and waits
+    for its terminated child to end."""
     FINISHED = "finished"
     """It exited cleanly: final."""
     FAILED = "failed"
-    """It crashed too often: final, a L{ProcessFailed} record was handed on."""
+    """It crashed too often: final, a L{ProcessFailed} record was delivered."""
     STOPPED = "stopped"
-    """The supervisor was stopped while it ran or waited."""
+    """It was fenced, or the supervisor stopped, while it ran or waited."""
 
     @property
     def final(self) -> bool:
         return self in (ProcessState.FINISHED, ProcessState.FAILED, ProcessState.STOPPED)
+
+
+@attrs.frozen
+class ProcessFinished:
+    """The process C{spec} says exited cleanly: final."""
+
+    spec: ProcessSpec
+
+
+Outcome: TypeAlias = ProcessFinished | ProcessFailed
+"""What the supervisor delivers: how a process ended for good."""
+
+
+class SupervisorTimer(enum.Enum):
+    """The supervisor's timers, each paired with a process id."""
+
+    RESTART = "restart"
+    """The delay before restarting a crashed process is over."""
 
 
 @attrs.define(eq=False)
@@ -245,6 +277,9 @@ class Supervised:
     @ivar restarts: how many times it was started again after a crash.
     @ivar crashes: when it crashed, within the policy's window.
     @ivar starts: how many children were spawned for it in all.
+    @ivar handle: the handle of its current child, while one runs.
+    @ivar restart_at: when it is to be restarted, while it waits out a crash's delay
+        (None while it waits instead for a terminated child to end).
     """
 
     spec: ProcessSpec
@@ -252,52 +287,60 @@ class Supervised:
     restarts: int = 0
     starts: int = 0
     crashes: collections.deque[float] = attrs.field(factory=collections.deque)
-    child: IChild | None = None
+    handle: int | None = None
     last_exit: Exit | None = None
-    generation: int = 0
-    call: IDelayedCall | None = None
-
-
-_log = Logger()
-
-
-def _ignore(value: object) -> None:
-    pass
+    restart_at: float | None = None
 
 
 @attrs.define(eq=False)
 class Supervisor:
     """
-    Runs processes on node C{node} with C{spawner} and restarts them per C{policy}.
+    Runs processes on node C{node} and restarts them per C{policy}.
 
-    @ivar on_finished: called with the L{ProcessSpec} of a process that exited cleanly.
-    @ivar on_failed: called with the L{ProcessFailed} record of a process given up.
+    @ivar processes: every process ever started here, by process id.
+    @ivar stopped: whether L{stop} was called.
     """
 
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset(
+        {Spawn, Kill, StartTimer, CancelTimer, Deliver, Log}
+    )
+
     node: str = attrs.field(validator=attrs.validators.instance_of(str))
-    spawner: ISpawner = attrs.field()
-    clock: IReactorTime = attrs.field()
     policy: RestartPolicy = attrs.field(
         factory=RestartPolicy, validator=attrs.validators.instance_of(RestartPolicy)
     )
-    on_finished: Callable[[ProcessSpec], None] = attrs.field(default=_ignore)
-    on_failed: Callable[[ProcessFailed], None] = attrs.field(default=_ignore)
     processes: dict[int, Supervised] = attrs.field(init=False, factory=dict)
     stopped: bool = attrs.field(init=False, default=False)
-    _generations: Any = attrs.field(init=False, factory=lambda: itertools.count(1))
+    _handles: Any = attrs.field(init=False, factory=lambda: itertools.count(1))
+    # The process id of each child spawned and not yet ended, by handle.
+    _live: dict[int, int] = attrs.field(init=False, factory=dict)
+    # The handle of each process's terminated child that has not ended yet, by pid.
     _dying: dict[int, int] = attrs.field(init=False, factory=dict)
+    _outbox: Outbox = attrs.field(init=False, factory=lambda: Outbox(Supervisor.emits))
 
     @property
     def running(self) -> list[Supervised]:
         """The processes not yet final (running, or waiting to be restarted)."""
         return [p for p in self.processes.values() if not p.state.final]
 
-    def start(self, spec: ProcessSpec) -> bool:
+    def terminating(self, pid: int) -> bool:
+        """Whether a terminated child of process C{pid} has not ended yet."""
+        return pid in self._dying
+
+    def drain(self) -> list[Effect]:
+        """The effects emitted since the last call, in order."""
+        return self._outbox.drain()
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def start(self, spec: ProcessSpec, now: float) -> bool:
         """
         Run C{spec}.  A process id already supervised and not final is not started
         twice (the request came again); a final one is started afresh.
 
         @return: whether it was started.
+        @raise TypeError: if C{spec} is not a L{ProcessSpec}.
+        @raise RuntimeError: if the supervisor is stopped.
         """
         if not isinstance(spec, ProcessSpec):
             raise TypeError(f"not a ProcessSpec: {spec!r}")
@@ -314,12 +357,12 @@ class Supervisor:
             self._launch(proc)
         return True
 
-    def stop(self) -> None:
+    def stop(self, now: float) -> None:
         """Stop supervising: cancel pending restarts and terminate the running children."""
         self.stopped = True
-        self.fence()
+        self.fence(now)
 
-    def fence(self) -> list[int]:
+    def fence(self, now: float) -> list[int]:
         """
         Stop every process (terminate its child, cancel its restart) but go on
         supervising: they may have been restarted on another node.  A process started
@@ -332,52 +375,46 @@ class Supervisor:
         for proc in self.processes.values():
             if proc.state.final:
                 continue
-            if proc.call is not None and proc.call.active():
-                proc.call.cancel()
-            proc.call = None
-            if proc.child is not None:
-                proc.child.terminate()
-                self._dying[proc.spec.pid] = proc.generation
+            pid = proc.spec.pid
+            if proc.restart_at is not None:
+                proc.restart_at = None
+                self._outbox.cancel_timer((SupervisorTimer.RESTART, pid))
+            if proc.handle is not None:
+                self._outbox.kill(proc.handle)
+                self._dying[pid] = proc.handle
+                proc.handle = None
             proc.state = ProcessState.STOPPED
-            stopped.append(proc.spec.pid)
+            stopped.append(pid)
         return stopped
 
-    def _launch(self, proc: Supervised) -> None:
-        proc.generation = next(self._generations)
-        proc.starts += 1
-        proc.state = ProcessState.RUNNING
-        generation, pid = proc.generation, proc.spec.pid
-
-        def ended(exit: Exit) -> None:
-            self._ended(pid, generation, exit)
-
-        try:
-            proc.child = self.spawner.spawn(proc.spec, ended)
-        except Exception as e:
-            self._ended(pid, generation, Exit(error=f"{type(e).__name__}: {e}"))
-
-    def _ended(self, pid: int, generation: int, exit: Exit) -> None:
-        if self._dying.get(pid) == generation:
+    def ended(self, handle: int, exit: Exit, now: float) -> None:
+        """
+        Child C{handle} ended as C{exit}.  An end reported twice, or of a child this
+        supervisor no longer runs (stopped, fenced), changes nothing more.
+        """
+        pid = self._live.pop(handle, None)
+        if pid is None:
+            return  # reported before, or never spawned here
+        if self._dying.get(pid) == handle:
             del self._dying[pid]
             waiting = self.processes.get(pid)
             if (
                 waiting is not None
                 and waiting.state is ProcessState.WAITING
-                and waiting.call is None
+                and waiting.restart_at is None
                 and not self.stopped
             ):
                 self._launch(waiting)
             return
         proc = self.processes.get(pid)
-        if proc is None or proc.generation != generation or proc.state is not ProcessState.RUNNING:
+        if proc is None or proc.handle != handle or proc.state is not ProcessState.RUNNING:
             return  # an older child of the process, or a process stopped meanwhile
-        proc.child = None
+        proc.handle = None
         proc.last_exit = exit
         if exit.clean:
             proc.state = ProcessState.FINISHED
-            self.on_finished(proc.spec)
+            self._outbox.deliver(ProcessFinished(proc.spec))
             return
-        now = self.clock.seconds()
         proc.crashes.append(now)
         while proc.crashes and proc.crashes[0] <= now - self.policy.window:
             proc.crashes.popleft()
@@ -388,20 +425,48 @@ class Supervisor:
                 f"{exit.describe()}; {crashes} crashes within {self.policy.window:g} s"
                 f" (at most {self.policy.max_restarts} restarts)"
             )
-            _log.warn("Process {pid} failed: {reason}", pid=pid, reason=reason)
-            self.on_failed(ProcessFailed(pid, self.node, reason, proc.restarts))
+            self._outbox.log(
+                LogLevel.warn, "Process {pid} failed: {reason}", pid=pid, reason=reason
+            )
+            self._outbox.deliver(ProcessFailed(pid, self.node, reason, proc.restarts))
             return
         delay = self.policy.backoff(crashes)
-        _log.info(
+        self._outbox.log(
+            LogLevel.info,
             "Process {pid} ended with {how}; restarting in {delay:.3f} s",
             pid=pid,
             how=exit.describe(),
             delay=delay,
         )
         proc.state = ProcessState.WAITING
-        proc.call = self.clock.callLater(delay, self._restart, proc)
+        proc.restart_at = now + delay
+        self._outbox.start_timer((SupervisorTimer.RESTART, pid), proc.restart_at)
 
-    def _restart(self, proc: Supervised) -> None:
-        proc.call = None
+    def timer(self, key: TimerKey, now: float) -> None:
+        """
+        A restart is due: C{key} is C{(SupervisorTimer.RESTART, pid)}.
+
+        @raise ValueError: for a key this supervisor never starts.
+        """
+        if not (
+            isinstance(key, tuple)
+            and key[0] is SupervisorTimer.RESTART
+            and isinstance(key[1], int)
+        ):
+            raise ValueError(f"not a timer of the supervisor: {key!r}")
+        proc = self.processes.get(key[1])
+        if proc is None or proc.state is not ProcessState.WAITING or proc.restart_at is None:
+            return  # cancelled after it fell due (a host without a timer table)
+        proc.restart_at = None
         proc.restarts += 1
         self._launch(proc)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _launch(self, proc: Supervised) -> None:
+        handle = next(self._handles)
+        proc.handle = handle
+        proc.starts += 1
+        proc.state = ProcessState.RUNNING
+        self._live[handle] = proc.spec.pid
+        self._outbox.spawn(proc.spec, handle)

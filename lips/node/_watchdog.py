@@ -1,18 +1,34 @@
 """
 The watchdog core: from the node-state tuples it reads, it knows when each watched
-node last reported, and says which nodes have been silent for too long.
+node last reported, and says which nodes have been silent for too long.  Sans-IO, on
+the core contract of L{lips.kernel} (C{docs/design/core.md}).
 
-It decides only; L{lips.node._lipsd} reads the tuples and writes the verdicts.
+Inputs (each takes the current time, C{now}, last):
+
+  - L{Watchdog.observe}C{(name, seq, now)}: node C{name}'s state tuple was just read:
+    report C{seq}, or None if there was none.
+  - L{Watchdog.check}C{(now)}: a round's verdict is wanted.
+  - L{Watchdog.tried}C{(suspect, now)}: a suspect was acted on.
+
+Effects:
+
+  - L{Deliver}C{(Suspect(name, seq, silent_for))}, from L{Watchdog.check}: one for
+    each watched node whose report has stayed unchanged for the limit and was not
+    tried yet, in C{nodes} order.
+
+It starts no timer: lipsd's round (L{lips.node.NodeService}) reads the tuples, feeds
+the observations, asks for the verdict and writes it, every interval.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+
+from lips.kernel import Deliver, Effect, Outbox, TimerKey
 
 __all__ = ["Suspect", "Watchdog"]
 
@@ -54,17 +70,20 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int)
 class Watchdog:
     """
     Watches C{nodes}: a node whose report (its sequence number) has not changed for
-    C{misses} intervals of C{interval} seconds, on C{clock}, is a L{Suspect}.
+    C{misses} intervals of C{interval} seconds is a L{Suspect}.
 
     A node never seen is never suspected: there is no report of it to take.  Each
-    unchanged report is suspected once; a node that reports again is watched afresh.
+    unchanged report is suspected until it is tried, then not again; a node that
+    reports again is watched afresh.
     """
 
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset({Deliver})
+
     nodes: tuple[str, ...] = attrs.field(converter=_names)
-    clock: IReactorTime = attrs.field()
     interval: float = attrs.field(default=1.0, converter=float, validator=_positive)
     misses: int = attrs.field(default=3, validator=_at_least_one)
     _seen: dict[str, _Seen] = attrs.field(init=False, factory=dict)
+    _outbox: Outbox = attrs.field(init=False, factory=lambda: Outbox(Watchdog.emits))
 
     def __attrs_post_init__(self) -> None:
         if len(set(self.nodes)) != len(self.nodes):
@@ -76,20 +95,28 @@ class Watchdog:
         """How long a report may stay unchanged before its node is suspected."""
         return self.interval * self.misses
 
-    def observe(self, name: str, seq: int | None) -> None:
+    def silent(self) -> list[str]:
+        """The nodes whose current report has been tried: those believed down."""
+        return [n for n in self.nodes if self._seen[n].tried is not None]
+
+    def drain(self) -> list[Effect]:
+        """The effects emitted since the last call, in order."""
+        return self._outbox.drain()
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def observe(self, name: str, seq: int | None, now: float) -> None:
         """
-        The watchdog read node C{name}'s state tuple now: report C{seq}, or C{None} if
-        there was none (the node has not reported yet, or its last report was taken
-        when it was declared down).
+        The watchdog read node C{name}'s state tuple at C{now}: report C{seq}, or
+        C{None} if there was none (the node has not reported yet, or its last report
+        was taken when it was declared down).
         """
         seen = self._seen[name]
         if seq is not None and seq != seen.seq:
-            seen.seq, seen.since, seen.tried = seq, self.clock.seconds(), None
+            seen.seq, seen.since, seen.tried = seq, now, None
 
-    def suspects(self) -> list[Suspect]:
-        """The nodes silent for longer than the limit, not yet tried, in C{nodes} order."""
-        now = self.clock.seconds()
-        found = []
+    def check(self, now: float) -> None:
+        """Deliver a L{Suspect} for each node silent for the limit and not yet tried."""
         for name in self.nodes:
             seen = self._seen[name]
             if seen.seq is None or seen.tried == seen.seq:
@@ -98,15 +125,14 @@ class Watchdog:
             # Rounds come every interval, give or take the reactor's jitter: a round due
             # exactly at the limit must not miss it by a hair and wait a whole interval.
             if silent >= self.limit - self.interval / 4:
-                found.append(Suspect(name, seen.seq, silent))
-        return found
+                self._outbox.deliver(Suspect(name, seen.seq, silent))
 
-    def tried(self, suspect: Suspect) -> None:
+    def tried(self, suspect: Suspect, now: float) -> None:
         """C{suspect} was acted on (declared down here, or by another watchdog)."""
         seen = self._seen[suspect.name]
         if seen.seq == suspect.seq:
             seen.tried = suspect.seq
 
-    def silent(self) -> Iterable[str]:
-        """The nodes whose current report has been tried: those believed down."""
-        return [n for n in self.nodes if self._seen[n].tried is not None]
+    def timer(self, key: TimerKey, now: float) -> None:
+        """The watchdog starts no timer: any key is a programming error."""
+        raise ValueError(f"the watchdog starts no timers: {key!r}")

@@ -213,23 +213,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     watchdog = None
     if options["watch"]:
         watchdog = Watchdog(
-            options["watch"], reactor, interval=options["interval"], misses=options["misses"]
+            options["watch"], interval=options["interval"], misses=options["misses"]
         )
 
     def connect() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}", reconnect=True)
 
-    supervisor = Supervisor(
-        name,
-        ReactorSpawner(reactor, pythonpath=options["pythonpath"]),
-        reactor,
-        policy=options["restart"],
-    )
+    supervisor = Supervisor(name, policy=options["restart"])
+    spawner = ReactorSpawner(reactor, pythonpath=options["pythonpath"])
 
     def connect_processes() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-eval", reconnect=True)
 
-    processes = ProcessService(supervisor, connect_processes, reactor, options["app"], fenced=True)
+    processes = ProcessService(
+        supervisor, spawner, connect_processes, reactor, options["app"], fenced=True
+    )
     # Fence half an interval before a watchdog can declare this node down.
     fence_after = (options["misses"] - 0.5) * options["interval"]
     top = service.MultiService()

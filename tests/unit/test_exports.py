@@ -21,6 +21,7 @@ MODULES = [
     "lips.blocking",
     "lips.cli",
     "lips.node",
+    "lips.kernel",
 ]
 
 

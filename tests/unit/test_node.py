@@ -1,10 +1,12 @@
 """
-Tests for L{lips.node}: lipsd's node state, idle policy and watchdog, with a fake clock,
-a fake sampler, and the real tuple-space core behind a fake client.
+Tests for L{lips.node}: lipsd's node state, idle policy and watchdog (the watchdog
+core driven directly with C{now}), and the lipsd service on a fake clock, with a fake
+sampler and the real tuple-space core behind a fake client.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from lips.kernel import Deliver, Driver
 from lips.node import (
     DOWN_TAG,
     STATE_TAG,
@@ -207,64 +210,99 @@ class NodeMonitorTests(SynchronousTestCase):
             NodeMonitor("n1", bad, Clock()).report()
 
 
+def suspects(dog: Watchdog, now: float) -> list[Suspect]:
+    """Ask the watchdog for its verdict at C{now}: the suspects it delivers."""
+    dog.check(now)
+    effects = dog.drain()
+    assert all(isinstance(e, Deliver) for e in effects), effects
+    return [e.item for e in effects if isinstance(e, Deliver)]
+
+
 class WatchdogTests(SynchronousTestCase):
+    """The Watchdog core, driven directly with C{now}."""
+
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.dog = Watchdog(["a", "b"], self.clock, interval=1.0, misses=3)
+        self.dog = Watchdog(["a", "b"], interval=1.0, misses=3)
 
     def test_never_seen(self) -> None:
         """A node never seen is never suspected, however long it stays silent."""
-        self.clock.advance(100)
-        self.dog.observe("a", None)
-        self.assertEqual(self.dog.suspects(), [])
+        self.dog.observe("a", None, 100.0)
+        self.assertEqual(suspects(self.dog, 100.0), [])
 
     def test_down_after_misses(self) -> None:
         """
         A report unchanged for misses intervals makes its node a suspect; a round a hair
         early (within a quarter interval) counts, so jitter never costs a whole round.
         """
-        self.dog.observe("a", 1)
-        self.dog.observe("b", 1)
-        self.clock.advance(2.7)
-        self.dog.observe("a", 1)
-        self.dog.observe("b", 2)
-        self.assertEqual(self.dog.suspects(), [])
-        self.clock.advance(0.05)
-        self.assertEqual(self.dog.suspects(), [Suspect("a", 1, 2.75)])
+        self.dog.observe("a", 1, 0.0)
+        self.dog.observe("b", 1, 0.0)
+        self.dog.observe("a", 1, 2.7)
+        self.dog.observe("b", 2, 2.7)
+        self.assertEqual(suspects(self.dog, 2.7), [])
+        self.assertEqual(suspects(self.dog, 2.75), [Suspect("a", 1, 2.75)])
 
     def test_new_report_resets(self) -> None:
         """A changed report, or none read, restarts or keeps the count as it should."""
-        self.dog.observe("a", 1)
-        self.clock.advance(2)
-        self.dog.observe("a", 2)
-        self.clock.advance(2)
-        self.dog.observe("a", None)
-        self.assertEqual(self.dog.suspects(), [])
-        self.clock.advance(1)
-        self.assertEqual([s.seq for s in self.dog.suspects()], [2])
+        self.dog.observe("a", 1, 0.0)
+        self.dog.observe("a", 2, 2.0)
+        self.dog.observe("a", None, 4.0)
+        self.assertEqual(suspects(self.dog, 4.0), [])
+        self.assertEqual([s.seq for s in suspects(self.dog, 5.0)], [2])
 
     def test_tried_once_then_back(self) -> None:
-        """A suspect once tried is not suspected again until its node reports again."""
-        self.dog.observe("a", 5)
-        self.clock.advance(3)
-        (suspect,) = self.dog.suspects()
-        self.dog.tried(suspect)
-        self.clock.advance(10)
-        self.assertEqual(self.dog.suspects(), [])
-        self.assertEqual(list(self.dog.silent()), ["a"])
-        self.dog.observe("a", 1)  # a restarted lipsd numbers from 1 again
-        self.assertEqual(list(self.dog.silent()), [])
-        self.clock.advance(3)
-        self.assertEqual(self.dog.suspects(), [Suspect("a", 1, 3.0)])
+        """A suspect is delivered at every check until it is tried, then not again
+        until its node reports again."""
+        self.dog.observe("a", 5, 0.0)
+        self.assertEqual(suspects(self.dog, 3.0), [Suspect("a", 5, 3.0)])
+        (suspect,) = suspects(self.dog, 3.0)
+        self.dog.tried(suspect, 3.0)
+        self.assertEqual(suspects(self.dog, 13.0), [])
+        self.assertEqual(self.dog.silent(), ["a"])
+        self.dog.observe("a", 1, 13.0)  # a restarted lipsd numbers from 1 again
+        self.assertEqual(self.dog.silent(), [])
+        self.assertEqual(suspects(self.dog, 16.0), [Suspect("a", 1, 3.0)])
+
+    def test_suspects_in_node_order(self) -> None:
+        """Several suspects come in the order of the watched nodes."""
+        self.dog.observe("b", 1, 0.0)
+        self.dog.observe("a", 1, 0.5)
+        self.assertEqual([s.name for s in suspects(self.dog, 4.0)], ["a", "b"])
+
+    def test_no_timers(self) -> None:
+        """The watchdog starts no timers: being told one is due is a programming error."""
+        self.assertEqual(Watchdog.emits, frozenset({Deliver}))
+        with self.assertRaises(ValueError):
+            self.dog.timer(Tick.ANY, 0.0)
+
+    def test_through_driver(self) -> None:
+        """Run by the kernel's driver on a clock, as lipsd runs it: observations and
+        checks take the clock's time, suspects reach the Deliver handler, and no
+        delayed call is ever made."""
+        clock = Clock()
+        found: list[Suspect] = []
+        driver = Driver(self.dog, clock, {Deliver: lambda e: found.append(e.item)})
+        driver.input(self.dog.observe, "a", 1)
+        clock.advance(2.9)
+        driver.input(self.dog.check)
+        self.assertEqual(found, [Suspect("a", 1, 2.9)])
+        driver.input(self.dog.tried, found[0])
+        driver.input(self.dog.check)
+        self.assertEqual(len(found), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        driver.stop()
 
     def test_bad_arguments(self) -> None:
         """Zero misses, a non-positive interval or a node watched twice are refused."""
         with self.assertRaises(ValueError):
-            Watchdog(["a"], Clock(), misses=0)
+            Watchdog(["a"], misses=0)
         with self.assertRaises(ValueError):
-            Watchdog(["a"], Clock(), interval=0.0)
+            Watchdog(["a"], interval=0.0)
         with self.assertRaises(ValueError):
-            Watchdog(["a", "a"], Clock())
+            Watchdog(["a", "a"])
+
+
+class Tick(enum.Enum):
+    ANY = "any"
 
 
 def _state(name: str, seq: int) -> Any:
@@ -368,7 +406,7 @@ class NodeServiceTests(SynchronousTestCase):
 
     def start(self, name: str, watch: Sequence[str] = ()) -> NodeService:
         monitor = NodeMonitor(name, FakeSampler(), self.clock, interval=1.0)
-        dog = Watchdog(watch, self.clock, interval=1.0, misses=3) if watch else None
+        dog = Watchdog(watch, interval=1.0, misses=3) if watch else None
 
         def connect() -> defer.Deferred[Any]:
             client = FakeClient(self.space)

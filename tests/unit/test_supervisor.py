@@ -1,22 +1,36 @@
 """
-Tests for lipsd's processes: the L{Supervisor} core on a fake clock with a fake
-spawner, the chooser and L{eval_request} against the real tuple-space core, the
-L{ProcessService} that takes requests, and the child's input.
+Tests for lipsd's processes: the L{Supervisor} core driven directly with C{now} (a
+virtual clock and a timer table, no reactor), the chooser and L{eval_request} against
+the real tuple-space core, the L{ProcessService} that runs the supervisor through the
+kernel's driver on a fake clock with a fake spawner, and the child's input.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from lips.kernel import (
+    CancelTimer,
+    Deliver,
+    Effect,
+    Kill,
+    Log,
+    Spawn,
+    StartTimer,
+    TimerTable,
+)
 from lips.node import (
     EVAL_TAG,
     FAILED_TAG,
@@ -30,11 +44,13 @@ from lips.node import (
     NodeService,
     NoNodeAvailable,
     ProcessFailed,
+    ProcessFinished,
     ProcessService,
     ProcessSpec,
     ProcessState,
     RestartPolicy,
     Supervisor,
+    SupervisorTimer,
     Watchdog,
     child_input,
     decode_args,
@@ -52,6 +68,9 @@ from lips.tap import node as node_tap
 from lips.testing import ClusterMember, write_cluster
 from lips.tuples import make_template, packb
 from tests.unit.test_node import BUSY, FakeClient, FakeSampler, matching
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 SPEC = ProcessSpec(7, "evalapp:square", ("sq", 7), packb([7]), ("tcp:host=127.0.0.1:port=1",))
 
@@ -88,77 +107,155 @@ class FakeSpawner:
         return self.children[-1]
 
 
-class SupervisorTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.spawner = FakeSpawner()
+class Host:
+    """
+    The supervisor core hosted with no reactor, as a simulator would host it: a
+    virtual clock (C{now}), a L{TimerTable}, and fake children for its L{Spawn}
+    effects.  With C{broken}, a spawn fails and its end is fed back at once, as
+    L{ProcessService} does.
+    """
+
+    def __init__(self, core: Supervisor) -> None:
+        self.core = core
+        self.now = 0.0
+        self.timers = TimerTable()
+        self.children: list[CoreChild] = []
         self.finished: list[ProcessSpec] = []
         self.failed: list[ProcessFailed] = []
+        self.effects: list[Effect] = []
+        self.broken = False
+
+    @property
+    def last(self) -> CoreChild:
+        return self.children[-1]
+
+    def feed(self, method: Callable[[*Ts, float], R], *args: *Ts) -> R:
+        """Call an input at C{now}, then carry out what it emitted."""
+        result = method(*args, self.now)
+        self.carry_out()
+        return result
+
+    def end(self, child: CoreChild, exit: Exit) -> None:
+        self.feed(self.core.ended, child.handle, exit)
+
+    def advance(self, seconds: float) -> None:
+        """Move the virtual clock on and fire the timers due."""
+        self.now += seconds
+        for key in self.timers.due(self.now):
+            self.core.timer(key, self.now)
+            self.carry_out()
+
+    def new_timers(self) -> list[StartTimer]:
+        """The timers started since the last call."""
+        started = [e for e in self.effects[self._seen :] if isinstance(e, StartTimer)]
+        self._seen = len(self.effects)
+        return started
+
+    _seen = 0
+
+    def carry_out(self) -> None:
+        while effects := self.core.drain():
+            for effect in effects:
+                self.effects.append(effect)
+                if isinstance(effect, StartTimer | CancelTimer):
+                    self.timers.apply(effect)
+                elif isinstance(effect, Spawn):
+                    if self.broken:
+                        error = Exit(error="OSError: no such executable")
+                        self.core.ended(effect.handle, error, self.now)
+                    else:
+                        self.children.append(CoreChild(effect.spec, effect.handle))
+                elif isinstance(effect, Kill):
+                    (child,) = [c for c in self.children if c.handle == effect.handle]
+                    child.killed = True
+                elif isinstance(effect, Deliver):
+                    if isinstance(effect.item, ProcessFinished):
+                        self.finished.append(effect.item.spec)
+                    else:
+                        self.failed.append(effect.item)
+
+
+@attrs.define
+class CoreChild:
+    """A child the host started for a Spawn effect."""
+
+    spec: ProcessSpec
+    handle: int
+    killed: bool = False
+
+
+class SupervisorTests(SynchronousTestCase):
+    """The Supervisor core, driven directly with C{now} (no clock, no reactor)."""
+
+    def setUp(self) -> None:
         self.policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=3)
-        self.supervisor = Supervisor(
-            "n1",
-            self.spawner,
-            self.clock,
-            policy=self.policy,
-            on_finished=self.finished.append,
-            on_failed=self.failed.append,
-        )
+        self.supervisor = Supervisor("n1", policy=self.policy)
+        self.host = Host(self.supervisor)
 
     def tearDown(self) -> None:
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.host.timers), 0)
 
     def test_clean_exit_final(self) -> None:
-        """A child that exits 0 is finished: reported once, never restarted."""
-        self.assertTrue(self.supervisor.start(SPEC))
-        self.spawner.last.ended(Exit(code=0))
-        self.clock.advance(100)
-        self.assertEqual(len(self.spawner.children), 1)
-        self.assertEqual(self.finished, [SPEC])
+        """A child that exits 0 is finished: delivered once, never restarted."""
+        self.assertTrue(self.host.feed(self.supervisor.start, SPEC))
+        self.host.end(self.host.last, Exit(code=0))
+        self.host.advance(100)
+        self.assertEqual(len(self.host.children), 1)
+        self.assertEqual(self.host.finished, [SPEC])
+        self.assertEqual(
+            self.host.effects, [Spawn(SPEC, self.host.last.handle), Deliver(ProcessFinished(SPEC))]
+        )
         self.assertIs(self.supervisor.processes[7].state, ProcessState.FINISHED)
         self.assertEqual(self.supervisor.running, [])
 
     def test_restart_same_pid(self) -> None:
-        """A child killed by a signal is started again at once (on the reactor's next
-        turn), with the same spec (so the same process id), and its later clean exit
-        finishes it."""
-        self.supervisor.start(SPEC)
-        self.spawner.last.ended(Exit(signal=9))
-        self.assertEqual(len(self.spawner.children), 1)
+        """A child killed by a signal is started again at once (its restart timer is
+        due at the moment of the crash), with the same spec (so the same process id),
+        and its later clean exit finishes it."""
+        self.host.feed(self.supervisor.start, SPEC)
+        self.host.end(self.host.last, Exit(signal=9))
+        self.assertEqual(len(self.host.children), 1)
         self.assertIs(self.supervisor.processes[7].state, ProcessState.WAITING)
-        self.clock.advance(0)
-        self.assertEqual(len(self.spawner.children), 2)
-        self.assertEqual(self.spawner.last.spec, SPEC)
+        self.assertEqual(
+            self.host.new_timers(), [StartTimer((SupervisorTimer.RESTART, 7), self.host.now)]
+        )
+        self.host.advance(0)
+        self.assertEqual(len(self.host.children), 2)
+        self.assertEqual(self.host.last.spec, SPEC)
+        self.assertNotEqual(self.host.children[0].handle, self.host.last.handle)
         self.assertEqual(self.supervisor.processes[7].restarts, 1)
-        self.spawner.last.ended(Exit(code=0))
-        self.assertEqual(self.finished, [SPEC])
-        self.assertEqual(self.failed, [])
+        self.host.end(self.host.last, Exit(code=0))
+        self.assertEqual(self.host.finished, [SPEC])
+        self.assertEqual(self.host.failed, [])
 
     def test_backoff_doubles_to_cap(self) -> None:
         """The first crash restarts at once; the next wait 0.1, 0.2, 0.4, then 0.5 s."""
         policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=10)
-        supervisor = Supervisor("n1", self.spawner, self.clock, policy=policy)
-        supervisor.start(SPEC)
+        supervisor = Supervisor("n1", policy=policy)
+        host = self.host = Host(supervisor)
+        host.feed(supervisor.start, SPEC)
         delays = []
         for _ in range(5):
-            self.spawner.last.ended(Exit(code=1))
-            (call,) = self.clock.getDelayedCalls()
-            delays.append(round(call.getTime() - self.clock.seconds(), 9))
-            self.clock.advance(call.getTime() - self.clock.seconds())
+            host.end(host.last, Exit(code=1))
+            (timer,) = host.new_timers()
+            delays.append(round(timer.at - host.now, 9))
+            host.advance(timer.at - host.now)
         self.assertEqual(delays, [0.0, 0.1, 0.2, 0.4, 0.5])
-        supervisor.stop()
+        self.assertEqual(len(host.children), 6)
+        host.feed(supervisor.stop)
 
     def test_fails_past_threshold(self) -> None:
         """The crash after max_restarts restarts within the window fails the process:
         one record with the node, the reason and the restarts; no more starts."""
-        self.supervisor.start(SPEC)
+        self.host.feed(self.supervisor.start, SPEC)
         for _ in range(3):
-            self.spawner.last.ended(Exit(code=3))
-            self.clock.advance(1.0)
-        self.assertEqual(len(self.spawner.children), 4)
-        self.spawner.last.ended(Exit(code=3))
-        self.clock.advance(100)
-        self.assertEqual(len(self.spawner.children), 4)
-        (record,) = self.failed
+            self.host.end(self.host.last, Exit(code=3))
+            self.host.advance(1.0)
+        self.assertEqual(len(self.host.children), 4)
+        self.host.end(self.host.last, Exit(code=3))
+        self.host.advance(100)
+        self.assertEqual(len(self.host.children), 4)
+        (record,) = self.host.failed
         self.assertEqual((record.pid, record.node, record.restarts), (7, "n1", 3))
         self.assertIn("exit code 3", record.reason)
         self.assertIn("4 crashes", record.reason)
@@ -169,74 +266,111 @@ class SupervisorTests(SynchronousTestCase):
     def test_old_crashes_forgotten(self) -> None:
         """Crashes older than the window do not count toward failing, nor the delay."""
         policy = RestartPolicy(delay=0.1, max_restarts=1, window=10.0)
-        supervisor = Supervisor("n1", self.spawner, self.clock, policy=policy)
-        failed: list[ProcessFailed] = []
-        supervisor.on_failed = failed.append
-        supervisor.start(SPEC)
+        supervisor = Supervisor("n1", policy=policy)
+        host = self.host = Host(supervisor)
+        host.feed(supervisor.start, SPEC)
         for _ in range(4):
-            self.spawner.last.ended(Exit(signal=9))
-            (call,) = self.clock.getDelayedCalls()
-            self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 0.0)  # a first
-            self.clock.advance(11.0)
-        self.assertEqual((failed, len(self.spawner.children)), ([], 5))
-        supervisor.stop()
+            host.end(host.last, Exit(signal=9))
+            (timer,) = host.new_timers()
+            self.assertAlmostEqual(timer.at - host.now, 0.0)  # a first crash each time
+            host.advance(11.0)
+        self.assertEqual((host.failed, len(host.children)), ([], 5))
+        host.feed(supervisor.stop)
 
     def test_spawn_error_is_a_crash(self) -> None:
         """A child that cannot be started counts as a crash, and fails in the end."""
-        self.spawner.broken = True
-        self.supervisor.start(SPEC)
-        self.clock.pump([1.0] * 5)
-        (record,) = self.failed
+        self.host.broken = True
+        self.host.feed(self.supervisor.start, SPEC)
+        for _ in range(5):
+            self.host.advance(1.0)
+        (record,) = self.host.failed
         self.assertIn("not started: OSError", record.reason)
+        self.assertEqual(self.supervisor.processes[7].starts, 4)
 
     def test_duplicate_start(self) -> None:
         """A process id already running is not started twice."""
-        self.assertTrue(self.supervisor.start(SPEC))
-        self.assertFalse(self.supervisor.start(SPEC))
-        self.assertEqual(len(self.spawner.children), 1)
-        self.supervisor.stop()
+        self.assertTrue(self.host.feed(self.supervisor.start, SPEC))
+        self.assertFalse(self.host.feed(self.supervisor.start, SPEC))
+        self.assertEqual(len(self.host.children), 1)
+        self.host.feed(self.supervisor.stop)
 
     def test_stop(self) -> None:
-        """Stopping terminates running children, cancels pending restarts, and ignores
+        """Stopping kills running children, cancels pending restarts, and ignores
         their later ends."""
         other = ProcessSpec(8, "evalapp:square", ("sq", 8), packb([8]), ("tcp:host=h:port=1",))
-        self.supervisor.start(SPEC)
-        self.supervisor.start(other)
-        self.spawner.children[1].ended(Exit(code=1))
-        running = self.spawner.children[0]
-        self.supervisor.stop()
-        self.assertTrue(running.terminated)
-        running.ended(Exit(signal=15))
-        self.clock.advance(10)
-        self.assertEqual((self.finished, self.failed, len(self.spawner.children)), ([], [], 2))
+        self.host.feed(self.supervisor.start, SPEC)
+        self.host.feed(self.supervisor.start, other)
+        self.host.end(self.host.children[1], Exit(code=1))
+        self.assertEqual(len(self.host.timers), 1)
+        running = self.host.children[0]
+        self.host.feed(self.supervisor.stop)
+        self.assertTrue(running.killed)
+        self.assertIn(Kill(running.handle), self.host.effects)
+        self.assertIn(CancelTimer((SupervisorTimer.RESTART, 8)), self.host.effects)
+        self.host.end(running, Exit(signal=15))
+        self.host.advance(10)
+        self.assertEqual(
+            (self.host.finished, self.host.failed, len(self.host.children)), ([], [], 2)
+        )
         with self.assertRaises(RuntimeError):
-            self.supervisor.start(SPEC)
+            self.host.feed(self.supervisor.start, SPEC)
 
     def test_fence_never_two_children(self) -> None:
-        """A fenced process's child is terminated and its restart cancelled; started
-        again, it waits for the terminated child to end before a new one is spawned."""
-        self.supervisor.start(SPEC)
-        old = self.spawner.last
-        self.assertEqual(self.supervisor.fence(), [7])
-        self.assertTrue(old.terminated)
+        """A fenced process's child is killed and its restart cancelled; started
+        again, it waits for the killed child to end before a new one is spawned."""
+        self.host.feed(self.supervisor.start, SPEC)
+        old = self.host.last
+        self.assertEqual(self.host.feed(self.supervisor.fence), [7])
+        self.assertTrue(old.killed)
+        self.assertTrue(self.supervisor.terminating(7))
         self.assertIs(self.supervisor.processes[7].state, ProcessState.STOPPED)
-        self.assertTrue(self.supervisor.start(SPEC))
-        self.assertEqual(len(self.spawner.children), 1)
-        old.ended(Exit(signal=15))
-        self.assertEqual(len(self.spawner.children), 2)
+        self.assertTrue(self.host.feed(self.supervisor.start, SPEC))
+        self.assertEqual(len(self.host.children), 1)
+        self.host.end(old, Exit(signal=15))
+        self.assertFalse(self.supervisor.terminating(7))
+        self.assertEqual(len(self.host.children), 2)
         self.assertIs(self.supervisor.processes[7].state, ProcessState.RUNNING)
-        self.spawner.last.ended(Exit(code=0))
-        self.assertEqual((self.finished, self.failed), ([SPEC], []))
+        self.host.end(self.host.last, Exit(code=0))
+        self.assertEqual((self.host.finished, self.host.failed), ([SPEC], []))
+
+    def test_fence_cancels_restart(self) -> None:
+        """A fence while a restart waits cancels its timer: no child is spawned."""
+        self.host.feed(self.supervisor.start, SPEC)
+        self.host.end(self.host.last, Exit(code=1))
+        self.assertEqual(self.host.feed(self.supervisor.fence), [7])
+        self.assertEqual(self.host.effects[-1], CancelTimer((SupervisorTimer.RESTART, 7)))
+        self.host.advance(10)
+        self.assertEqual(len(self.host.children), 1)
 
     def test_stale_end_ignored(self) -> None:
         """An end reported twice (or by an older child) is counted once."""
-        self.supervisor.start(SPEC)
-        first = self.spawner.last
-        first.ended(Exit(code=1))
-        self.clock.advance(0.1)
-        first.ended(Exit(code=1))
+        self.host.feed(self.supervisor.start, SPEC)
+        first = self.host.last
+        self.host.end(first, Exit(code=1))
+        self.host.advance(0.1)
+        self.host.end(first, Exit(code=1))
         self.assertIs(self.supervisor.processes[7].state, ProcessState.RUNNING)
-        self.spawner.last.ended(Exit(code=0))
+        self.host.end(self.host.last, Exit(code=0))
+
+    def test_logs(self) -> None:
+        """A scheduled restart is logged at info, a failure at warn, as Log effects."""
+        supervisor = Supervisor("n1", policy=RestartPolicy(max_restarts=1))
+        host = self.host = Host(supervisor)
+        host.feed(supervisor.start, SPEC)
+        host.end(host.last, Exit(code=2))
+        host.advance(0)
+        host.end(host.last, Exit(code=2))
+        logs = [e for e in host.effects if isinstance(e, Log)]
+        self.assertEqual([e.level for e in logs], [LogLevel.info, LogLevel.warn])
+        self.assertEqual(dict(logs[0].fields)["pid"], 7)
+        self.assertIn("2 crashes", str(dict(logs[1].fields)["reason"]))
+
+    def test_foreign_timer_refused(self) -> None:
+        """A timer key the supervisor never starts is a programming error."""
+        with self.assertRaises(ValueError):
+            self.supervisor.timer(SupervisorTimer.RESTART, 0.0)
+        with self.assertRaises(ValueError):
+            self.supervisor.timer((Tick.OTHER, 7), 0.0)
 
     def test_exit_describe(self) -> None:
         """Exits say how the child ended."""
@@ -257,6 +391,12 @@ class SupervisorTests(SynchronousTestCase):
             RestartPolicy(max_restarts=-1)
         with self.assertRaises(ValueError):
             RestartPolicy(window=0)
+        with self.assertRaises(TypeError):
+            self.supervisor.start(("not", "a", "spec"), 0.0)  # type: ignore[arg-type]
+
+
+class Tick(enum.Enum):
+    OTHER = "other"
 
 
 def report(name: str, load1: float, idle: bool = True, processes: int = 0) -> NodeReport:
@@ -384,18 +524,23 @@ class EvalRequestTests(SynchronousTestCase):
         self.assertTrue(all(0 < p <= 2**62 for p in pids))
 
 
-class ProcessServiceTests(SynchronousTestCase):
-    """The service on a fake clock, a fake spawner and a fake client of one space."""
+class _ServiceCase(SynchronousTestCase):
+    """
+    The service on a fake clock, a fake spawner and a fake client of one space: the
+    supervisor core run through the kernel's driver, its Spawn and Kill effects
+    carried out with the spawner.
+    """
+
+    policy = RestartPolicy(max_restarts=1)
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.space = NotifyingSpace()
         self.spawner = FakeSpawner()
-        self.supervisor = Supervisor(
-            "n1", self.spawner, self.clock, policy=RestartPolicy(max_restarts=1)
-        )
+        self.supervisor = Supervisor("n1", policy=self.policy)
         self.service = ProcessService(
             self.supervisor,
+            self.spawner,
             lambda: defer.succeed(BlockingFake(self.space)),
             self.clock,
             endpoints=("tcp:host=127.0.0.1:port=9",),
@@ -413,6 +558,10 @@ class ProcessServiceTests(SynchronousTestCase):
                 eval_request(self.requester, ("sq", 3), target, 3, nodes=["n1"], pid=pid)
             )
         )
+
+
+class ProcessServiceTests(_ServiceCase):
+    """Requests taken, run under the supervisor, and their records written back."""
 
     def test_runs_request_and_takes_record(self) -> None:
         """A request for this node starts a child with lipsd's endpoints; its clean exit
@@ -449,6 +598,97 @@ class ProcessServiceTests(SynchronousTestCase):
         publish_state(self.space, "n1", 0.1)
         self.place()
         self.assertEqual(len(self.spawner.children), 1)
+
+    def test_wiring_checked(self) -> None:
+        """A spawner that is not an ISpawner, or a supervisor that is not one, is
+        refused when the service is built."""
+        connect = lambda: defer.succeed(BlockingFake(self.space))  # noqa: E731
+        with self.assertRaises(TypeError):
+            ProcessService(self.supervisor, object(), connect, self.clock)  # type: ignore[arg-type]
+        with self.assertRaises(TypeError):
+            ProcessService(self.spawner, self.spawner, connect, self.clock)  # type: ignore[arg-type]
+
+
+class SupervisorDriverTests(_ServiceCase):
+    """
+    The supervisor's timers and children through the driver on the fake clock: what
+    the core decides (see L{SupervisorTests}) happens on the reactor as it did.
+    """
+
+    policy = RestartPolicy(delay=0.1, factor=2.0, max_delay=0.5, max_restarts=10)
+
+    def setUp(self) -> None:
+        super().setUp()
+        publish_state(self.space, "n1", 0.1)
+
+    def test_restart_on_next_turn(self) -> None:
+        """A crashed child is restarted at once: on the reactor's next turn, with the
+        same process id, from the one delayed call the driver keeps."""
+        self.place()
+        self.spawner.last.ended(Exit(signal=9))
+        self.assertEqual(len(self.spawner.children), 1)
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), self.clock.seconds())
+        self.clock.advance(0)
+        self.assertEqual([c.spec.pid for c in self.spawner.children], [11, 11])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_backoff_on_the_clock(self) -> None:
+        """The restarts' delays on the reactor are the core's: at once, then 0.1, 0.2,
+        0.4 and 0.5 s, never with more than one delayed call pending."""
+        self.place()
+        delays = []
+        for _ in range(5):
+            self.spawner.last.ended(Exit(code=1))
+            (call,) = self.clock.getDelayedCalls()
+            delays.append(round(call.getTime() - self.clock.seconds(), 9))
+            self.clock.advance(call.getTime() - self.clock.seconds())
+        self.assertEqual(delays, [0.0, 0.1, 0.2, 0.4, 0.5])
+        self.assertEqual(len(self.spawner.children), 6)
+
+    def test_two_processes_one_delayed_call(self) -> None:
+        """Two processes waiting to be restarted share the driver's one delayed call,
+        due at the earlier restart."""
+        self.place(pid=11)
+        self.place(pid=12)
+        first, second = self.spawner.children
+        first.ended(Exit(code=1))
+        self.clock.advance(0)  # its first restart, at once
+        self.spawner.last.ended(Exit(code=1))  # 11 waits 0.1 s
+        self.clock.advance(0.05)
+        second.ended(Exit(code=1))  # 12 restarts at once
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 0.05)
+        self.clock.advance(0)
+        (call,) = self.clock.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime(), 0.1)
+        self.clock.advance(0.05)
+        self.assertEqual([c.spec.pid for c in self.spawner.children], [11, 12, 11, 12, 11])
+
+    def test_spawn_error_is_a_crash(self) -> None:
+        """A spawner that cannot start the child: the adapter feeds the failure back as
+        the child's end, it counts as a crash, and the process fails in the end."""
+        self.spawner.broken = True
+        self.place()
+        self.clock.pump([1.0] * 11)
+        (failed,) = matching(self.space, failed_template(11))
+        self.assertIn("not started: OSError: no such executable", failed[3])
+        self.assertEqual(self.supervisor.processes[11].starts, 11)
+        self.assertEqual(self.service.driver.stats()["errors.handler"], 0)
+
+    def test_stop_kills_and_cancels(self) -> None:
+        """Stopping the service terminates the running child, cancels a waiting
+        restart and leaves no delayed call; the children's later ends change nothing."""
+        self.place(pid=11)
+        self.place(pid=12)
+        running, crashed = self.spawner.children
+        crashed.ended(Exit(code=1))
+        self.successResultOf(self.service.stopService())
+        self.assertTrue(running.terminated)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        running.ended(Exit(signal=15))
+        self.clock.advance(10)
+        self.assertEqual(len(self.spawner.children), 2)
 
 
 def place_on(space: TupleSpace, node: str, pid: int) -> None:
@@ -528,16 +768,17 @@ class Lipsd:
         self.space = space
         self.sampler = FakeSampler()
         self.spawner = FakeSpawner()
-        self.supervisor = Supervisor(name, self.spawner, clock, policy=RestartPolicy())
+        self.supervisor = Supervisor(name, policy=RestartPolicy())
         self.processes = ProcessService(
             self.supervisor,
+            self.spawner,
             lambda: defer.succeed(BlockingFake(space)),
             clock,
             endpoints=("tcp:host=127.0.0.1:port=9",),
             fenced=True,
         )
         monitor = NodeMonitor(name, self.sampler, clock, interval=1.0)
-        dog = Watchdog(watch, clock, interval=1.0, misses=3)
+        dog = Watchdog(watch, interval=1.0, misses=3)
         self.node = NodeService(
             monitor,
             lambda: defer.succeed(FakeClient(space)),
@@ -669,7 +910,7 @@ class FailoverTests(SynchronousTestCase):
             self.clock.advance(0.5)
             if n2.pids() and n1.pids():
                 running_together.append(self.clock.seconds())
-            if child.terminated and child.spec.pid in n1.supervisor._dying:
+            if child.terminated and n1.supervisor.terminating(child.spec.pid):
                 child.ended(Exit(signal=15))
         self.assertTrue(child.terminated)
         self.assertEqual(running_together, [])
