@@ -1,16 +1,33 @@
 """
 The TCP adapter of the MessageServer: bytes in, messages to the core, bytes out.
+
+The adapter holds what only it can see, within the core's L{ServerLimits
+<lips.server.ServerLimits>}: a connection past the connection bounds is refused BUSY at
+once; the bytes of incomplete frames count against one budget shared by every
+connection (the connection whose bytes would pass it is closed), and a frame may stay
+incomplete only so long; a client that does not read its replies stops being read from
+(Twisted's producer/consumer flow control: the transport pauses this protocol, which
+pauses reading) and is closed once the replies waiting for it pass their bound.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lips.server import MessageServer, Session
-from lips.wire import Frame, FrameDecoder, MessageError, decode_message
+from lips.wire import (
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    MessageError,
+    decode_message,
+    encode_message,
+)
 
 __all__ = ["MessageServerFactory", "MessageServerProtocol"]
 
@@ -18,26 +35,95 @@ __all__ = ["MessageServerFactory", "MessageServerProtocol"]
 BODY_OVERHEAD = 4096
 
 
+@implementer(IPushProducer)
 class MessageServerProtocol(Protocol):
     """One client connection."""
 
     log = Logger()
 
-    def __init__(self, server: MessageServer) -> None:
+    def __init__(self, server: MessageServer, factory: MessageServerFactory | None = None) -> None:
         self.server = server
+        self.factory = factory if factory is not None else MessageServerFactory(server)
         self.decoder = FrameDecoder(server.limits.max_size + BODY_OVERHEAD)
         self.session: Session | None = None
+        self._partial = 0  # bytes of an incomplete frame, counted in the factory's budget
+        self._partial_call: IDelayedCall | None = None
+        self._paused = False  # the transport cannot take more replies for now
+        self._unsent = 0  # bytes of replies written while paused
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        peer = self.transport.getPeer()
-        self.session = self.server.open_session(self.transport.write, _describe(peer))
+        transport = self.transport
+        assert transport is not None
+        peer = transport.getPeer()
+        host = getattr(peer, "host", None)
+        refused = self.server.admit(host)
+        if refused is not None:
+            self.log.warn(
+                "Refusing a connection from {peer}: {why}", peer=_describe(peer), why=refused
+            )
+            transport.write(encode_message(Error(ErrorCode.BUSY, f"{refused}; retry later"), 0))
+            transport.loseConnection()
+            return
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self.session = self.server.open_session(
+            self._send, _describe(peer), host=host, abort=self._abort
+        )
+
+    def _send(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._paused:
+            self._unsent += len(data)
+            bound = self.server.bounds.max_unsent_bytes
+            if self._unsent > bound:
+                self.server.counters["closed.unread"] += 1
+                self.log.warn(
+                    "Closing {peer}: it reads none of its replies ({unsent} bytes waiting,"
+                    " the bound is {bound})",
+                    peer=self.session.peer if self.session else "?",
+                    unsent=self._unsent,
+                    bound=bound,
+                )
+                self._abort()
+                return
+        transport.write(data)
+
+    # -- IPushProducer: the transport's say on our replies ---------------------------------
+
+    def pauseProducing(self) -> None:
+        """The client reads too slowly for its replies: read its requests no more."""
+        if not self._paused:
+            self._paused = True
+            self.server.counters["paused.unread"] += 1
+            assert self.transport is not None
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._unsent = 0
+            assert self.transport is not None
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+    def _abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- bytes in ---------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
-        assert session is not None
+        if session is None:
+            return  # refused: its bytes mean nothing
         limits = self.server.limits
-        for item in self.decoder.feed(data):
+        items = self.decoder.feed(data)
+        if not self._account(session):
+            return
+        for item in items:
             if type(item) is Frame:
                 try:
                     message = decode_message(item, limits)
@@ -59,19 +145,77 @@ class MessageServerProtocol(Protocol):
                     self.transport.loseConnection()
                     return
 
+    def _account(self, session: Session) -> bool:
+        """
+        Count this connection's incomplete frame against the shared budget, and give
+        it a deadline; False (and the connection closing) past either.
+        """
+        bounds = self.server.bounds
+        have = self.decoder.buffered
+        factory = self.factory
+        factory.partial_bytes += have - self._partial
+        self._partial = have
+        if factory.partial_bytes > bounds.max_partial_bytes:
+            self.server.counters["closed.partial_budget"] += 1
+            session.error(
+                ErrorCode.BUSY,
+                f"the server holds {factory.partial_bytes} bytes of incomplete frames, over"
+                f" its budget of {bounds.max_partial_bytes}; closing",
+                0,
+            )
+            self._release()
+            self._abort()
+            return False
+        if not have:
+            self._cancel_partial()
+        elif self._partial_call is None and bounds.partial_timeout:
+            self._partial_call = self.server.clock.callLater(
+                bounds.partial_timeout, self._partial_overdue
+            )
+        return True
+
+    def _partial_overdue(self) -> None:
+        self._partial_call = None
+        if self.session is None or not self._partial:
+            return
+        self.server.counters["closed.partial_timeout"] += 1
+        self.session.error(
+            ErrorCode.MALFORMED,
+            f"a frame still incomplete after {self.server.bounds.partial_timeout:g} s; closing",
+            0,
+        )
+        self._release()
+        self._abort()
+
+    def _cancel_partial(self) -> None:
+        if self._partial_call is not None and self._partial_call.active():
+            self._partial_call.cancel()
+        self._partial_call = None
+
+    def _release(self) -> None:
+        self.factory.partial_bytes -= self._partial
+        self._partial = 0
+        self._cancel_partial()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._release()
         if self.session is not None:
             self.session.close()
 
 
 class MessageServerFactory(Factory):
-    """Builds a L{MessageServerProtocol} per connection to one L{MessageServer}."""
+    """
+    Builds a L{MessageServerProtocol} per connection to one L{MessageServer}.
+
+    @ivar partial_bytes: bytes of incomplete frames held across its connections.
+    """
 
     def __init__(self, server: MessageServer) -> None:
         self.server = server
+        self.partial_bytes = 0
 
     def buildProtocol(self, addr: IAddress | None) -> MessageServerProtocol:
-        return MessageServerProtocol(self.server)
+        return MessageServerProtocol(self.server, self)
 
 
 def _describe(address: IAddress) -> str:

@@ -10,12 +10,14 @@ from lips.server._core import (
     Session,
     Unavailable,
 )
+from lips.server._limits import ServerLimits
 
 __all__ = [
     "ISpaceBackend",
     "LocalBackend",
     "MessageServer",
     "Operation",
+    "ServerLimits",
     "Session",
     "Unavailable",
 ]

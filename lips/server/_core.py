@@ -20,6 +20,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Attribute, Interface, implementer
 
+from lips.server._limits import ServerLimits
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template
 from lips.wire import (
@@ -160,19 +161,45 @@ class _Route:
     session: Session
     request_id: int
     timer: IDelayedCall | None = None
+    blocks: bool = False
+    """An C{in}/C{rd}, which may wait without end: counted against the bounds."""
+
+
+def _nothing() -> None:
+    pass
 
 
 class Session:
-    """One client connection's view of the server."""
+    """
+    One client connection's view of the server.
 
-    def __init__(self, server: MessageServer, send: Callable[[bytes], None], peer: str) -> None:
+    @param send: writes bytes to the client.
+    @param peer: how to name the client in logs.
+    @param host: the client's address, for the per-peer connection bound.
+    @param abort: closes the connection (a session that overstays a bound).
+    """
+
+    def __init__(
+        self,
+        server: MessageServer,
+        send: Callable[[bytes], None],
+        peer: str,
+        host: str | None = None,
+        abort: Callable[[], None] = _nothing,
+    ) -> None:
         self.server = server
         self.send = send
         self.peer = peer
+        self.host = host
+        self.abort = abort
         self.pid: int | None = None
         # request id -> (pid, event), for CANCEL and for withdrawing on close
         self.requests: dict[int, tuple[int, int]] = {}
         self.closed = False
+        self.blocking = 0
+        """How many of its requests are an C{in} or C{rd} not yet answered."""
+        self.heard = server.clock.seconds()
+        self.timer: IDelayedCall | None = None
 
     def reply(self, message: Message, request_id: int) -> None:
         if not self.closed:
@@ -193,6 +220,9 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
         self.server.session_closed(self)
 
 
@@ -203,6 +233,7 @@ class MessageServer:
     @param clock: for request timeouts.
     @param rng: for process ids given to clients that do not bring one.
     @param probes: more figures for L{stats}, by name (the ring's, say).
+    @param bounds: what the server's clients may make it hold (L{ServerLimits}).
     """
 
     def __init__(
@@ -214,8 +245,10 @@ class MessageServer:
         limits: Limits = DEFAULT_LIMITS,
         rng: random.Random | None = None,
         probes: Sequence[Callable[[], Mapping[str, int | float | str]]] = (),
+        bounds: ServerLimits | None = None,
     ) -> None:
         self.backend = backend
+        self.bounds = bounds if bounds is not None else ServerLimits()
         self.probes = list(probes)
         self.clock = clock
         self.name = name
@@ -225,18 +258,55 @@ class MessageServer:
         self.sessions: set[Session] = set()
         self._by_pid: dict[int, Session] = {}
         self._routes: dict[tuple[int, int], _Route] = {}
+        self._per_peer: Counter[str] = Counter()
+        self._blocking = 0
         backend.on_complete = self.completed
 
     # -- from the transport ----------------------------------------------------------
 
-    def open_session(self, send: Callable[[bytes], None], peer: str = "?") -> Session:
-        session = Session(self, send, peer)
+    def admit(self, host: str | None) -> str | None:
+        """
+        Whether a new connection from C{host} may open a session: C{None} if so, else
+        why not (it is refused BUSY with that reason, and counted).
+        """
+        bounds = self.bounds
+        if len(self.sessions) >= bounds.max_connections:
+            self.counters["refused.connections"] += 1
+            return f"the server has {len(self.sessions)} connections, its limit"
+        if host is not None and self._per_peer[host] >= bounds.max_per_peer:
+            self.counters["refused.per_peer"] += 1
+            return f"{host} has {self._per_peer[host]} connections, the limit for one address"
+        return None
+
+    def open_session(
+        self,
+        send: Callable[[bytes], None],
+        peer: str = "?",
+        *,
+        host: str | None = None,
+        abort: Callable[[], None] = _nothing,
+    ) -> Session:
+        """
+        A session for a new connection (once L{admit}ted): it must say HELLO within the
+        HELLO timeout, and is closed once idle for the idle timeout.
+        """
+        session = Session(self, send, peer, host, abort)
         self.sessions.add(session)
+        if host is not None:
+            self._per_peer[host] += 1
         self.counters["connections_opened"] += 1
+        if self.bounds.hello_timeout:
+            session.timer = self.clock.callLater(
+                self.bounds.hello_timeout, self._hello_overdue, session
+            )
         return session
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        if session.host is not None:
+            self._per_peer[session.host] -= 1
+            if not self._per_peer[session.host]:
+                del self._per_peer[session.host]
         self.counters["connections_closed"] += 1
         if session.pid is not None and self._by_pid.get(session.pid) is session:
             del self._by_pid[session.pid]
@@ -244,12 +314,13 @@ class MessageServer:
             route = self._routes.get(key)
             if route is not None and route.session is session:
                 self._cancel_timer(route)
-                del self._routes[key]
+                self._forget(key, route)
                 self.backend.withdraw(*key, Status.CANCELLED)
         session.requests.clear()
 
     def received(self, session: Session, message: Message, request_id: int) -> None:
         self.counters["frames_in"] += 1
+        session.heard = self.clock.seconds()
         if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest):
             if session.pid is None:
                 session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
@@ -283,7 +354,7 @@ class MessageServer:
         status = c.status
         if status is Status.PENDING:
             return
-        del self._routes[key]
+        self._forget(key, route)
         session = route.session
         session.requests.pop(route.request_id, None)
         self._cancel_timer(route)
@@ -333,6 +404,13 @@ class MessageServer:
         self._by_pid[pid] = session
         session.pid = pid
         self.counters["hellos"] += 1
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        if self.bounds.idle_timeout:
+            session.timer = self.clock.callLater(
+                self.bounds.idle_timeout, self._idle_check, session
+            )
         session.reply(Welcome(pid, self.name, self.limits.max_size), request_id)
 
     def _recover(self, session: Session, request_id: int) -> None:
@@ -361,13 +439,22 @@ class MessageServer:
         assert pid is not None
         key = (pid, message.event)
         route = self._routes.get(key)
+        blocks = isinstance(message, Take) and message.kind.blocks
+        if route is None and blocks and self._overloaded(session, request_id):
+            return
         if route is not None:
             # The same operation again (a retry): answer it here from now on.
             route.session.requests.pop(route.request_id, None)
+            if route.blocks:
+                route.session.blocking -= 1
+                session.blocking += 1
             route.session = session
             route.request_id = request_id
         else:
-            route = self._routes[key] = _Route(session, request_id)
+            route = self._routes[key] = _Route(session, request_id, blocks=blocks)
+            if blocks:
+                session.blocking += 1
+                self._blocking += 1
         session.requests[request_id] = key
         if isinstance(message, Out):
             self.counters["ops.out"] += 1
@@ -381,6 +468,56 @@ class MessageServer:
             if message.timeout is not None and message.kind.blocks and route.timer is None:
                 route.timer = self.clock.callLater(message.timeout, self._expire, key)
         self.backend.submit(op)
+
+    def _forget(self, key: tuple[int, int], route: _Route) -> None:
+        del self._routes[key]
+        if route.blocks:
+            route.session.blocking -= 1
+            self._blocking -= 1
+
+    def _overloaded(self, session: Session, request_id: int) -> bool:
+        """
+        Refuse (BUSY) a new C{in} or C{rd} past the bounds on waiting requests.  Only
+        those are bounded: they may wait without end, while every other request is
+        answered promptly (an C{out} must never be refused for want of room, or the
+        waiters could never be served).
+        """
+        bounds = self.bounds
+        if session.blocking >= bounds.max_waiting_per_session:
+            self.counters["refused.waiting_per_session"] += 1
+            why = f"this session has {session.blocking} requests waiting, its limit"
+        elif self._blocking >= bounds.max_waiting:
+            self.counters["refused.waiting"] += 1
+            why = f"the server has {self._blocking} requests waiting, its limit"
+        else:
+            return False
+        session.error(ErrorCode.BUSY, f"{why}; retry later", request_id)
+        return True
+
+    def _hello_overdue(self, session: Session) -> None:
+        session.timer = None
+        if session.pid is None and not session.closed:
+            self.counters["closed.no_hello"] += 1
+            session.error(
+                ErrorCode.NOT_READY,
+                f"no HELLO within {self.bounds.hello_timeout:g} s; closing",
+                0,
+            )
+            session.abort()
+
+    def _idle_check(self, session: Session) -> None:
+        """Close a session that has had nothing waiting and said nothing for too long."""
+        session.timer = None
+        if session.closed:
+            return
+        limit = self.bounds.idle_timeout
+        quiet = self.clock.seconds() - session.heard
+        if session.requests or quiet < limit:
+            again = limit if session.requests else limit - quiet
+            session.timer = self.clock.callLater(again, self._idle_check, session)
+            return
+        self.counters["closed.idle"] += 1
+        session.abort()
 
     def _expire(self, key: tuple[int, int]) -> None:
         route = self._routes.get(key)
@@ -410,6 +547,7 @@ class MessageServer:
         """Counters and gauges, by name."""
         values: dict[str, int | float | str] = dict(self.counters)
         values["sessions"] = len(self.sessions)
+        values["waiting"] = self._blocking
         values["server"] = self.name
         for k, v in self.backend.gauges().items():
             values[f"space.{k}"] = v

@@ -9,10 +9,11 @@ file's ring for its role, and the space is replicated by the ring.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
-from typing import Any
+from typing import Any, Final
 
 from OpenSSL import crypto
 from twisted.application import service
@@ -41,11 +42,32 @@ from lips.protocols import (
     listen_ring,
 )
 from lips.replica import ReplicaNode
-from lips.server import ISpaceBackend, LocalBackend, MessageServer
+from lips.server import ISpaceBackend, LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.tuples import Limits
 
 __all__ = ["ServerOptions", "ServerService", "make_server_service"]
+
+
+def number_option(name: str, *, positive: bool = False, top: float | None = None) -> Any:
+    """
+    A converter of option C{--name}: a finite number of at least 0 (above 0 if
+    C{positive}, at most C{top} if given), else a UsageError.
+    """
+
+    def convert(value: str) -> float:
+        try:
+            n = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+        if not math.isfinite(n) or n < 0 or (positive and n == 0):
+            what = "positive" if positive else "at least 0"
+            raise usage.UsageError(f"--{name} must be {what}, not {value!r}")
+        if top is not None and n > top:
+            raise usage.UsageError(f"--{name} must be at most {top:g}, not {value!r}")
+        return n
+
+    return convert
 
 
 def integer_option(name: str, lo: int) -> Any:
@@ -61,6 +83,30 @@ def integer_option(name: str, lo: int) -> Any:
         return n
 
     return convert
+
+
+_BOUNDS: Final = ServerLimits()
+#: The bounds of L{ServerLimits} as options, with their help (timeouts: 0 is never).
+_BOUND_OPTIONS: Final = (
+    ("max_connections", "Most client connections at once."),
+    ("max_per_peer", "Most client connections at once from one address."),
+    ("hello_timeout", "Seconds a new connection may take to say HELLO (0: no limit)."),
+    ("idle_timeout", "Seconds a connection with nothing waiting may be silent (0: no limit)."),
+    ("max_partial_bytes", "Bytes of incomplete frames held across all connections."),
+    ("partial_timeout", "Seconds a frame may stay incomplete (0: no limit)."),
+    ("max_unsent_bytes", "Bytes of replies a client that does not read may leave unsent."),
+    ("max_waiting_per_session", "Most in/rd requests of one connection waiting at once."),
+    ("max_waiting", "Most in/rd requests of all connections waiting at once."),
+)
+
+
+def _bound_option(name: str, help_: str) -> list[Any]:
+    """The option of the L{ServerLimits} field C{name}: C{--max-connections}, say."""
+    option = name.replace("_", "-")
+    default = getattr(_BOUNDS, name)
+    if isinstance(default, float):
+        return [option, None, default, help_, number_option(option)]
+    return [option, None, default, help_, integer_option(option, 1)]
 
 
 class ServerOptions(usage.Options):
@@ -107,6 +153,7 @@ class ServerOptions(usage.Options):
             "Answers remembered per process for retries.",
             integer_option("log-limit", 1),
         ],
+        *(_bound_option(name, help_) for name, help_ in _BOUND_OPTIONS),
     ]
 
     def postOptions(self) -> None:
@@ -141,6 +188,9 @@ class ServerOptions(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        self["bounds"] = ServerLimits(
+            **{name: self[name.replace("_", "-")] for name, _ in _BOUND_OPTIONS}
+        )
 
     def _cluster_options(self) -> None:
         """Take this server's name, listen endpoint and ring from the cluster file."""
@@ -301,6 +351,7 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerSe
         limits=limits,
         rng=random.SystemRandom(),
         probes=probes,
+        bounds=options["bounds"],
     )
     factory = MessageServerFactory(core)
     top = ServerService(core, options["listen"])

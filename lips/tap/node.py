@@ -8,7 +8,6 @@ finds down on another node, and stops its own when its reports cannot go in.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Any
@@ -28,27 +27,11 @@ from lips.node import (
     Supervisor,
     Watchdog,
 )
-from lips.tap._server import integer_option
+from lips.tap._server import integer_option, number_option
 
 __all__ = ["Options", "makeService"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-def _number(name: str, *, positive: bool = False, top: float | None = None) -> Any:
-    def convert(value: str) -> float:
-        try:
-            n = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
-        if not math.isfinite(n) or n < 0 or (positive and n == 0):
-            what = "positive" if positive else "at least 0"
-            raise usage.UsageError(f"--{name} must be {what}, not {value!r}")
-        if top is not None and n > top:
-            raise usage.UsageError(f"--{name} must be at most {top:g}, not {value!r}")
-        return n
-
-    return convert
 
 
 class Options(usage.Options):
@@ -71,7 +54,7 @@ class Options(usage.Options):
             "i",
             0.2,
             "Seconds between reports.",
-            _number("interval", positive=True),
+            number_option("interval", positive=True),
         ],
         [
             "misses",
@@ -86,14 +69,14 @@ class Options(usage.Options):
             None,
             1.0,
             "Idle policy: highest one-minute load average.",
-            _number("max-load"),
+            number_option("max-load"),
         ],
         [
             "min-cpu-idle",
             None,
             50.0,
             "Idle policy: lowest CPU idle percentage.",
-            _number("min-cpu-idle", top=100),
+            number_option("min-cpu-idle", top=100),
         ],
         [
             "min-free-memory",
@@ -119,14 +102,14 @@ class Options(usage.Options):
             None,
             0.1,
             "Seconds before the second restart of a crashed process (the first is at once).",
-            _number("restart-delay"),
+            number_option("restart-delay"),
         ],
         [
             "restart-max-delay",
             None,
             5.0,
             "Longest delay before a restart (the delay doubles with each crash).",
-            _number("restart-max-delay"),
+            number_option("restart-max-delay"),
         ],
         [
             "max-restarts",
@@ -140,7 +123,7 @@ class Options(usage.Options):
             None,
             60.0,
             "Seconds over which crashes are counted.",
-            _number("restart-window", positive=True),
+            number_option("restart-window", positive=True),
         ],
     ]
 

@@ -19,13 +19,14 @@ one server's link can be cut and healed.
 from __future__ import annotations
 
 import random
+from typing import Final
 
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from lips.client._client import TupleSpaceClient, _ClientProtocol
 from lips.protocols import MessageServerProtocol
-from lips.server import LocalBackend, MessageServer
+from lips.server import LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.testing._cluster import ClusterMember, write_cluster
 from lips.testing._procs import Bridge, netns_subnet
@@ -33,6 +34,7 @@ from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Hello, Welcome
 
 __all__ = [
+    "MEMORY_BOUNDS",
     "Bridge",
     "ClusterMember",
     "memory_client",
@@ -42,13 +44,27 @@ __all__ = [
 ]
 
 
+#: The in-memory server's bounds: a real server's, but no HELLO or idle deadline, so
+#: that a test's clock holds only the timers of the code under test.
+MEMORY_BOUNDS: Final = ServerLimits(hello_timeout=0, idle_timeout=0)
+
+
 def memory_server(
-    clock: Clock, limits: Limits = DEFAULT_LIMITS, seed: int = 0, log_limit: int = 4096
+    clock: Clock,
+    limits: Limits = DEFAULT_LIMITS,
+    seed: int = 0,
+    log_limit: int = 4096,
+    bounds: ServerLimits = MEMORY_BOUNDS,
 ) -> MessageServer:
     """A MessageServer on a local tuple space, with a seeded random for process ids."""
     space = TupleSpace(limits, log_limit)
     return MessageServer(
-        LocalBackend(space), clock, name="memory", limits=limits, rng=random.Random(seed)
+        LocalBackend(space),
+        clock,
+        name="memory",
+        limits=limits,
+        rng=random.Random(seed),
+        bounds=bounds,
     )
 
 

@@ -38,7 +38,7 @@ from lips.client._client import (
 from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import ISpaceBackend, MessageServer, Operation, Session, Unavailable
 from lips.space import Completion, Kind, Status, TupleSpace
-from lips.testing import memory_server
+from lips.testing import MEMORY_BOUNDS, memory_server
 from lips.tuples import DEFAULT_LIMITS, Template
 from lips.wire import (
     ErrorCode,
@@ -113,7 +113,7 @@ class _RecordingServer(MessageServer):
     """A MessageServer that remembers every request it received, with the sender's pid."""
 
     def __init__(self, backend: _SharedBackend, clock: Clock, name: str) -> None:
-        super().__init__(backend, clock, name=name)
+        super().__init__(backend, clock, name=name, bounds=MEMORY_BOUNDS)
         self.shared = backend
         self.requests: list[tuple[int | None, Message]] = []
 

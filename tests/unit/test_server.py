@@ -4,15 +4,23 @@ Tests for L{lips.server}: the MessageServer core on a local tuple space.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lips.server import ISpaceBackend, LocalBackend, MessageServer, Operation, Session
+from lips.server import (
+    ISpaceBackend,
+    LocalBackend,
+    MessageServer,
+    Operation,
+    ServerLimits,
+    Session,
+)
 from lips.space import Completion, Kind, Status, TupleSpace
-from lips.testing import memory_server
+from lips.testing import MEMORY_BOUNDS, memory_server
 from lips.tuples import ANY, make_template
 from lips.wire import (
     Cancel,
@@ -84,6 +92,9 @@ class MessageServerTests(SynchronousTestCase):
         return s, wire
 
     def tearDown(self) -> None:
+        # An open session holds its HELLO or idle timer; closed, nothing is left.
+        for session in list(self.server.sessions):
+            session.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_hello_assigns_or_keeps_pid(self) -> None:
@@ -288,13 +299,18 @@ class AnswerPathTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.backend = _ScriptedBackend()
-        self.server = MessageServer(self.backend, self.clock, name="scripted")
+        self.server = MessageServer(
+            self.backend, self.clock, name="scripted", bounds=MEMORY_BOUNDS
+        )
         self.wire = _Wire()
         self.session = self.server.open_session(self.wire.send, "test")
         self.session.received(Hello(7, "t"), 1)
         self.wire.take()
 
     def tearDown(self) -> None:
+        # An open session holds its HELLO or idle timer; closed, nothing is left.
+        for session in list(self.server.sessions):
+            session.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def answer(self, event: int, status: Status, value: tuple[object, ...] | None = None) -> None:
@@ -398,4 +414,114 @@ class LocalDecisionTests(SynchronousTestCase):
         backend = server.backend
         assert isinstance(backend, LocalBackend)
         self.assertEqual(len(backend.space), 1)
+        s.close()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BoundsTests(SynchronousTestCase):
+    """What a client can make the server core hold, and how it is refused past a bound."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bounds = ServerLimits(
+            max_connections=3,
+            max_per_peer=2,
+            hello_timeout=5.0,
+            idle_timeout=60.0,
+            max_waiting_per_session=2,
+            max_waiting=3,
+        )
+        self.server = MessageServer(LocalBackend(), self.clock, bounds=self.bounds)
+        self.aborted: list[Session] = []
+
+    def tearDown(self) -> None:
+        for session in list(self.server.sessions):
+            session.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def open(self, host: str, hello: bool = True) -> tuple[Session, _Wire]:
+        self.assertIsNone(self.server.admit(host))
+        wire = _Wire()
+        box: list[Session] = []
+        s = self.server.open_session(
+            wire.send, host, host=host, abort=lambda: self.aborted.append(box[0])
+        )
+        box.append(s)
+        if hello:
+            s.received(Hello(None, "t"), 1)
+            wire.take()
+        return s, wire
+
+    def test_connection_caps(self) -> None:
+        """Past the per-peer and the server-wide bounds a connection is refused, counted."""
+        self.open("10.0.0.1")
+        a2, _ = self.open("10.0.0.1")
+        reason = self.server.admit("10.0.0.1")
+        assert reason is not None
+        self.assertIn("the limit for one address", reason)
+        self.open("10.0.0.2")
+        reason = self.server.admit("10.0.0.3")
+        assert reason is not None
+        self.assertIn("connections, its limit", reason)
+        a2.close()
+        self.assertIsNone(self.server.admit("10.0.0.1"))
+        self.assertEqual(
+            (
+                self.server.counters["refused.per_peer"],
+                self.server.counters["refused.connections"],
+            ),
+            (1, 1),
+        )
+
+    def test_hello_deadline(self) -> None:
+        """A connection that never says HELLO is told why and closed at the deadline."""
+        s, wire = self.open("10.0.0.1", hello=False)
+        self.clock.advance(4.9)
+        self.assertEqual(self.aborted, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.aborted, [s])
+        [(_, err)] = wire.take()
+        self.assertEqual(code(err), ErrorCode.NOT_READY)
+        self.assertEqual(self.server.counters["closed.no_hello"], 1)
+
+    def test_idle_connection_closed_but_not_one_that_waits(self) -> None:
+        """
+        A connection with nothing waiting that says nothing for the idle timeout is
+        closed; one whose in_ waits is not, however long, and any word resets the count.
+        """
+        idle, _ = self.open("10.0.0.1")
+        waiting, _ = self.open("10.0.0.2")
+        talking, _ = self.open("10.0.0.2")
+        waiting.received(take(Kind.IN, 1, "job", int), 2)
+        for _ in range(5):
+            self.clock.advance(30.0)
+            talking.received(Ping(), 0)
+        self.assertEqual(self.aborted, [idle])
+        self.assertEqual(self.server.counters["closed.idle"], 1)
+
+    def test_waiting_caps(self) -> None:
+        """Requests past the per-session and server-wide bounds are refused BUSY, counted."""
+        a, wa = self.open("10.0.0.1")
+        b, wb = self.open("10.0.0.2")
+        for event in (1, 2, 3):
+            a.received(take(Kind.IN, event, "job", int), 10 + event)
+        [(rid, err)] = wa.take()
+        self.assertEqual((rid, code(err)), (13, ErrorCode.BUSY))
+        assert isinstance(err, Error)
+        self.assertIn("this session has 2 requests waiting", err.message)
+        b.received(take(Kind.IN, 1, "job", int), 20)
+        b.received(take(Kind.IN, 2, "job", int), 21)
+        [(rid, err)] = wb.take()
+        self.assertEqual((rid, code(err)), (21, ErrorCode.BUSY))
+        self.assertEqual(self.server.counters["refused.waiting_per_session"], 1)
+        self.assertEqual(self.server.counters["refused.waiting"], 1)
+        # An answered request frees its place; nothing accepted was lost.
+        b.received(Out(3, ("job", 1)), 22)
+        self.assertEqual(wa.take(), [(11, Matched(("job", 1)))])
+        a.received(take(Kind.IN, 3, "job", int), 13)
+        self.assertEqual(wa.take(), [])
+
+    def test_bounds_are_validated(self) -> None:
+        """A bound that is not a positive count or a number of seconds is refused."""
+        for bad in ({"max_connections": 0}, {"idle_timeout": -1}, {"hello_timeout": math.inf}):
+            self.assertRaises(ValueError, ServerLimits, **bad)

@@ -55,9 +55,23 @@ class OptionsTests(SynchronousTestCase):
             (o["limits"].max_arity, o["limits"].max_depth, o["limits"].max_size), (5, 2, 4096)
         )
 
+    def test_bounds(self) -> None:
+        """The bound options build the server's ServerLimits, which its core keeps."""
+        o = self.parse("--max-connections", "7", "--idle-timeout", "0", "--hello-timeout", "2.5")
+        self.assertEqual(
+            (o["bounds"].max_connections, o["bounds"].idle_timeout, o["bounds"].hello_timeout),
+            (7, 0.0, 2.5),
+        )
+        self.assertEqual(o["bounds"].max_waiting, 100_000)
+        top = make_server_service(o, MemoryReactorClock())
+        self.assertIs(top.core.bounds, o["bounds"])
+
     def test_bad_values(self) -> None:
         """Values that make no sense are UsageErrors with a message naming the option."""
         for argv, word in [
+            (("--max-connections", "0"), "--max-connections"),
+            (("--idle-timeout", "-1"), "--idle-timeout"),
+            (("--partial-timeout", "nan"), "--partial-timeout"),
             (("--max-arity", "0"), "--max-arity"),
             (("--max-arity", "many"), "--max-arity"),
             (("--log-limit", "-1"), "--log-limit"),

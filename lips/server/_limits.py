@@ -1,0 +1,70 @@
+"""
+What a MessageServer lets its clients make it hold, and for how long.
+
+Every resource a peer can make a server hold has a bound here: connections (in all and
+per peer address), a session that never says HELLO, a connection idle with nothing
+waiting, bytes of frames received in part (in all, and for how long one may stay
+incomplete), replies a client does not read, and requests waiting for an answer (per
+session and in all).  Past a bound the server answers with a clear error (BUSY, naming
+the bound) or closes the one connection at fault, and counts it; nothing it has
+accepted is lost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import attrs
+
+__all__ = ["ServerLimits"]
+
+_MiB: Final = 1 << 20
+
+
+def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive integer, not {value!r}")
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[float], value: Any) -> None:
+    """A positive finite number of seconds, or 0 for "never"."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{attribute.name} must be 0 (never) or a positive number of seconds")
+
+
+@attrs.frozen
+class ServerLimits:
+    """
+    The bounds of one server.  Times are seconds, 0 meaning "never".
+
+    @ivar max_connections: client connections at once; one more is refused BUSY.
+    @ivar max_per_peer: client connections at once from one peer address.
+    @ivar hello_timeout: how long a new connection may take to say HELLO.
+    @ivar idle_timeout: how long a connection with no request waiting may stay silent.
+        A client with requests waiting is never idle (and its keepalive probes count as
+        words), so this closes only connections that nobody uses.
+    @ivar max_partial_bytes: bytes of incomplete frames held across every connection;
+        the connection whose bytes would pass it is closed.
+    @ivar partial_timeout: how long one frame may stay incomplete.
+    @ivar max_unsent_bytes: bytes of replies a connection that does not read may have
+        waiting to be sent; it is read from no more while its replies wait, and closed
+        past this.
+    @ivar max_waiting_per_session: requests of one session waiting for their answer.
+    @ivar max_waiting: requests of every session waiting for their answer.
+    """
+
+    max_connections: int = attrs.field(default=1000, validator=_count)
+    max_per_peer: int = attrs.field(default=200, validator=_count)
+    hello_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    idle_timeout: float = attrs.field(default=900.0, validator=_seconds)
+    max_partial_bytes: int = attrs.field(default=64 * _MiB, validator=_count)
+    partial_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    max_unsent_bytes: int = attrs.field(default=16 * _MiB, validator=_count)
+    max_waiting_per_session: int = attrs.field(default=10_000, validator=_count)
+    max_waiting: int = attrs.field(default=100_000, validator=_count)
