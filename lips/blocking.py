@@ -145,9 +145,13 @@ class BlockingSpace:
         """The server's counters and gauges."""
         return _call(self._client.stats)
 
-    def close(self) -> None:
-        """Close the connection."""
-        _call(self._client.close)
+    def close(self, goodbye: bool | None = None) -> None:
+        """
+        Close the connection, first saying goodbye (the space forgets this process's
+        log and checkpoint) if C{goodbye}, or by default if the server gave this
+        process its id (see L{lips.client.TupleSpaceClient.close}).
+        """
+        _call(self._client.close, goodbye)
 
     def __enter__(self) -> BlockingSpace:
         return self

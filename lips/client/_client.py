@@ -57,6 +57,7 @@ from lips.wire import (
     ErrorCode,
     Frame,
     FrameDecoder,
+    Goodbye,
     Hello,
     Matched,
     Message,
@@ -97,6 +98,8 @@ SETTLE_TIME: Final = 3.0
 #: loopback a healthy server answers a probe within milliseconds even flat out; on a
 #: LAN, keep it well above the round trip plus the server's longest pause.
 KEEPALIVE: Final = 0.5
+#: How long C{close} waits for the server to confirm a GOODBYE before it closes anyway.
+GOODBYE_TIMEOUT: Final = 2.0
 _BODY_OVERHEAD: Final = 4096
 
 Endpoints: TypeAlias = str | IStreamClientEndpoint | Sequence[str | IStreamClientEndpoint]
@@ -455,6 +458,7 @@ class TupleSpaceClient:
         failover_timeout: float = FAILOVER_TIMEOUT,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
         keepalive: float | None = KEEPALIVE,
+        says_goodbye: bool = False,
     ) -> None:
         if reconnect and not endpoints:
             raise ValueError("failing over needs the endpoints to fail over to")
@@ -469,6 +473,7 @@ class TupleSpaceClient:
         self._failover_timeout = failover_timeout
         self._attempt_timeout = attempt_timeout
         self._keepalive = keepalive
+        self._says_goodbye = says_goodbye
         self._state = _State.CONNECTED
         self._queue: list[_Pending] = []
         self._failure = ""
@@ -598,8 +603,31 @@ class TupleSpaceClient:
         d = self._request(StatsRequest())
         return d.addCallback(_expect, Stats).addCallback(lambda s: s.values)
 
-    def close(self) -> defer.Deferred[None]:
-        """Close the connection; waiting operations at the server are withdrawn."""
+    def close(self, goodbye: bool | None = None) -> defer.Deferred[None]:
+        """
+        Close the connection; waiting operations at the server are withdrawn.
+
+        @param goodbye: first tell the space that this process is done for good
+            (GOODBYE), so that it forgets the process's log and checkpoint.  By default
+            only a process whose id the server gave it (connected without C{pid=}): a
+            process with an id of its own may restart and recover, so it says goodbye
+            only when asked (lipsd's processes do when they finish).
+        """
+        if goodbye is None:
+            goodbye = self._says_goodbye
+        if goodbye and self.connected:
+            d = self._request(Goodbye(self._event + 1))
+            self._event += 1
+            d.addTimeout(GOODBYE_TIMEOUT, self._clock)
+            d.addErrback(
+                lambda f: self.log.info(
+                    "No answer to GOODBYE ({why}); closing all the same", why=f.getErrorMessage()
+                )
+            )
+            return d.addCallback(lambda _: self._close())
+        return self._close()
+
+    def _close(self) -> defer.Deferred[None]:
         if self._state is _State.FAILING_OVER:
             self._stop(_State.CLOSED, "the client was closed while failing over")
             return defer.succeed(None)
@@ -907,6 +935,7 @@ async def _connect(
             failover_timeout=failover_timeout,
             attempt_timeout=attempt_timeout,
             keepalive=keepalive,
+            says_goodbye=pid is None,
         )
     raise NoServerAvailable("no server could be reached: " + "; ".join(errors))
 

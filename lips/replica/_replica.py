@@ -66,6 +66,7 @@ _STATUS: Final = 3
 _SNAPSHOT: Final = 4
 _CHECKPOINT: Final = 5
 _WITHDRAW: Final = 6
+_FORGET: Final = 7
 
 #: Most client requests kept while the replica is not yet serving.
 MAX_QUEUED: Final = 10_000
@@ -150,6 +151,10 @@ def encode_checkpoint(pid: int, event: int, state: bytes) -> bytes:
     return packb([_CHECKPOINT, pid, event, state])
 
 
+def encode_forget(pid: int, event: int) -> bytes:
+    return packb([_FORGET, pid, event])
+
+
 def encode_withdraw(pid: int, event: int, status: Status) -> bytes:
     return packb([_WITHDRAW, pid, event, int(status)])
 
@@ -161,7 +166,8 @@ def decode(payload: bytes) -> tuple[Any, ...]:
     """
     A ring payload as C{("out", pid, event, tuple)},
     C{("claim", pid, event, kind, seq, origin)}, C{("checkpoint", pid, event, state)},
-    C{("withdraw", pid, event, status)}, C{("status", ring, _Status)} or
+    C{("withdraw", pid, event, status)}, C{("forget", pid, event)},
+    C{("status", ring, _Status)} or
     C{("snapshot", ring, source, applied, fingerprint, blob)}.
     """
     try:
@@ -186,6 +192,8 @@ def decode(payload: bytes) -> tuple[Any, ...]:
         return ("claim", body[1], body[2], kind, body[4], body[5])
     if tag == _CHECKPOINT and len(body) == 4 and type(body[3]) is bytes:
         return ("checkpoint", body[1], body[2], body[3])
+    if tag == _FORGET and len(body) == 3:
+        return ("forget", body[1], body[2])
     if tag == _WITHDRAW and len(body) == 4 and type(body[3]) is int and body[3] in _DECISIONS:
         return ("withdraw", body[1], body[2], Status(body[3]))
     if (
@@ -313,8 +321,10 @@ class Replica:
         if self.mode is Mode.SYNCING:
             self._queue(op)
             return
-        if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT:
-            if isinstance(op.payload, bytes):
+        if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT or op.kind is Kind.FORGET:
+            if op.kind is Kind.FORGET:
+                payload = encode_forget(op.pid, op.event)
+            elif isinstance(op.payload, bytes):
                 payload = encode_checkpoint(op.pid, op.event, op.payload)
             else:
                 assert isinstance(op.payload, tuple)
@@ -682,6 +692,16 @@ class Replica:
             if mine:
                 self._outs.pop((pid, event), None)
                 self._hold(ring, seq, done)
+            return
+        if op[0] == "forget":
+            # A process that said goodbye: its log and checkpoint go, on every replica at
+            # the same point.  Its answer is not logged (there is no log left to hold
+            # it); a goodbye sent again forgets again, which changes nothing.
+            _, pid, event = op
+            self.space.forget(pid)
+            if mine:
+                self._outs.pop((pid, event), None)
+                self._hold(ring, seq, Completion(pid, event, Status.STORED))
             return
         if op[0] == "withdraw":
             _, pid, event, status = op

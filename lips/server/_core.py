@@ -29,6 +29,8 @@ from lips.wire import (
     CheckpointRequest,
     Error,
     ErrorCode,
+    Gone,
+    Goodbye,
     Hello,
     Matched,
     Message,
@@ -69,7 +71,7 @@ class Operation:
     event: int
     payload: LTuple | Template | bytes
     """The tuple of an OUT, the template of IN, RD, INP or RDP, the state of a
-    CHECKPOINT."""
+    CHECKPOINT; empty bytes for a FORGET (the process said goodbye)."""
 
 
 class ISpaceBackend(Interface):
@@ -126,6 +128,9 @@ class LocalBackend:
         elif op.kind is Kind.CHECKPOINT:
             assert isinstance(op.payload, bytes)
             self.on_complete(self.space.checkpoint(op.pid, op.event, op.payload))
+        elif op.kind is Kind.FORGET:
+            self.space.forget(op.pid)
+            self.on_complete(Completion(op.pid, op.event, Status.STORED))
         else:
             assert isinstance(op.payload, Template)
             self.on_complete(self.space.take(op.pid, op.event, op.kind, op.payload))
@@ -163,6 +168,8 @@ class _Route:
     timer: IDelayedCall | None = None
     blocks: bool = False
     """An C{in}/C{rd}, which may wait without end: counted against the bounds."""
+    goodbye: bool = False
+    """A GOODBYE, answered GONE."""
 
 
 def _nothing() -> None:
@@ -321,7 +328,7 @@ class MessageServer:
     def received(self, session: Session, message: Message, request_id: int) -> None:
         self.counters["frames_in"] += 1
         session.heard = self.clock.seconds()
-        if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest):
+        if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest | Goodbye):
             if session.pid is None:
                 session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
             elif isinstance(message, RecoverRequest):
@@ -363,7 +370,7 @@ class MessageServer:
             assert c.value is not None
             reply = Matched(c.value)
         elif status is Status.STORED:
-            reply = Stored()
+            reply = Gone() if route.goodbye else Stored()
         elif status is Status.NO_MATCH:
             reply = NoMatch()
         elif status is Status.TIMED_OUT:
@@ -426,7 +433,7 @@ class MessageServer:
         session.reply(Recovered(*found) if found else Recovered(None, None), request_id)
 
     def _operation(
-        self, session: Session, message: Out | Take | CheckpointRequest, request_id: int
+        self, session: Session, message: Out | Take | CheckpointRequest | Goodbye, request_id: int
     ) -> None:
         if request_id in session.requests:
             session.error(
@@ -462,6 +469,10 @@ class MessageServer:
         elif isinstance(message, CheckpointRequest):
             self.counters["ops.checkpoint"] += 1
             op = Operation(Kind.CHECKPOINT, pid, message.event, message.state)
+        elif isinstance(message, Goodbye):
+            self.counters["goodbyes"] += 1
+            route.goodbye = True
+            op = Operation(Kind.FORGET, pid, message.event, b"")
         else:
             self.counters[_OP_COUNTERS[message.kind]] += 1
             op = Operation(message.kind, pid, message.event, message.template)

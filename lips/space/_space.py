@@ -60,6 +60,8 @@ class Kind(enum.IntEnum):
     RDP = 5
     CHECKPOINT = 6
     """Not a Linda operation: a process's checkpoint, applied and logged like one."""
+    FORGET = 7
+    """Not a Linda operation: a process said goodbye; the space forgets it (L{forget})."""
 
     @property
     def removes(self) -> bool:
@@ -341,9 +343,11 @@ class TupleSpace:
 
     def forget(self, pid: int) -> list[Completion]:
         """
-        Drop everything the space remembers of process C{pid}: its log and its waiting
-        operations (which are returned as cancelled).
+        Drop everything the space remembers of process C{pid}: its log, its checkpoint
+        and its waiting operations (which are returned as cancelled).  For a process
+        that said goodbye: it will never retry an event nor recover.
         """
+        self._checkpoints.pop(pid, None)
         cancelled = [
             c
             for (p, e) in [k for k in self._waiters if k[0] == pid]

@@ -85,4 +85,5 @@ def memory_client(
     welcome = d.result
     if not isinstance(welcome, Welcome):
         raise RuntimeError(f"the memory server did not welcome the client: {welcome!r}")
-    return TupleSpaceClient(client_protocol, welcome), pump
+    # As connect() does: a process whose id the server gave says goodbye when it closes.
+    return TupleSpaceClient(client_protocol, welcome, says_goodbye=pid is None), pump

@@ -76,6 +76,20 @@ class Hello:
 
 
 @attrs.frozen
+class Goodbye:
+    """
+    The caller is done for good, as its event C{event}: the space forgets its log and
+    its checkpoint (it will never retry an event nor recover).  Answered GONE.
+    """
+
+    TYPE: ClassVar[int] = 4
+    event: int
+
+    def fields(self) -> list[Any]:
+        return [self.event]
+
+
+@attrs.frozen
 class Out:
     """Store C{tuple} as the caller's event C{event}."""
 
@@ -177,6 +191,16 @@ class Welcome:
 
 
 @attrs.frozen
+class Gone:
+    """The reply to GOODBYE: the space has forgotten the caller."""
+
+    TYPE: ClassVar[int] = 5
+
+    def fields(self) -> list[Any]:
+        return []
+
+
+@attrs.frozen
 class Stored:
     """An C{out} was applied."""
 
@@ -274,6 +298,7 @@ class Error:
 
 Message: TypeAlias = (
     Hello
+    | Goodbye
     | Out
     | Take
     | Cancel
@@ -282,6 +307,7 @@ Message: TypeAlias = (
     | CheckpointRequest
     | RecoverRequest
     | Welcome
+    | Gone
     | Stored
     | Matched
     | NoMatch
@@ -313,7 +339,10 @@ _SIMPLE_TYPES: Final = (
 _KNOWN_TYPES: Final = frozenset(
     [
         *_KIND_OF_TYPE,
-        *(m.TYPE for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error, Ping, Pong)),
+        *(
+            m.TYPE
+            for m in (*_SIMPLE_TYPES, Cancelled, TimedOut, Stats, Error, Ping, Pong, Goodbye, Gone)
+        ),
     ]
 )
 _MAX_EVENT: Final = 2**63 - 1
@@ -412,6 +441,12 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     if t == StatsRequest.TYPE:
         _fields(body, 0, "STATS")
         return StatsRequest()
+    if t == Goodbye.TYPE:
+        (event,) = _fields(body, 1, "GOODBYE")
+        return Goodbye(_int(event, "event"))
+    if t == Gone.TYPE:
+        _fields(body, 0, "GONE")
+        return Gone()
     if t == Ping.TYPE:
         _fields(body, 0, "PING")
         return Ping()

@@ -14,7 +14,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips import ANY, ConnectionLost, OutcomeUnknown, Timeout, TupleError, TupleTooLarge
-from lips.client import NoServerAvailable, connect
+from lips.client import NoServerAvailable, TupleSpaceClient, connect
 from lips.client._client import TIMEOUT_GRACE
 from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import LocalBackend
@@ -304,3 +304,48 @@ class ServerProtocolTests(SynchronousTestCase):
         self.protocol.connectionLost()
         self.assertEqual(self.server.sessions, set())
         self.assertEqual(self.server.counters["connections_closed"], 1)
+
+
+class GoodbyeTests(SynchronousTestCase):
+    """Who says goodbye when closing, so that servers do not keep logs of the gone."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock)
+        backend = self.server.backend
+        assert isinstance(backend, LocalBackend)
+        self.space = backend.space
+
+    def connect(self, pid: int | None) -> tuple[TupleSpaceClient, iosim.IOPump]:
+        return memory_client(self.server, self.clock, pid=pid)
+
+    def test_short_sessions_leave_nothing(self) -> None:
+        """A thousand short sessions with ids the server gave leave no process log behind."""
+        for i in range(1000):
+            client, pump = self.connect(None)
+            d = client.out(("x", i))
+            pump.flush()
+            self.successResultOf(d)
+            done = client.close()
+            pump.flush()
+            self.successResultOf(done)
+        self.assertEqual((self.space.processes, len(self.space)), (0, 1000))
+
+    def test_a_process_with_its_own_id_is_kept(self) -> None:
+        """
+        A process with an id of its own may restart and recover: closing keeps its log
+        and checkpoint, unless it says goodbye.
+        """
+        client, pump = self.connect(42)
+        d = client.checkpoint({"done": 3})
+        pump.flush()
+        self.successResultOf(d)
+        closed = client.close()
+        pump.flush()
+        self.successResultOf(closed)
+        self.assertIsNotNone(self.space.recovered(42))
+        client, pump = self.connect(42)
+        closed = client.close(goodbye=True)
+        pump.flush()
+        self.successResultOf(closed)
+        self.assertEqual((self.space.processes, self.space.recovered(42)), (0, None))

@@ -81,6 +81,9 @@ class _SharedBackend:
         elif op.kind is Kind.CHECKPOINT:
             assert isinstance(op.payload, bytes)
             self._tell([self.space.checkpoint(op.pid, op.event, op.payload)])
+        elif op.kind is Kind.FORGET:
+            self.space.forget(op.pid)
+            self._tell([Completion(op.pid, op.event, Status.STORED)])
         else:
             assert isinstance(op.payload, Template)
             self._tell([self.space.take(op.pid, op.event, op.kind, op.payload)])

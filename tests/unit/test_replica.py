@@ -698,3 +698,27 @@ class FailoverAnswerTests(SynchronousTestCase):
             [Completion(5, 1, Status.STORED), Completion(5, 2, Status.STORED)],
         )
         self.assertIsNone(self.r1.space.answered(5, 3))
+
+
+class GoodbyeTests(SynchronousTestCase):
+    """A goodbye travels in the order: every replica forgets the process at one point."""
+
+    def test_forget_is_replicated(self) -> None:
+        """Every replica drops the process's log and checkpoint; the origin answers once safe."""
+        ring = _Ring((1, 2))
+        for node in (1, 2):
+            ring.start(node)
+        ring.install((1, 2))
+        r1, r2 = ring.replicas[1], ring.replicas[2]
+        r1.submit(Operation(Kind.CHECKPOINT, 5, 1, b"state"))
+        ring.run()
+        self.assertEqual(r2.space.recovered(5), (1, b"state"))
+        ring.answers[1].clear()
+        r1.submit(Operation(Kind.FORGET, 5, 2, b""))
+        self.assertEqual(decode(ring.queue[-1][1]), ("forget", 5, 2))
+        ring.run(safe=False)
+        self.assertEqual(ring.answers[1], [])
+        self.assertEqual([r.space.processes for r in (r1, r2)], [0, 0])
+        self.assertEqual(r1.space.digest(), r2.space.digest())
+        ring.run()
+        self.assertEqual(ring.answers[1], [Completion(5, 2, Status.STORED)])

@@ -25,10 +25,13 @@ from lips.tuples import ANY, make_template
 from lips.wire import (
     Cancel,
     Cancelled,
+    CheckpointRequest,
     Error,
     ErrorCode,
     Frame,
     FrameDecoder,
+    Gone,
+    Goodbye,
     Hello,
     Matched,
     Message,
@@ -525,3 +528,25 @@ class BoundsTests(SynchronousTestCase):
         """A bound that is not a positive count or a number of seconds is refused."""
         for bad in ({"max_connections": 0}, {"idle_timeout": -1}, {"hello_timeout": math.inf}):
             self.assertRaises(ValueError, ServerLimits, **bad)
+
+
+class GoodbyeTests(SynchronousTestCase):
+    """A process that says goodbye is forgotten: its log and its checkpoint."""
+
+    def test_goodbye_forgets_the_process(self) -> None:
+        """GOODBYE is answered GONE, and the space keeps nothing of the process."""
+        clock = Clock()
+        server = memory_server(clock)
+        backend = server.backend
+        assert isinstance(backend, LocalBackend)
+        wire = _Wire()
+        s = server.open_session(wire.send, "t")
+        s.received(Hello(7, "t"), 1)
+        s.received(Out(1, ("x",)), 2)
+        s.received(CheckpointRequest(2, b"state"), 3)
+        self.assertEqual((backend.space.processes, backend.space.recovered(7)), (1, (2, b"state")))
+        s.received(Goodbye(3), 4)
+        self.assertEqual(wire.take()[1:], [(2, Stored()), (3, Stored()), (4, Gone())])
+        self.assertEqual((backend.space.processes, backend.space.recovered(7)), (0, None))
+        self.assertEqual(len(backend.space), 1)  # what it stored stays
+        self.assertEqual(server.counters["goodbyes"], 1)

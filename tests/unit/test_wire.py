@@ -28,6 +28,8 @@ from lips.wire import (
     Frame,
     FrameDecoder,
     FrameError,
+    Gone,
+    Goodbye,
     Hello,
     Matched,
     Message,
@@ -95,6 +97,8 @@ EXAMPLES: list[Message] = [
     StatsRequest(),
     Ping(),
     Pong(),
+    Goodbye(3),
+    Gone(),
     Welcome(1, "lipsd-1", 1 << 20),
     Stored(),
     Matched(("job", -(2**63))),
@@ -374,6 +378,8 @@ class MessageTests(SynchronousTestCase):
             {
                 "Hello": 1,
                 "Welcome": 2,
+                "Goodbye": 4,
+                "Gone": 5,
                 "Out": 10,
                 "Cancel": 15,
                 "StatsRequest": 16,
@@ -393,7 +399,9 @@ class MessageTests(SynchronousTestCase):
         )
         any_template = make_template((ANY,))
         takes = {
-            k: Take(k, 1, any_template).TYPE for k in Kind if k not in (Kind.OUT, Kind.CHECKPOINT)
+            k: Take(k, 1, any_template).TYPE
+            for k in Kind
+            if k not in (Kind.OUT, Kind.CHECKPOINT, Kind.FORGET)
         }
         self.assertEqual(takes, {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14})
 
@@ -447,6 +455,8 @@ class MessageTests(SynchronousTestCase):
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(26, (None, b"s")))
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(18, (1,)))
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(19, (1,)))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(4, ()))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(4, (-1,)))
         self.assertMessageError(ErrorCode.MALFORMED, frame_of(27, (1,)))
 
     def test_unknown_type(self) -> None:
