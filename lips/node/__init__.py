@@ -36,7 +36,14 @@ from lips.node._lipsd import (
     poll,
     publish,
 )
-from lips.node._process import IChild, ISpawner, ProcessService, ReactorSpawner, child_input
+from lips.node._process import (
+    IChild,
+    ISpawner,
+    ProcessService,
+    ReactorSpawner,
+    child_input,
+    say_goodbye,
+)
 from lips.node._sampler import PsutilSampler
 from lips.node._state import (
     DOWN_TAG,
@@ -103,6 +110,7 @@ __all__ = [
     "new_pid",
     "process_template",
     "replace_processes",
+    "say_goodbye",
     "STATE_TAG",
     "UP_TAG",
     "ISampler",

@@ -160,6 +160,25 @@ class _Client(SystemSpace, Protocol):
 
 
 Connect = Callable[[], defer.Deferred[Any]]
+Farewell = Callable[[ProcessSpec], defer.Deferred[Any]]
+"""Says goodbye for a finished process to its tuple space (see L{say_goodbye})."""
+
+
+def say_goodbye(reactor: Any) -> Farewell:
+    """
+    A L{Farewell} that connects to the process's own MessageServers as the process and
+    says goodbye: they forget its log and checkpoint (it will never run again).
+    """
+
+    async def farewell(spec: ProcessSpec) -> None:
+        import lips.client
+
+        space = await lips.client.connect(
+            reactor, list(spec.endpoints), pid=spec.pid, name=f"goodbye-{spec.pid}"
+        )
+        await space.close(goodbye=True)
+
+    return lambda spec: defer.Deferred.fromCoroutine(farewell(spec))
 
 
 class ProcessService(service.Service):
@@ -171,6 +190,8 @@ class ProcessService(service.Service):
     C{("process-failed", pid, node, reason, restarts)}.
 
     @param endpoints: the application's MessageServers, for requests that name none.
+    @param farewell: says goodbye for a finished process (L{say_goodbye}; none: the
+        servers keep its log and checkpoint).
     With C{fenced}, requests taken are held, not started, until L{adopt} runs (lipsd
     calls it once its first report is in, and whenever it finds itself declared
     down); L{fence} stops every child and holds requests again.  See "Restarting a
@@ -191,6 +212,7 @@ class ProcessService(service.Service):
         endpoints: Sequence[str] = (),
         *,
         fenced: bool = False,
+        farewell: Farewell | None = None,
     ) -> None:
         if not isinstance(supervisor, Supervisor):
             raise TypeError(f"not a Supervisor: {supervisor!r}")
@@ -208,6 +230,7 @@ class ProcessService(service.Service):
         self._children: dict[int, IChild | None] = {}
         self.endpoints = tuple(endpoints)
         self._connect = connect
+        self._farewell = farewell
         self._client: _Client | None = None
         self._loop: defer.Deferred[None] | None = None
         self._writes: list[defer.Deferred[None]] = []
@@ -401,6 +424,9 @@ class ProcessService(service.Service):
 
         async def work(client: _Client) -> None:
             await client.inp(process_template(spec.pid, self.supervisor.node))
+            # It ended cleanly and is never started again: its space may forget it.
+            if self._farewell is not None:
+                await self._farewell(spec)
 
         self._write(work)
 

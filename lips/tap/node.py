@@ -26,6 +26,7 @@ from lips.node import (
     RestartPolicy,
     Supervisor,
     Watchdog,
+    say_goodbye,
 )
 from lips.tap._server import integer_option, number_option
 
@@ -209,7 +210,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-eval", reconnect=True)
 
     processes = ProcessService(
-        supervisor, spawner, connect_processes, reactor, options["app"], fenced=True
+        supervisor,
+        spawner,
+        connect_processes,
+        reactor,
+        options["app"],
+        fenced=True,
+        farewell=say_goodbye(reactor),
     )
     # Fence half an interval before a watchdog can declare this node down.
     fence_after = (options["misses"] - 0.5) * options["interval"]

@@ -538,12 +538,14 @@ class _ServiceCase(SynchronousTestCase):
         self.space = NotifyingSpace()
         self.spawner = FakeSpawner()
         self.supervisor = Supervisor("n1", policy=self.policy)
+        self.said: list[int] = []  # the processes lipsd said goodbye for
         self.service = ProcessService(
             self.supervisor,
             self.spawner,
             lambda: defer.succeed(BlockingFake(self.space)),
             self.clock,
             endpoints=("tcp:host=127.0.0.1:port=9",),
+            farewell=self._farewell,
         )
         self.service.startService()
         self.requester = FakeClient(self.space)
@@ -551,6 +553,10 @@ class _ServiceCase(SynchronousTestCase):
     def tearDown(self) -> None:
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def _farewell(self, spec: ProcessSpec) -> defer.Deferred[None]:
+        self.said.append(spec.pid)
+        return defer.succeed(None)
 
     def place(self, target: str = "evalapp:square", pid: int = 11) -> None:
         self.successResultOf(
@@ -576,6 +582,21 @@ class ProcessServiceTests(_ServiceCase):
         child.ended(Exit(code=0))
         self.assertEqual(matching(self.space, process_template(11)), [])
         self.assertEqual(matching(self.space, eval_template("n1")), [])
+
+    def test_finished_process_is_forgotten_by_its_space(self) -> None:
+        """
+        Once a process's record is taken after its clean exit, lipsd says goodbye for
+        it to its own space; a crashed one, restarted, is not forgotten.
+        """
+        said = self.said
+        publish_state(self.space, "n1", 0.1)
+        self.place()
+        self.spawner.last.ended(Exit(code=1))
+        self.clock.advance(0)
+        self.assertEqual(said, [])
+        self.spawner.last.ended(Exit(code=0))
+        self.assertEqual(said, [11])
+        self.assertEqual(matching(self.space, process_template(11)), [])
 
     def test_failure_recorded(self) -> None:
         """A process that keeps crashing leaves a process-failed record, not a process
