@@ -239,7 +239,7 @@ class Runtime:
         argv = twistd_argv(
             "lips-node",
             *("--config", str(self.fix.path), "--name", name),
-            *("--pythonpath", str(EXAMPLES), *PERMISSIVE, *options),
+            *("--pythonpath", str(EXAMPLES), "--allow", "bench_runtime:*", *PERMISSIVE, *options),
         )
         node = self.nodes.get(name)
         if node is None:

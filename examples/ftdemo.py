@@ -125,6 +125,8 @@ class Cluster:
                 *app,
                 "--pythonpath",
                 str(HERE),
+                "--allow",
+                "ftprimes:*",
                 "--max-load",
                 "1000",
                 "--min-cpu-idle",

@@ -13,6 +13,7 @@ input) and its L{Deliver}ed outcomes into writes to the System Tuple Space.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import sys
@@ -192,6 +193,10 @@ class ProcessService(service.Service):
     @param endpoints: the application's MessageServers, for requests that name none.
     @param farewell: says goodbye for a finished process (L{say_goodbye}; none: the
         servers keep its log and checkpoint).
+    @param allow: the targets this node may run, as fnmatch patterns of
+        C{package.module:function}; a request for any other is refused with a
+        process-failed record saying so.  C{None}: any target (lipsd always gives a
+        list, empty by default: no eval'd process at all).
     With C{fenced}, requests taken are held, not started, until L{adopt} runs (lipsd
     calls it once its first report is in, and whenever it finds itself declared
     down); L{fence} stops every child and holds requests again.  See "Restarting a
@@ -213,6 +218,7 @@ class ProcessService(service.Service):
         *,
         fenced: bool = False,
         farewell: Farewell | None = None,
+        allow: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(supervisor, Supervisor):
             raise TypeError(f"not a Supervisor: {supervisor!r}")
@@ -231,6 +237,7 @@ class ProcessService(service.Service):
         self.endpoints = tuple(endpoints)
         self._connect = connect
         self._farewell = farewell
+        self.allow = None if allow is None else tuple(allow)
         self._client: _Client | None = None
         self._loop: defer.Deferred[None] | None = None
         self._writes: list[defer.Deferred[None]] = []
@@ -241,6 +248,11 @@ class ProcessService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
+        if self.allow == ():
+            self.log.warn(
+                "Node {node} runs no eval'd process: no target is allowed (lipsd --allow)",
+                node=self.supervisor.node,
+            )
         self._loop = defer.Deferred.fromCoroutine(self._take())
         self._loop.addErrback(lambda f: self.log.failure("eval request loop ended", f))
 
@@ -362,8 +374,29 @@ class ProcessService(service.Service):
                 target=request.spec.target,
             )
 
+    def allowed(self, target: str) -> bool:
+        """Whether this node may run C{target} (see C{allow})."""
+        return self.allow is None or any(fnmatch.fnmatchcase(target, p) for p in self.allow)
+
     def _start(self, request: EvalRequest) -> bool:
         spec = request.spec
+        if not self.allowed(spec.target):
+            # Whoever can write the System Tuple Space could run any importable function
+            # here: only the targets the operator allowed run.  The refusal is recorded
+            # where the submitter looks for the process (its process-failed record).
+            node = self.supervisor.node
+            self.log.warn(
+                "Refused process {pid}: {target} is not allowed on node {node} (--allow)",
+                pid=spec.pid,
+                target=spec.target,
+                node=node,
+            )
+            self._failed(
+                ProcessFailed(
+                    spec.pid, node, f"{spec.target} is not allowed on node {node} (--allow)", 0
+                )
+            )
+            return False
         if not spec.endpoints:
             if not self.endpoints:
                 self._failed(

@@ -132,6 +132,17 @@ class Options(usage.Options):
         """A MessageServer endpoint the processes connect to (repeat for several)."""
         self.setdefault("app", []).append(endpoint)
 
+    def opt_allow(self, pattern: str) -> None:
+        """
+        Targets this node may run, as a pattern of 'package.module:function' (fnmatch:
+        'myapp.tasks:*'); repeat for several.  Without any, it runs no eval'd process.
+        """
+        if not pattern or any(c.isspace() for c in pattern):
+            raise usage.UsageError(
+                f"--allow takes a pattern such as 'myapp.tasks:*', not {pattern!r}"
+            )
+        self.setdefault("allow", []).append(pattern)
+
     def postOptions(self) -> None:
         if self["config"] is None:
             raise usage.UsageError("--config is required: the cluster file")
@@ -166,6 +177,7 @@ class Options(usage.Options):
             if not endpoints:
                 raise usage.UsageError(f"{self['app-config']}: no MessageServers")
         self["app"] = tuple(endpoints)
+        self["allow"] = tuple(self.get("allow", []))
         self["pythonpath"] = tuple(p for p in self["pythonpath"].split(os.pathsep) if p)
         self["restart"] = RestartPolicy(
             delay=self["restart-delay"],
@@ -217,6 +229,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         options["app"],
         fenced=True,
         farewell=say_goodbye(reactor),
+        allow=options["allow"],
     )
     # Fence half an interval before a watchdog can declare this node down.
     fence_after = (options["misses"] - 0.5) * options["interval"]

@@ -503,9 +503,10 @@ def spawn_lipsd(
 ) -> TwistdServer:
     """
     Start C{twistd lips-node} as node C{name} of cluster file C{path}, with C{options};
-    with C{processes}, it may run the examples' functions on any load.
+    with C{processes}, it may run the examples' functions (and only those) on any load.
     """
-    extra = ("--pythonpath", str(EXAMPLES), *ANY_LOAD) if processes else ()
+    allow = ("--allow", "evalapp:*", "--allow", "ftprimes:*")
+    extra = ("--pythonpath", str(EXAMPLES), *allow, *ANY_LOAD) if processes else ()
     return farm.spawn(
         "--config", str(path), "--name", name, *extra, *options, port=0, role="lips-node"
     )

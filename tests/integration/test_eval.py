@@ -76,6 +76,7 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
         crash_pid = await place(("cs", 5), "evalapp:crash_once", str(marker), 5)
         slow_pid = await place(("slow", 3), "evalapp:wait_then_square", 3)
         bad_pid = await place(("bad",), "evalapp:always_crash")
+        refused_pid = await place(("os",), "os:system", "touch " + str(tmp_path / "owned"))
 
         assert await within(space.rd(("sq", 7, int), timeout=8)) == ("sq", 7, 49)
         assert await within(space.rd(("cs", 5, int), timeout=8)) == ("cs", 5, 25)
@@ -104,6 +105,10 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
         failed = await within(system.rd(failed_template(bad_pid), timeout=8))
         assert failed[:3] == (FAILED_TAG, bad_pid, "n1"), failed
         assert failed[4] == 2, failed
+        # A target outside lipsd's --allow list never runs; the refusal is on record.
+        refused = await within(system.rd(failed_template(refused_pid), timeout=8))
+        assert refused[3] == "os:system is not allowed on node n1 (--allow)", refused
+        assert not (tmp_path / "owned").exists()
 
         async def no_records() -> bool:
             return await within(system.rdp(process_template())) is None

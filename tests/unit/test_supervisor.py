@@ -1077,3 +1077,22 @@ class OptionsTests(SynchronousTestCase):
         services = list(node_tap.makeService(o, reactor=Clock()))
         (proc,) = [s for s in services if isinstance(s, ProcessService)]
         self.assertEqual(proc.supervisor.node, "n1")
+
+
+class AllowListTests(_ServiceCase):
+    """Only the targets the operator allowed run; a refusal is on record for the submitter."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.service.allow = ("evalapp:*",)
+
+    def test_target_not_allowed_is_refused_on_record(self) -> None:
+        """A request for a target outside the list starts nothing and leaves its reason."""
+        publish_state(self.space, "n1", 0.1)
+        self.place(target="os:system", pid=12)
+        self.assertEqual(self.spawner.children, [])
+        (failed,) = matching(self.space, failed_template(12))
+        self.assertEqual(failed[3], "os:system is not allowed on node n1 (--allow)")
+        self.assertEqual(matching(self.space, process_template(12)), [])
+        self.place(pid=13)
+        self.assertEqual([c.spec.pid for c in self.spawner.children], [13])
