@@ -137,14 +137,9 @@ class LocalBackend:
 
     def withdraw(self, pid: int, event: int, status: Status) -> None:
         # One space applies everything at once: a waiting operation has no answer yet.
-        if not self.space.is_pending(pid, event):
-            return
-        if status is Status.CANCELLED:
-            c = self.space.cancel(pid, event)
-            assert c is not None
-        else:
-            c = self.space.decide(pid, event, status)
-        self.on_complete(c)
+        c = self.space.withdraw(pid, event, status)
+        if c is not None:
+            self.on_complete(c)
 
     def recovered(self, pid: int) -> tuple[int, bytes] | None:
         return self.space.recovered(pid)

@@ -341,6 +341,17 @@ class TupleSpace:
         self._record(pid, event, done)
         return done
 
+    def withdraw(self, pid: int, event: int, status: Status) -> Completion | None:
+        """
+        End the waiting operation C{(pid, event)}: L{cancel} it for C{CANCELLED} (its
+        connection is gone), L{decide} it otherwise.  C{None} if it is not waiting.
+        """
+        if not self.is_pending(pid, event):
+            return None
+        if status is Status.CANCELLED:
+            return self.cancel(pid, event)
+        return self.decide(pid, event, status)
+
     def forget(self, pid: int) -> list[Completion]:
         """
         Drop everything the space remembers of process C{pid}: its log, its checkpoint

@@ -94,14 +94,9 @@ class _SharedBackend:
         return self.space.recovered(pid)
 
     def withdraw(self, pid: int, event: int, status: Status) -> None:
-        if not self.space.is_pending(pid, event):
-            return
-        if status is Status.CANCELLED:
-            c = self.space.cancel(pid, event)
-            assert c is not None
-        else:
-            c = self.space.decide(pid, event, status)
-        self._tell([c])
+        c = self.space.withdraw(pid, event, status)
+        if c is not None:
+            self._tell([c])
 
     def _tell(self, completions: list[Completion]) -> None:
         for c in completions:

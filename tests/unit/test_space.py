@@ -999,3 +999,49 @@ class CheckpointTests(SynchronousTestCase):
         # At e6 A is active again: a new event is applied.
         space.out(a, 6, ("w", 2))
         self.assertEqual(space.find(w), (space.sequence, ("w", 2)))
+
+
+class DecisionTests(SynchronousTestCase):
+    """A timeout or a cancel decided for an operation: final, logged, and it takes nothing."""
+
+    def setUp(self) -> None:
+        self.space = TupleSpace()
+        self.job = make_template(("job", int))
+
+    def test_waiting_operation_decided(self) -> None:
+        """A waiting in decided TIMED_OUT stops waiting; its retry gets the decision again."""
+        self.assertEqual(self.space.take(1, 1, Kind.IN, self.job).status, Status.PENDING)
+        self.assertEqual(self.space.withdraw(1, 1, Status.TIMED_OUT), done(1, 1, Status.TIMED_OUT))
+        self.space.out(2, 1, ("job", 5))
+        self.assertEqual(self.space.take(1, 1, Kind.IN, self.job), done(1, 1, Status.TIMED_OUT))
+        self.assertEqual(len(self.space), 1)
+        self.assertIsNone(self.space.withdraw(1, 1, Status.TIMED_OUT))  # not waiting now
+
+    def test_decision_for_an_operation_never_seen(self) -> None:
+        """
+        Decided before it was ever applied (a replica orders the timeout of a request
+        still matching at its origin), the operation's later claim takes nothing.
+        """
+        self.space.out(2, 1, ("job", 5))
+        self.assertEqual(self.space.decide(1, 4, Status.WITHDRAWN), done(1, 4, Status.WITHDRAWN))
+        self.assertEqual(self.space.claim(1, 4, Kind.IN, 1), done(1, 4, Status.WITHDRAWN))
+        self.assertEqual(len(self.space), 1)
+
+    def test_an_answer_stands(self) -> None:
+        """A decision for an operation already answered returns that answer, unchanged."""
+        self.space.out(2, 1, ("job", 5))
+        answer = self.space.take(1, 1, Kind.IN, self.job)
+        self.assertEqual(self.space.decide(1, 1, Status.TIMED_OUT), answer)
+
+    def test_only_timeouts_and_cancels_are_decisions(self) -> None:
+        """Any other status is not a decision."""
+        self.assertRaises(ValueError, self.space.decide, 1, 1, Status.MATCHED)
+
+    def test_lost_connection_is_not_a_decision(self) -> None:
+        """Withdrawn for a lost connection, the operation is applied afresh when retried."""
+        self.space.take(1, 1, Kind.IN, self.job)
+        self.assertEqual(self.space.withdraw(1, 1, Status.CANCELLED), done(1, 1, Status.CANCELLED))
+        self.space.out(2, 1, ("job", 5))
+        self.assertEqual(
+            self.space.take(1, 1, Kind.IN, self.job), done(1, 1, Status.MATCHED, ("job", 5))
+        )
