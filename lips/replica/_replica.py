@@ -151,8 +151,10 @@ def encode_checkpoint(pid: int, event: int, state: bytes) -> bytes:
     return packb([_CHECKPOINT, pid, event, state])
 
 
-def encode_forget(pid: int, event: int) -> bytes:
-    return packb([_FORGET, pid, event])
+def encode_forget(pid: int, event: int, unless_after: int | None = None) -> bytes:
+    if unless_after is None:
+        return packb([_FORGET, pid, event])
+    return packb([_FORGET, pid, event, unless_after])
 
 
 def encode_withdraw(pid: int, event: int, status: Status) -> bytes:
@@ -166,7 +168,7 @@ def decode(payload: bytes) -> tuple[Any, ...]:
     """
     A ring payload as C{("out", pid, event, tuple)},
     C{("claim", pid, event, kind, seq, origin)}, C{("checkpoint", pid, event, state)},
-    C{("withdraw", pid, event, status)}, C{("forget", pid, event)},
+    C{("withdraw", pid, event, status)}, C{("forget", pid, event, unless_after)},
     C{("status", ring, _Status)} or
     C{("snapshot", ring, source, applied, fingerprint, blob)}.
     """
@@ -193,7 +195,9 @@ def decode(payload: bytes) -> tuple[Any, ...]:
     if tag == _CHECKPOINT and len(body) == 4 and type(body[3]) is bytes:
         return ("checkpoint", body[1], body[2], body[3])
     if tag == _FORGET and len(body) == 3:
-        return ("forget", body[1], body[2])
+        return ("forget", body[1], body[2], None)
+    if tag == _FORGET and len(body) == 4 and type(body[3]) is int:
+        return ("forget", body[1], body[2], body[3])
     if tag == _WITHDRAW and len(body) == 4 and type(body[3]) is int and body[3] in _DECISIONS:
         return ("withdraw", body[1], body[2], Status(body[3]))
     if (
@@ -323,7 +327,9 @@ class Replica:
             return
         if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT or op.kind is Kind.FORGET:
             if op.kind is Kind.FORGET:
-                payload = encode_forget(op.pid, op.event)
+                assert isinstance(op.payload, bytes)
+                since = unpackb(op.payload) if op.payload else None
+                payload = encode_forget(op.pid, op.event, since)
             elif isinstance(op.payload, bytes):
                 payload = encode_checkpoint(op.pid, op.event, op.payload)
             else:
@@ -694,11 +700,12 @@ class Replica:
                 self._hold(ring, seq, done)
             return
         if op[0] == "forget":
-            # A process that said goodbye: its log and checkpoint go, on every replica at
-            # the same point.  Its answer is not logged (there is no log left to hold
-            # it); a goodbye sent again forgets again, which changes nothing.
-            _, pid, event = op
-            self.space.forget(pid)
+            # A process that said goodbye (or vanished, and did nothing since): its log
+            # and checkpoint go, on every replica at the same point.  Its answer is not
+            # logged (there is no log left to hold it); a goodbye sent again forgets
+            # again, which changes nothing.
+            _, pid, event, unless_after = op
+            self.space.forget(pid, unless_after)
             if mine:
                 self._outs.pop((pid, event), None)
                 self._hold(ring, seq, Completion(pid, event, Status.STORED))

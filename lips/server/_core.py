@@ -11,6 +11,7 @@ core serves both without change.
 
 from __future__ import annotations
 
+import collections
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from lips.server._limits import ServerLimits
 from lips.space import Completion, Kind, Status, TupleSpace
-from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template
+from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template, packb, unpackb
 from lips.wire import (
     Cancel,
     Cancelled,
@@ -71,7 +72,8 @@ class Operation:
     event: int
     payload: LTuple | Template | bytes
     """The tuple of an OUT, the template of IN, RD, INP or RDP, the state of a
-    CHECKPOINT; empty bytes for a FORGET (the process said goodbye)."""
+    CHECKPOINT; for a FORGET, empty bytes (the process said goodbye) or the msgpack of
+    the last event its server saw (forget it only if it has done nothing since)."""
 
 
 class ISpaceBackend(Interface):
@@ -129,7 +131,8 @@ class LocalBackend:
             assert isinstance(op.payload, bytes)
             self.on_complete(self.space.checkpoint(op.pid, op.event, op.payload))
         elif op.kind is Kind.FORGET:
-            self.space.forget(op.pid)
+            assert isinstance(op.payload, bytes)
+            self.space.forget(op.pid, unpackb(op.payload) if op.payload else None)
             self.on_complete(Completion(op.pid, op.event, Status.STORED))
         else:
             assert isinstance(op.payload, Template)
@@ -198,6 +201,11 @@ class Session:
         # request id -> (pid, event), for CANCEL and for withdrawing on close
         self.requests: dict[int, tuple[int, int]] = {}
         self.closed = False
+        self.assigned = False
+        """Its process id was given by this server (the client brought none)."""
+        self.gone = False
+        """Its process said goodbye."""
+        self.last_event = -1
         self.blocking = 0
         """How many of its requests are an C{in} or C{rd} not yet answered."""
         self.heard = server.clock.seconds()
@@ -262,6 +270,10 @@ class MessageServer:
         self._routes: dict[tuple[int, int], _Route] = {}
         self._per_peer: Counter[str] = Counter()
         self._blocking = 0
+        # Processes whose last session here closed without a goodbye: (when to forget
+        # them, pid, the last event seen), oldest first, and the one timer.
+        self._vanished: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._vanish_call: IDelayedCall | None = None
         backend.on_complete = self.completed
 
     # -- from the transport ----------------------------------------------------------
@@ -319,6 +331,47 @@ class MessageServer:
                 self._forget(key, route)
                 self.backend.withdraw(*key, Status.CANCELLED)
         session.requests.clear()
+        if session.pid is not None and session.assigned and not session.gone:
+            self._vanish(session.pid, session.last_event)
+
+    def _vanish(self, pid: int, last_event: int) -> None:
+        """A process the server named left without a goodbye: forget it in a while."""
+        after = self.bounds.forget_after
+        if not after:
+            return
+        self._vanished.append((self.clock.seconds() + after, pid, last_event))
+        while len(self._vanished) > self.bounds.max_vanished:
+            _, old, old_event = self._vanished.popleft()
+            self._forget_vanished(old, old_event)
+        if self._vanish_call is None:
+            self._vanish_call = self.clock.callLater(after, self._vanish_due)
+
+    def _vanish_due(self) -> None:
+        self._vanish_call = None
+        now = self.clock.seconds()
+        while self._vanished and self._vanished[0][0] <= now:
+            _, pid, last_event = self._vanished.popleft()
+            self._forget_vanished(pid, last_event)
+        if self._vanished:
+            self._vanish_call = self.clock.callLater(self._vanished[0][0] - now, self._vanish_due)
+
+    def _forget_vanished(self, pid: int, last_event: int) -> None:
+        """
+        Forget process C{pid} unless it is back here, or its space has applied an event
+        of it after C{last_event} (it is alive at another server): decided where the
+        order is, so every replica forgets it alike, or none does.
+        """
+        if pid in self._by_pid:
+            return
+        self.counters["forgotten.vanished"] += 1
+        self.backend.submit(Operation(Kind.FORGET, pid, 0, packb(last_event)))
+
+    def stop(self) -> None:
+        """Cancel the server's own timers (those of its sessions go with them)."""
+        if self._vanish_call is not None and self._vanish_call.active():
+            self._vanish_call.cancel()
+        self._vanish_call = None
+        self._vanished.clear()
 
     def received(self, session: Session, message: Message, request_id: int) -> None:
         self.counters["frames_in"] += 1
@@ -398,6 +451,7 @@ class MessageServer:
             session.error(ErrorCode.UNEXPECTED, "this session already said HELLO", request_id)
             return
         pid = hello.pid
+        session.assigned = pid is None
         if pid is None:
             pid = self.rng.getrandbits(_PID_BITS) + 1
             while pid in self._by_pid:
@@ -440,6 +494,7 @@ class MessageServer:
         pid = session.pid
         assert pid is not None
         key = (pid, message.event)
+        session.last_event = max(session.last_event, message.event)
         route = self._routes.get(key)
         blocks = isinstance(message, Take) and message.kind.blocks
         if route is None and blocks and self._overloaded(session, request_id):
@@ -466,6 +521,7 @@ class MessageServer:
             op = Operation(Kind.CHECKPOINT, pid, message.event, message.state)
         elif isinstance(message, Goodbye):
             self.counters["goodbyes"] += 1
+            session.gone = True
             route.goodbye = True
             op = Operation(Kind.FORGET, pid, message.event, b"")
         else:

@@ -57,6 +57,13 @@ class ServerLimits:
         past this.
     @ivar max_waiting_per_session: requests of one session waiting for their answer.
     @ivar max_waiting: requests of every session waiting for their answer.
+    @ivar forget_after: how long after its last connection closed, without a goodbye,
+        the space forgets a process whose id the server gave it (a script that died,
+        an old client): unless it was heard from again meanwhile, at any server.  A
+        process with an id of its own (one that may restart and recover) is never
+        forgotten this way.  0: never.
+    @ivar max_vanished: processes waiting to be forgotten so; past this the oldest is
+        forgotten at once.
     """
 
     max_connections: int = attrs.field(default=1000, validator=_count)
@@ -68,3 +75,5 @@ class ServerLimits:
     max_unsent_bytes: int = attrs.field(default=16 * _MiB, validator=_count)
     max_waiting_per_session: int = attrs.field(default=10_000, validator=_count)
     max_waiting: int = attrs.field(default=100_000, validator=_count)
+    forget_after: float = attrs.field(default=3600.0, validator=_seconds)
+    max_vanished: int = attrs.field(default=100_000, validator=_count)

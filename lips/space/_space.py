@@ -352,12 +352,18 @@ class TupleSpace:
             return self.cancel(pid, event)
         return self.decide(pid, event, status)
 
-    def forget(self, pid: int) -> list[Completion]:
+    def forget(self, pid: int, unless_after: int | None = None) -> list[Completion]:
         """
         Drop everything the space remembers of process C{pid}: its log, its checkpoint
         and its waiting operations (which are returned as cancelled).  For a process
-        that said goodbye: it will never retry an event nor recover.
+        that said goodbye: it will never retry an event nor recover.  With
+        C{unless_after}, only if the process made no event after that one (a process
+        that vanished is forgotten, one that came back and went on is not).
         """
+        if unless_after is not None:
+            proc = self._procs.get(pid)
+            if proc is None or proc.last > unless_after:
+                return []
         self._checkpoints.pop(pid, None)
         cancelled = [
             c

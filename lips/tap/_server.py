@@ -97,6 +97,8 @@ _BOUND_OPTIONS: Final = (
     ("max_unsent_bytes", "Bytes of replies a client that does not read may leave unsent."),
     ("max_waiting_per_session", "Most in/rd requests of one connection waiting at once."),
     ("max_waiting", "Most in/rd requests of all connections waiting at once."),
+    ("forget_after", "Seconds before a vanished unnamed process is forgotten (0: never)."),
+    ("max_vanished", "Most vanished processes waiting to be forgotten."),
 )
 
 
@@ -300,6 +302,10 @@ class ServerService(service.MultiService):
         service.MultiService.__init__(self)
         self.core = core
         self.listen = listen
+
+    def stopService(self) -> Any:
+        self.core.stop()
+        return service.MultiService.stopService(self)
 
     def privilegedStartService(self) -> None:
         """

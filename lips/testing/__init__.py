@@ -44,9 +44,10 @@ __all__ = [
 ]
 
 
-#: The in-memory server's bounds: a real server's, but no HELLO or idle deadline, so
-#: that a test's clock holds only the timers of the code under test.
-MEMORY_BOUNDS: Final = ServerLimits(hello_timeout=0, idle_timeout=0)
+#: The in-memory server's bounds: a real server's, but no HELLO or idle deadline and no
+#: forgetting of vanished processes, so that a test's clock holds only the timers of the
+#: code under test.
+MEMORY_BOUNDS: Final = ServerLimits(hello_timeout=0, idle_timeout=0, forget_after=0)
 
 
 def memory_server(

@@ -715,10 +715,33 @@ class GoodbyeTests(SynchronousTestCase):
         self.assertEqual(r2.space.recovered(5), (1, b"state"))
         ring.answers[1].clear()
         r1.submit(Operation(Kind.FORGET, 5, 2, b""))
-        self.assertEqual(decode(ring.queue[-1][1]), ("forget", 5, 2))
+        self.assertEqual(decode(ring.queue[-1][1]), ("forget", 5, 2, None))
         ring.run(safe=False)
         self.assertEqual(ring.answers[1], [])
         self.assertEqual([r.space.processes for r in (r1, r2)], [0, 0])
         self.assertEqual(r1.space.digest(), r2.space.digest())
         ring.run()
         self.assertEqual(ring.answers[1], [Completion(5, 2, Status.STORED)])
+
+    def test_vanished_forget_is_decided_in_the_order(self) -> None:
+        """
+        A forget of a vanished process names the last event its server saw: every
+        replica forgets it if it did nothing since, and none does if it went on
+        (at another server) before the forget was ordered.
+        """
+        ring = _Ring((1, 2))
+        for node in (1, 2):
+            ring.start(node)
+        ring.install((1, 2))
+        r1, r2 = ring.replicas[1], ring.replicas[2]
+        r1.submit(Operation(Kind.OUT, 5, 1, ("a",)))
+        r1.submit(Operation(Kind.OUT, 6, 1, ("b",)))
+        ring.run()
+        r2.submit(Operation(Kind.OUT, 6, 2, ("c",)))  # process 6 went on, at server 2
+        r1.submit(Operation(Kind.FORGET, 5, 0, packb(1)))
+        r1.submit(Operation(Kind.FORGET, 6, 0, packb(1)))
+        ring.run()
+        for r in (r1, r2):
+            self.assertIsNone(r.space.answered(5, 1))
+            self.assertIsNotNone(r.space.answered(6, 1))
+        self.assertEqual(r1.space.digest(), r2.space.digest())

@@ -433,6 +433,7 @@ class BoundsTests(SynchronousTestCase):
             idle_timeout=60.0,
             max_waiting_per_session=2,
             max_waiting=3,
+            forget_after=0,
         )
         self.server = MessageServer(LocalBackend(), self.clock, bounds=self.bounds)
         self.aborted: list[Session] = []
@@ -550,3 +551,54 @@ class GoodbyeTests(SynchronousTestCase):
         self.assertEqual((backend.space.processes, backend.space.recovered(7)), (0, None))
         self.assertEqual(len(backend.space), 1)  # what it stored stays
         self.assertEqual(server.counters["goodbyes"], 1)
+
+
+class VanishedTests(SynchronousTestCase):
+    """A process the server named that left without a goodbye is forgotten in time."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        bounds = ServerLimits(hello_timeout=0, idle_timeout=0, forget_after=60.0)
+        self.backend = LocalBackend()
+        self.server = MessageServer(self.backend, self.clock, bounds=bounds)
+
+    def tearDown(self) -> None:
+        for session in list(self.server.sessions):
+            session.close()
+        self.server.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def session(self, pid: int | None) -> tuple[Session, _Wire]:
+        wire = _Wire()
+        s = self.server.open_session(wire.send, "t")
+        s.received(Hello(pid, "t"), 1)
+        return s, wire
+
+    def test_vanished_script_is_forgotten(self) -> None:
+        """An unnamed client that drops its connection is forgotten after forget_after."""
+        s, _ = self.session(None)
+        s.received(Out(1, ("x",)), 2)
+        s.close()
+        self.clock.advance(59)
+        self.assertEqual(self.backend.space.processes, 1)
+        self.clock.advance(1)
+        self.assertEqual(self.backend.space.processes, 0)
+        self.assertEqual(len(self.backend.space), 1)
+        self.assertEqual(self.server.counters["forgotten.vanished"], 1)
+
+    def test_a_process_that_goes_on_is_kept(self) -> None:
+        """
+        One that came back (here, or at another server: its space applied a later
+        event) is not forgotten; nor is a process with an id of its own, ever.
+        """
+        s, _ = self.session(None)
+        s.received(Out(1, ("x",)), 2)
+        pid = s.pid
+        assert pid is not None
+        s.close()
+        self.backend.space.out(pid, 2, ("y",))  # its next event, applied elsewhere
+        own, _ = self.session(42)
+        own.received(Out(1, ("z",)), 2)
+        own.close()
+        self.clock.advance(61)
+        self.assertEqual(self.backend.space.processes, 2)

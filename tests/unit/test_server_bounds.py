@@ -64,6 +64,7 @@ class AdapterBoundsTests(SynchronousTestCase):
             max_partial_bytes=10_000,
             partial_timeout=5.0,
             max_unsent_bytes=50_000,
+            forget_after=0,
         )
         self.server = MessageServer(LocalBackend(), self.clock, bounds=bounds)
         self.factory = MessageServerFactory(self.server)
