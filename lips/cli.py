@@ -8,6 +8,8 @@ The C{lips} command line.
     lips status                 a running server's counters
     lips msgserver [options]    run a MessageServer in the foreground (twistd options)
     lips fixserver [options]    run a FixServer in the foreground
+    lips sim [--replicated | --served] [--seeds N | --seed N]
+                                run the deterministic simulators over many seeds
 
 Each field is a JSON value (C{1}, C{2.5}, C{true}, C{null}, C{"text"}, C{[1, 2]}); a word
 that is not JSON is taken as a string.  In templates C{?int}, C{?float}, C{?str},
@@ -29,6 +31,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -46,6 +49,17 @@ _SERVER_ROLES = ("msgserver", "fixserver")
 
 class FieldError(ValueError):
     """A command-line field could not be understood."""
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (argparse type: a bad one is exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be finite and 0 or more, not {text!r}")
+    return value
 
 
 def _from_json(value: Any, template: bool) -> Any:
@@ -113,7 +127,9 @@ def _run_server(role: str, args: list[str]) -> int:
     return 0
 
 
-def _simulate(start: int, count: int, one: int | None, replicated: bool) -> int:
+def _simulate(
+    start: int, count: int, one: int | None, replicated: bool, served: bool = False
+) -> int:
     import time
 
     import attrs
@@ -121,9 +137,21 @@ def _simulate(start: int, count: int, one: int | None, replicated: bool) -> int:
     from lips.testing.ringsim import InvariantViolation, ReplicatedSimulation, RingSimulation
 
     def run(seed: int) -> RingSimulation:
+        if served:
+            from lips.testing.clustersim import ClusterSimulation
+
+            return ClusterSimulation(seed).run()
         if replicated:
             return ReplicatedSimulation.random(seed).run()
         return RingSimulation(seed).run()
+
+    def mix_of(sim: RingSimulation) -> str:
+        cluster = getattr(sim, "cluster", None)
+        if cluster is not None:
+            return str(cluster.mix)
+        faults = attrs.asdict(sim.scenario.faults)
+        mix = "+".join(name for name, value in faults.items() if name != "delay" and value)
+        return mix or "reordering only"
 
     if one is not None:
         try:
@@ -131,8 +159,9 @@ def _simulate(start: int, count: int, one: int | None, replicated: bool) -> int:
         except InvariantViolation as e:
             print(e)
             return 1
-        print(f"seed {one}: {sim.scenario}")
-        print(f"{sim.steps} steps, {len(sim.submitted)} payloads")
+        print(f"seed {one}: {getattr(sim, 'cluster', sim.scenario)}")
+        payloads = "" if served else f", {len(sim.submitted)} payloads"
+        print(f"{sim.steps} steps{payloads}")
         if isinstance(sim, ReplicatedSimulation):
             print(f"{len(sim.ops)} operations, {len(sim.answers)} answered, {sim.retries} retries")
         for line in sim.summary():
@@ -142,21 +171,26 @@ def _simulate(start: int, count: int, one: int | None, replicated: bool) -> int:
     failed: list[str] = []
     mixes: dict[str, int] = {}
     steps = 0
-    for seed in range(start, start + count):
+    for done, seed in enumerate(range(start, start + count), 1):
         try:
             sim = run(seed)
         except InvariantViolation as e:
             failed.append(str(e))
+            if served:
+                print(f"seed {seed} failed: {str(e).splitlines()[0]}", flush=True)
             continue
+        finally:
+            if served and done % 100 == 0:
+                elapsed = time.monotonic() - began
+                print(f"  {done} seeds, {len(failed)} failed, {elapsed:.0f} s", flush=True)
         steps += sim.steps
-        faults = attrs.asdict(sim.scenario.faults)
-        mix = "+".join(name for name, value in faults.items() if name != "delay" and value)
-        mixes[mix or "reordering only"] = mixes.get(mix or "reordering only", 0) + 1
+        mix = mix_of(sim)
+        mixes[mix] = mixes.get(mix, 0) + 1
     elapsed = time.monotonic() - began
     for text in failed[:5]:
         print(text)
     last = start + count - 1
-    kind = "replicated tuple space" if replicated else "ring"
+    kind = "served cluster" if served else "replicated tuple space" if replicated else "ring"
     print(f"{kind} seeds {start}..{last}: {count - len(failed)} passed, {len(failed)} failed")
     print(f"{steps:,} steps checked in {elapsed:.1f} s")
     for mix, n in sorted(mixes.items(), key=lambda kv: -kv[1]):
@@ -187,17 +221,28 @@ def _parser() -> argparse.ArgumentParser:
     for name, blocking in (("in", True), ("rd", True), ("inp", False), ("rdp", False)):
         c = sub.add_parser(name, help=f"{name} a tuple matching a template")
         if blocking:
-            c.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
+            c.add_argument(
+                "-t", "--timeout", type=_seconds, default=None, help="seconds to wait (0 or more)"
+            )
         c.add_argument("fields", nargs="+")
     sub.add_parser("status", aliases=["stats"], help="print a running server's counters")
     sim = sub.add_parser("sim", help="run the ring simulator over many seeds")
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     sim.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     sim.add_argument("--seed", type=int, default=None, help="replay this one seed, verbosely")
-    sim.add_argument(
+    which = sim.add_mutually_exclusive_group()
+    which.add_argument(
         "--replicated",
         action="store_true",
         help="simulate the replicated tuple space (clients, failover, state transfer)",
+    )
+    which.add_argument(
+        "--served",
+        action="store_true",
+        help=(
+            "simulate served servers and real clients: MessageServer cores with their"
+            " timeouts, client failover and deadlines, paused and crashed servers"
+        ),
     )
     for role in _SERVER_ROLES:
         sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
@@ -213,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(words)
     command: str = args.command
     if command == "sim":
-        return _simulate(args.start, args.seeds, args.seed, args.replicated)
+        return _simulate(args.start, args.seeds, args.seed, args.replicated, args.served)
     from lips import blocking
 
     try:

@@ -4,10 +4,13 @@ Tests for the parsing and printing of the C{lips} command line.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips import ANY
-from lips.cli import FieldError, format_tuple, parse_fields
+from lips.cli import FieldError, format_tuple, main, parse_fields
 
 
 class FieldTests(SynchronousTestCase):
@@ -39,3 +42,14 @@ class FieldTests(SynchronousTestCase):
         """Unknown formals, objects and bad base64 are clear errors."""
         for text in ["?list", '{"a": 1}', '{"$bytes": "!!"}']:
             self.assertRaises(FieldError, parse_fields, [text], True)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_bad_timeouts_are_usage_errors(self) -> None:
+        """A negative, infinite or non-numeric --timeout is exit 2 with a message."""
+        for value in ("-1", "nan", "inf", "soon"):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                raised = self.assertRaises(SystemExit, main, ["in", f"--timeout={value}", "job"])
+            self.assertEqual(raised.code, 2)
+            self.assertIn("--timeout", err.getvalue())
