@@ -161,7 +161,7 @@ def encode_withdraw(pid: int, event: int, status: Status) -> bytes:
     return packb([_WITHDRAW, pid, event, int(status)])
 
 
-_DECISIONS: Final = frozenset({int(Status.TIMED_OUT), int(Status.WITHDRAWN)})
+_DECISIONS: Final = frozenset({int(Status.TIMED_OUT), int(Status.WITHDRAWN), int(Status.NO_MATCH)})
 
 
 def decode(payload: bytes) -> tuple[Any, ...]:
@@ -309,6 +309,13 @@ class Replica:
         key = (op.pid, op.event)
         if key in self._held_keys:
             return  # applied, not yet safe: its answer comes when it is
+        if (
+            key in self._claiming
+            or key in self._waiting
+            or key in self._outs
+            or key in self._withdrawals
+        ):
+            return  # sent again while in flight here: its answer comes when it is decided
         done = self.space.answered(op.pid, op.event)
         if done is not None and done.status is not Status.CANCELLED:
             # A retry: its first answer again, in any mode, once that answer is safe.
@@ -812,7 +819,11 @@ class Replica:
                 self._waiting[(pid, event)] = wait
                 self.on_complete(Completion(pid, event, Status.PENDING))
             else:
-                self.on_complete(Completion(pid, event, Status.NO_MATCH))
+                # "None" is decided in the order too: a claim of this event already on
+                # its way (from here, or from a server its client left) must win over
+                # it, or its tuple would be taken while its caller hears "none".
+                self._withdrawals[(pid, event)] = Status.NO_MATCH
+                self._order_withdrawal((pid, event))
             return
         self._claim(pid, event, wait, found)
 

@@ -322,15 +322,18 @@ class TupleSpace:
 
     def decide(self, pid: int, event: int, status: Status) -> Completion:
         """
-        End the operation C{(pid, event)} with C{status} (L{Status.TIMED_OUT} or
-        L{Status.WITHDRAWN}) unless it has an answer already, which is then returned
-        and stands.  A waiting operation here stops waiting.  The decision is logged
-        like any answer, so a retry of the event gets it again and a claim for the
-        event that comes later takes nothing.  A replica applies it in the total order,
+        End the operation C{(pid, event)} with C{status} (L{Status.TIMED_OUT},
+        L{Status.WITHDRAWN}, or L{Status.NO_MATCH} for an C{inp}/C{rdp} that found
+        nothing) unless it has an answer already, which is then returned and stands.
+        A waiting operation here stops waiting.  The decision is logged like any
+        answer, so a retry of the event gets it again and a claim for the event that
+        comes later takes nothing.  A replica applies it in the total order,
         so a timeout and a claim of the same event are decided alike everywhere.
         """
-        if status not in (Status.TIMED_OUT, Status.WITHDRAWN):
-            raise ValueError(f"decide() ends an operation as timed out or withdrawn, not {status}")
+        if status not in (Status.TIMED_OUT, Status.WITHDRAWN, Status.NO_MATCH):
+            raise ValueError(
+                f"decide() ends an operation as timed out, withdrawn or unmatched, not {status}"
+            )
         done = self.answered(pid, event)
         if done is not None and done.status is not Status.CANCELLED:
             return done

@@ -68,11 +68,44 @@ class ReplicaTests(_OneReplica):
         self.replica.safe(R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.STORED)])
 
-    def test_inp_without_match_never_travels(self) -> None:
-        """inp with no local match answers NO_MATCH at once and sends nothing."""
+    def test_inp_without_match_is_decided_in_the_order(self) -> None:
+        """
+        An inp with no local match is answered NO_MATCH only once that is decided in
+        the order and safe: a claim of the same event already on its way (from a
+        server its client left) would win over it.
+        """
         self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
-        self.assertEqual(self.sent, [])
+        self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.NO_MATCH))
+        self.assertEqual(self.answers, [])
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.NO_MATCH)])
+
+    def test_claim_from_elsewhere_beats_a_later_none(self) -> None:
+        """
+        The loss the served simulator found: an inp finds nothing here, while a tuple
+        stored elsewhere is already claimed for the same event by the server its client
+        left (ordered, but not yet delivered here).  The claim comes first in the
+        order, so the answer is the tuple, never "none" with the tuple gone.
+        """
+        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        for payload in (encode_out(6, 1, ("job", 1)), encode_claim(5, 1, Kind.INP, 1, 2)):
+            self.seq += 1
+            self.replica.delivered(R, self.seq, payload, origin=2)
+        self.deliver_all()  # this server's "none" comes after them
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_retry_while_the_claim_is_in_flight(self) -> None:
+        """A request sent again while its claim is in flight here waits for that claim."""
+        self.replica.space.out(6, 1, ("job", 1))
+        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.assertEqual([decode(p)[0] for p in self.sent], ["claim"])
+        self.deliver_all()
+        self.replica.safe(R, self.seq)
+        self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
 
     def test_waiting_in_claims_a_new_tuple(self) -> None:
         """An in waits locally, claims the next matching tuple, and gets it when safe."""
