@@ -2,11 +2,16 @@
 The replicated tuple space: a MessageServer backend whose effects travel in the ring's
 total order (sans-IO).
 
-Only effects on the replicated state travel: C{OUT} and C{CLAIM}.  A template is matched
-against the local replica first (as in LiPS): C{inp}/C{rdp} with no match answer at
-once; C{in}/C{rd} with no match wait here, at their origin server; a match becomes a
-claim of that tuple's sequence number, applied at the same point of the order on every
-replica, where the first claim of a tuple wins and a losing origin matches again.
+Only effects on the replicated state travel: C{OUT}, C{CLAIM}, C{CHECKPOINT}, C{FORGET}
+and C{WITHDRAW}.  A template is matched against the local replica first (as in LiPS):
+C{in}/C{rd} with no match wait here, at their origin server; a match becomes a claim of
+that tuple's sequence number, applied at the same point of the order on every replica,
+where the first claim of a tuple wins and a losing origin matches again.  An answer
+without a tuple is decided in the order too (C{WITHDRAW}: a timeout, a cancel, or "none"
+for an C{inp}/C{rdp} that found nothing here), so that a claim of the same event on its
+way from another server (the request's copy at a server its client left) wins over it,
+and one that comes later takes nothing: no tuple is ever taken while its caller is told
+that none was.
 
 Answers are released to the server only once the ring reports them safe (every member
 holds the message that produced them), so an answered operation survives the crash of
