@@ -615,7 +615,8 @@ class TupleSpaceClient:
         """
         if goodbye is None:
             goodbye = self._says_goodbye
-        if goodbye and self.connected:
+        # A process that made no operation has nothing to be forgotten (a status probe).
+        if goodbye and self.connected and self._event > 0:
             d = self._request(Goodbye(self._event + 1))
             self._event += 1
             d.addTimeout(GOODBYE_TIMEOUT, self._clock)

@@ -349,3 +349,14 @@ class GoodbyeTests(SynchronousTestCase):
         pump.flush()
         self.successResultOf(closed)
         self.assertEqual((self.space.processes, self.space.recovered(42)), (0, None))
+
+    def test_no_goodbye_without_operations(self) -> None:
+        """A client that made no operation (a status probe) has nothing to be forgotten."""
+        client, pump = self.connect(None)
+        d = client.stats()
+        pump.flush()
+        self.successResultOf(d)
+        closed = client.close()
+        pump.flush()
+        self.successResultOf(closed)
+        self.assertEqual(self.server.counters["goodbyes"], 0)
