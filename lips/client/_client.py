@@ -614,9 +614,10 @@ class TupleSpaceClient:
             only when asked (lipsd's processes do when they finish).
         """
         if goodbye is None:
-            goodbye = self._says_goodbye
-        # A process that made no operation has nothing to be forgotten (a status probe).
-        if goodbye and self.connected and self._event > 0:
+            # A process the server named that made no operation (a status probe) has
+            # nothing to be forgotten.
+            goodbye = self._says_goodbye and self._event > 0
+        if goodbye and self.connected:
             d = self._request(Goodbye(self._event + 1))
             self._event += 1
             d.addTimeout(GOODBYE_TIMEOUT, self._clock)
