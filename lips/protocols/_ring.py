@@ -11,7 +11,9 @@ transport says (L{lips.protocols._transports}): unicast to every other peer, onc
 multicast group, or once to the subnet's broadcast address.  L{listen_ring} opens the
 sockets the transport needs.  The protocol keeps one pending timer for the engine's next
 deadline.  Bad datagrams are logged, counted and dropped here: nothing a peer or a
-stranger sends can raise into the reactor.
+stranger sends can raise into the reactor.  A pause the engine notices (its timers far
+overdue: the process was stopped or not scheduled) is logged as a warning, with how
+long it lasted; the engine counts it as C{paused}.
 
 Counters (L{RingProtocol.counters}, and L{RingProtocol.stats} for a status display;
 the names are stable, see L{COUNTERS}):
@@ -210,9 +212,11 @@ class RingProtocol(DatagramProtocol):
         """
         if self._stopped:
             return False
+        pauses = self.engine.counters["paused"]
         try:
             return self.engine.submit(payload, self.clock.seconds())
         finally:
+            self._noticed_pause(pauses)
             self._flush()
 
     def stats(self) -> dict[str, int]:
@@ -284,12 +288,23 @@ class RingProtocol(DatagramProtocol):
 
     def _input(self, event: Callable[[float], None]) -> None:
         """Feed one event to the engine, then carry out its effects and re-arm the timer."""
+        pauses = self.engine.counters["paused"]
         try:
             event(self.clock.seconds())
         except Exception:
             self.counters["errors.internal"] += 1
             self.log.failure("The ring engine failed on an input")
+        self._noticed_pause(pauses)
         self._flush()
+
+    def _noticed_pause(self, before: int) -> None:
+        """Log a pause the engine noticed on the last input (it had counted C{before})."""
+        if self.engine.counters["paused"] != before:
+            self.log.warn(
+                "Process pause detected: not scheduled for {ms:.0f} ms; dropping the"
+                " membership messages queued meanwhile",
+                ms=self.engine.last_pause * 1000,
+            )
 
     def _tick(self) -> None:
         self._timer = None

@@ -20,6 +20,17 @@ L{Join} naming itself as failed, sends the others to GATHER with it failed), or 
 to receive (the token shows it lacking the same messages, which others hold, for
 L{RingConfig.fail_recv_rotations} rotations: a member that holds them gathers with it
 failed, as the Totem paper has it; corosync's node fails itself instead).
+
+A member that comes back is taken back in one round, so that the members that served
+without it install one new configuration, not a string of them.  After a pause (its
+process stopped, then continued) its timers are overdue and its socket holds a backlog
+of stale datagrams: the engine sees the pause from its overdue timers, does not count it
+against them, drops the joins and commit tokens of the backlog (corosync's
+C{pause_flush}) and, if the others must have given up on it, gathers at once with its
+last ring's members (L{RingEngine._resumed}).  A join that names a restarted or resumed
+node as failed, sent before its sender heard from it again, does not make it fail the
+sender in return; and a member that lags behind the news of a departed node's restart
+does not fail it as gone once another member's join vouches for it.
 """
 
 from __future__ import annotations
@@ -118,6 +129,15 @@ class RingConfig:
     hold, before it is declared failed to receive and a ring is formed without it.
     corosync's C{fail_recv_const} is 2500 rotations for its 3 s token; this is the same
     allowance for the 1 s token here."""
+
+    @property
+    def pause_after(self) -> float:
+        """
+        How late a timer may fire before the engine takes it that it was paused (its
+        process stopped or starved) rather than merely busy: half the token-loss timeout,
+        as corosync's C{pause_flush} has it.
+        """
+        return self.token_timeout / 2
 
     def __attrs_post_init__(self) -> None:
         if self.token_retransmit >= self.token_timeout:
@@ -250,6 +270,9 @@ class RingEngine:
         # Queued payload pieces: (index, total, bytes); a payload that fits in one message
         # is the single piece (0, 1, payload).
         self._queue: deque[tuple[int, int, bytes]] = deque()
+        # The pieces already broadcast of a payload whose later pieces are still queued:
+        # sent again, from the first, if a new configuration comes in between.
+        self._partial: list[tuple[int, int, bytes]] = []
         self._assembly: dict[int, tuple[int, list[bytes]]] = {}
         self._recovery: deque[tuple[Kind, bytes, Mcast | None]] = deque()
         self._markers: set[int] = set()
@@ -282,6 +305,17 @@ class RingEngine:
         self._stuck_visits = 0
         self._now = 0.0
         self._started = False
+        #: How long this node was last paused (seconds), as L{RingEngine.received},
+        #: L{RingEngine.tick} or L{RingEngine.submit} saw from its overdue timers;
+        #: C{counters["paused"]} counts the pauses.
+        self.last_pause = 0.0
+        # After a pause, until the next tick: membership messages are the stale backlog of
+        # the socket, and are dropped.
+        self._flushing = False
+        # The ring sequence number this incarnation started (or resumed after a pause)
+        # at: a join older than it that names this node as failed was about the node as
+        # it was before, by a sender that has not heard from it since.
+        self._epoch = 0
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -290,6 +324,7 @@ class RingEngine:
         self._now = now
         self._started = True
         self._ring_seq_max += 4
+        self._epoch = self._ring_seq_max
         self._emit(PersistRingSeq(self._ring_seq_max))
         self._enter_gather(self.peers, frozenset(), fresh=True)
 
@@ -312,6 +347,7 @@ class RingEngine:
         self.state = State.LEFT
         self._timers.clear()
         self._queue.clear()
+        self._partial.clear()
         self._recovery.clear()
         self._assembly.clear()
         self._held = None
@@ -325,7 +361,7 @@ class RingEngine:
         A payload of more pieces than the queue holds (a state-transfer snapshot, say) is
         taken when the queue is empty, so it is delayed, never refused for ever.
         """
-        self._now = now
+        self._clock(now)
         if self.state is State.LEFT:
             self.counters["dropped.left"] += 1
             return False
@@ -350,8 +386,12 @@ class RingEngine:
 
     def received(self, message: RingMessage, now: float) -> None:
         """Handle one authentic message."""
-        self._now = now
+        self._clock(now)
         if not self._started or self.state is State.LEFT:
+            return
+        if self._flushing and isinstance(message, Join | Commit):
+            # Read from the socket's backlog after a pause: stale (see _resumed).
+            self.counters["flushed"] += 1
             return
         if isinstance(message, Mcast):
             self._on_mcast(message)
@@ -370,7 +410,10 @@ class RingEngine:
 
     def tick(self, now: float) -> None:
         """Fire every timer due by C{now}."""
-        self._now = now
+        if self._clock(now):
+            # Nothing is due any more: the timers were pushed back by the pause, and the
+            # flush lasts until the next tick, once the backlog is read.
+            return
         while True:
             due = [(t, name) for name, t in self._timers.items() if t <= now]
             if not due:
@@ -385,6 +428,66 @@ class RingEngine:
         return effects
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _clock(self, now: float) -> bool:
+        """
+        Take the time of an input.  True if a timer is overdue by more than
+        L{RingConfig.pause_after}: this node was paused, and has resumed (L{_resumed}).
+        """
+        last, self._now = self._now, now
+        if not self._started or self.state is State.LEFT or not self._timers:
+            return False
+        if now - min(self._timers.values()) <= self.config.pause_after:
+            return False
+        self._resumed(now - last)
+        return True
+
+    def _resumed(self, paused_for: float) -> None:
+        """
+        This node did not run for C{paused_for} seconds (its process was stopped, its
+        machine starved or migrated): its timers are overdue, and what its socket buffer
+        kept meanwhile is about to be read, all at once.
+
+          - The pause does not count against the timers: the others stopped hearing from
+            this node, not it from them.  Each timer is pushed back by the pause, so that
+            what is read next decides (the token of its ring, if that is still alive; a
+            message of a ring formed without it, which makes it gather).  Fired as they
+            stand, they would give up on the others at once: a consensus timeout fails
+            every member whose join has not been read yet, and each would form a ring
+            of its own.
+          - Joins and commit tokens read before the next tick are dropped (corosync's
+            C{pause_flush}): they are the backlog, from rounds that are over.  The joins
+            of the round that formed a ring without this node name it as failed; acting
+            on them it would fail their senders, its joins would make them fail it, and
+            so on, ring after ring.  What is current is sent again: joins every
+            L{RingConfig.join_interval}, commit tokens every
+            L{RingConfig.token_retransmit}.
+          - If the pause outlasted the token-loss timeout, the others have lost its ring
+            (or the one being formed) and gathered without it: it gathers at once, with
+            its last ring's members (or the nodes it was gathering), so they take it
+            back in one round.  A gather in progress is started afresh as well: whom
+            it had failed, and who had agreed, is out of date.
+        """
+        self.counters["paused"] += 1
+        self.last_pause = paused_for
+        for name in self._timers:
+            self._timers[name] += paused_for
+        self._flushing = True
+        self._arm("flush", 0.0)
+        lost = paused_for >= self.config.token_timeout and (
+            self.state is State.COMMIT or len(self.members) > 1
+        )
+        if self.state is State.GATHER or lost:
+            # Back as if restarted (though with its old ring's messages, to recover):
+            # joins from before this are about the node as it was.  Which nodes have
+            # left is out of date too (a node may have come back meanwhile, and its
+            # joins were flushed); the others know, and their joins will say.
+            self._ring_seq_max += 4
+            self._epoch = self._ring_seq_max
+            self._emit(PersistRingSeq(self._ring_seq_max))
+            self._gone.clear()
+            gathering = self._procs if self.state is State.GATHER else frozenset()
+            self._enter_gather(gathering, frozenset(), fresh=True)
 
     def _emit(self, effect: Effect) -> None:
         self._effects.append(effect)
@@ -579,6 +682,13 @@ class RingEngine:
                     break
                 pieces.append(self._queue.popleft())
                 used += nxt
+            for piece in pieces:
+                index, total, _ = piece
+                if index == 0:
+                    self._partial.clear()
+                self._partial.append(piece)
+                if index == total - 1:
+                    self._partial.clear()
             if len(pieces) > 1:
                 self.counters["packed"] += len(pieces)
             return Mcast(self.ring, seq, self.node, Kind.APP, packb(pieces))
@@ -693,6 +803,15 @@ class RingEngine:
             self.counters["join.stale"] += 1
             return
         self._join_seq[j.sender] = j.ring_seq
+        for n in j.procs - j.failed - {j.sender}:
+            if n in self._gone and j.ring_seq >= self._gone[n] + 4:
+                # Its sender counts on a node that left, and has seen a ring sequence
+                # number as high as the node's next incarnation starts at (a leave
+                # persists the leaver's number, a start adds 4): it has heard from that
+                # incarnation, whose own join has not reached this node yet.  Failing it
+                # as gone would form a ring without it, and another for it right after.
+                del self._gone[n]
+                self.counters["gone.vouched"] += 1
         if j.leaving:
             self._gone[j.sender] = j.ring_seq
             self._on_leave(j.sender)
@@ -704,6 +823,12 @@ class RingEngine:
                 return
             # A new incarnation of a node that left: it may be gathered again.
             del self._gone[j.sender]
+        if self.node in j.failed and j.ring_seq < self._epoch:
+            # It failed this node before this node restarted or resumed, and has not
+            # heard from it since; it will, and take it back.  Failing it in return would
+            # make it fail this node again: two rings where one will do.
+            self.counters["join.stale"] += 1
+            return
         if self.state is not State.GATHER and self.node in j.failed:
             # Its sender gave up on this node; it will gather afresh (on a foreign
             # message or a merge detect) and find it again.
@@ -878,10 +1003,15 @@ class RingEngine:
                     if m.kind is Kind.APP:
                         self._deliver_app(m)
                     old.processed = s
-        # A payload whose sender left mid-way through its fragments cannot be completed.
-        for origin in [o for o in self._assembly if o not in self.members]:
-            del self._assembly[origin]
-            self.counters["fragments.abandoned"] += 1
+        # A payload whose fragments straddle the change cannot be completed: members
+        # that come from another ring never saw its first fragments.  Every member drops
+        # it alike, and its sender (if still here) broadcasts it again, whole.
+        self.counters["fragments.abandoned"] += len(self._assembly)
+        self._assembly.clear()
+        if self._partial:
+            self.counters["fragments.resent"] += 1
+            self._queue.extendleft(reversed(self._partial))
+            self._partial.clear()
         self._emit(Configuration(self.ring, self._trans, transitional=True))
         self._emit(Configuration(self.ring, self.members, transitional=False))
         self.counters["installed"] += 1
@@ -894,6 +1024,9 @@ class RingEngine:
             del self._logs[ring]
 
     # -- timers -----------------------------------------------------------------------------
+
+    def _timer_flush(self) -> None:
+        self._flushing = False
 
     def _timer_token_loss(self) -> None:
         self.counters["token.lost"] += 1

@@ -3,9 +3,15 @@ A deterministic simulator for the token ring: engines on an in-memory datagram n
 under a fake clock and one seeded random.
 
 Faults: loss, duplication, delay with jitter (hence reordering), partitions, crashes and
-restarts, graceful leaves, and nodes deaf to broadcasts (they fail to receive).  After
+restarts, graceful leaves, nodes deaf to broadcasts (they fail to receive), and paused
+nodes (a process stopped and continued: it does nothing for a while, then sees every
+timer that came due and the datagrams its socket buffer kept, all at once).  After
 every step the simulator checks the ring's invariants and raises L{InvariantViolation}
 with the seed, so any failure replays from its seed alone.
+
+Returns: when a node comes back (a paused node resumes, a crashed or departed one
+restarts, a partition heals) the members that were serving without it must take it in
+with at most one new configuration each (see L{Return}).
 """
 
 from __future__ import annotations
@@ -31,7 +37,18 @@ from lips.ring._engine import (
 )
 from lips.ring._messages import NO_RING, RingId, RingMessage
 
-__all__ = ["Faults", "InvariantViolation", "RingSimulation", "Scenario", "replay_command"]
+__all__ = [
+    "BACKLOG_MAX",
+    "Faults",
+    "InvariantViolation",
+    "Return",
+    "RingSimulation",
+    "Scenario",
+    "replay_command",
+]
+
+#: Datagrams a paused node's socket buffer keeps; later ones are dropped.
+BACKLOG_MAX = 256
 
 
 class InvariantViolation(AssertionError):
@@ -56,6 +73,11 @@ class Faults:
     deaf: int = 0
     """Episodes in which one node loses every broadcast sent to it while what is sent to
     it alone (the token, the commit token) still arrives: it fails to receive."""
+    pauses: int = 0
+    """Episodes in which one node's process is stopped for 0.5 to 4 s (SIGSTOP, a VM
+    migrating, a long garbage collection) and then continued: meanwhile it processes
+    nothing and its socket buffer keeps up to L{BACKLOG_MAX} datagrams; on resuming it
+    fires every timer that came due and reads the backlog, in either order."""
 
 
 @attrs.frozen
@@ -72,7 +94,7 @@ class Scenario:
     def random(cls, rng: random.Random) -> Scenario:
         """A scenario drawn from a mix of fault kinds."""
         mix = rng.choice(
-            ["clean", "lossy", "crashes", "partitions", "leaves", "deaf", "everything"]
+            ["clean", "lossy", "crashes", "partitions", "leaves", "deaf", "pauses", "everything"]
         )
         faults = Faults(
             loss=rng.choice([0.0, 0.02, 0.1]) if mix in ("lossy", "everything") else 0.0,
@@ -82,8 +104,65 @@ class Scenario:
             partitions=rng.randint(1, 2) if mix in ("partitions", "everything") else 0,
             leaves=rng.randint(1, 3) if mix in ("leaves", "everything") else 0,
             deaf=rng.randint(1, 2) if mix in ("deaf", "everything") else 0,
+            pauses=rng.randint(1, 2) if mix in ("pauses", "everything") else 0,
         )
         return cls(nodes=rng.randint(2, 5), messages=rng.randint(10, 80), faults=faults)
+
+
+@attrs.define(eq=False)
+class Return:
+    """
+    One return: C{nodes} came back at C{time} by C{kind} (C{"resume"} of a paused node,
+    C{"restart"} of a crashed or departed one, C{"heal"} of a partition, or C{"calm"},
+    when the faults stop and all of those may happen at once), while the members in
+    C{serving} were serving in rings without them.
+
+    The return is over (C{merged_at}) once every serving member is operational in one
+    installed ring with every returned node that is still up.  C{installs} then says,
+    per serving member, how many regular configurations it installed from the return to
+    that moment, and C{returned_installs} the same for the returned nodes.  C{checked}:
+    no datagram could be lost meanwhile, so at most one install per serving member is
+    required (with loss, a lost join can cost a consensus timeout and another round, and
+    the figures are only reported).  A return interrupted by another fault (a crash, a
+    partition, a pause, another return...) is C{abandoned}, with the reason.
+    """
+
+    kind: str
+    nodes: frozenset[int]
+    time: float
+    serving: dict[int, int]
+    """Each serving member, with the regular configurations it had installed before."""
+    returned: dict[int, int]
+    """The same for each returned node that was up when it came back."""
+    checked: bool = True
+    merged_at: float | None = None
+    installs: dict[int, int] = attrs.Factory(dict)
+    returned_installs: dict[int, int] = attrs.Factory(dict)
+    abandoned: str = ""
+
+    @property
+    def most(self) -> int:
+        """The most configurations any serving member installed for this return."""
+        return max(self.installs.values(), default=0)
+
+    def __str__(self) -> str:
+        nodes = ",".join(map(str, sorted(self.nodes)))
+        what = f"{self.kind} of {nodes} at t={self.time:.3f}"
+        if self.abandoned:
+            return f"{what}: interrupted by {self.abandoned}"
+        if self.merged_at is None:
+            return f"{what}: not merged"
+        lossy = "" if self.checked else " (lossy, not checked)"
+        return (
+            f"{what}: merged in {self.merged_at - self.time:.3f} s; serving members"
+            f" installed {self.installs}, returned {self.returned_installs}{lossy}"
+        )
+
+
+#: Actions that start or end a fault, and so interrupt a return in progress.
+_FAULT_ACTIONS = frozenset(
+    {"crash", "restart", "leave", "partition", "heal", "deafen", "hear", "pause", "resume"}
+)
 
 
 @attrs.define(eq=False)
@@ -99,12 +178,17 @@ class _NodeRecord:
     left_ever: bool = False
     last_installed: RingId = NO_RING
     safe: dict[RingId, int] = attrs.Factory(dict)
+    # Every regular configuration installed, in order: (time, ring).
+    regulars: list[tuple[float, RingId]] = attrs.Factory(list)
 
 
 class RingSimulation:
     """Runs one L{Scenario} from one seed."""
 
     replicated = False
+    #: Whether a return that makes a serving member install more than one configuration
+    #: on a calm network fails the run (off: only measured, in L{returns}).
+    check_returns = True
 
     def __init__(self, seed: int, scenario: Scenario | None = None) -> None:
         self.seed = seed
@@ -130,6 +214,12 @@ class RingSimulation:
         self._at: dict[tuple[RingId, tuple[int, int]], bytes] = {}
         self.submitted: dict[bytes, tuple[int, float]] = {}
         self.steps = 0
+        # Paused nodes, with the datagrams their socket buffer keeps meanwhile.
+        self._paused: dict[int, list[RingMessage]] = {}
+        self.backlog_dropped = 0
+        #: Every return so far (see L{Return}); the ones in progress are in C{_open}.
+        self.returns: list[Return] = []
+        self._open: list[Return] = []
 
     # -- running ----------------------------------------------------------------------------
 
@@ -160,6 +250,14 @@ class RingSimulation:
             n = self.rng.choice(self.ids)
             self._plan(t, "deafen", n)
             self._plan(min(sc.fault_time, t + self.rng.uniform(1.0, 2.5)), "hear", n)
+        for _ in range(sc.faults.pauses):
+            t = self.rng.uniform(0.2, sc.fault_time)
+            n = self.rng.choice(self.ids)
+            self._plan(t, "pause", n)
+            # A pause may outlast the faults (it is the process, not the network), but
+            # ends in time for the ring to take the node back before the run does.
+            resume = min(t + self.rng.uniform(0.5, 4.0), sc.fault_time + sc.heal_time - 1.5)
+            self._plan(resume, "resume", n)
         self._plan(sc.fault_time, "calm", None)
         end = sc.fault_time + sc.heal_time
         while (when := self._next_time()) is not None and when <= end:
@@ -173,7 +271,7 @@ class RingSimulation:
         heapq.heappush(self._actions, (t, self._counter, action, arg))
 
     def _next_time(self) -> float | None:
-        times = [e.next_deadline() for e in self.engines.values()]
+        times = [e.next_deadline() for n, e in self.engines.items() if n not in self._paused]
         candidates = [t for t in times if t is not None]
         if self._net:
             candidates.append(self._net[0][0])
@@ -186,17 +284,27 @@ class RingSimulation:
         self.steps += 1
         if self._actions and self._actions[0][0] <= t:
             _, _, action, arg = heapq.heappop(self._actions)
+            if action in _FAULT_ACTIONS:
+                self._interrupt_returns(f"{action} {arg}")
             getattr(self, f"_do_{action}")(arg)
         elif self._net and self._net[0][0] <= t:
             _, _, dest, message = heapq.heappop(self._net)
             engine = self.engines.get(dest)
-            if engine is not None:
+            if dest in self._paused:
+                backlog = self._paused[dest]
+                if len(backlog) < BACKLOG_MAX:
+                    backlog.append(message)
+                else:
+                    self.backlog_dropped += 1
+            elif engine is not None:
                 engine.received(message, self.now)
                 self._drain(dest)
             elif dest in self._left:
                 self._check_left(dest, message)
         else:
             for n, engine in list(self.engines.items()):
+                if n in self._paused:
+                    continue
                 deadline = engine.next_deadline()
                 if deadline is not None and deadline <= t:
                     engine.tick(self.now)
@@ -215,7 +323,7 @@ class RingSimulation:
         self._drain(n)
 
     def _do_submit(self, i: int) -> None:
-        alive = sorted(self.engines)
+        alive = sorted(n for n in self.engines if n not in self._paused)
         if not alive:
             return
         n = self.rng.choice(alive)
@@ -230,15 +338,18 @@ class RingSimulation:
     def _do_crash(self, n: int) -> None:
         if n in self.engines:
             del self.engines[n]
+            self._paused.pop(n, None)
             self.records[n].crashed_ever = True
 
     def _do_restart(self, n: int) -> None:
         if n not in self.engines:
             self._do_start(n)
+            self._open_return("restart", {n})
 
     def _do_leave(self, n: int) -> None:
         engine = self.engines.get(n)
-        if engine is None:
+        if engine is None or n in self._paused:
+            # A stopped process says no goodbye.
             return
         engine.leave(self.now)
         self._drain(n)
@@ -259,15 +370,50 @@ class RingSimulation:
         self._groups = [set(ids[:cut]), set(ids[cut:])]
 
     def _do_heal(self, _: None) -> None:
-        self._groups = None
+        if self._groups is not None:
+            self._groups = None
+            self._open_return("heal", set(self.engines) - set(self._paused), set())
 
     def _do_calm(self, _: None) -> None:
+        changed = self._groups is not None or bool(self._deaf)
+        back = {n for n in self.ids if n not in self.engines}
+        if changed or back:
+            self._interrupt_returns("calm")
         self._faults_on = False
         self._groups = None
         self._deaf.clear()
-        for n in self.ids:
-            if n not in self.engines:
-                self._do_start(n)
+        for n in sorted(back):
+            self._do_start(n)
+        if changed:
+            self._open_return("calm", set(self.engines) - set(self._paused), back)
+        elif back:
+            self._open_return("calm", back)
+
+    def _do_pause(self, n: int) -> None:
+        if n in self.engines and n not in self._paused:
+            self._paused[n] = []
+
+    def _do_resume(self, n: int) -> None:
+        """
+        Continue paused node C{n}: every timer that came due while it was stopped fires
+        and its socket buffer is read, all at one instant; the timers first or the
+        backlog first (a real process sees either, depending on where it was stopped).
+        """
+        backlog = self._paused.pop(n, None)
+        if backlog is None:
+            return
+        engine = self.engines[n]
+        timers_first = self.rng.random() < 0.5
+        if timers_first:
+            engine.tick(self.now)
+            self._drain(n)
+        for message in backlog:
+            engine.received(message, self.now)
+            self._drain(n)
+        if not timers_first:
+            engine.tick(self.now)
+            self._drain(n)
+        self._open_return("resume", {n})
 
     # -- the network ------------------------------------------------------------------------
 
@@ -321,6 +467,7 @@ class RingSimulation:
                 record.installed_at[effect.ring] = self.now
                 record.last_installed = effect.ring
                 record.members[effect.ring] = effect.members
+                record.regulars.append((self.now, effect.ring))
         elif isinstance(effect, Safe):
             record.safe[effect.ring] = max(record.safe.get(effect.ring, 0), effect.upto)
         elif isinstance(effect, PersistRingSeq):
@@ -336,6 +483,84 @@ class RingSimulation:
         if done and done[-1] >= position:
             self._fail(f"order: node {n} delivered {d.ring}{position} after {done[-1]}")
         done.append(position)
+
+    # -- returns ----------------------------------------------------------------------------
+
+    def _serving(self, n: int) -> bool:
+        """Node C{n} is up and serving in a ring it installed, every member of it up."""
+        e = self.engines.get(n)
+        return (
+            e is not None
+            and n not in self._paused
+            and e.state is State.OPERATIONAL
+            and e.installed == e.ring
+            and all(m in self.engines and m not in self._paused for m in e.members)
+        )
+
+    def _open_return(self, kind: str, nodes: set[int], back: set[int] | None = None) -> None:
+        """
+        C{back} (C{nodes} by default) came back: measure how the members serving
+        without C{nodes} take them in.  Measured only from a settled state: every other
+        node up serving, no partition, no node deaf (otherwise another change is due
+        anyway, or the return cannot complete).
+        """
+        fresh = set(nodes) if back is None else back
+        up = {n for n in self.engines if n not in self._paused}
+        if self._groups is not None or self._deaf:
+            return
+        if not all(self._serving(n) for n in up - fresh):
+            return
+        want = frozenset(nodes)
+        serving = {
+            n: len(self.records[n].regulars)
+            for n in sorted(up - fresh)
+            if not want <= set(self.engines[n].members)
+        }
+        if not serving:
+            return
+        returned = {n: len(self.records[n].regulars) for n in sorted(fresh)}
+        lossy = self._faults_on and self.scenario.faults.loss > 0
+        self._open.append(Return(kind, want, self.now, serving, returned, checked=not lossy))
+
+    def _interrupt_returns(self, why: str) -> None:
+        for r in self._open:
+            r.abandoned = why
+            self.returns.append(r)
+        self._open.clear()
+
+    def _check_returns(self) -> None:
+        """Close the returns that are over; fail one that took more than one change."""
+        for r in list(self._open):
+            up = [n for n in r.nodes if n in self.engines]
+            if any(n not in self.engines for n in r.serving):
+                r.abandoned = "a serving member went down"
+            else:
+                rings = {self.engines[n].ring for n in [*r.serving, *up]}
+                if len(rings) != 1 or not all(self._serving(n) for n in [*r.serving, *up]):
+                    continue
+                members = set(self.engines[next(iter(r.serving))].members)
+                if not set(up) <= members:
+                    continue
+                r.merged_at = self.now
+                r.installs = {n: len(self.records[n].regulars) - c for n, c in r.serving.items()}
+                r.returned_installs = {
+                    n: len(self.records[n].regulars) - c for n, c in r.returned.items()
+                }
+            self._open.remove(r)
+            self.returns.append(r)
+            if r.merged_at is not None and r.checked and self.check_returns and r.most > 1:
+                worst = max(r.installs, key=lambda n: r.installs[n])
+                rings_seen = [
+                    f"{ring}{self.records[worst].members[ring]}"
+                    for t, ring in self.records[worst].regulars
+                    if t >= r.time
+                ]
+                self._fail(
+                    f"return: after the {r.kind} of {sorted(r.nodes)} at t={r.time:.4f},"
+                    f" serving node {worst} installed {r.most} configurations"
+                    f" {rings_seen} before they were back in its ring (at most 1 allowed);"
+                    f" installs per serving member {r.installs}"
+                )
 
     # -- invariants -------------------------------------------------------------------------
 
@@ -354,6 +579,8 @@ class RingSimulation:
             self._fail(f"leave: node {n} acted on {message!r} after it left")
 
     def _check_step(self) -> None:
+        if self._open:
+            self._check_returns()
         # Extended virtual synchrony: nodes that install the same ring from the same old
         # ring with the same transitional members delivered the same old-ring messages.
         seen: dict[tuple[RingId, RingId, tuple[int, ...]], tuple[int, tuple[Any, ...]]] = {}
@@ -420,6 +647,10 @@ class RingSimulation:
         for n in sorted(self.engines):
             e = self.engines[n]
             yield f"node {n}: {e.state.value} ring {e.ring} members {e.members}"
+        for r in self.returns:
+            yield f"return: {r}"
+        if self.backlog_dropped:
+            yield f"{self.backlog_dropped} datagrams dropped by full socket buffers"
 
 
 _CHECKPOINTER = 7
@@ -434,7 +665,8 @@ class ReplicatedSimulation(RingSimulation):
     UNAVAILABLE or BUSY, as the client library does.
 
     Crashed servers restart empty and receive the state by transfer; partitions leave
-    only a primary component serving.  After every step: no operation gets two
+    only a primary component serving; paused servers (C{pauses}, which L{random} does
+    not draw) are sent no new operations while stopped.  After every step: no operation gets two
     different answers, no tuple is taken by two answered operations.  At the end: every
     server serves in one ring with one digest, every out and inp was answered, every
     answered out is stored or was taken, and every answered take is in the surviving
@@ -454,6 +686,7 @@ class ReplicatedSimulation(RingSimulation):
         loss: float = 0.0,
         crashes: int = 0,
         partitions: int = 0,
+        pauses: int = 0,
     ) -> None:
         faults = Faults(
             loss=loss,
@@ -461,6 +694,7 @@ class ReplicatedSimulation(RingSimulation):
             delay=(0.0001, 0.002),
             crashes=crashes,
             partitions=partitions,
+            pauses=pauses,
         )
         super().__init__(seed, Scenario(nodes=nodes, messages=0, faults=faults))
         self.operations = operations
@@ -574,7 +808,9 @@ class ReplicatedSimulation(RingSimulation):
     def _do_send(self, key: tuple[int, int]) -> None:
         if key in self.answers or key in self.at:
             return
-        alive = sorted(self.replicas)
+        # A paused server takes no new connection (its clients' requests wait in its
+        # socket like its datagrams; these go elsewhere).
+        alive = sorted(n for n in self.replicas if n not in self._paused)
         if not alive:
             self._retry(key)
             return

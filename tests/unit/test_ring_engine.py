@@ -305,8 +305,10 @@ class SimulationTests(SynchronousTestCase):
     def test_many_seeds(self) -> None:
         """
         Seeded runs across fault mixes (loss, duplication, reordering, partitions,
-        crashes and restarts) keep agreement, virtual synchrony, no loss of safe messages,
-        and make progress once the faults stop.
+        crashes and restarts, leaves, deaf and paused nodes) keep agreement, virtual
+        synchrony, no loss of safe messages, take every returning node back with at most
+        one new configuration at each serving member while the network is calm, and make
+        progress once the faults stop.
         """
         for seed in range(SEEDS):
             RingSimulation(seed).run()
