@@ -119,11 +119,8 @@ __all__ = [
     "replay_command",
 ]
 
-#: What a caller is told when the outcome of its request cannot be known.  The class
-#: came with the fix of the lost take; before it, a lost connection said as much.
-OUTCOME_UNKNOWN: Final[type[Exception]] = getattr(
-    lips.errors, "OutcomeUnknown", lips.errors.ConnectionLost
-)
+#: What a caller is told when the outcome of its request cannot be known.
+OUTCOME_UNKNOWN: Final[type[Exception]] = lips.errors.OutcomeUnknown
 
 #: Datagrams a paused server's socket buffer keeps; later ones are dropped.
 SOCKET_BACKLOG: Final = 256
@@ -1113,7 +1110,7 @@ class ClusterSimulation(RingSimulation):
         if isinstance(result, Failure):
             f = result
             op.error = f"{getattr(f.type, '__name__', f.type)}: {f.getErrorMessage()}"
-            if f.check(OUTCOME_UNKNOWN, lips.errors.ConnectionLost):
+            if f.check(OUTCOME_UNKNOWN):
                 op.outcome = "unknown"
             elif f.check(Timeout):
                 op.outcome = "timeout"
