@@ -15,12 +15,13 @@ equal and a simulator can print, compare and replay them.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Hashable, Mapping
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 import attrs
 from twisted.logger import LogLevel
+
+from lips.validate import finite
 
 __all__ = [
     "EFFECT_TYPES",
@@ -67,11 +68,6 @@ def check_timer_key(key: object) -> TimerKey:
 
 def _timer_key(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_timer_key(value)
-
-
-def _finite(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite time, not {value!r}")
 
 
 def _handle(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -128,7 +124,7 @@ class StartTimer:
     """
 
     key: TimerKey = attrs.field(validator=_timer_key)
-    at: float = attrs.field(validator=_finite)
+    at: float = attrs.field(validator=finite)
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ from typing import Any, Final
 import attrs
 from twisted.logger import Logger
 
+from lips import validate
 from lips.node._state import SystemSpace, state_template
 from lips.node._supervisor import FAILED_TAG, ProcessSpec, check_target
 from lips.tuples import ANY, LTuple, make_tuple, packb, unpackb
@@ -41,9 +42,6 @@ __all__ = [
 EVAL_TAG: Final = "eval"
 #: The first field of the record of a placed process (removed when it is final).
 PROCESS_TAG: Final = "process"
-
-#: Process ids are drawn from [1, 2**62], the range the MessageServers draw from.
-_PID_BITS: Final = 62
 
 
 def eval_template(node: str, pid: int | None = None) -> tuple[Any, ...]:
@@ -198,7 +196,7 @@ def new_pid(rng: random.Random | None = None) -> int:
     system's randomness by default).
     """
     r = random.SystemRandom() if rng is None else rng
-    return r.getrandbits(_PID_BITS) + 1
+    return validate.new_pid(r)
 
 
 async def eval_request(

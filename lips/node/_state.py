@@ -8,7 +8,6 @@ Nothing here does I/O: the sampler and the clock are injected.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -18,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
 from lips.tuples import ANY, LTuple
+from lips.validate import at_least, non_negative, positive
 
 __all__ = [
     "DOWN_TAG",
@@ -52,24 +52,10 @@ class SystemSpace(Protocol):
     def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]: ...
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be finite and not negative, not {value!r}")
-
-
 def _percent(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    _non_negative(instance, attribute, value)
+    non_negative(instance, attribute, value)
     if value > 100:
         raise ValueError(f"{attribute.name} must be a percentage (0-100), not {value!r}")
-
-
-def _count(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an integer, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
 
 
 @attrs.frozen
@@ -83,10 +69,10 @@ class Sample:
     @ivar processes: the processes lipsd runs for LiPS (its children).
     """
 
-    load1: float = attrs.field(converter=float, validator=_non_negative)
+    load1: float = attrs.field(converter=float, validator=non_negative)
     cpu_idle: float = attrs.field(converter=float, validator=_percent)
-    free_memory: int = attrs.field(validator=_count)
-    processes: int = attrs.field(validator=_count)
+    free_memory: int = attrs.field(validator=at_least(0))
+    processes: int = attrs.field(validator=at_least(0))
 
 
 class ISampler(Interface):
@@ -107,9 +93,9 @@ class IdlePolicy:
     @ivar min_free_memory: at least this many bytes must be free.
     """
 
-    max_load: float = attrs.field(default=1.0, converter=float, validator=_non_negative)
+    max_load: float = attrs.field(default=1.0, converter=float, validator=non_negative)
     min_cpu_idle: float = attrs.field(default=50.0, converter=float, validator=_percent)
-    min_free_memory: int = attrs.field(default=256 << 20, validator=_count)
+    min_free_memory: int = attrs.field(default=256 << 20, validator=at_least(0))
 
     def is_idle(self, sample: Sample) -> bool:
         """Whether a node that reads C{sample} counts as idle."""
@@ -166,12 +152,6 @@ def up_template(name: str) -> tuple[Any, ...]:
     return (UP_TAG, name, int)
 
 
-def _positive_finite(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    _non_negative(instance, attribute, value)
-    if value == 0:
-        raise ValueError(f"{attribute.name} must be positive")
-
-
 @attrs.define
 class NodeMonitor:
     """
@@ -187,7 +167,7 @@ class NodeMonitor:
     policy: IdlePolicy = attrs.field(
         factory=IdlePolicy, validator=attrs.validators.instance_of(IdlePolicy)
     )
-    interval: float = attrs.field(default=1.0, converter=float, validator=_positive_finite)
+    interval: float = attrs.field(default=1.0, converter=float, validator=positive)
     seq: int = attrs.field(default=0, init=False)
 
     @name.validator

@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-import math
 import re
 import signal as signals
 from typing import Any, ClassVar, Final, TypeAlias
@@ -50,6 +49,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import attrs
 from twisted.logger import LogLevel
 
+from lips import validate
 from lips.kernel import (
     CancelTimer,
     Deliver,
@@ -62,6 +62,7 @@ from lips.kernel import (
     TimerKey,
 )
 from lips.tuples import LTuple, make_tuple
+from lips.validate import at_least, non_negative, positive
 
 __all__ = [
     "FAILED_TAG",
@@ -86,9 +87,6 @@ _TARGET: Final = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )
 
-#: The highest LiPS process id (ids are positive 64-bit signed integers).
-PID_MAX: Final = 2**63 - 1
-
 
 def check_target(target: object) -> str:
     """
@@ -99,11 +97,6 @@ def check_target(target: object) -> str:
     if not isinstance(target, str) or not _TARGET.fullmatch(target):
         raise ValueError(f"not a 'package.module:function' name: {target!r}")
     return target
-
-
-def _pid(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= PID_MAX:
-        raise ValueError(f"{attribute.name} must be a positive 64-bit integer, not {value!r}")
 
 
 def _target(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -130,7 +123,7 @@ class ProcessSpec:
     @ivar args: the arguments, msgpack-encoded (a list), decoded by the child only.
     """
 
-    pid: int = attrs.field(validator=_pid)
+    pid: int = attrs.field(validator=validate.pid)
     target: str = attrs.field(validator=_target)
     fields: LTuple = attrs.field(converter=_fields)
     args: bytes = attrs.field(validator=attrs.validators.instance_of(bytes))
@@ -166,21 +159,6 @@ class Exit:
         return f"exit code {self.code}"
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be finite and not negative, not {value!r}")
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
-
-
-def _count(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an integer of at least 0, not {value!r}")
-
-
 @attrs.frozen
 class RestartPolicy:
     """
@@ -198,11 +176,11 @@ class RestartPolicy:
     @ivar window: seconds over which crashes are counted.
     """
 
-    delay: float = attrs.field(default=0.1, converter=float, validator=_non_negative)
-    factor: float = attrs.field(default=2.0, converter=float, validator=_positive)
-    max_delay: float = attrs.field(default=5.0, converter=float, validator=_non_negative)
-    max_restarts: int = attrs.field(default=5, validator=_count)
-    window: float = attrs.field(default=60.0, converter=float, validator=_positive)
+    delay: float = attrs.field(default=0.1, converter=float, validator=non_negative)
+    factor: float = attrs.field(default=2.0, converter=float, validator=positive)
+    max_delay: float = attrs.field(default=5.0, converter=float, validator=non_negative)
+    max_restarts: int = attrs.field(default=5, validator=at_least(0))
+    window: float = attrs.field(default=60.0, converter=float, validator=positive)
 
     def backoff(self, crashes: int) -> float:
         """The delay before restarting after the C{crashes}-th crash in the window."""

@@ -22,13 +22,13 @@ the observations, asks for the verdict and writes it, every interval.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 
 from lips.kernel import Deliver, Effect, Outbox, TimerKey
+from lips.validate import at_least, positive
 
 __all__ = ["Suspect", "Watchdog"]
 
@@ -56,16 +56,6 @@ def _names(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
-
-
-def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an integer of at least 1, not {value!r}")
-
-
 @attrs.define
 class Watchdog:
     """
@@ -80,8 +70,8 @@ class Watchdog:
     emits: ClassVar[frozenset[type[Effect]]] = frozenset({Deliver})
 
     nodes: tuple[str, ...] = attrs.field(converter=_names)
-    interval: float = attrs.field(default=1.0, converter=float, validator=_positive)
-    misses: int = attrs.field(default=3, validator=_at_least_one)
+    interval: float = attrs.field(default=1.0, converter=float, validator=positive)
+    misses: int = attrs.field(default=3, validator=at_least(1))
     _seen: dict[str, _Seen] = attrs.field(init=False, factory=dict)
     _outbox: Outbox = attrs.field(init=False, factory=lambda: Outbox(Watchdog.emits))
 

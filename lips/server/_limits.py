@@ -12,30 +12,16 @@ accepted is lost.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Final
+from typing import Final
 
 import attrs
+
+from lips.validate import at_least, non_negative
 
 __all__ = ["ServerLimits"]
 
 _MiB: Final = 1 << 20
-
-
-def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a positive integer, not {value!r}")
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[float], value: Any) -> None:
-    """A positive finite number of seconds, or 0 for "never"."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{attribute.name} must be 0 (never) or a positive number of seconds")
+_AT_LEAST_ONE: Final = at_least(1)
 
 
 @attrs.frozen
@@ -66,14 +52,14 @@ class ServerLimits:
         forgotten at once.
     """
 
-    max_connections: int = attrs.field(default=1000, validator=_count)
-    max_per_peer: int = attrs.field(default=200, validator=_count)
-    hello_timeout: float = attrs.field(default=10.0, validator=_seconds)
-    idle_timeout: float = attrs.field(default=900.0, validator=_seconds)
-    max_partial_bytes: int = attrs.field(default=64 * _MiB, validator=_count)
-    partial_timeout: float = attrs.field(default=30.0, validator=_seconds)
-    max_unsent_bytes: int = attrs.field(default=16 * _MiB, validator=_count)
-    max_waiting_per_session: int = attrs.field(default=10_000, validator=_count)
-    max_waiting: int = attrs.field(default=100_000, validator=_count)
-    forget_after: float = attrs.field(default=3600.0, validator=_seconds)
-    max_vanished: int = attrs.field(default=100_000, validator=_count)
+    max_connections: int = attrs.field(default=1000, validator=_AT_LEAST_ONE)
+    max_per_peer: int = attrs.field(default=200, validator=_AT_LEAST_ONE)
+    hello_timeout: float = attrs.field(default=10.0, validator=non_negative)
+    idle_timeout: float = attrs.field(default=900.0, validator=non_negative)
+    max_partial_bytes: int = attrs.field(default=64 * _MiB, validator=_AT_LEAST_ONE)
+    partial_timeout: float = attrs.field(default=30.0, validator=non_negative)
+    max_unsent_bytes: int = attrs.field(default=16 * _MiB, validator=_AT_LEAST_ONE)
+    max_waiting_per_session: int = attrs.field(default=10_000, validator=_AT_LEAST_ONE)
+    max_waiting: int = attrs.field(default=100_000, validator=_AT_LEAST_ONE)
+    forget_after: float = attrs.field(default=3600.0, validator=non_negative)
+    max_vanished: int = attrs.field(default=100_000, validator=_AT_LEAST_ONE)

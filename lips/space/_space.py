@@ -29,6 +29,7 @@ import attrs
 
 from lips.tuples import (
     DEFAULT_LIMITS,
+    Kind,
     Limits,
     LTuple,
     Template,
@@ -48,28 +49,6 @@ __all__ = [
 ]
 
 _SNAPSHOT_VERSION: Final = 3
-
-
-class Kind(enum.IntEnum):
-    """The Linda operations."""
-
-    OUT = 1
-    IN = 2
-    RD = 3
-    INP = 4
-    RDP = 5
-    CHECKPOINT = 6
-    """Not a Linda operation: a process's checkpoint, applied and logged like one."""
-    FORGET = 7
-    """Not a Linda operation: a process said goodbye; the space forgets it (L{forget})."""
-
-    @property
-    def removes(self) -> bool:
-        return self is Kind.IN or self is Kind.INP
-
-    @property
-    def blocks(self) -> bool:
-        return self is Kind.IN or self is Kind.RD
 
 
 class Status(enum.IntEnum):

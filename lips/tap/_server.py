@@ -190,9 +190,12 @@ class ServerOptions(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["bounds"] = ServerLimits(
-            **{name: self[name.replace("_", "-")] for name, _ in _BOUND_OPTIONS}
-        )
+        try:
+            self["bounds"] = ServerLimits(
+                **{name: self[name.replace("_", "-")] for name, _ in _BOUND_OPTIONS}
+            )
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
 
     def _cluster_options(self) -> None:
         """Take this server's name, listen endpoint and ring from the cluster file."""

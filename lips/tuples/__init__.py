@@ -1,5 +1,6 @@
 """
-Tuples, templates, strict matching and the canonical wire encoding.
+Tuples, templates, strict matching, the canonical wire encoding, and the operations
+that use them (L{Kind}).
 """
 
 from lips.tuples._codec import packb, unpackb
@@ -22,11 +23,13 @@ from lips.tuples._model import (
     make_tuple,
     tuple_keys,
 )
+from lips.tuples._ops import Kind
 
 __all__ = [
     "ANY",
     "DEFAULT_LIMITS",
     "FORMAL_TYPES",
+    "Kind",
     "LTuple",
     "Limits",
     "Template",

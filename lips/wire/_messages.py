@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 
-from lips.space import Kind
 from lips.tuples import (
     DEFAULT_LIMITS,
+    Kind,
     Limits,
     LTuple,
     Template,

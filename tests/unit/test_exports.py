@@ -22,6 +22,10 @@ MODULES = [
     "lips.cli",
     "lips.node",
     "lips.kernel",
+    "lips.ring",
+    "lips.replica",
+    "lips.cluster",
+    "lips.validate",
 ]
 
 
