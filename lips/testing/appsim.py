@@ -5,8 +5,9 @@ at random and restarted from their last checkpoint (or from scratch), every oper
 after the restart answered from the space's per-process log until the process passes
 the point where it died.
 
-Processes are generators that yield tuple-space operations; a scheduler driven by one
-seeded random runs them a step at a time, delivers answers (parking a blocked C{in}
+Processes are generators that yield tuple-space operations; a scheduler in the simulated
+world (L{lips.testing.world}), one step a tick of its clock, drawing from its seeded
+random, runs them a step at a time, delivers answers (parking a blocked C{in}
 until a tuple comes), and kills and restarts workers.  After every step it checks that
 the space never holds two copies of one output, and at the end that the application's
 answer equals the fault-free one.  Any failure names its seed.
@@ -23,6 +24,7 @@ import msgpack
 
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing.ringsim import InvariantViolation
+from lips.testing.world import World
 from lips.tuples import make_template, make_tuple
 
 __all__ = ["RecoverySimulation"]
@@ -32,6 +34,8 @@ Op = tuple[Kind, Any]
 Program = Generator[Op, Any, Any]
 
 _MASTER = 1
+#: The virtual time between two scheduling steps.
+_TICK = 0.001
 
 
 @attrs.define(eq=False)
@@ -91,7 +95,8 @@ class RecoverySimulation:
         self, seed: int, tasks: int = 40, workers: int = 4, kills: int = 6, every: int = 3
     ) -> None:
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.world = World(seed)
+        self.rng = self.world.rng
         self.tasks, self.workers, self.kills, self.every = tasks, workers, kills, every
         self.space = TupleSpace()
         self.procs: dict[int, _Process] = {}
@@ -102,38 +107,51 @@ class RecoverySimulation:
 
     def run(self) -> int:
         """Run to the end; the master's answer (checked against the fault-free one)."""
+        world = self.world
         self.procs[_MASTER] = _Process(_MASTER, master(self.tasks, self.workers))
         for w in range(self.workers):
             pid = 100 + w
             self.procs[pid] = _Process(pid, worker(pid, None, self.every))
         for p in self.procs.values():
             self._advance(p, None)
-        kill_at = sorted(self.rng.sample(range(1, self.tasks * 6), self.kills))
-        while not self.procs[_MASTER].done:
-            self.steps += 1
-            if self.steps > 100_000:
-                self._fail("no progress after 100,000 steps")
-            if kill_at and self.steps >= kill_at[0]:
-                kill_at.pop(0)
-                workers = [p for p in self.procs if p != _MASTER]
-                if self.rng.random() < 0.25:
-                    # A whole node dies: every worker on it (workers alternate nodes).
-                    node = self.rng.randrange(2)
-                    self.node_kills += 1
-                    for pid in workers:
-                        if pid % 2 == node:
-                            self._kill(pid)
-                else:
-                    self._kill(self.rng.choice(workers))
-            runnable = [p for p in self.procs.values() if not p.done and p.waiting is not None]
-            if not runnable:
-                self._fail("every process is blocked")
-            self._step(self.rng.choice(runnable))
-            self._check()
+        # The scheduler runs one process step every tick of the world's clock; a kill
+        # falls half a tick before the step it precedes.
+        for step in sorted(self.rng.sample(range(1, self.tasks * 6), self.kills)):
+            world.plan((step - 0.5) * _TICK, self._kill_some)
+        world.plan(_TICK, self._schedule)
+        world.check(self._check)
+        world.run()
         expected = sum(i * i for i in range(self.tasks))
         if self.procs[_MASTER].result != expected:
             self._fail(f"the answer is {self.procs[_MASTER].result}, not {expected}")
         return int(self.procs[_MASTER].result)
+
+    def _schedule(self) -> None:
+        """One step of one runnable process, chosen at random; then the next tick."""
+        self.steps += 1
+        if self.steps > 100_000:
+            self._fail("no progress after 100,000 steps")
+        runnable = [p for p in self.procs.values() if not p.done and p.waiting is not None]
+        if not runnable:
+            self._fail("every process is blocked")
+        self._step(self.rng.choice(runnable))
+        if not self.procs[_MASTER].done:
+            self.world.plan(self.world.now + _TICK, self._schedule)
+
+    def _kill_some(self) -> None:
+        """Kill a worker, or a quarter of the time a whole node's (if the run goes on)."""
+        if self.procs[_MASTER].done:
+            return
+        workers = [p for p in self.procs if p != _MASTER]
+        if self.rng.random() < 0.25:
+            # A whole node dies: every worker on it (workers alternate nodes).
+            node = self.rng.randrange(2)
+            self.node_kills += 1
+            for pid in workers:
+                if pid % 2 == node:
+                    self._kill(pid)
+        else:
+            self._kill(self.rng.choice(workers))
 
     # -- processes ----------------------------------------------------------------------
 

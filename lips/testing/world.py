@@ -408,8 +408,15 @@ class World:
             check()
         return True
 
-    def run(self, until: float) -> None:
-        """Step until nothing is due before C{until}; the clock then reads C{until}."""
+    def run(self, until: float | None = None) -> None:
+        """
+        Step until nothing is due before C{until}, the clock then reading C{until}; or,
+        with no C{until}, until nothing is left to do at all.
+        """
+        if until is None:
+            while self.step():
+                pass
+            return
         while (t := self.next_time()) is not None and t <= until:
             self.step()
         self.now = max(self.now, until)
