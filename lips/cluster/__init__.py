@@ -17,6 +17,7 @@ from lips.cluster._config import (
     ServerEntry,
     Timings,
     Transport,
+    check_client_endpoint,
     load_cluster,
 )
 from lips.cluster._state import RingSeqStore, StateFileError
@@ -36,5 +37,6 @@ __all__ = [
     "StateFileError",
     "Timings",
     "Transport",
+    "check_client_endpoint",
     "load_cluster",
 ]

@@ -339,6 +339,30 @@ def _hint(description: str) -> str:
     return ""
 
 
+def check_client_endpoint(description: str, what: str = "endpoint") -> str:
+    """
+    C{description} if it is a client endpoint string that can be used on this machine
+    (C{tcp:host=...:port=...}, C{ssl:...} with readable files, ...), checked as the
+    cluster file's C{connect} strings are.
+
+    @raise ValueError: naming C{what}, the string and what is wrong with it.
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    try:
+        clientFromString(_inert_reactor(), description)
+    except (OSError, crypto.Error) as e:
+        # A file an ssl: endpoint names that cannot be read: the endpoint is for use on
+        # this machine, so this is an error here (a cluster file only warns).
+        raise ValueError(f"{what}: cannot use {description!r}: {e}") from None
+    except Exception:
+        pass  # the loader's check below says what is wrong, with a hint
+    loader = _Loader(Path(what))
+    if not loader.connect("", description):
+        raise ValueError(loader.problems[0].replace(f"{what}: : ", f"{what}: ", 1))
+    return description
+
+
 def _inert_reactor() -> typing.Any:
     """A reactor that never does anything, for parsing endpoints without using them."""
     from twisted.internet.testing import MemoryReactor

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from lips.cluster import ClusterConfig, ClusterConfigError, load_cluster
+from lips.cluster import ClusterConfig, ClusterConfigError, check_client_endpoint, load_cluster
 from lips.node import (
     IdlePolicy,
     NodeMonitor,
@@ -176,7 +176,10 @@ class Options(usage.Options):
             endpoints += app.client_endpoints("msgserver")
             if not endpoints:
                 raise usage.UsageError(f"{self['app-config']}: no MessageServers")
-        self["app"] = tuple(endpoints)
+        try:
+            self["app"] = tuple(check_client_endpoint(e, "--app") for e in endpoints)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["allow"] = tuple(self.get("allow", []))
         self["pythonpath"] = tuple(p for p in self["pythonpath"].split(os.pathsep) if p)
         self["restart"] = RestartPolicy(

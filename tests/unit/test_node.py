@@ -548,6 +548,24 @@ class OptionsTests(SynchronousTestCase):
             with self.assertRaises(UsageError, msg=str(argv)):
                 self.parse(*argv)
 
+    def test_bad_app_endpoints(self) -> None:
+        """An --app endpoint the processes could not use is refused at startup, with the
+        reason in one line; a good one is kept as given."""
+        path = str(self.cluster())
+        for endpoint, reason in [
+            ("tcp:99999", "bad client endpoint"),
+            ("tcp:host=127.0.0.1:port=99999", "port must be 1-65535"),
+            ("bogus:1", "Unknown endpoint type"),
+            ("ssl:host=h:port=1:certKey=/nonexistent.pem", "No such file"),
+        ]:
+            with self.assertRaises(UsageError, msg=endpoint) as e:
+                self.parse("--config", path, "--name", "n1", "--app", endpoint)
+            self.assertIn(reason, str(e.exception))
+            self.assertTrue(str(e.exception).startswith("--app: "), str(e.exception))
+            self.assertNotIn("\n", str(e.exception))
+        o = self.parse("--config", path, "--name", "n1", "--app", "tcp:host=127.0.0.1:port=7011")
+        self.assertEqual(o["app"], ("tcp:host=127.0.0.1:port=7011",))
+
     def test_no_fixservers(self) -> None:
         """A cluster file without FixServers has nowhere to report to."""
         path = write_cluster(Path(self.mktemp()), [ClusterMember("m1", 1, 7101, 7011)])
