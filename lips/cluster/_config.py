@@ -80,6 +80,7 @@ _CLUSTER_KEYS: Final = (
     "timings",
     "state_dir",
     "interface",
+    "require_tls",
 )
 _RINGS_KEYS: Final = ("group", "broadcast", "ttl")
 _SERVER_KEYS: Final = ("role", "id", "ring", "listen", "connect")
@@ -173,6 +174,9 @@ class ClusterConfig:
     @ivar interface: the local interface for multicast, or C{None}.
     @ivar servers: every server by name, in file order.
     @ivar one_to_many: each role's C{[rings.ROLE]} table, or C{None} without one.
+    @ivar require_tls: the roles whose servers must be reached only over TLS with client
+        certificates: their C{connect} endpoints are C{ssl:} with a certificate and key,
+        and each such server refuses to start without C{--tls-client-ca}.
     @ivar warnings: problems that do not stop loading (a key file others can read, TLS
         files that cannot be read on this machine), one line each.
     """
@@ -188,6 +192,7 @@ class ClusterConfig:
     interface: str | None
     servers: Mapping[str, ServerEntry]
     one_to_many: Mapping[Role, OneToMany | None]
+    require_tls: frozenset[Role] = frozenset()
     warnings: tuple[str, ...] = ()
 
     def server(self, name: str) -> ServerEntry:
@@ -529,11 +534,13 @@ class _Loader:
         timings = self.choice(cluster, "timings", "cluster", TIMINGS) or "lan"
         state_dir = self.state_dir(cluster, given)
         interface = self.interface(cluster)
+        require_tls = self.require_tls(cluster)
 
         ring_config = self.ring_config(document, timings)
         one_to_many = self.rings(document)
         servers = self.servers(document)
         self.cross_check(servers, transport, one_to_many)
+        self.check_tls(servers, require_tls)
 
         if self.problems:
             raise ClusterConfigError(*self.problems)
@@ -551,8 +558,36 @@ class _Loader:
             interface=interface,
             servers=MappingProxyType({s.entry.name: s.entry for s in servers}),
             one_to_many=MappingProxyType(one_to_many),
+            require_tls=require_tls,
             warnings=tuple(self.warnings),
         )
+
+    def require_tls(self, cluster: Mapping[str, object]) -> frozenset[Role]:
+        value = cluster.get("require_tls", [])
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            self.problem("cluster.require_tls", f"must be a list of roles, not {_describe(value)}")
+            return frozenset()
+        roles = []
+        for role in value:
+            if role not in ROLES:
+                self.problem("cluster.require_tls", f"{role!r} is not a role ({', '.join(ROLES)})")
+            else:
+                roles.append(typing.cast(Role, role))
+        return frozenset(roles)
+
+    def check_tls(self, servers: list[_Server], required: frozenset[Role]) -> None:
+        """Servers of a role that requires TLS are reached only with client certificates."""
+        for s in servers:
+            if s.entry.role not in required:
+                continue
+            args, kwargs = _endpoint_parts(s.entry.connect)
+            if args[:1] != ["ssl"] or not {"certKey", "privateKey"} <= kwargs.keys():
+                self.problem(
+                    f"servers.{s.entry.name}.connect",
+                    f"cluster.require_tls names {s.entry.role}s: connect must be an ssl:"
+                    " endpoint with the client's certificate and key (certKey=...:"
+                    f"privateKey=...), not {s.entry.connect!r}",
+                )
 
     def key(self, cluster: Mapping[str, object], required: bool) -> bytes | None:
         name = self.get(cluster, "key_file", "cluster", str, required=required)

@@ -38,10 +38,10 @@ from lips.protocols import (
     IRingTransport,
     MessageServerFactory,
     MulticastTransport,
+    ReplicaNode,
     UnicastTransport,
     listen_ring,
 )
-from lips.replica import ReplicaNode
 from lips.server import ISpaceBackend, LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.tuples import Limits
@@ -222,6 +222,12 @@ class ServerOptions(usage.Options):
             cluster.ring_seq_store(entry.name).load()
         except StateFileError as e:
             raise usage.UsageError(str(e)) from None
+        if entry.role in cluster.require_tls and self["tls-client-ca"] is None:
+            raise usage.UsageError(
+                f"{self['config']}: cluster.require_tls names {entry.role}s: {entry.name} serves"
+                " only TLS with client certificates (give --tls-cert, --tls-key and"
+                " --tls-client-ca)"
+            )
         self["cluster"], self["entry"], self["listen"] = cluster, entry, entry.listen
 
 
@@ -291,7 +297,7 @@ class RingService(service.Service):
         service.Service.stopService(self)
         if self.ports:
             self.node.protocol.leave()
-        self.node.protocol.stop()
+        self.node.stop()
         ports, self.ports = self.ports, []
         return DeferredList(
             [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True

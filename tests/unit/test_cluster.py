@@ -428,6 +428,50 @@ class WarningTests(ClusterTestCase):
         )
 
 
+class RequireTLSTests(ClusterTestCase):
+    def test_off_by_default(self) -> None:
+        """Without require_tls no role needs TLS."""
+        self.assertEqual(self.load(good()).require_tls, frozenset())
+
+    def test_required_with_client_certificates(self) -> None:
+        """A role that requires TLS loads when every server of it is reached over ssl:
+        with a client certificate and key."""
+        doc = good()
+        doc["cluster"]["require_tls"] = ["fixserver"]
+        for name, port in [("f1", 7021), ("f2", 7022)]:
+            doc["servers"][name]["connect"] = (
+                f"ssl:host=127.0.0.1:port={port}:caCertsDir=/nonexistent"
+                ":certKey=/nonexistent/node.pem:privateKey=/nonexistent/node.key"
+            )
+        config = self.load(doc)
+        self.assertEqual(config.require_tls, frozenset({"fixserver"}))
+
+    def test_refused_without_them(self) -> None:
+        """A plain tcp: connect, or ssl: without a client certificate, is refused for a
+        role that requires TLS; the other role is not concerned."""
+        doc = good()
+        doc["cluster"]["require_tls"] = ["fixserver"]
+        doc["servers"]["f2"]["connect"] = "ssl:host=127.0.0.1:port=7022:caCertsDir=/nonexistent"
+        problems = self.problems(doc)
+        self.assertEqual(
+            sorted(p.split(": ")[1] for p in problems),
+            ["servers.f1.connect", "servers.f2.connect"],
+        )
+        self.assertIn("certKey=", problems[0])
+
+    def test_bad_values(self) -> None:
+        """require_tls is a list of roles."""
+        doc = good()
+        doc["cluster"]["require_tls"] = "fixserver"
+        self.assertOnlyProblem(
+            doc, "cluster.require_tls", "must be a list of roles, not a string ('fixserver')"
+        )
+        doc["cluster"]["require_tls"] = ["fixservers"]
+        self.assertOnlyProblem(
+            doc, "cluster.require_tls", "'fixservers' is not a role (msgserver, fixserver)"
+        )
+
+
 class FileProblemTests(ClusterTestCase):
     def test_missing_file(self) -> None:
         """A cluster file that is not there."""
@@ -494,7 +538,7 @@ class FileProblemTests(ClusterTestCase):
             (
                 p + "unknown key 'extra' (known: cluster, ring, rings, servers)",
                 p + "cluster: unknown key 'interfac' (did you mean 'interface'? known: "
-                "encrypt, id, interface, key_file, state_dir, timings, transport)",
+                "encrypt, id, interface, key_file, require_tls, state_dir, timings, transport)",
                 p
                 + "ring: unknown key 'token_timout' (did you mean 'token_timeout'? known: "
                 + ", ".join(sorted(_fields(RingConfig())))

@@ -153,6 +153,33 @@ class ClusterOptionsTests(SynchronousTestCase):
             e = self.assertRaises(UsageError, self.parse, *argv)
             self.assertIn(words, str(e), argv)
 
+    def test_required_tls(self) -> None:
+        """A server of a role the file's require_tls names will not start without client
+        certificates; a server of the other role is not concerned."""
+        text = self.path.read_text().replace(
+            "[cluster]\n", '[cluster]\nrequire_tls = ["fixserver"]\n'
+        )
+        text = text.replace(
+            'role = "fixserver"\n',
+            'role = "fixserver"\n'
+            'connect = "ssl:host=127.0.0.1:port=7012:certKey=c.pem:privateKey=k.pem"\n',
+        )
+        self.path.write_text(text)
+        e = self.assertRaises(
+            UsageError,
+            self.parse,
+            "--config",
+            str(self.path),
+            "--name",
+            "f1",
+            options=fixserver.Options,
+        )
+        self.assertIn("cluster.require_tls names fixservers", str(e))
+        self.assertIn("--tls-client-ca", str(e))
+        self.assertEqual(
+            self.parse("--config", str(self.path), "--name", "m1")["entry"].name, "m1"
+        )
+
     def test_corrupt_ring_sequence_file(self) -> None:
         """A damaged ring sequence file stops the server: ring ids must never repeat."""
         state = self.path.parent / "s"
