@@ -385,9 +385,9 @@ class EffectTests(SynchronousTestCase):
         for at in [float("nan"), float("inf")]:
             with self.assertRaises(ValueError, msg=repr(at)):
                 StartTimer(Tick.A, at)
-        for at in [True, "1"]:
-            with self.assertRaises(TypeError, msg=repr(at)):
-                StartTimer(Tick.A, at)  # type: ignore[arg-type]
+        for wrong in [True, "1"]:
+            with self.assertRaises(TypeError, msg=repr(wrong)):
+                StartTimer(Tick.A, wrong)  # type: ignore[arg-type]
         with self.assertRaises(TypeError):
             Spawn("spec", "1")  # type: ignore[arg-type]
         with self.assertRaises(TypeError):
