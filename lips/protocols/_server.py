@@ -1,18 +1,22 @@
 """
 The TCP adapter of the MessageServer: bytes in, messages to the core, bytes out.
 
-The adapter holds what only it can see, within the core's L{ServerLimits
-<lips.server.ServerLimits>}: a connection past the connection bounds is refused BUSY at
-once; the bytes of incomplete frames count against one budget shared by every
-connection (the connection whose bytes would pass it is closed), and a frame may stay
-incomplete only so long; a client that does not read its replies stops being read from
-(Twisted's producer/consumer flow control: the transport pauses this protocol, which
-pauses reading) and is closed once the replies waiting for it pass their bound.
+Each event of a connection is one input of the L{MessageServer<lips.server.MessageServer>}
+(its core on the reactor's clock): the connection made, each decoded request, the bytes
+of an incomplete frame it holds after each read (the core keeps the budget they share
+across connections, and each frame's deadline, as one of its timers), and the
+connection lost.  A connection past the connection bounds is refused BUSY at once.
+
+The adapter holds only what it alone can see, within the core's L{ServerLimits
+<lips.server.ServerLimits>}: a client that does not read its replies stops being read
+from (Twisted's producer/consumer flow control: the transport pauses this protocol,
+which pauses reading) and is closed once the replies waiting for it pass their bound.
+It keeps no timer.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,13 +45,10 @@ class MessageServerProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, server: MessageServer, factory: MessageServerFactory | None = None) -> None:
+    def __init__(self, server: MessageServer) -> None:
         self.server = server
-        self.factory = factory if factory is not None else MessageServerFactory(server)
         self.decoder = FrameDecoder(server.limits.max_size + BODY_OVERHEAD)
         self.session: Session | None = None
-        self._partial = 0  # bytes of an incomplete frame, counted in the factory's budget
-        self._partial_call: IDelayedCall | None = None
         self._paused = False  # the transport cannot take more replies for now
         self._unsent = 0  # bytes of replies written while paused
 
@@ -119,10 +120,12 @@ class MessageServerProtocol(Protocol):
         session = self.session
         if session is None:
             return  # refused: its bytes mean nothing
-        limits = self.server.limits
+        server = self.server
+        limits = server.limits
         items = self.decoder.feed(data)
-        if not self._account(session):
-            return
+        held = self.decoder.buffered
+        if (held or session.partial) and not server.buffered(session, held, bool(items)):
+            return  # past the budget for incomplete frames: closing
         for item in items:
             if type(item) is Frame:
                 try:
@@ -130,7 +133,7 @@ class MessageServerProtocol(Protocol):
                 except MessageError as e:
                     session.error(e.code, e.message, item.request_id)
                     continue
-                session.received(message, item.request_id)
+                server.received(session, message, item.request_id)
             else:
                 assert not isinstance(item, Frame)
                 session.error(item.code, item.message, item.request_id)
@@ -145,77 +148,21 @@ class MessageServerProtocol(Protocol):
                     self.transport.loseConnection()
                     return
 
-    def _account(self, session: Session) -> bool:
-        """
-        Count this connection's incomplete frame against the shared budget, and give
-        it a deadline; False (and the connection closing) past either.
-        """
-        bounds = self.server.bounds
-        have = self.decoder.buffered
-        factory = self.factory
-        factory.partial_bytes += have - self._partial
-        self._partial = have
-        if factory.partial_bytes > bounds.max_partial_bytes:
-            self.server.counters["closed.partial_budget"] += 1
-            session.error(
-                ErrorCode.BUSY,
-                f"the server holds {factory.partial_bytes} bytes of incomplete frames, over"
-                f" its budget of {bounds.max_partial_bytes}; closing",
-                0,
-            )
-            self._release()
-            self._abort()
-            return False
-        if not have:
-            self._cancel_partial()
-        elif self._partial_call is None and bounds.partial_timeout:
-            self._partial_call = self.server.clock.callLater(
-                bounds.partial_timeout, self._partial_overdue
-            )
-        return True
-
-    def _partial_overdue(self) -> None:
-        self._partial_call = None
-        if self.session is None or not self._partial:
-            return
-        self.server.counters["closed.partial_timeout"] += 1
-        self.session.error(
-            ErrorCode.MALFORMED,
-            f"a frame still incomplete after {self.server.bounds.partial_timeout:g} s; closing",
-            0,
-        )
-        self._release()
-        self._abort()
-
-    def _cancel_partial(self) -> None:
-        if self._partial_call is not None and self._partial_call.active():
-            self._partial_call.cancel()
-        self._partial_call = None
-
-    def _release(self) -> None:
-        self.factory.partial_bytes -= self._partial
-        self._partial = 0
-        self._cancel_partial()
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._release()
         if self.session is not None:
-            self.session.close()
+            self.server.session_closed(self.session)
 
 
 class MessageServerFactory(Factory):
-    """
-    Builds a L{MessageServerProtocol} per connection to one L{MessageServer}.
-
-    @ivar partial_bytes: bytes of incomplete frames held across its connections.
-    """
+    """Builds a L{MessageServerProtocol} per connection to one L{MessageServer}."""
 
     def __init__(self, server: MessageServer) -> None:
         self.server = server
-        self.partial_bytes = 0
 
     def buildProtocol(self, addr: IAddress | None) -> MessageServerProtocol:
-        return MessageServerProtocol(self.server, self)
+        protocol = MessageServerProtocol(self.server)
+        protocol.factory = self
+        return protocol
 
 
 def _describe(address: IAddress) -> str:

@@ -1,23 +1,30 @@
 """
-The MessageServer core (sans-IO): client sessions served from a tuple-space backend.
+The MessageServer: client sessions served from a tuple-space backend.
+
+L{ServerCore} is the sans-IO core (its timers are effects, its time an input);
+L{MessageServer} runs it on a reactor's clock.
 """
 
 from lips.server._core import (
     ISpaceBackend,
     LocalBackend,
-    MessageServer,
     Operation,
+    ServerCore,
+    ServerTimer,
     Session,
     Unavailable,
 )
 from lips.server._limits import ServerLimits
+from lips.server._server import MessageServer
 
 __all__ = [
     "ISpaceBackend",
     "LocalBackend",
     "MessageServer",
     "Operation",
+    "ServerCore",
     "ServerLimits",
+    "ServerTimer",
     "Session",
     "Unavailable",
 ]

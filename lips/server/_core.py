@@ -1,26 +1,72 @@
 """
 The MessageServer core: client sessions on one side, a tuple-space backend on the other.
 
-The core is sans-IO.  A transport adapter opens a L{Session} per connection, feeds it
-the messages it decodes and writes the bytes the session hands to its C{send} callable.
+L{ServerCore} is a core of L{lips.kernel} (C{docs/design/core.md}): it holds no clock and
+schedules nothing.  Its timers (a session's HELLO and idle deadlines, an incomplete
+frame's deadline, a waiting request's timeout, the forgetting of vanished processes) are
+L{StartTimer} and L{CancelTimer} effects keyed by a L{ServerTimer} member and what it
+times, and the time comes in as C{now}, the last argument of every input.  Its replies
+still go out through the L{Session} of each connection, whose C{send} and C{abort} the
+transport adapter gives.  L{MessageServer<lips.server.MessageServer>} hosts it on a
+reactor's clock.
+
 Operations go to an L{ISpaceBackend} as L{Operation}s; the backend reports every answer
-as a L{Completion} through L{MessageServer.completed}, at once (the local backend) or
-once the operation has been ordered and applied (a replicated backend), so the same
-core serves both without change.
+as a L{Completion}, at once (the local backend) or once the operation has been ordered
+and applied (a replicated backend), and its host feeds it to L{ServerCore.completed}, so
+the same core serves both without change.
+
+Inputs (each takes the current time, C{now}, last):
+
+  - L{ServerCore.admit}C{(host, now) -> str | None}: whether a new connection from
+    C{host} may open a session (None), or why not (counted).
+  - L{ServerCore.open_session}C{(send, peer, host, abort, now) -> Session}: a
+    connection was accepted.
+  - L{ServerCore.received}C{(session, message, request_id, now)}: a decoded request.
+  - L{ServerCore.buffered}C{(session, held, fresh, now) -> bool}: the connection holds
+    C{held} bytes of an incomplete frame (C{fresh}: one begun by the latest read);
+    False if that passed the shared budget (the connection is told so and aborted).
+  - L{ServerCore.session_closed}C{(session, now)}: the connection is gone.
+  - L{ServerCore.completed}C{(completion, now)}: the backend answered an operation.
+  - L{ServerCore.timer}C{(key, now)}: a timer of the list below is due.
+  - L{ServerCore.stop}C{(now)}: the server stops; every timer is cancelled and no
+    other started.
+
+Effects, all timers (L{StartTimer} and L{CancelTimer}), by key:
+
+  - C{(ServerTimer.HELLO, session id)}: started by C{open_session} (C{hello_timeout}),
+    cancelled by the session's HELLO or its close.  Due: the session is told NOT_READY
+    and aborted.
+  - C{(ServerTimer.IDLE, session id)}: started by the HELLO (C{idle_timeout}), cancelled
+    by the close.  Due: a session silent that long with nothing waiting is aborted;
+    another is checked again later (started again).
+  - C{(ServerTimer.PARTIAL, session id)}: started by C{buffered} when a frame is begun
+    and left incomplete (C{partial_timeout}), cancelled once none is.  Due: the session
+    is told MALFORMED and aborted.
+  - C{(ServerTimer.REQUEST, (pid, event))}: started by C{received} for an C{in} or
+    C{rd} with a timeout that is still waiting once submitted, cancelled by its answer or
+    the close.  Due: the backend is asked to withdraw it as timed out.
+  - C{ServerTimer.VANISHED}: started by C{session_closed} of a process the server named
+    that said no goodbye (C{forget_after}), for the oldest such process.  Due: those
+    whose time came are forgotten, and it is started again for the next.
+
+All else goes through a L{Session} (replies, typed errors, C{abort}) or the backend
+(C{submit}, C{withdraw}).
 """
 
 from __future__ import annotations
 
 import collections
+import enum
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Attribute, Interface, implementer
 
+from lips.kernel import CancelTimer, Effect, Outbox, StartTimer, TimerKey
 from lips.server._limits import ServerLimits
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template, packb, unpackb
@@ -53,8 +99,9 @@ from lips.wire import (
 __all__ = [
     "ISpaceBackend",
     "LocalBackend",
-    "MessageServer",
     "Operation",
+    "ServerCore",
+    "ServerTimer",
     "Session",
     "Unavailable",
 ]
@@ -157,42 +204,67 @@ class LocalBackend:
         }
 
 
+class ServerTimer(enum.Enum):
+    """
+    The server core's timers.  A key is a member and what it times, but for
+    L{VANISHED}, the one timer of its kind (see the module docstring).
+    """
+
+    HELLO = "hello"
+    """C{(HELLO, session id)}: the session's deadline to say HELLO."""
+    IDLE = "idle"
+    """C{(IDLE, session id)}: when to see whether the session has been idle too long."""
+    PARTIAL = "partial"
+    """C{(PARTIAL, session id)}: the deadline of the session's incomplete frame."""
+    REQUEST = "request"
+    """C{(REQUEST, (pid, event))}: the timeout of a waiting C{in} or C{rd}."""
+    VANISHED = "vanished"
+    """When the oldest process that vanished is to be forgotten."""
+
+
 @attrs.define(eq=False)
 class _Route:
     """Where the answer to one operation goes."""
 
     session: Session
     request_id: int
-    timer: IDelayedCall | None = None
+    timed: bool = False
+    """Its timeout's timer, C{(ServerTimer.REQUEST, key)}, is pending."""
     blocks: bool = False
     """An C{in}/C{rd}, which may wait without end: counted against the bounds."""
     goodbye: bool = False
     """A GOODBYE, answered GONE."""
 
 
-def _nothing() -> None:
-    pass
-
-
 class Session:
     """
-    One client connection's view of the server.
+    One client connection as the server core sees it: its state, and the way to the
+    client.  L{ServerCore.open_session} makes it; the adapter names it in the core's
+    inputs.
 
+    @param core: the core it belongs to (its counters count what the session writes).
+    @param id: its number in the core, which names its timers.
     @param send: writes bytes to the client.
     @param peer: how to name the client in logs.
     @param host: the client's address, for the per-peer connection bound.
-    @param abort: closes the connection (a session that overstays a bound).
+    @param abort: closes the connection (a session that overstays a bound); the close
+        comes back as L{ServerCore.session_closed}, as any other does.
+    @param now: when the connection opened.
     """
 
     def __init__(
         self,
-        server: MessageServer,
+        core: ServerCore,
+        id: int,
         send: Callable[[bytes], None],
         peer: str,
-        host: str | None = None,
-        abort: Callable[[], None] = _nothing,
+        *,
+        host: str | None,
+        abort: Callable[[], None],
+        now: float,
     ) -> None:
-        self.server = server
+        self.core = core
+        self.id = id
         self.send = send
         self.peer = peer
         self.host = host
@@ -208,48 +280,49 @@ class Session:
         self.last_event = -1
         self.blocking = 0
         """How many of its requests are an C{in} or C{rd} not yet answered."""
-        self.heard = server.clock.seconds()
-        self.timer: IDelayedCall | None = None
+        self.heard = now
+        """When it last said anything."""
+        self.deadline: ServerTimer | None = None
+        """Which of its HELLO and IDLE timers is pending, if one is."""
+        self.partial = 0
+        """Bytes of an incomplete frame held for it, counted in the core's budget."""
+        self.partial_timed = False
+        """Its incomplete frame's deadline, C{(ServerTimer.PARTIAL, id)}, is pending."""
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.peer} pid={self.pid}>"
 
     def reply(self, message: Message, request_id: int) -> None:
+        """Write C{message} to the client, unless the connection is gone."""
         if not self.closed:
-            self.server.counters["frames_out"] += 1
+            self.core.counters["frames_out"] += 1
             self.send(encode_message(message, request_id))
 
     def error(self, code: ErrorCode, text: str, request_id: int) -> None:
         """Answer a request with a typed error and count it."""
-        self.server.counters[f"errors.{code.name.lower()}"] += 1
+        self.core.counters[f"errors.{code.name.lower()}"] += 1
         self.reply(Error(code, text), request_id)
 
-    def received(self, message: Message, request_id: int) -> None:
-        """Handle one decoded request."""
-        self.server.received(self, message, request_id)
 
-    def close(self) -> None:
-        """The connection is gone: withdraw its waiting operations."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        self.server.session_closed(self)
-
-
-class MessageServer:
+class ServerCore:
     """
-    Serves client sessions from an L{ISpaceBackend}.
+    Serves client sessions from an L{ISpaceBackend} (the MessageServer's logic, on the
+    core contract: see the module docstring for its inputs and effects).
 
-    @param clock: for request timeouts.
+    @param backend: where operations are applied.  Its host sets its C{on_complete} to
+        feed L{completed}.
+    @param name: the server's name, told to clients.
+    @param limits: the tuples it accepts.
     @param rng: for process ids given to clients that do not bring one.
     @param probes: more figures for L{stats}, by name (the ring's, say).
     @param bounds: what the server's clients may make it hold (L{ServerLimits}).
     """
 
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset({StartTimer, CancelTimer})
+
     def __init__(
         self,
         backend: ISpaceBackend,
-        clock: IReactorTime,
         *,
         name: str = "lips",
         limits: Limits = DEFAULT_LIMITS,
@@ -260,25 +333,32 @@ class MessageServer:
         self.backend = backend
         self.bounds = bounds if bounds is not None else ServerLimits()
         self.probes = list(probes)
-        self.clock = clock
         self.name = name
         self.limits = limits
         self.rng = rng if rng is not None else random.Random()
         self.counters: Counter[str] = Counter()
         self.sessions: set[Session] = set()
+        self.partial_bytes = 0
+        """Bytes of incomplete frames held across every session (the shared budget)."""
+        self.stopped = False
+        self._ids = itertools.count(1)
+        self._by_id: dict[int, Session] = {}
         self._by_pid: dict[int, Session] = {}
         self._routes: dict[tuple[int, int], _Route] = {}
         self._per_peer: Counter[str] = Counter()
         self._blocking = 0
         # Processes whose last session here closed without a goodbye: (when to forget
-        # them, pid, the last event seen), oldest first, and the one timer.
+        # them, pid, the last event seen), oldest first, under one timer.
         self._vanished: collections.deque[tuple[float, int, int]] = collections.deque()
-        self._vanish_call: IDelayedCall | None = None
-        backend.on_complete = self.completed
+        self._outbox = Outbox(ServerCore.emits)
 
-    # -- from the transport ----------------------------------------------------------
+    def drain(self) -> list[Effect]:
+        """The effects emitted since the last call, in order."""
+        return self._outbox.drain()
 
-    def admit(self, host: str | None) -> str | None:
+    # -- inputs from the transport ---------------------------------------------------------
+
+    def admit(self, host: str | None, now: float) -> str | None:
         """
         Whether a new connection from C{host} may open a session: C{None} if so, else
         why not (it is refused BUSY with that reason, and counted).
@@ -295,98 +375,40 @@ class MessageServer:
     def open_session(
         self,
         send: Callable[[bytes], None],
-        peer: str = "?",
-        *,
-        host: str | None = None,
-        abort: Callable[[], None] = _nothing,
+        peer: str,
+        host: str | None,
+        abort: Callable[[], None],
+        now: float,
     ) -> Session:
         """
         A session for a new connection (once L{admit}ted): it must say HELLO within the
         HELLO timeout, and is closed once idle for the idle timeout.
         """
-        session = Session(self, send, peer, host, abort)
+        session = Session(self, next(self._ids), send, peer, host=host, abort=abort, now=now)
         self.sessions.add(session)
+        self._by_id[session.id] = session
         if host is not None:
             self._per_peer[host] += 1
         self.counters["connections_opened"] += 1
         if self.bounds.hello_timeout:
-            session.timer = self.clock.callLater(
-                self.bounds.hello_timeout, self._hello_overdue, session
-            )
+            self._deadline(session, ServerTimer.HELLO, now + self.bounds.hello_timeout)
         return session
 
-    def session_closed(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if session.host is not None:
-            self._per_peer[session.host] -= 1
-            if not self._per_peer[session.host]:
-                del self._per_peer[session.host]
-        self.counters["connections_closed"] += 1
-        if session.pid is not None and self._by_pid.get(session.pid) is session:
-            del self._by_pid[session.pid]
-        for key in list(session.requests.values()):
-            route = self._routes.get(key)
-            if route is not None and route.session is session:
-                self._cancel_timer(route)
-                self._forget(key, route)
-                self.backend.withdraw(*key, Status.CANCELLED)
-        session.requests.clear()
-        if session.pid is not None and session.assigned and not session.gone:
-            self._vanish(session.pid, session.last_event)
-
-    def _vanish(self, pid: int, last_event: int) -> None:
-        """A process the server named left without a goodbye: forget it in a while."""
-        after = self.bounds.forget_after
-        if not after:
-            return
-        self._vanished.append((self.clock.seconds() + after, pid, last_event))
-        while len(self._vanished) > self.bounds.max_vanished:
-            _, old, old_event = self._vanished.popleft()
-            self._forget_vanished(old, old_event)
-        if self._vanish_call is None:
-            self._vanish_call = self.clock.callLater(after, self._vanish_due)
-
-    def _vanish_due(self) -> None:
-        self._vanish_call = None
-        now = self.clock.seconds()
-        while self._vanished and self._vanished[0][0] <= now:
-            _, pid, last_event = self._vanished.popleft()
-            self._forget_vanished(pid, last_event)
-        if self._vanished:
-            self._vanish_call = self.clock.callLater(self._vanished[0][0] - now, self._vanish_due)
-
-    def _forget_vanished(self, pid: int, last_event: int) -> None:
-        """
-        Forget process C{pid} unless it is back here, or its space has applied an event
-        of it after C{last_event} (it is alive at another server): decided where the
-        order is, so every replica forgets it alike, or none does.
-        """
-        if pid in self._by_pid:
-            return
-        self.counters["forgotten.vanished"] += 1
-        self.backend.submit(Operation(Kind.FORGET, pid, 0, packb(last_event)))
-
-    def stop(self) -> None:
-        """Cancel the server's own timers (those of its sessions go with them)."""
-        if self._vanish_call is not None and self._vanish_call.active():
-            self._vanish_call.cancel()
-        self._vanish_call = None
-        self._vanished.clear()
-
-    def received(self, session: Session, message: Message, request_id: int) -> None:
+    def received(self, session: Session, message: Message, request_id: int, now: float) -> None:
+        """Handle one decoded request of C{session}."""
         self.counters["frames_in"] += 1
-        session.heard = self.clock.seconds()
+        session.heard = now
         if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest | Goodbye):
             if session.pid is None:
                 session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
             elif isinstance(message, RecoverRequest):
                 self._recover(session, request_id)
             else:
-                self._operation(session, message, request_id)
+                self._operation(session, message, request_id, now)
         elif isinstance(message, Cancel):
             self._cancel(session, message.target)
         elif isinstance(message, Hello):
-            self._hello(session, message, request_id)
+            self._hello(session, message, request_id, now)
         elif isinstance(message, Ping):
             session.reply(Pong(), request_id)
         elif isinstance(message, StatsRequest):
@@ -398,9 +420,84 @@ class MessageServer:
                 request_id,
             )
 
-    # -- from the backend ------------------------------------------------------------
+    def buffered(self, session: Session, held: int, fresh: bool, now: float) -> bool:
+        """
+        C{session}'s connection now holds C{held} bytes of an incomplete frame; with
+        C{fresh}, that frame was begun by the latest read (which completed the one
+        before), so its deadline starts now.  The bytes count against the budget shared
+        by every connection.
 
-    def completed(self, c: Completion) -> None:
+        @return: False if they passed it: the connection is told BUSY and aborted.
+        """
+        if session.closed:
+            return False
+        bounds = self.bounds
+        self.partial_bytes += held - session.partial
+        session.partial = held
+        if self.partial_bytes > bounds.max_partial_bytes:
+            self.counters["closed.partial_budget"] += 1
+            session.error(
+                ErrorCode.BUSY,
+                f"the server holds {self.partial_bytes} bytes of incomplete frames, over"
+                f" its budget of {bounds.max_partial_bytes}; closing",
+                0,
+            )
+            self._release(session)
+            session.abort()
+            return False
+        if not held:
+            self._release(session)
+        elif bounds.partial_timeout and (fresh or not session.partial_timed):
+            at = now + bounds.partial_timeout
+            session.partial_timed = self._start((ServerTimer.PARTIAL, session.id), at)
+        return True
+
+    def session_closed(self, session: Session, now: float) -> None:
+        """The connection is gone: withdraw its waiting operations, drop its timers."""
+        if session.closed:
+            return
+        session.closed = True
+        self._end_deadline(session)
+        self._release(session)
+        self.sessions.discard(session)
+        self._by_id.pop(session.id, None)
+        if session.host is not None:
+            self._per_peer[session.host] -= 1
+            if not self._per_peer[session.host]:
+                del self._per_peer[session.host]
+        self.counters["connections_closed"] += 1
+        if session.pid is not None and self._by_pid.get(session.pid) is session:
+            del self._by_pid[session.pid]
+        for key in list(session.requests.values()):
+            route = self._routes.get(key)
+            if route is not None and route.session is session:
+                self._untime(key, route)
+                self._forget(key, route)
+                self.backend.withdraw(*key, Status.CANCELLED)
+        session.requests.clear()
+        if session.pid is not None and session.assigned and not session.gone:
+            self._vanish(session.pid, session.last_event, now)
+
+    def stop(self, now: float) -> None:
+        """
+        The server stops: every pending timer is cancelled and none is started from now
+        on (the vanished processes not yet forgotten are kept by the space).
+        """
+        if self.stopped:
+            return
+        if self._vanished:
+            self._outbox.cancel_timer(ServerTimer.VANISHED)
+            self._vanished.clear()
+        for session in self._by_id.values():
+            self._end_deadline(session)
+            self._end_partial(session)
+        for key, route in self._routes.items():
+            self._untime(key, route)
+        self.stopped = True
+
+    # -- inputs from the backend and the timers --------------------------------------------
+
+    def completed(self, c: Completion, now: float) -> None:
         """An operation was answered (or is now waiting)."""
         key = (c.pid, c.event)
         route = self._routes.get(key)
@@ -412,7 +509,7 @@ class MessageServer:
         self._forget(key, route)
         session = route.session
         session.requests.pop(route.request_id, None)
-        self._cancel_timer(route)
+        self._untime(key, route)
         reply: Message
         if status is Status.MATCHED:
             assert c.value is not None
@@ -444,9 +541,161 @@ class MessageServer:
             return
         session.reply(reply, route.request_id)
 
-    # -- internals -------------------------------------------------------------------
+    def timer(self, key: TimerKey, now: float) -> None:
+        """
+        A timer of the core is due (see L{ServerTimer}); one whose subject went away
+        meanwhile does nothing.
 
-    def _hello(self, session: Session, hello: Hello, request_id: int) -> None:
+        @raise ValueError: for a key the core never starts.
+        """
+        match key:
+            case ServerTimer.VANISHED:
+                self._vanished_due(now)
+            case (ServerTimer.REQUEST, (int() as pid, int() as event)):
+                self._expire((pid, event))
+            case (ServerTimer.HELLO | ServerTimer.IDLE as kind, int() as number):
+                session = self._by_id.get(number)
+                if session is not None and session.deadline is kind:
+                    session.deadline = None
+                    if kind is ServerTimer.HELLO:
+                        self._hello_overdue(session)
+                    else:
+                        self._idle_check(session, now)
+            case (ServerTimer.PARTIAL, int() as number):
+                session = self._by_id.get(number)
+                if session is not None and session.partial_timed:
+                    session.partial_timed = False
+                    self._partial_overdue(session)
+            case _:
+                raise ValueError(f"not a timer of the server core: {key!r}")
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | float | str]:
+        """Counters and gauges, by name."""
+        values: dict[str, int | float | str] = dict(self.counters)
+        values["sessions"] = len(self.sessions)
+        values["waiting"] = self._blocking
+        values["server"] = self.name
+        for k, v in self.backend.gauges().items():
+            values[f"space.{k}"] = v
+        for probe in self.probes:
+            values.update(probe())
+        return values
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _start(self, key: TimerKey, at: float) -> bool:
+        """Start timer C{key}, unless the core stopped. @return: whether it did."""
+        if self.stopped:
+            return False
+        self._outbox.start_timer(key, at)
+        return True
+
+    def _deadline(self, session: Session, kind: ServerTimer, at: float) -> None:
+        """Start C{session}'s HELLO or IDLE timer (it has one of them at a time)."""
+        if self._start((kind, session.id), at):
+            session.deadline = kind
+
+    def _end_deadline(self, session: Session) -> None:
+        kind, session.deadline = session.deadline, None
+        if kind is not None:
+            self._outbox.cancel_timer((kind, session.id))
+
+    def _untime(self, key: tuple[int, int], route: _Route) -> None:
+        if route.timed:
+            route.timed = False
+            self._outbox.cancel_timer((ServerTimer.REQUEST, key))
+
+    def _end_partial(self, session: Session) -> None:
+        if session.partial_timed:
+            session.partial_timed = False
+            self._outbox.cancel_timer((ServerTimer.PARTIAL, session.id))
+
+    def _release(self, session: Session) -> None:
+        """Give C{session}'s incomplete frame back to the budget, and drop its deadline."""
+        self.partial_bytes -= session.partial
+        session.partial = 0
+        self._end_partial(session)
+
+    def _hello_overdue(self, session: Session) -> None:
+        if session.pid is None and not session.closed:
+            self.counters["closed.no_hello"] += 1
+            session.error(
+                ErrorCode.NOT_READY,
+                f"no HELLO within {self.bounds.hello_timeout:g} s; closing",
+                0,
+            )
+            session.abort()
+
+    def _idle_check(self, session: Session, now: float) -> None:
+        """Close a session that has had nothing waiting and said nothing for too long."""
+        limit = self.bounds.idle_timeout
+        due = session.heard + limit
+        if session.requests or now < due:
+            self._deadline(session, ServerTimer.IDLE, now + limit if session.requests else due)
+            return
+        self.counters["closed.idle"] += 1
+        session.abort()
+
+    def _partial_overdue(self, session: Session) -> None:
+        if not session.partial:
+            return
+        self.counters["closed.partial_timeout"] += 1
+        session.error(
+            ErrorCode.MALFORMED,
+            f"a frame still incomplete after {self.bounds.partial_timeout:g} s; closing",
+            0,
+        )
+        self._release(session)
+        session.abort()
+
+    def _expire(self, key: tuple[int, int]) -> None:
+        route = self._routes.get(key)
+        if route is None or not route.timed:
+            return
+        route.timed = False
+        self.counters["timeouts"] += 1
+        self.backend.withdraw(*key, Status.TIMED_OUT)
+
+    # -- vanished processes ----------------------------------------------------------------
+
+    def _vanish(self, pid: int, last_event: int, now: float) -> None:
+        """A process the server named left without a goodbye: forget it in a while."""
+        after = self.bounds.forget_after
+        if not after or self.stopped:
+            return
+        vanished = self._vanished
+        head = vanished[0] if vanished else None
+        vanished.append((now + after, pid, last_event))
+        while len(vanished) > self.bounds.max_vanished:
+            _, old, old_event = vanished.popleft()
+            self._forget_vanished(old, old_event)
+        if vanished[0] is not head:
+            self._start(ServerTimer.VANISHED, vanished[0][0])
+
+    def _vanished_due(self, now: float) -> None:
+        vanished = self._vanished
+        while vanished and vanished[0][0] <= now:
+            _, pid, last_event = vanished.popleft()
+            self._forget_vanished(pid, last_event)
+        if vanished:
+            self._start(ServerTimer.VANISHED, vanished[0][0])
+
+    def _forget_vanished(self, pid: int, last_event: int) -> None:
+        """
+        Forget process C{pid} unless it is back here, or its space has applied an event
+        of it after C{last_event} (it is alive at another server): decided where the
+        order is, so every replica forgets it alike, or none does.
+        """
+        if pid in self._by_pid:
+            return
+        self.counters["forgotten.vanished"] += 1
+        self.backend.submit(Operation(Kind.FORGET, pid, 0, packb(last_event)))
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _hello(self, session: Session, hello: Hello, request_id: int, now: float) -> None:
         if session.pid is not None:
             session.error(ErrorCode.UNEXPECTED, "this session already said HELLO", request_id)
             return
@@ -460,13 +709,9 @@ class MessageServer:
         self._by_pid[pid] = session
         session.pid = pid
         self.counters["hellos"] += 1
-        if session.timer is not None and session.timer.active():
-            session.timer.cancel()
-        session.timer = None
+        self._end_deadline(session)
         if self.bounds.idle_timeout:
-            session.timer = self.clock.callLater(
-                self.bounds.idle_timeout, self._idle_check, session
-            )
+            self._deadline(session, ServerTimer.IDLE, now + self.bounds.idle_timeout)
         session.reply(Welcome(pid, self.name, self.limits.max_size), request_id)
 
     def _recover(self, session: Session, request_id: int) -> None:
@@ -482,7 +727,11 @@ class MessageServer:
         session.reply(Recovered(*found) if found else Recovered(None, None), request_id)
 
     def _operation(
-        self, session: Session, message: Out | Take | CheckpointRequest | Goodbye, request_id: int
+        self,
+        session: Session,
+        message: Out | Take | CheckpointRequest | Goodbye,
+        request_id: int,
+        now: float,
     ) -> None:
         if request_id in session.requests:
             session.error(
@@ -513,6 +762,7 @@ class MessageServer:
                 session.blocking += 1
                 self._blocking += 1
         session.requests[request_id] = key
+        timeout: float | None = None
         if isinstance(message, Out):
             self.counters["ops.out"] += 1
             op = Operation(Kind.OUT, pid, message.event, message.tuple)
@@ -527,9 +777,13 @@ class MessageServer:
         else:
             self.counters[_OP_COUNTERS[message.kind]] += 1
             op = Operation(message.kind, pid, message.event, message.template)
-            if message.timeout is not None and message.kind.blocks and route.timer is None:
-                route.timer = self.clock.callLater(message.timeout, self._expire, key)
+            if message.kind.blocks:
+                timeout = message.timeout
         self.backend.submit(op)
+        # Timed only if it waits (an answer at once needs no timer); a retry keeps the
+        # timer its first sending started.
+        if timeout is not None and self._routes.get(key) is route and not route.timed:
+            route.timed = self._start((ServerTimer.REQUEST, key), now + timeout)
 
     def _forget(self, key: tuple[int, int], route: _Route) -> None:
         del self._routes[key]
@@ -556,39 +810,6 @@ class MessageServer:
         session.error(ErrorCode.BUSY, f"{why}; retry later", request_id)
         return True
 
-    def _hello_overdue(self, session: Session) -> None:
-        session.timer = None
-        if session.pid is None and not session.closed:
-            self.counters["closed.no_hello"] += 1
-            session.error(
-                ErrorCode.NOT_READY,
-                f"no HELLO within {self.bounds.hello_timeout:g} s; closing",
-                0,
-            )
-            session.abort()
-
-    def _idle_check(self, session: Session) -> None:
-        """Close a session that has had nothing waiting and said nothing for too long."""
-        session.timer = None
-        if session.closed:
-            return
-        limit = self.bounds.idle_timeout
-        quiet = self.clock.seconds() - session.heard
-        if session.requests or quiet < limit:
-            again = limit if session.requests else limit - quiet
-            session.timer = self.clock.callLater(again, self._idle_check, session)
-            return
-        self.counters["closed.idle"] += 1
-        session.abort()
-
-    def _expire(self, key: tuple[int, int]) -> None:
-        route = self._routes.get(key)
-        if route is None:
-            return
-        route.timer = None
-        self.counters["timeouts"] += 1
-        self.backend.withdraw(*key, Status.TIMED_OUT)
-
     def _cancel(self, session: Session, target: int) -> None:
         key = session.requests.get(target)
         if key is None:
@@ -598,21 +819,3 @@ class MessageServer:
             return
         self.counters["cancels"] += 1
         self.backend.withdraw(*key, Status.WITHDRAWN)
-
-    def _cancel_timer(self, route: _Route) -> None:
-        if route.timer is not None:
-            if route.timer.active():
-                route.timer.cancel()
-            route.timer = None
-
-    def stats(self) -> dict[str, int | float | str]:
-        """Counters and gauges, by name."""
-        values: dict[str, int | float | str] = dict(self.counters)
-        values["sessions"] = len(self.sessions)
-        values["waiting"] = self._blocking
-        values["server"] = self.name
-        for k, v in self.backend.gauges().items():
-            values[f"space.{k}"] = v
-        for probe in self.probes:
-            values.update(probe())
-        return values

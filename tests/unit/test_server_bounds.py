@@ -1,6 +1,7 @@
 """
-Tests for the bounds the MessageServer's TCP adapter keeps: refused connections,
-incomplete frames (a shared budget and a deadline), and replies a client does not read.
+Tests for the bounds of a MessageServer seen through its TCP adapter: refused
+connections, incomplete frames (a budget shared by every connection and a deadline per
+frame, both the core's), and replies a client does not read (the adapter's own).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class AdapterBoundsTests(SynchronousTestCase):
 
     def tearDown(self) -> None:
         for session in list(self.server.sessions):
-            session.close()
+            self.server.session_closed(session)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_connection_past_the_bound_is_refused_busy(self) -> None:
@@ -99,19 +100,19 @@ class AdapterBoundsTests(SynchronousTestCase):
             conn.send(encode_message(Hello(None, "t"), 1))
             conn.replies()
         a.send(frame[:6000])
-        self.assertEqual(self.factory.partial_bytes, 6000)
+        self.assertEqual(self.server.core.partial_bytes, 6000)
         b.send(frame[:6000])
         self.assertTrue(b.closed)
         [error] = b.replies()
         assert isinstance(error, Error)
         self.assertEqual(error.code, ErrorCode.BUSY)
         self.assertFalse(a.closed)
-        self.assertEqual(self.factory.partial_bytes, 6000)
+        self.assertEqual(self.server.core.partial_bytes, 6000)
         a.send(frame[6000:])
-        self.assertEqual(self.factory.partial_bytes, 0)
+        self.assertEqual(self.server.core.partial_bytes, 0)
         self.assertEqual(self.server.counters["closed.partial_budget"], 1)
         b.protocol.connectionLost()  # nothing counted twice when the close comes
-        self.assertEqual(self.factory.partial_bytes, 0)
+        self.assertEqual(self.server.core.partial_bytes, 0)
 
     def test_incomplete_frame_deadline(self) -> None:
         """A frame left incomplete past the deadline closes its connection, with a reason."""
@@ -126,7 +127,43 @@ class AdapterBoundsTests(SynchronousTestCase):
         [error] = a.replies()
         assert isinstance(error, Error)
         self.assertIn("incomplete after 5 s", error.message)
-        self.assertEqual(self.factory.partial_bytes, 0)
+        self.assertEqual(self.server.core.partial_bytes, 0)
+
+    def test_each_frame_has_its_own_deadline(self) -> None:
+        """
+        The deadline is one frame's: a read that completes a frame and begins the next
+        gives the new one its whole partial timeout.
+        """
+        a = _Conn(self.factory)
+        a.send(encode_message(Hello(None, "t"), 1))
+        a.replies()
+        first, second = encode_message(Out(1, ("x",)), 2), encode_message(Out(2, ("y",)), 3)
+        a.send(first[:10])
+        self.clock.advance(4.0)
+        a.send(first[10:] + second[:10])
+        self.assertEqual(len(a.replies()), 1)
+        self.clock.advance(4.9)
+        self.assertFalse(a.closed)
+        self.clock.advance(0.1)
+        self.assertTrue(a.closed)
+        self.assertEqual(self.server.counters["closed.partial_timeout"], 1)
+
+    def test_the_adapter_keeps_no_timer(self) -> None:
+        """
+        The deadlines of every connection's incomplete frame are the core's timers:
+        one delayed call on the clock for all of them, none once they are complete.
+        """
+        conns = [_Conn(self.factory, f"10.0.0.{n}") for n in range(1, 4)]
+        frame = encode_message(Out(1, ("x",)), 2)
+        for n, conn in enumerate(conns):
+            conn.send(encode_message(Hello(None, "t"), 1))
+            self.clock.advance(1.0)
+            conn.send(frame[: 10 + n])
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for n, conn in enumerate(conns):
+            conn.send(frame[10 + n :])
+        self.assertEqual(self.server.core.partial_bytes, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_reader_that_does_not_read(self) -> None:
         """
