@@ -47,6 +47,13 @@ class ExportTests(SynchronousTestCase):
         self.assertIs(TupleSpace, Impl)
         self.assertIs(make_template, impl_template)
 
+        from lips.armor import Armor, Message
+        from lips.armor._armor import Armor as ArmorImpl
+        from lips.armor._messages import Message as MessageImpl
+
+        self.assertIs(Armor, ArmorImpl)
+        self.assertIs(Message, MessageImpl)
+
     def test_top_level(self) -> None:
         """lips exposes ANY and the client errors at the top."""
         import lips

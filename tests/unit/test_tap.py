@@ -13,6 +13,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from lips.armor import IArmorType, IBlockType
 from lips.ring import Join, Opened, State, decode
 from lips.tap import fixserver, msgserver, node
 from lips.tap._server import RingService, ServerOptions, make_server_service
@@ -24,6 +25,13 @@ class PluginTests(SynchronousTestCase):
         """getPlugins(IServiceMaker) lists exactly the LiPS roles that work."""
         names = {p.tapname for p in getPlugins(IServiceMaker) if p.tapname.startswith("lips-")}
         self.assertEqual(names, {"lips-msgserver", "lips-fixserver", "lips-node"})
+
+    def test_armor_plugins_listed(self) -> None:
+        """twisted/plugins/lips_armor.py registers LiPS's ARMOR and block types."""
+        armors = {p.name for p in getPlugins(IArmorType)}
+        blocks = {p.name for p in getPlugins(IBlockType)}
+        self.assertTrue({"ftm", "surrogate-manager"} <= armors, armors)
+        self.assertTrue({"installation", "recovery", "forward-recovery"} <= blocks, blocks)
 
     def test_plugin_modules(self) -> None:
         """Each plugin names its own tap module, with Options and makeService."""
