@@ -18,7 +18,6 @@ from lips.node._eval import (
     NodeReport,
     NoNodeAvailable,
     Placed,
-    Replaced,
     decode_args,
     eval_request,
     eval_template,
@@ -26,7 +25,6 @@ from lips.node._eval import (
     least_loaded,
     new_pid,
     process_template,
-    replace_processes,
 )
 from lips.node._lipsd import (
     NodeService,
@@ -45,6 +43,15 @@ from lips.node._process import (
     say_goodbye,
 )
 from lips.node._sampler import PsutilSampler
+from lips.node._sections import (
+    Adopt,
+    Move,
+    RecoverableSpace,
+    Replaced,
+    choose_target,
+    lipsd_pid,
+    replace_processes,
+)
 from lips.node._state import (
     DOWN_TAG,
     STATE_TAG,
@@ -79,10 +86,12 @@ __all__ = [
     "EVAL_TAG",
     "FAILED_TAG",
     "PROCESS_TAG",
+    "Adopt",
     "Chooser",
     "EvalRequest",
     "Exit",
     "IChild",
+    "Move",
     "ISpawner",
     "NoNodeAvailable",
     "NodeReport",
@@ -95,6 +104,7 @@ __all__ = [
     "ProcessSpec",
     "ProcessState",
     "ReactorSpawner",
+    "RecoverableSpace",
     "Replaced",
     "RestartPolicy",
     "Supervised",
@@ -102,11 +112,13 @@ __all__ = [
     "SupervisorTimer",
     "check_target",
     "child_input",
+    "choose_target",
     "decode_args",
     "eval_request",
     "eval_template",
     "failed_template",
     "least_loaded",
+    "lipsd_pid",
     "new_pid",
     "process_template",
     "replace_processes",

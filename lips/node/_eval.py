@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
-from twisted.logger import Logger
 
 from lips import validate
 from lips.node._state import SystemSpace, state_template
@@ -27,7 +26,6 @@ __all__ = [
     "NoNodeAvailable",
     "NodeReport",
     "Placed",
-    "Replaced",
     "decode_args",
     "eval_request",
     "eval_template",
@@ -35,7 +33,6 @@ __all__ = [
     "least_loaded",
     "new_pid",
     "process_template",
-    "replace_processes",
 ]
 
 #: The first field of an eval request, taken by the lipsd it names.
@@ -247,66 +244,3 @@ async def eval_request(
     await space.out(request.record())
     await space.out(request.as_tuple())
     return Placed(spec.pid, node)
-
-
-_log = Logger()
-
-
-@attrs.frozen
-class Replaced:
-    """
-    What L{replace_processes} did for a down node: the processes it C{moved}, and
-    whether records of the node are still C{waiting} because no node could take them.
-    """
-
-    moved: tuple[Placed, ...]
-    waiting: bool
-
-
-async def replace_processes(
-    space: SystemSpace,
-    down: str,
-    nodes: Sequence[str],
-    chooser: Chooser = least_loaded,
-) -> Replaced:
-    """
-    Restart the processes of node C{down} (declared down) elsewhere, with the same
-    process ids: choose a node among C{nodes} (C{down} excluded) from their state
-    tuples, then, one record at a time, take C{("process", pid, down, ...)} with
-    C{inp}, take any eval request still addressed to C{down} for it, and put out the
-    record naming the new node and the request to it.
-
-    Several lipsd may run this for one down node at once: each record is taken by
-    exactly one of them (the FixServers' total order), and only that one places it.
-    With no node to choose, nothing is taken: the records wait for a later call.
-    """
-    reports = []
-    for name in nodes:
-        if name == down:
-            continue
-        found = await space.rdp(state_template(name))
-        if found is not None:
-            try:
-                reports.append(NodeReport.from_tuple(found))
-            except ValueError:
-                continue
-    target = chooser(reports)
-    if target is None or target == down or target not in nodes:
-        waiting = await space.rdp(process_template(node=down)) is not None
-        return Replaced((), waiting)
-    moved: list[Placed] = []
-    while True:
-        record = await space.inp(process_template(node=down))
-        if record is None:
-            return Replaced(tuple(moved), False)
-        try:
-            old = EvalRequest.from_record(record)
-        except ValueError as e:
-            _log.error("Dropped a bad process record of {node}: {error}", node=down, error=str(e))
-            continue
-        pid = old.spec.pid
-        await space.inp(eval_template(down, pid))
-        new = EvalRequest(target, old.spec)
-        await space.out(new.record())
-        await space.out(new.as_tuple())
-        moved.append(Placed(pid, target))

@@ -20,7 +20,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from lips.kernel import Deliver, Driver
-from lips.node._eval import Chooser, Placed, least_loaded, replace_processes
+from lips.node._eval import Chooser, Placed, least_loaded
+from lips.node._sections import (
+    RecoverableSpace,
+    lipsd_pid,
+    recover,
+    replace_processes,
+    take_over,
+)
 from lips.node._state import (
     DOWN_TAG,
     UP_TAG,
@@ -99,7 +106,7 @@ class Processes(Protocol):
 
     def fence(self) -> None: ...
 
-    async def adopt(self, client: SystemSpace) -> list[int]: ...
+    async def adopt(self, client: SystemSpace, sections: RecoverableSpace) -> list[int]: ...
 
 
 class _Client(SystemSpace, Protocol):
@@ -109,7 +116,13 @@ class _Client(SystemSpace, Protocol):
     def close(self) -> defer.Deferred[None]: ...
 
 
+class _SectionsClient(RecoverableSpace, _Client, Protocol):
+    pass
+
+
 Connect = Callable[[], defer.Deferred[Any]]
+#: Connects to the System Tuple Space as the process id given (a lipsd's own).
+ConnectAs = Callable[[int], defer.Deferred[Any]]
 
 
 class NodeService(service.Service):
@@ -123,6 +136,11 @@ class NodeService(service.Service):
     C{chooser}), fences its own processes when no report of its own has gone in for
     C{fence_after} seconds, and runs again the processes whose records still name
     this node when it joins, comes back from a fence, or finds itself declared down.
+    Moving and re-adopting records are critical sections (L{lips.node.Move},
+    L{lips.node.Adopt}) run by a second client connected by C{connect_as} as this
+    lipsd's own process (L{lipsd_pid}): before anything else a starting lipsd finishes
+    the section a killed run of it left open, and before moving a down node's
+    processes it finishes the section that node's lipsd left open.
 
     While the service runs, the watchdog is driven by a L{Driver} on C{monitor.clock}:
     each round feeds it what it read, then asks for its verdict (its L{Suspect}s come
@@ -144,13 +162,19 @@ class NodeService(service.Service):
         *,
         chooser: Chooser = least_loaded,
         fence_after: float | None = None,
+        connect_as: ConnectAs | None = None,
     ) -> None:
+        if processes is not None and connect_as is None:
+            raise TypeError("a NodeService with processes needs connect_as for its sections")
         self.monitor = monitor
         self.watchdog = watchdog
         self.processes = processes
         self.chooser = chooser
         self.fence_after = fence_after
         self._connect = connect
+        self._connect_as = connect_as
+        self._sections: _SectionsClient | None = None
+        self._taken_over: set[str] = set()
         self._watch: Driver[Watchdog] | None = None
         self._found: list[Suspect] = []
         self._client: _Client | None = None
@@ -187,10 +211,11 @@ class NodeService(service.Service):
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.stop()
-        client, self._client = self._client, None
-        if client is None:
-            return defer.succeed(None)
-        return client.close()
+        clients = [c for c in (self._client, self._sections) if c is not None]
+        self._client = self._sections = None
+        return defer.DeferredList([c.close() for c in clients], consumeErrors=True).addCallback(
+            lambda _: None
+        )
 
     def _check_fence(self) -> None:
         processes, limit = self.processes, self.fence_after
@@ -215,11 +240,30 @@ class NodeService(service.Service):
         client = self._client
         if client is not None and client.state in ("failed", "closed"):
             self._client = None
+        sections = self._sections
+        if sections is not None and sections.state in ("failed", "closed"):
+            self._sections = None
+
+    async def _connect_sections(self) -> _SectionsClient:
+        """This lipsd's sections client, the section a killed run left open finished."""
+        if self._sections is None:
+            assert self._connect_as is not None
+            sections = await self._connect_as(lipsd_pid(self.monitor.name))
+            section = await recover(sections)
+            if section is not None:
+                self.log.warn(
+                    "Finished the {kind} section a killed run of this lipsd left open",
+                    kind=section.kind,
+                )
+            self._sections = sections
+        return self._sections
 
     async def _round(self) -> None:
         if self._client is None:
             self._client = await self._connect()
         client = self._client
+        if self.processes is not None:
+            await self._connect_sections()
         state = self.monitor.report()
         taken_in = await publish(client, state, joining=self._joining)
         self._last_report = self.monitor.clock.seconds()
@@ -228,7 +272,7 @@ class NodeService(service.Service):
             self.log.info("Node {name} taken in again", name=state.name)
         processes = self.processes
         if processes is not None and (taken_in or self._joining or processes.fenced):
-            await processes.adopt(client)
+            await processes.adopt(client, await self._connect_sections())
         self._joining = False
         self.rounds += 1
         watchdog, watch = self.watchdog, self._watch
@@ -254,6 +298,15 @@ class NodeService(service.Service):
         if processes is not None:
             await self._replace(client, watchdog)
 
+    async def _take_over(self, down: str) -> None:
+        """Finish the section the lipsd of C{down} (declared down) left open, if any."""
+        assert self._connect_as is not None
+        theirs: _SectionsClient = await self._connect_as(lipsd_pid(down))
+        try:
+            await take_over(theirs, down)
+        finally:
+            await theirs.close()
+
     def _suspected(self, effect: Deliver[Suspect]) -> None:
         self._found.append(effect.item)
 
@@ -262,9 +315,14 @@ class NodeService(service.Service):
         for name in watchdog.silent():
             if await client.rdp(down_template(name)) is None:
                 self._waiting.discard(name)
+                self._taken_over.discard(name)
                 continue
+            if name not in self._taken_over:
+                await self._take_over(name)
+                self._taken_over.add(name)
             nodes = [n for n in (self.monitor.name, *watchdog.nodes) if n != name]
-            result = await replace_processes(client, name, nodes, self.chooser)
+            sections = await self._connect_sections()
+            result = await replace_processes(client, name, nodes, self.chooser, sections)
             for placed in result.moved:
                 self.log.warn(
                     "Process {pid} of down node {down} restarted on {node}",

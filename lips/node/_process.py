@@ -32,6 +32,7 @@ from zope.interface import Attribute, Interface, implementer
 from lips.kernel import Deliver, Driver, Kill, Spawn
 from lips.node._eval import EvalRequest, eval_template, process_template
 from lips.node._lipsd import SystemSpace
+from lips.node._sections import Adopt, RecoverableSpace, run
 from lips.node._supervisor import (
     Exit,
     Outcome,
@@ -311,13 +312,13 @@ class ProcessService(service.Service):
             )
         self.fenced = True
 
-    async def adopt(self, client: SystemSpace) -> list[int]:
+    async def adopt(self, client: SystemSpace, sections: RecoverableSpace) -> list[int]:
         """
-        Fence, then run (again) every process whose record still names this node:
-        each record is taken with C{inp} (so a watchdog moving the node's processes
-        concurrently gets each one or not at all), its pending request for this node
-        taken, the record put back, and the process started.  Then the held requests
-        whose records still name this node are started.
+        Fence, then run (again) every process whose record still names this node: the
+        records are taken back in an L{Adopt} section of this lipsd (C{sections}: its
+        own client, so a lipsd killed part-way loses no record), and the processes
+        started.  Then the held requests whose records still name this node are
+        started.
 
         @return: the process ids adopted.
         """
@@ -326,19 +327,7 @@ class ProcessService(service.Service):
         writes = list(self._writes)
         if writes:
             await defer.DeferredList(writes, consumeErrors=True)
-        records = []
-        while (record := await client.inp(process_template(node=node))) is not None:
-            records.append(record)
-        requests = []
-        for record in records:
-            try:
-                request = EvalRequest.from_record(record)
-            except ValueError as e:
-                self.log.error("Dropped a bad process record: {error}", error=str(e))
-                continue
-            await client.inp(eval_template(node, request.spec.pid))
-            await client.out(record)
-            requests.append(request)
+        requests: list[EvalRequest] = await run(sections, Adopt(node))
         held, self._held = self._held, []
         self.fenced = False
         adopted = []

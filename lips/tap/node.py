@@ -234,9 +234,26 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         farewell=say_goodbye(reactor),
         allow=options["allow"],
     )
+
+    def connect_as(pid: int) -> Any:
+        # A lipsd's sections client (its own, or a down node's lipsd's, to finish its
+        # section): a process of the System Tuple Space that recovers, never says goodbye.
+        return lips.client.connect(
+            reactor, endpoints, pid=pid, name=f"lipsd-{name}-sections", reconnect=True
+        )
+
     # Fence half an interval before a watchdog can declare this node down.
     fence_after = (options["misses"] - 0.5) * options["interval"]
     top = service.MultiService()
-    top.addService(NodeService(monitor, connect, watchdog, processes, fence_after=fence_after))
+    top.addService(
+        NodeService(
+            monitor,
+            connect,
+            watchdog,
+            processes,
+            fence_after=fence_after,
+            connect_as=connect_as,
+        )
+    )
     top.addService(processes)
     return top

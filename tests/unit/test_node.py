@@ -39,7 +39,7 @@ from lips.node import (
 from lips.space import Kind, Status, TupleSpace
 from lips.tap import node as node_tap
 from lips.testing import ClusterMember, write_cluster
-from lips.tuples import LTuple, make_template, make_tuple
+from lips.tuples import LTuple, make_template, make_tuple, packb, unpackb
 
 IDLE = Sample(load1=0.2, cpu_idle=90.0, free_memory=4 << 30, processes=0)
 BUSY = Sample(load1=3.5, cpu_idle=10.0, free_memory=4 << 30, processes=2)
@@ -67,9 +67,9 @@ class FakeClient:
 
     _pids = iter(range(1, 1 << 30))
 
-    def __init__(self, space: TupleSpace, hold: bool = False) -> None:
+    def __init__(self, space: TupleSpace, hold: bool = False, pid: int | None = None) -> None:
         self.space = space
-        self.pid = next(self._pids)
+        self.pid = next(self._pids) if pid is None else pid
         self.event = 0
         self.hold = hold
         self.held: list[Callable[[], None]] = []
@@ -107,9 +107,51 @@ class FakeClient:
     def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]:
         return self._take(Kind.RDP, template)
 
+    def checkpoint(self, state: Any) -> defer.Deferred[None]:
+        def apply(event: int) -> None:
+            self.space.checkpoint(self.pid, event, packb(state))
+
+        return self._op(apply)
+
+    def recover(self) -> defer.Deferred[Any]:
+        """As the real client: the last checkpoint's state; events continue after it."""
+        found = self.space.recovered(self.pid)
+        if found is None:
+            self.event = 0
+            return defer.succeed(None)
+        self.event = found[0]
+        return defer.succeed(unpackb(found[1]))
+
     def close(self) -> defer.Deferred[None]:
         self.state = "closed"
         return defer.succeed(None)
+
+
+class Killed(FakeClient):
+    """
+    A lipsd's client that dies at its C{at}-th operation (from 0): with C{applied}, the
+    space applies that operation but the answer never comes back; otherwise it never
+    reaches the space.  Nothing after it is sent: the process is gone.
+    """
+
+    def __init__(self, space: TupleSpace, pid: int, at: int, applied: bool) -> None:
+        super().__init__(space, pid=pid)
+        self.at = at
+        self.applied = applied
+        self.ops = 0
+        self.dead = False
+
+    def _op(self, apply: Callable[[int], Any]) -> defer.Deferred[Any]:
+        if self.dead:
+            return defer.Deferred()
+        if self.ops == self.at:
+            self.dead = True
+            if self.applied:
+                self.event += 1
+                apply(self.event)
+            return defer.Deferred()
+        self.ops += 1
+        return super()._op(apply)
 
 
 def matching(space: TupleSpace, template: Sequence[Any]) -> list[LTuple]:

@@ -32,6 +32,7 @@ from lips.kernel import (
     TimerTable,
 )
 from lips.node import (
+    DOWN_TAG,
     EVAL_TAG,
     FAILED_TAG,
     PROCESS_TAG,
@@ -67,7 +68,7 @@ from lips.space import Completion, Kind, Status, TupleSpace
 from lips.tap import node as node_tap
 from lips.testing import ClusterMember, write_cluster
 from lips.tuples import make_template, packb
-from tests.unit.test_node import BUSY, FakeClient, FakeSampler, matching
+from tests.unit.test_node import BUSY, FakeClient, FakeSampler, Killed, matching
 
 R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
@@ -728,6 +729,8 @@ class ReplaceProcessesTests(SynchronousTestCase):
         place_on(self.space, "n1", 5)
         place_on(self.space, "n1", 6)
         place_on(self.space, "n9", 7)
+        # Processes are moved only while their node is declared down.
+        FakeClient(self.space).out((DOWN_TAG, "n1", 3, "n2"))
 
     def test_moved_once_by_two_lipsd(self) -> None:
         """Two lipsd moving the processes of one down node at once, their operations
@@ -806,6 +809,7 @@ class Lipsd:
             dog,
             self.processes,
             fence_after=fence_after,
+            connect_as=lambda pid: defer.succeed(FakeClient(space, pid=pid)),
         )
         self.processes.startService()
         self.node.startService()
@@ -961,6 +965,38 @@ class FailoverTests(SynchronousTestCase):
         self.clock.pump([0.5] * 4)
         self.assertEqual(n1.pids(), [])
         self.assertEqual(n2.pids(), [51])
+
+    def test_lipsd_killed_while_moving(self) -> None:
+        """The lipsd moving a down node's processes is killed part-way (at each step
+        in turn; a process it had moved already may have started): started again, it
+        finishes the move before anything else, and each process runs once, on it,
+        with one record."""
+        for at in range(1, 12):
+            self.space = NotifyingSpace()
+            self.nodes = []
+            n1 = self.start("n1", ["n2"])
+            n2 = self.start("n2", ["n1"])
+            self.place("n1", 71)
+            self.place("n1", 72)
+            before = n2.node._sections
+            assert isinstance(before, FakeClient)
+            dying = Killed(self.space, before.pid, at=at, applied=at % 2 == 0)
+            dying.event = before.event
+            n2.node._sections = dying
+            n1.kill()
+            self.clock.pump([0.5] * 20)
+            self.assertTrue(dying.dead, f"killed at {at}")
+            n2.kill()
+            again = self.start("n2", ["n1"])
+            self.clock.pump([0.5] * 4)
+            self.assertEqual(sorted(again.pids()), [71, 72], f"killed at {at}")
+            for pid in (71, 72):
+                records = matching(self.space, process_template(pid))
+                self.assertEqual([r[2] for r in records], ["n2"], f"killed at {at}")
+            self.assertEqual(matching(self.space, eval_template("n1")), [])
+            for n in self.nodes:
+                for d in n.stop():
+                    self.successResultOf(d)
 
     def test_records_still_naming_node_run_again(self) -> None:
         """A lipsd restarted before it was declared down runs again the processes
