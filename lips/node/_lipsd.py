@@ -265,8 +265,12 @@ class NodeService(service.Service):
         if self.processes is not None:
             await self._connect_sections()
         state = self.monitor.report()
+        # The lease a report gives runs from before it was sent: no watchdog can have
+        # seen it earlier, however long its reply takes, so the fence (fence_after from
+        # here) always falls before a watchdog's verdict.
+        sent = self.monitor.clock.seconds()
         taken_in = await publish(client, state, joining=self._joining)
-        self._last_report = self.monitor.clock.seconds()
+        self._last_report = sent
         if taken_in:
             self.taken_in += 1
             self.log.info("Node {name} taken in again", name=state.name)

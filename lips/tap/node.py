@@ -61,8 +61,9 @@ class Options(usage.Options):
             "misses",
             None,
             3,
-            "Intervals without a new report after which a watched node is down.",
-            integer_option("misses", 1),
+            "Intervals without a new report after which a watched node is down (at"
+            " least 2: a node fences its processes half an interval before that).",
+            integer_option("misses", 2),
         ],
         ["watch", "w", "", "Comma-separated names of the nodes this lipsd watches."],
         [

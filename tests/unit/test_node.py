@@ -582,6 +582,7 @@ class OptionsTests(SynchronousTestCase):
             ("--config", path, "--name", "bad name"),
             ("--config", path, "--name", "n1", "--interval", "0"),
             ("--config", path, "--name", "n1", "--misses", "0"),
+            ("--config", path, "--name", "n1", "--misses", "1"),
             ("--config", path, "--name", "n1", "--watch", "n1"),
             ("--config", path, "--name", "n1", "--watch", "n2,n2"),
             ("--config", path, "--name", "n1", "--min-cpu-idle", "101"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -949,6 +949,30 @@ class FailoverTests(SynchronousTestCase):
         (record,) = matching(self.space, process_template(41))
         self.assertEqual(record[2], "n2")
 
+    def test_fence_does_not_wait_for_a_slow_reply(self) -> None:
+        """The fence counts from when the last report was sent, not from when its
+        reply came: a report applied at once but answered 1.2 s later, then a cut, and
+        the node still stops its child before a watchdog can declare it down."""
+        n1 = self.start("n1", ["n2"], fence_after=2.5)
+        n2 = self.start("n2", ["n1"], fence_after=2.5)
+        self.place("n1", 81)
+        (child,) = n1.spawner.children
+        self.clock.advance(0.5)
+        lagging = n1.node._client = LaggingThenCut(self.space, self.clock, lag=1.2, ops=5)
+        running_together = []
+        for _ in range(100):
+            self.clock.advance(0.1)
+            if lagging.reported is not None and lagging.left == 0:
+                # The round's report is in: the lease it gave starts no later than it.
+                self.assertLessEqual(n1.node._last_report, lagging.reported)
+            if n2.pids() and n1.pids():
+                running_together.append(self.clock.seconds())
+            if child.terminated and n1.supervisor.terminating(child.spec.pid):
+                child.ended(Exit(signal=15))
+        self.assertTrue(child.terminated)
+        self.assertEqual(running_together, [])
+        self.assertEqual(n2.pids(), [81])
+
     def test_declared_down_node_stops_moved_processes(self) -> None:
         """Without the fence, a node that finds itself declared down stops the
         children whose processes were moved, and does not start them again."""
@@ -1025,6 +1049,43 @@ class NotifyingSpace(TupleSpace):
             if d is not None and c.status is Status.MATCHED:
                 d.callback(c.value)
         return done
+
+
+class LaggingThenCut(FakeClient):
+    """
+    A client whose next C{ops} operations are applied at once, the answer to an
+    C{out} (a report) coming only C{lag} seconds later, and whose later operations never
+    reach the space (a cut).
+    """
+
+    def __init__(self, space: TupleSpace, clock: Clock, lag: float, ops: int) -> None:
+        super().__init__(space)
+        self.clock = clock
+        self.lag = lag
+        self.left = ops
+        self.lagging = False
+        self.reported: float | None = None
+
+    def _op(self, apply: Callable[[int], Any]) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self.left == 0:
+            return d
+        self.left -= 1
+        self.event += 1
+        result = apply(self.event)
+        if self.lagging:
+            self.clock.callLater(self.lag, d.callback, result)
+        else:
+            d.callback(result)
+        return d
+
+    def out(self, values: Sequence[Any]) -> defer.Deferred[None]:
+        self.lagging = True
+        self.reported = self.clock.seconds()
+        try:
+            return super().out(values)
+        finally:
+            self.lagging = False
 
 
 class BlockingFake(FakeClient):
