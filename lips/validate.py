@@ -2,8 +2,9 @@
 The one home of the value checks that configuration and message classes share.
 
 Each check is an attrs validator (C{attrs.field(validator=non_negative)}) and follows one
-rule: a value of the wrong type raises C{TypeError}, a value of the right type out of
-range raises C{ValueError}, and the message names the field.  C{bool} is never taken for a
+rule: a value of the wrong type raises C{TypeError} (an injected collaborator that does
+not provide its interface too), a value of the right type out of range raises
+C{ValueError}, and the message names the field.  C{bool} is never taken for a
 number.  Limits that several rooms must agree on (the process id range) live here too.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+from zope.interface.interface import InterfaceClass
 
 __all__ = [
     "PID_BITS",
@@ -27,6 +29,7 @@ __all__ = [
     "non_negative",
     "pid",
     "positive",
+    "provides",
 ]
 
 Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
@@ -95,3 +98,14 @@ def check_pid(value: object, name: str = "pid") -> int:
 def pid(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     """A process id (1 to L{PID_MAX})."""
     check_pid(value, attribute.name)
+
+
+def provides(interface: InterfaceClass) -> Validator:
+    """An object that provides the zope C{interface} (an injected collaborator)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not interface.providedBy(value):
+            raise TypeError(f"{attribute.name} must provide {interface.__name__}, not {value!r}")
+
+    check.__name__ = f"provides_{interface.__name__}"
+    return check

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
 from lips.tuples import ANY, LTuple
-from lips.validate import at_least, non_negative, positive
+from lips.validate import at_least, non_negative, positive, provides
 
 __all__ = [
     "DOWN_TAG",
@@ -162,8 +162,8 @@ class NodeMonitor:
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
-    sampler: ISampler = attrs.field()
-    clock: IReactorTime = attrs.field()
+    sampler: ISampler = attrs.field(validator=provides(ISampler))
+    clock: IReactorTime = attrs.field(validator=provides(IReactorTime))
     policy: IdlePolicy = attrs.field(
         factory=IdlePolicy, validator=attrs.validators.instance_of(IdlePolicy)
     )

@@ -54,6 +54,8 @@ class MessageServer:
         probes: Sequence[Callable[[], Mapping[str, int | float | str]]] = (),
         bounds: ServerLimits | None = None,
     ) -> None:
+        if not ISpaceBackend.providedBy(backend):
+            raise TypeError(f"a MessageServer serves from an ISpaceBackend, not {backend!r}")
         self.core = ServerCore(
             backend, name=name, limits=limits, rng=rng, probes=probes, bounds=bounds
         )

@@ -241,9 +241,14 @@ class NodeMonitorTests(SynchronousTestCase):
         self.assertTrue(state.idle)
 
     def test_bad_arguments(self) -> None:
-        """An empty name, a non-positive interval or a sampler giving junk are refused."""
+        """An empty name, a non-positive interval, a sampler or clock that is not one,
+        or a sampler giving junk are refused."""
         with self.assertRaises(ValueError):
             NodeMonitor("", FakeSampler(), Clock())
+        with self.assertRaises(TypeError):
+            NodeMonitor("n1", object(), Clock())  # type: ignore[arg-type]
+        with self.assertRaises(TypeError):
+            NodeMonitor("n1", FakeSampler(), object())  # type: ignore[arg-type]
         with self.assertRaises(ValueError):
             NodeMonitor("n1", FakeSampler(), Clock(), interval=0.0)
         bad = FakeSampler()

@@ -112,6 +112,11 @@ class MessageServerTests(SynchronousTestCase):
         self.assertGreater(a.pid, 0)
         self.assertEqual(b.pid, 42)
 
+    def test_backend_checked(self) -> None:
+        """A backend that is not an ISpaceBackend is refused when the server is built."""
+        with self.assertRaises(TypeError):
+            MessageServer(object(), self.clock)  # type: ignore[arg-type]
+
     def test_second_hello_refused(self) -> None:
         """A session says HELLO once; a second one is an UNEXPECTED error."""
         s, wire = self.session()

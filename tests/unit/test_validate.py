@@ -8,6 +8,8 @@ import random
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.validate import (
@@ -19,6 +21,7 @@ from lips.validate import (
     new_pid,
     non_negative,
     positive,
+    provides,
 )
 from lips.validate import pid as pid_check
 
@@ -80,3 +83,15 @@ class ValidateTests(SynchronousTestCase):
         self.assertEqual(check_pid(5), 5)
         with self.assertRaises(ValueError):
             check_pid(-1, "process")
+
+    def test_provides(self) -> None:
+        """An injected collaborator must provide its interface."""
+
+        @attrs.frozen
+        class Hosted:
+            clock: IReactorTime = attrs.field(validator=provides(IReactorTime))
+
+        Hosted(Clock())
+        with self.assertRaises(TypeError) as e:
+            Hosted(object())  # type: ignore[arg-type]
+        self.assertIn("clock must provide IReactorTime", str(e.exception))
