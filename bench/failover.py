@@ -28,9 +28,9 @@ clients fail over for nothing, in two parts printed side by side at the end:
    per client-minute; with the rings the servers installed and the tokens they lost
    over the same window.
 
-    python bench/failover.py              # about 2 minutes (as root)
-    python bench/failover.py --quick      # a smoke run, about 50 s
-    python bench/failover.py --parts gap --kinds stop,cut --runs 9 --keep /tmp/logs
+    python -m bench.failover              # about 2 minutes (as root)
+    python -m bench.failover --quick      # a smoke run, about 50 s
+    python -m bench.failover --parts gap --kinds stop,cut --runs 9 --keep /tmp/logs
 
 Every server is a real C{twistd -n lips-msgserver --config cluster.toml --name mN}
 from a cluster file of its own (C{timings = "loopback"}).  Every process it started is
@@ -45,13 +45,11 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -66,28 +64,31 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from zope.interface import implementer
 
 import lips.client
-from bench.replicated import (
-    LipsCluster,
-    Process,
-    Servers,
-    StatusProbe,
+from bench._common import (
+    ReactorThread,
+    environment,
     firsts,
+    idle_load,
+    ints,
+    machine_busy_seconds,
+    names,
+    public_args,
+    react,
     result_of,
+    save,
+    spawn_client,
+    spread,
+    stop_child,
     tell,
-    twistd_argv,
     wait_ready,
+    workspace,
 )
-from bench.runtime import ReactorThread
-from bench.throughput import BUSY, machine_busy_seconds, save, spread, stop
 from lips.client import TupleSpaceClient
-from lips.testing import Bridge, ClusterMember, write_cluster
+from lips.testing import Bridge, Cluster
 
 PARTS: Final = ("gap", "suspicion")
 KINDS: Final = ("kill", "stop", "cut")
 LABELS: Final = {"kill": "SIGKILL", "stop": "SIGSTOP", "cut": "link cut"}
-#: The ports of a server in a namespace (each has an address of its own).
-NETNS_TCP: Final = 7010
-NETNS_RING: Final = 7100
 #: How often the survivors' status is polled while the ring forms without the victim.
 POLL: Final = 0.01
 #: Steady operation of the gap client before a fault, and after the ring is whole.
@@ -104,47 +105,28 @@ SUSPICION_COUNTERS: Final = ("ring.installed", "ring.token.lost", "ring.gather.e
 # -- servers ----------------------------------------------------------------------------
 
 
-class NetnsCluster(LipsCluster):
-    """A cluster of C{len(bridge.hosts)} MessageServers, server I{n} in namespace I{n}."""
-
-    def __init__(self, directory: Path, bridge: Bridge) -> None:
-        Servers.__init__(self)
-        directory.mkdir(parents=True)
-        self.directory = directory
-        self.path = directory / "cluster.toml"
-        members = [
-            ClusterMember(f"m{n}", n, NETNS_RING, NETNS_TCP, host)
-            for n, host in enumerate(bridge.hosts, 1)
-        ]
-        write_cluster(directory, members, cluster_id=9)
-        for n, m in enumerate(members, 1):
-            argv = twistd_argv("lips-msgserver", "--config", str(self.path), "--name", m.name)
-            self.processes[m.name] = Process(
-                m.name, m.tcp_port, [*bridge.prefix(n), *argv], directory / f"{m.name}.log"
-            )
-        self.probes = {m.name: StatusProbe(m.tcp_port, host=m.host) for m in members}
+def loopback_cluster(directory: Path) -> Cluster:
+    """Three MessageServers on loopback, from a cluster file of their own (stopped)."""
+    return Cluster.create(directory, cluster_id=9)
 
 
-def endpoints(cluster: LipsCluster) -> list[str]:
-    """The client endpoints of C{cluster}'s servers, in order."""
-    return [
-        f"tcp:host={cluster.probes[name].host}:port={p.port}"
-        for name, p in cluster.processes.items()
-    ]
+def netns_cluster(directory: Path, bridge: Bridge) -> Cluster:
+    """Three MessageServers, server I{n} in namespace I{n} of C{bridge} (stopped)."""
+    return Cluster.create(
+        directory,
+        msgservers=len(bridge.hosts),
+        hosts=bridge.hosts,
+        prefixes={f"m{n}": bridge.prefix(n) for n in range(1, len(bridge.hosts) + 1)},
+        cluster_id=9,
+    )
 
 
-def signal_server(cluster: LipsCluster, name: str, signum: int) -> None:
-    proc = cluster.processes[name].proc
-    assert proc is not None
-    os.kill(proc.pid, signum)
-
-
-def ring_without(cluster: LipsCluster, victim: str, since: float, until: float) -> float | None:
+def ring_without(cluster: Cluster, victim: str, since: float, until: float) -> float | None:
     """
     Poll the servers other than C{victim} every L{POLL} seconds until each serves in a
     ring without it; the seconds from C{since}, or C{None} if not before C{until}.
     """
-    others = [n for n in cluster.processes if n != victim]
+    others = [n for n in cluster.names() if n != victim]
     want = len(others)
     while time.monotonic() < until:
         stats = [cluster.stats(n) for n in others]
@@ -227,24 +209,24 @@ def longest_gap(done: Sequence[float], after: float, before: float) -> float | N
     return max(gaps) if gaps else None
 
 
-def fault(cluster: LipsCluster, bridge: Bridge | None, kind: str, victim: str) -> float:
+def fault(cluster: Cluster, bridge: Bridge | None, kind: str, victim: str) -> float:
     """Inflict C{kind} on C{victim}; the monotonic time just before."""
     when = time.monotonic()
     if kind == "kill":
-        return cluster.processes[victim].kill()
+        return cluster.kill(victim)
     if kind == "stop":
-        signal_server(cluster, victim, signal.SIGSTOP)
+        cluster.pause(victim)
     else:
         assert bridge is not None
         bridge.cut(int(victim[1:]))
     return when
 
 
-def undo(cluster: LipsCluster, bridge: Bridge | None, kind: str, victim: str) -> None:
+def undo(cluster: Cluster, bridge: Bridge | None, kind: str, victim: str) -> None:
     if kind == "kill":
         cluster.start(victim)
     elif kind == "stop":
-        signal_server(cluster, victim, signal.SIGCONT)
+        cluster.resume(victim)
     else:
         assert bridge is not None
         bridge.heal(int(victim[1:]))
@@ -252,7 +234,7 @@ def undo(cluster: LipsCluster, bridge: Bridge | None, kind: str, victim: str) ->
 
 def gap_trial(
     loop: ReactorThread,
-    cluster: LipsCluster,
+    cluster: Cluster,
     bridge: Bridge | None,
     *,
     kind: str,
@@ -261,8 +243,8 @@ def gap_trial(
     key: int,
 ) -> dict[str, Any]:
     """One fault of C{kind} on C{victim} under the gap client; what it saw."""
-    eps = endpoints(cluster)
-    index = list(cluster.processes).index(victim)
+    eps = cluster.endpoints()
+    index = cluster.names().index(victim)
     client = loop.run(start_gap_client, loop.reactor, eps, index, key)
     lines = LineCounter()
     globalLogPublisher.addObserver(lines)
@@ -279,7 +261,7 @@ def gap_trial(
         t1 = time.monotonic()
         undo(cluster, bridge, kind, victim)
         undone = True
-        cluster.serving(members=len(cluster.processes))
+        cluster.wait_serving(members=len(cluster.members))
         whole_s = time.monotonic() - t1
         time.sleep(SETTLE)
         t2 = time.monotonic()
@@ -308,16 +290,16 @@ def gap_trial(
 def gap_kind(
     args: argparse.Namespace,
     loop: ReactorThread,
-    cluster: LipsCluster,
+    cluster: Cluster,
     bridge: Bridge | None,
     kind: str,
 ) -> list[dict[str, Any]]:
     trials: list[dict[str, Any]] = []
     cluster.start()
-    cluster.serving(members=3)
-    names = list(cluster.processes)
+    cluster.wait_serving(members=3)
+    members = cluster.names()
     for k in range(args.runs):
-        victim = names[k % len(names)]
+        victim = members[k % len(members)]
         t = gap_trial(loop, cluster, bridge, kind=kind, victim=victim, hold=args.hold, key=k)
         trials.append(t)
         print(
@@ -353,12 +335,12 @@ def gap_part(args: argparse.Namespace, loop: ReactorThread, tmp: Path) -> dict[s
             bridge.destroy()  # leftovers of an interrupted run with the same tag
             try:
                 bridge.create()
-                with NetnsCluster(tmp / kind, bridge) as cluster:
+                with netns_cluster(tmp / kind, bridge) as cluster:
                     kinds[kind] = {"trials": gap_kind(args, loop, cluster, bridge, kind)}
             finally:
                 bridge.destroy()
         else:
-            with LipsCluster(tmp / kind) as cluster:
+            with loopback_cluster(tmp / kind) as cluster:
                 kinds[kind] = {"trials": gap_kind(args, loop, cluster, None, kind)}
     return kinds
 
@@ -422,37 +404,17 @@ async def suspect_process(reactor: Any, args: argparse.Namespace) -> None:
         await s.close()
 
 
-def suspect_main(args: argparse.Namespace) -> None:
-    from twisted.internet import task
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(suspect_process(reactor, args)))
-
-
 def spawn_suspect(ports: Sequence[int], *options: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, str(Path(__file__).resolve()), "suspect"),
-            *("--ports", ",".join(map(str, ports)), *options),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    """A client process of part 2: C{python -m bench.failover suspect --ports ...}."""
+    return spawn_client(
+        "bench.failover", "suspect", "--ports", ",".join(map(str, ports)), *options
     )
 
 
-def ring_counters(cluster: LipsCluster) -> dict[str, float]:
-    total = dict.fromkeys(SUSPICION_COUNTERS, 0.0)
-    for name in cluster.processes:
-        s = cluster.stats(name) or {}
-        for key in SUSPICION_COUNTERS:
-            total[key] += float(s.get(key, 0))
-    return total
-
-
 def suspicion_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    with LipsCluster(tmp / "suspicion") as cluster:
+    with loopback_cluster(tmp / "suspicion") as cluster:
         cluster.start()
-        cluster.serving(members=3)
+        cluster.wait_serving(members=3)
         children: list[subprocess.Popen[bytes]] = []
         try:
             for first, share in firsts(spread(args.suspect_clients, args.client_procs)):
@@ -464,7 +426,7 @@ def suspicion_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     )
                 )
             wait_ready(children, "suspicion")
-            before = ring_counters(cluster)
+            before = cluster.counters(SUSPICION_COUNTERS)
             busy, wall = machine_busy_seconds(), time.monotonic()
             for child in children:
                 tell(child, "go")
@@ -473,10 +435,10 @@ def suspicion_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 for child in children
             ]
             busy = (machine_busy_seconds() - busy) / (time.monotonic() - wall)
-            after = ring_counters(cluster)
+            after = cluster.counters(SUSPICION_COUNTERS)
         finally:
             for child in children:
-                stop(child)
+                stop_child(child)
     clients = sum(r["clients"] for r in results)
     seconds = max(r["seconds"] for r in results)
     failovers = sum(r["failovers"] for r in results)
@@ -577,10 +539,6 @@ def suspicion_lines(s: dict[str, Any]) -> list[str]:
 # -- main -------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -624,14 +582,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role != "bench":
-        args.ports = _ints(args.ports)
+        args.ports = ints(args.ports)
         return args
     if args.runs is None:
         args.runs = 2 if args.quick else 5
     if args.suspect_seconds is None:
         args.suspect_seconds = 5.0 if args.quick else 20.0
-    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    args.kinds = [x.strip() for x in args.kinds.split(",") if x.strip()]
+    args.parts = names(args.parts)
+    args.kinds = names(args.kinds)
     if set(args.parts) - set(PARTS) or set(args.kinds) - set(KINDS):
         p.error("unknown part or kind")
     if (
@@ -651,7 +609,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.role != "bench":
-        suspect_main(args)
+        react(lambda reactor: suspect_process(reactor, args))
         return 0
     signal.signal(signal.SIGTERM, _terminate)
     print(
@@ -660,23 +618,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.suspect_clients} clients for {args.suspect_seconds:g} s with no fault; "
         f"{os.cpu_count()} cores"
     )
-    before = machine_busy_seconds()
-    time.sleep(1)
-    idle_load = machine_busy_seconds() - before
-    print(f"machine load before starting: {idle_load:.0%} of a core")
-    if idle_load > BUSY:
-        print("WARNING: the machine is busy with other work: these figures will be noisy.")
+    load = idle_load()
     kinds: dict[str, Any] = {}
     suspicion: dict[str, Any] = {}
     loop = ReactorThread()
     try:
-        with contextlib.ExitStack() as stack:
-            if args.keep is not None:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix="run-", dir=args.keep))
-                print(f"server logs and cluster files are kept in {tmp}")
-            else:
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lips-fo-")))
+        with workspace(args.keep, "lips-fo-") as tmp:
             parts: list[tuple[str, str, Callable[[], None]]] = [
                 (
                     "gap",
@@ -704,16 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = save(
         {
             "benchmark": "failover",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": sys.version,
-            "machine": platform.platform(),
-            "cores": os.cpu_count(),
-            "idle_load": idle_load,
-            "args": {
-                k: str(v) if isinstance(v, Path) else v
-                for k, v in vars(args).items()
-                if k not in ("role", "ports", "first", "clients", "duration")
-            },
+            **environment(),
+            "idle_load": load,
+            "args": public_args(args, "role", "ports", "first", "clients", "duration"),
             "gap": kinds,
             "suspicion": suspicion,
         },

@@ -45,9 +45,9 @@ One invocation runs three parts, on loopback, and prints their figures side by s
    = 1.  The time until it first answers a status request (the process starting up)
    is shown apart.  C{--joins} restarts per size, the median reported.
 
-    python bench/replicated.py            # about 4 minutes
-    python bench/replicated.py --quick    # a smoke run, about 35 s
-    python bench/replicated.py --parts failover,join --failovers 5 --keep /tmp/logs
+    python -m bench.replicated            # about 4 minutes
+    python -m bench.replicated --quick    # a smoke run, about 35 s
+    python -m bench.replicated --parts failover,join --failovers 5 --keep /tmp/logs
 
 pysyncobj is installed into this interpreter with pip when it is missing (it is the
 C{bench} extra of the project); if that fails the peer is skipped.  Every process it
@@ -64,17 +64,14 @@ import importlib.util
 import json
 import math
 import os
-import platform
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import attrs
 from twisted.internet import defer
@@ -84,34 +81,33 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 import lips.client
-from bench.throughput import (
-    BUSY,
+from bench._common import (
     PairFunction,
     Row,
-    cpu_seconds,
-    free_port,
-    machine_busy_seconds,
+    environment,
+    firsts,
+    idle_load,
+    ints,
+    measure_clients,
     measure_pairs,
     median_row,
-    percentile,
-    read_line,
+    names,
+    public_args,
+    react,
+    result_of,
     save,
+    spawn_client,
     spread,
-    stop,
+    stop_child,
+    tell,
+    wait_ready,
+    wait_until,
+    warn_if_busy,
+    workspace,
 )
-from lips.testing import ClusterMember, write_cluster
-from lips.wire import (
-    Frame,
-    FrameDecoder,
-    Hello,
-    Stats,
-    StatsRequest,
-    decode_message,
-    encode_message,
-)
+from lips.testing import Cluster, Process, ProcessGroup, free_port
 
 HERE: Final = Path(__file__).resolve().parent
-RESULTS: Final = HERE / "results"
 SYSTEMS: Final = ("ring", "ring-own", "single", "pysyncobj")
 RINGS: Final = ("ring", "ring-own")
 LABELS: Final = {
@@ -158,8 +154,6 @@ JOIN_COUNTERS: Final = (
     "ring.fragments.abandoned",
 )
 
-#: How long a server or a cluster may take to start, and to serve again.
-START_DEADLINE: Final = 30.0
 #: How long clients may take to complete an operation after a kill before the trial fails.
 FAILOVER_DEADLINE: Final = 30.0
 
@@ -167,316 +161,46 @@ FAILOVER_DEADLINE: Final = 30.0
 # -- servers ----------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    """A loopback UDP port nobody has bound now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def ring(directory: Path) -> Cluster:
+    """A cluster file of three MessageServers on loopback, and their processes (stopped)."""
+    return Cluster.create(directory, msgservers=3, cluster_id=9)
 
 
-def twistd_argv(*args: str) -> list[str]:
-    """C{twistd -n --pidfile= ARGS} in this interpreter."""
-    script = Path(sys.executable).with_name("twistd")
-    if not script.exists():
-        raise RuntimeError(f"no twistd beside {sys.executable}")
-    return [sys.executable, str(script), "-n", "--pidfile=", *args]
-
-
-class StatusProbe:
-    """
-    A blocking status client of one LiPS server: HELLO once, then STATS requests on
-    the same connection, reconnecting when it is lost.
-    """
-
-    def __init__(self, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self.decoder = FrameDecoder(1 << 20)
-        self.rid = 0
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def _ask(self, message: Any) -> Any:
-        assert self.sock is not None
-        self.rid += 1
-        self.sock.sendall(encode_message(message, self.rid))
-        while True:
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("the server closed the connection")
-            for item in self.decoder.feed(data):
-                if type(item) is not Frame:
-                    raise ConnectionError(f"bad frame: {item}")
-                assert isinstance(item, Frame)
-                if item.request_id == self.rid:
-                    return decode_message(item)
-
-    def stats(self) -> dict[str, Any]:
-        """The server's counters; raises L{OSError} if it cannot be reached."""
-        try:
-            if self.sock is None:
-                self.sock = socket.create_connection((self.host, self.port), self.timeout)
-                self.sock.settimeout(self.timeout)
-                self.decoder = FrameDecoder(1 << 20)
-                self._ask(Hello(None, "bench-status"))
-            answer = self._ask(StatsRequest())
-        except OSError:
-            self.close()
-            raise
-        if not isinstance(answer, Stats):
-            self.close()
-            raise ConnectionError(f"expected STATS, got {type(answer).__name__}")
-        return dict(answer.values)
-
-
-@attrs.define
-class Process:
-    """A server process of ours."""
-
-    name: str
-    port: int
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.started = time.monotonic()
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-
-    def kill(self) -> float:
-        """SIGKILL it; the monotonic time just before the signal."""
-        assert self.proc is not None
-        when = time.monotonic()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        return when
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
-
-    def check(self) -> None:
-        """Raise if it has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}"
-            )
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def wait_until(what: str, ready: Callable[[], bool], deadline: float, step: float) -> None:
-    """Call C{ready} every C{step} seconds until it is true; raise after C{deadline}."""
-    end = time.monotonic() + deadline
-    while not ready():
-        if time.monotonic() > end:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(step)
-
-
-class Servers:
-    """A set of server processes of one system, started and stopped together."""
-
-    system: str = ""
-
-    def __init__(self) -> None:
-        self.processes: dict[str, Process] = {}
-
-    @property
-    def ports(self) -> list[int]:
-        return [p.port for p in self.processes.values()]
-
-    def cpu_seconds(self) -> float:
-        return sum(p.cpu_seconds() for p in self.processes.values())
-
-    def counters(self) -> dict[str, float]:
-        """Counters to diff over a measurement window (none by default)."""
-        return {}
-
-    def stop(self) -> None:
-        for p in self.processes.values():
-            p.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def tails(self) -> str:
-        return "\n".join(f"-- {p.name}:\n{p.tail()}" for p in self.processes.values())
-
-
-class LipsCluster(Servers):
-    """A cluster file of C{size} MessageServers on loopback, and their processes."""
-
-    system = "ring"
-
-    def __init__(self, directory: Path, size: int = 3) -> None:
-        super().__init__()
-        directory.mkdir(parents=True)
-        self.directory = directory
-        self.path = directory / "cluster.toml"
-        members = [
-            ClusterMember(f"m{n}", n, free_udp_port(), free_port()) for n in range(1, size + 1)
-        ]
-        write_cluster(directory, members, cluster_id=9)
-        for m in members:
-            argv = twistd_argv("lips-msgserver", "--config", str(self.path), "--name", m.name)
-            self.processes[m.name] = Process(m.name, m.tcp_port, argv, directory / f"{m.name}.log")
-        self.probes = {name: StatusProbe(p.port) for name, p in self.processes.items()}
-
-    def start(self, *names: str) -> None:
-        for name in names or self.processes:
-            self.processes[name].start()
-
-    def stats(self, name: str) -> dict[str, Any] | None:
-        """Server C{name}'s status, or C{None} if it cannot be had now."""
-        try:
-            return self.probes[name].stats()
-        except OSError:
-            return None
-
-    def serving(self, *names: str, members: int | None = None) -> list[dict[str, Any]]:
-        """
-        Wait until every server of C{names} (all running ones by default) serves in a
-        ring of C{members} (the number of running servers by default); their status.
-        """
-        running = [n for n, p in self.processes.items() if p.proc is not None]
-        names = names or tuple(running)
-        want = len(running) if members is None else members
-        latest: list[dict[str, Any]] = []
-
-        def ready() -> bool:
-            latest.clear()
-            for name in names:
-                self.processes[name].check()
-                s = self.stats(name)
-                if s is None or s.get("space.mode") != "serving":
-                    return False
-                if s.get("space.members") != want:
-                    return False
-                latest.append(s)
-            return True
-
-        wait_until(f"{', '.join(names)} serving in a ring of {want}", ready, START_DEADLINE, 0.02)
-        return latest
-
-    def counters(self) -> dict[str, float]:
-        total: dict[str, float] = dict.fromkeys(RING_COUNTERS, 0.0)
-        for name in self.processes:
-            s = self.stats(name) or {}
-            for key in RING_COUNTERS:
-                total[key] += float(s.get(key, 0))
-        return total
-
-    def stop(self) -> None:
-        for probe in self.probes.values():
-            probe.close()
-        super().stop()
-
-
-class LipsSingle(Servers):
-    """One unreplicated MessageServer."""
-
-    system = "single"
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__()
-        directory.mkdir(parents=True)
+def syncobj_nodes(directory: Path, size: int = 3) -> ProcessGroup:
+    """Three pysyncobj nodes replicating the queue, each serving clients on TCP (stopped)."""
+    nodes = ProcessGroup(directory)
+    raft = [f"127.0.0.1:{free_port()}" for _ in range(size)]
+    for n in range(size):
         port = free_port()
-        argv = twistd_argv(
-            "lips-msgserver", "--listen", f"tcp:{port}:interface=127.0.0.1", "--name", "single"
-        )
-        self.processes["single"] = Process("single", port, argv, directory / "single.log")
+        others = ",".join(r for k, r in enumerate(raft) if k != n)
+        argv = [
+            *(sys.executable, str(HERE / "_syncobj_queue.py")),
+            *("--raft", raft[n], "--partners", others, "--listen", str(port)),
+        ]
+        nodes.add(f"s{n + 1}", argv, port=port)
+    return nodes
 
-    def start(self) -> None:
-        p = self.processes["single"]
-        p.start()
-        probe = StatusProbe(p.port)
 
-        def ready() -> bool:
-            p.check()
-            try:
-                probe.stats()
-            except OSError:
+def _syncobj_answers(p: Process) -> bool:
+    """Whether a put and a get through node C{p} are committed."""
+    p.check_running()
+    assert p.port is not None
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), 2) as s:
+            s.settimeout(5)
+            f = s.makefile("rb")
+            s.sendall(b"P 0\n")
+            if f.readline() != b"S\n":
                 return False
-            return True
-
-        try:
-            wait_until("the single server", ready, START_DEADLINE, 0.02)
-        finally:
-            probe.close()
+            s.sendall(b"G\n")
+            return f.readline().startswith(b"M")
+    except OSError:
+        return False
 
 
-class SyncObjCluster(Servers):
-    """Three pysyncobj nodes replicating the queue, each serving clients on TCP."""
-
-    system = "pysyncobj"
-
-    def __init__(self, directory: Path, size: int = 3) -> None:
-        super().__init__()
-        directory.mkdir(parents=True)
-        raft = [f"127.0.0.1:{free_port()}" for _ in range(size)]
-        for n in range(size):
-            name, port = f"s{n + 1}", free_port()
-            others = ",".join(r for k, r in enumerate(raft) if k != n)
-            argv = [
-                *(sys.executable, str(HERE / "_syncobj_queue.py")),
-                *("--raft", raft[n], "--partners", others, "--listen", str(port)),
-            ]
-            self.processes[name] = Process(name, port, argv, directory / f"{name}.log")
-
-    def start(self) -> None:
-        for p in self.processes.values():
-            p.start()
-        for p in self.processes.values():
-            # Ready once a put and a get through this node are committed: a leader is
-            # elected and this node knows it.
-            wait_until(
-                f"pysyncobj node {p.name} to answer", functools.partial(self._probe, p), 30, 0.05
-            )
-
-    @staticmethod
-    def _probe(p: Process) -> bool:
-        p.check()
-        try:
-            with socket.create_connection(("127.0.0.1", p.port), 2) as s:
-                s.settimeout(5)
-                f = s.makefile("rb")
-                s.sendall(b"P 0\n")
-                if f.readline() != b"S\n":
-                    return False
-                s.sendall(b"G\n")
-                return f.readline().startswith(b"M")
-        except OSError:
-            return False
-
-    def warnings(self) -> int:
-        """How many times the nodes logged that they truncated applied log entries."""
-        count = 0
-        for p in self.processes.values():
-            with contextlib.suppress(OSError):
-                count += p.log.read_text(errors="replace").count("truncating already-applied")
-        return count
+def syncobj_warnings(nodes: ProcessGroup) -> int:
+    """How many times the nodes logged that they truncated applied log entries."""
+    return sum(p.read_log().count("truncating already-applied") for p in nodes.processes.values())
 
 
 # -- client processes -------------------------------------------------------------------
@@ -694,147 +418,80 @@ async def load_process(reactor: Any, args: argparse.Namespace) -> None:
         await s.close()
 
 
-def client_main(args: argparse.Namespace) -> None:
-    from twisted.internet import task
-
-    body = {"client": pairs_process, "failover": failover_process, "load": load_process}
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(body[args.role](reactor, args)))
-
-
-def spawn_client(role: str, ports: Sequence[int], *options: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, str(Path(__file__).resolve()), role),
-            *("--ports", ",".join(map(str, ports)), *options),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def tell(child: subprocess.Popen[bytes], line: str) -> None:
-    assert child.stdin is not None
-    child.stdin.write(line.encode() + b"\n")
-    child.stdin.flush()
-
-
-def wait_ready(children: list[subprocess.Popen[bytes]], what: str) -> None:
-    for child in children:
-        line = read_line(child, 60)
-        if line.strip() != b"ready":
-            stop(child)
-            _, err = child.communicate(timeout=10)
-            raise RuntimeError(f"a {what} client failed to start:\n{err.decode()}")
-
-
-def result_of(child: subprocess.Popen[bytes], timeout: float, what: str, servers: Servers) -> Any:
-    out, err = child.communicate(timeout=timeout)
-    lines = [x for x in out.decode().splitlines() if x.startswith("result ")]
-    if child.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"a {what} client failed (status {child.returncode}):\n{err.decode()[-3000:]}\n"
-            f"server logs:\n{servers.tails()}"
-        )
-    return json.loads(lines[-1].removeprefix("result "))
-
-
-def firsts(shares: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """Each client process's share, with the index of its first client overall."""
-    first = 0
-    for share in shares:
-        yield first, share
-        first += share
+def client(role: str, ports: Sequence[int], *options: str) -> subprocess.Popen[bytes]:
+    """A client process of this script: C{python -m bench.replicated ROLE --ports ...}."""
+    return spawn_client("bench.replicated", role, "--ports", ",".join(map(str, ports)), *options)
 
 
 # -- part 1: throughput -----------------------------------------------------------------
 
 
-def start_system(system: str, directory: Path) -> Servers:
-    servers: Servers
+def start_system(system: str, directory: Path) -> ProcessGroup:
+    """The servers of C{system}, started and answering (stopped again if they fail to)."""
+    servers: ProcessGroup
     if system in RINGS:
-        cluster = LipsCluster(directory)
-        servers = cluster
-        try:
-            cluster.start()
-            cluster.serving(members=3)
-        except BaseException:
-            cluster.stop()
-            raise
+        servers = ring(directory)
     elif system == "single":
-        single = LipsSingle(directory)
-        servers = single
-        try:
-            single.start()
-        except BaseException:
-            single.stop()
-            raise
+        servers = ProcessGroup(directory)
+        servers.standalone("single")
     else:
-        syncobj = SyncObjCluster(directory)
-        servers = syncobj
-        try:
-            syncobj.start()
-        except BaseException:
-            syncobj.stop()
-            raise
+        servers = syncobj_nodes(directory)
+    try:
+        for p in servers.processes.values():
+            p.start()
+        if isinstance(servers, Cluster):
+            servers.wait_serving(members=3)
+        elif system == "single":
+            servers["single"].wait_serving()
+        else:
+            for p in servers.processes.values():
+                # Ready once a put and a get through this node are committed: a leader is
+                # elected and this node knows it.
+                wait_until(
+                    f"pysyncobj node {p.name} to answer",
+                    functools.partial(_syncobj_answers, p),
+                    30,
+                    0.05,
+                )
+    except BaseException:
+        servers.stop()
+        raise
     return servers
 
 
 def measure(system: str, clients: int, args: argparse.Namespace, directory: Path) -> Row:
     """Start fresh servers of C{system}, measure C{clients} clients, stop them."""
     with start_system(system, directory) as servers:
-        children: list[subprocess.Popen[bytes]] = []
-        try:
-            for first, share in firsts(spread(clients, args.client_procs)):
-                children.append(
-                    spawn_client(
-                        "client",
-                        servers.ports,
-                        *("--system", system, "--first", str(first)),
-                        *("--clients", str(share), "--warmup", str(args.warmup)),
-                        *("--duration", str(args.duration)),
-                    )
-                )
-            wait_ready(children, system)
-            for child in children:
-                tell(child, "go")
-            time.sleep(args.warmup)
-            cpu_before, busy_before = servers.cpu_seconds(), machine_busy_seconds()
-            counters_before = servers.counters()
-            time.sleep(args.duration)
-            cpu_after, busy_after = servers.cpu_seconds(), machine_busy_seconds()
-            counters_after = servers.counters()
-            latencies: list[int] = []
-            client_cpu = 0.0
-            for child in children:
-                result = result_of(child, args.warmup + args.duration + 60, system, servers)
-                latencies.extend(result["latencies_ns"])
-                client_cpu += result["cpu_share"]
-        finally:
-            for child in children:
-                stop(child)
-        detail: dict[str, Any] = {
-            "pairs": len(latencies),
-            "client_processes": len(children),
-            "servers": len(servers.processes),
-            "mean_us": sum(latencies) / len(latencies) / 1000 if latencies else math.nan,
-        }
-        if counters_before:
-            detail["ring"] = {k: counters_after[k] - counters_before[k] for k in counters_before}
-        if isinstance(servers, SyncObjCluster):
-            detail["truncation_warnings"] = servers.warnings()
-    latencies.sort()
-    return Row(
-        system=system,
-        clients=clients,
-        pairs_per_s=len(latencies) / args.duration,
-        p50_us=percentile(latencies, 50) / 1000,
-        p99_us=percentile(latencies, 99) / 1000,
-        server_cpu=(cpu_after - cpu_before) / args.duration,
-        client_cpu=client_cpu,
-        machine_busy=(busy_after - busy_before) / args.duration,
-        detail=detail,
-    )
+        ports = ",".join(map(str, servers.ports))
+        commands = [
+            (
+                "bench.replicated",
+                "client",
+                (
+                    *("--ports", ports, "--system", system, "--first", str(first)),
+                    *("--clients", str(share), "--warmup", str(args.warmup)),
+                    *("--duration", str(args.duration)),
+                ),
+            )
+            for first, share in firsts(spread(clients, args.client_procs))
+        ]
+
+        def counters() -> dict[str, float]:
+            return servers.counters(RING_COUNTERS) if isinstance(servers, Cluster) else {}
+
+        row = measure_clients(
+            system,
+            clients,
+            commands,
+            servers,
+            warmup=args.warmup,
+            duration=args.duration,
+            counters=counters,
+        )
+        row.detail["servers"] = len(servers.ports)
+        if system == "pysyncobj":
+            row.detail["truncation_warnings"] = syncobj_warnings(servers)
+    return row
 
 
 def ensure_pysyncobj() -> bool:
@@ -880,17 +537,17 @@ def throughput_part(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
 def failover_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     trials: list[dict[str, Any]] = []
-    with LipsCluster(tmp / "failover") as cluster:
+    with ring(tmp / "failover") as cluster:
         cluster.start()
-        cluster.serving(members=3)
-        names = list(cluster.processes)
+        cluster.wait_serving(members=3)
+        names = cluster.names()
         for trial in range(args.failovers):
             victim = names[trial % len(names)]
             children: list[subprocess.Popen[bytes]] = []
             try:
                 for first, share in firsts(spread(args.failover_clients, args.client_procs)):
                     children.append(
-                        spawn_client(
+                        client(
                             "failover",
                             cluster.ports,
                             *("--first", str(first), "--clients", str(share)),
@@ -901,7 +558,7 @@ def failover_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                     tell(child, "go")
                 time.sleep(args.warmup)
                 before = {n: cluster.stats(n) or {} for n in names if n != victim}
-                when = cluster.processes[victim].kill()
+                when = cluster.kill(victim)
                 for child in children:
                     tell(child, f"after {when!r}")
                 clients: list[dict[str, Any]] = []
@@ -909,13 +566,13 @@ def failover_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                     clients.extend(result_of(child, FAILOVER_DEADLINE + 30, "failover", cluster))
             finally:
                 for child in children:
-                    stop(child)
+                    stop_child(child)
             errors = [c["error"] for c in clients if c["error"]]
             resumed = [c["resumed_s"] for c in clients]
             moved = [c["resumed_s"] for c in clients if c["failovers"]]
             stayed = [c["resumed_s"] for c in clients if not c["failovers"]]
             done = all(r is not None for r in resumed)
-            survivors = cluster.serving(*[n for n in names if n != victim], members=2)
+            survivors = cluster.wait_serving(*[n for n in names if n != victim], members=2)
             record: dict[str, Any] = {
                 "victim": victim,
                 "clients": clients,
@@ -940,7 +597,7 @@ def failover_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 flush=True,
             )
             cluster.start(victim)
-            cluster.serving(members=3)
+            cluster.wait_serving(members=3)
     return trials
 
 
@@ -951,9 +608,9 @@ def _seconds(value: float | None) -> str:
 # -- part 3: join -----------------------------------------------------------------------
 
 
-def load(cluster: LipsCluster, first: int, count: int) -> float:
+def load(cluster: Cluster, first: int, count: int) -> float:
     """Put C{count} tuples into the cluster; the seconds it took."""
-    child = spawn_client(
+    child = client(
         "load",
         cluster.ports,
         *("--first", str(first), "--count", str(count), "--clients", "4", "--window", "64"),
@@ -961,15 +618,15 @@ def load(cluster: LipsCluster, first: int, count: int) -> float:
     try:
         result = result_of(child, 1800, "load", cluster)
     finally:
-        stop(child)
+        stop_child(child)
     return float(result["seconds"])
 
 
 def join_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     sizes: list[dict[str, Any]] = []
-    with LipsCluster(tmp / "join") as cluster:
+    with ring(tmp / "join") as cluster:
         cluster.start()
-        cluster.serving(members=3)
+        cluster.wait_serving(members=3)
         loaded = 0
         for size in args.sizes:
             first, loaded = loaded, size
@@ -979,7 +636,7 @@ def join_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 f"({(size - first) / seconds:,.0f} outs/s pipelined)",
                 flush=True,
             )
-            tuples = {s["space.tuples"] for s in cluster.serving(members=3)}
+            tuples = {s["space.tuples"] for s in cluster.wait_serving(members=3)}
             if tuples != {size}:
                 raise RuntimeError(f"expected {size} tuples in every server, found {tuples}")
             trials = []
@@ -1004,20 +661,19 @@ def join_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     return sizes
 
 
-def join_once(cluster: LipsCluster, name: str, tuples: int) -> dict[str, Any]:
+def join_once(cluster: Cluster, name: str, tuples: int) -> dict[str, Any]:
     """Kill C{name}, wait for the others to serve without it, start it; time its join."""
-    others = [n for n in cluster.processes if n != name]
-    cluster.processes[name].kill()
-    cluster.probes[name].close()
-    cluster.serving(*others, members=len(others))
-    process = cluster.processes[name]
+    others = [n for n in cluster.names() if n != name]
+    cluster.kill(name)
+    cluster.wait_serving(*others, members=len(others))
+    process = cluster[name]
     process.start()
     listening: float | None = None
     latest: dict[str, Any] = {}
 
     def joined() -> bool:
         nonlocal listening, latest
-        process.check()
+        process.check_running()
         s = cluster.stats(name)
         if s is None:
             return False
@@ -1026,15 +682,19 @@ def join_once(cluster: LipsCluster, name: str, tuples: int) -> dict[str, Any]:
         latest = s
         return (
             s.get("space.mode") == "serving"
-            and s.get("space.members") == len(cluster.processes)
+            and s.get("space.members") == len(cluster.members)
             and s.get("space.tuples") == tuples
             and s.get("ring.replica.snapshots.restored") == 1
         )
 
-    wait_until(f"{name} to rejoin with {tuples} tuples", joined, 600, 0.01)
+    try:
+        wait_until(f"{name} to rejoin with {tuples} tuples", joined, 600, 0.01)
+    except RuntimeError as e:
+        seen = {k: latest.get(k) for k in ("space.mode", "space.members", "space.tuples")}
+        raise RuntimeError(f"{e}; its last status: {seen}") from None
     done = time.monotonic()
     assert listening is not None
-    cluster.serving(members=len(cluster.processes))
+    cluster.wait_serving(members=len(cluster.members))
     return {
         "serving_s": done - process.started,
         "listening_s": listening - process.started,
@@ -1191,10 +851,6 @@ def join_lines(sizes: list[dict[str, Any]]) -> list[str]:
 # -- main -------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1260,16 +916,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.joins is None:
         args.joins = 1 if quick else 3
     if args.role != "bench":
-        args.ports = _ints(args.ports)
+        args.ports = ints(args.ports)
         args.clients = int(args.clients)
         return args
     try:
-        args.levels = sorted(set(_ints(args.clients)))
-        args.sizes = sorted(set(_ints(args.sizes or ("1000,10000" if quick else "10000,100000"))))
+        args.levels = sorted(set(ints(args.clients)))
+        args.sizes = sorted(set(ints(args.sizes or ("1000,10000" if quick else "10000,100000"))))
     except ValueError:
         p.error("--clients and --sizes take comma-separated integers")
-    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    args.systems = [x.strip() for x in args.systems.split(",") if x.strip()]
+    args.parts = names(args.parts)
+    args.systems = names(args.systems)
     if set(args.parts) - set(PARTS) or set(args.systems) - set(SYSTEMS):
         p.error("unknown part or system")
     if (
@@ -1289,7 +945,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.role != "bench":
-        client_main(args)
+        body = {"client": pairs_process, "failover": failover_process, "load": load_process}
+        react(lambda reactor: body[args.role](reactor, args))
         return 0
     print(
         f"replicated: parts {', '.join(args.parts)}; {args.duration:g} s per measurement "
@@ -1298,31 +955,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.failover_clients} clients; joins with {', '.join(f'{s:,}' for s in args.sizes)} "
         f"tuples, {args.joins} each; {os.cpu_count()} cores"
     )
-    before = machine_busy_seconds()
-    time.sleep(1)
-    idle_load = machine_busy_seconds() - before
-    print(f"machine load before starting: {idle_load:.0%} of a core")
-    if idle_load > BUSY:
-        print("WARNING: the machine is busy with other work: these figures will be noisy.")
+    load = idle_load()
     rows: list[Row] = []
     trials: list[dict[str, Any]] = []
     sizes: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            tmp = str(Path(tempfile.mkdtemp(prefix="run-", dir=args.keep)))
-            print(f"server logs and cluster files are kept in {tmp}")
-        else:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lips-bench-rep-"))
+    with workspace(args.keep, "lips-bench-rep-") as tmp:
         if "throughput" in args.parts:
             print("\n== 1. out+in throughput and latency ==", flush=True)
-            rows = throughput_part(args, Path(tmp))
+            rows = throughput_part(args, tmp)
         if "failover" in args.parts:
             print("\n== 2. failover: SIGKILL one of three servers under load ==", flush=True)
-            trials = failover_part(args, Path(tmp))
+            trials = failover_part(args, tmp)
         if "join" in args.parts:
             print("\n== 3. join: a restarted server receives the space ==", flush=True)
-            sizes = join_part(args, Path(tmp))
+            sizes = join_part(args, tmp)
 
     print("\n== results ==")
     if rows:
@@ -1335,12 +981,7 @@ def main(argv: list[str] | None = None) -> int:
             "median pairs/s;\n/single: pairs/s against the single server; ring/x: the "
             "ring's pairs/s against this row."
         )
-        busiest = max((r.other_load for r in rows), default=0.0)
-        if busiest > BUSY:
-            print(
-                f"WARNING: up to {busiest:.0%} of a core was busy with other work during a\n"
-                "measurement: the machine is shared, and these figures are not reliable."
-            )
+        warn_if_busy(max((r.other_load for r in rows), default=0.0))
         print()
         for line in [*verdicts(rows), *ring_notes(rows, args.duration)]:
             print(line)
@@ -1360,16 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = save(
         {
             "benchmark": "replicated",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": sys.version,
-            "machine": platform.platform(),
-            "cores": os.cpu_count(),
-            "idle_load": idle_load,
-            "args": {
-                k: str(v) if isinstance(v, Path) else v
-                for k, v in vars(args).items()
-                if k not in ("role", "system", "ports", "first", "count", "window")
-            },
+            **environment(),
+            "idle_load": load,
+            "args": public_args(args, "role", "system", "ports", "first", "count", "window"),
             "throughput": [
                 {**attrs.asdict(r), "server_us_per_pair": r.server_us_per_pair} for r in rows
             ],

@@ -2,7 +2,7 @@
 What the LiPS runtime's fault tolerance costs, on loopback, in four parts printed side
 by side at the end:
 
-1. Recovery: a process lipsd runs for C{eval} (C{examples/bench_runtime.py}'s C{serve},
+1. Recovery: a process lipsd runs for C{eval} (C{bench/_runtime_workers.py}'s C{serve},
    which answers requests and checkpoints every few) gets SIGKILL.  The figure is the
    time from the signal until the restarted process has recovered from its checkpoint,
    replayed its events since then from the space's log, and answered a new request.  It
@@ -31,9 +31,9 @@ Tuple Space) and a ring of three MessageServers from cluster files of their own
 (C{lips.testing.write_cluster}), one MessageServer alone, and the lipsd processes; all
 of them, and every process they ran, are stopped before it exits.
 
-    python bench/runtime.py               # about 2 minutes
-    python bench/runtime.py --quick       # a smoke run, about 35 s
-    python bench/runtime.py --parts recovery,node-down --runs 9 --keep /tmp/logs
+    python -m bench.runtime               # about 2 minutes
+    python -m bench.runtime --quick       # a smoke run, about 35 s
+    python -m bench.runtime --parts recovery,node-down --runs 9 --keep /tmp/logs
 
 The results are also written as JSON to C{bench/results/}.
 """
@@ -46,46 +46,46 @@ import functools
 import json
 import math
 import os
-import platform
 import random
 import re
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import psutil
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.task import deferLater
 
 import lips.client
-from bench.replicated import (
-    LipsCluster,
-    LipsSingle,
-    Process,
-    Servers,
-    StatusProbe,
-    free_udp_port,
-    twistd_argv,
+from bench._common import (
+    BUSY,
+    ROOT,
+    STEP,
+    ReactorThread,
+    environment,
+    floats,
+    idle_load,
+    machine_busy_seconds,
+    names,
+    percentile,
+    public_args,
+    save,
     wait_until,
+    workspace,
 )
-from bench.throughput import BUSY, free_port, machine_busy_seconds, percentile, save
-from examples.bench_runtime import work
+from bench._runtime_workers import work
 from lips.client import TupleSpaceClient
 from lips.node import down_template, eval_request, state_template, up_template
 from lips.tap.node import Options as NodeOptions
-from lips.testing import ClusterMember, write_cluster
+from lips.testing import ANY_LOAD, Cluster, Process, ProcessGroup
 from lips.tuples import LTuple
 
-HERE: Final = Path(__file__).resolve().parent
-EXAMPLES: Final = HERE.parent / "examples"
-RESULTS: Final = HERE / "results"
+#: The module of the processes lipsd runs for this benchmark (and of its plain workers).
+WORKERS: Final = "bench._runtime_workers"
 PARTS: Final = ("recovery", "node-down", "checkpoint", "job")
 
 #: The Chameleon paper's figures: Execution ARMOR recovery, and its heartbeat.
@@ -99,62 +99,13 @@ KIB: Final = 1 << 10
 MIB: Final = 1 << 20
 #: The MessageServers' tuple size limit here: a 1 MiB state and its framing must fit.
 MAX_TUPLE: Final = 4 * MIB
-#: The idle policy of the benchmark's lipsd: every node counts as idle (the machine
-#: runs the servers and the workers too).
-PERMISSIVE: Final = ("--max-load", "1000", "--min-cpu-idle", "0", "--min-free-memory", "0")
-#: How long one client step (a coroutine run on the reactor) may take.
-STEP: Final = 60.0
 #: Requests a recovery trial's worker answers before it is killed, and its checkpoint
 #: period: the kill comes two answers after a checkpoint, so there are events to replay.
 WARM: Final = 6
 SERVE_EVERY: Final = 4
 
-T = TypeVar("T")
 
-
-# -- the reactor, in a thread -----------------------------------------------------------
-
-
-class ReactorThread:
-    """
-    The global reactor running in a daemon thread: the benchmark's own steps are plain
-    blocking code (starting and killing processes), its clients' steps coroutines that
-    L{run} hands to the reactor, timing inside it.
-    """
-
-    def __init__(self) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.thread = threading.Thread(
-            target=reactor.run,
-            kwargs={"installSignalHandlers": False},
-            name="bench-reactor",
-            daemon=True,
-        )
-        self.thread.start()
-
-    def run(
-        self,
-        fn: Callable[..., Coroutine[Any, Any, T]],
-        *args: Any,
-        timeout: float = STEP,
-        **kwargs: Any,
-    ) -> T:
-        """Run C{fn(*args, **kwargs)} on the reactor; its result, or its exception here."""
-
-        def call() -> defer.Deferred[T]:
-            d = defer.Deferred.fromCoroutine(fn(*args, **kwargs))
-            d.addTimeout(timeout, self.reactor)
-            return d
-
-        result: T = threads.blockingCallFromThread(self.reactor, call)  # type: ignore[arg-type]
-        return result
-
-    def stop(self) -> None:
-        if self.reactor.running:
-            self.reactor.callFromThread(self.reactor.stop)
-        self.thread.join(10)
+# -- clients ----------------------------------------------------------------------------
 
 
 async def connect(reactor: Any, endpoints: Sequence[str], name: str) -> TupleSpaceClient:
@@ -168,65 +119,44 @@ async def close(client: TupleSpaceClient) -> None:
 # -- the cluster ------------------------------------------------------------------------
 
 
-class FixServers(LipsCluster):
-    """Two FixServers (the System Tuple Space) from a cluster file of their own."""
-
-    system = "fixservers"
-
-    def __init__(self, directory: Path, size: int = 2) -> None:
-        Servers.__init__(self)
-        directory.mkdir(parents=True)
-        self.directory = directory
-        self.path = directory / "cluster.toml"
-        members = [
-            ClusterMember(f"f{n}", n, free_udp_port(), free_port(), role="fixserver")
-            for n in range(1, size + 1)
-        ]
-        write_cluster(directory, members, cluster_id=21)
-        for m in members:
-            argv = twistd_argv("lips-fixserver", "--config", str(self.path), "--name", m.name)
-            self.processes[m.name] = Process(m.name, m.tcp_port, argv, directory / f"{m.name}.log")
-        self.probes = {name: StatusProbe(p.port) for name, p in self.processes.items()}
-
-
-def endpoints(ports: Sequence[int]) -> list[str]:
-    return [f"tcp:host=127.0.0.1:port={p}" for p in ports]
-
-
 class Runtime:
     """
     The servers of every part, started once: the FixServers, the application's ring of
     three MessageServers and one MessageServer alone (both with C{MAX_TUPLE}), the
-    lipsd processes started along the way, and clients of each space.
+    lipsd processes started along the way (nodes of the FixServers' cluster), and
+    clients of each space.
     """
 
     def __init__(self, tmp: Path, loop: ReactorThread) -> None:
         self.tmp = tmp
         self.loop = loop
-        self.fix = FixServers(tmp / "fix")
-        self.ring = LipsCluster(tmp / "ring")
-        self.single = LipsSingle(tmp / "single")
-        for servers in (self.ring, self.single):
-            for p in servers.processes.values():
-                p.argv += ["--max-tuple-size", str(MAX_TUPLE)]
-        self.nodes: dict[str, Process] = {}
+        large = ("--max-tuple-size", str(MAX_TUPLE))
+        self.fix = Cluster.create(tmp / "fix", fixservers=2, msgservers=0, cluster_id=21)
+        self.ring = Cluster.create(tmp / "ring", cluster_id=9, options=large)
+        self.single = ProcessGroup(tmp / "single")
+        self.single.standalone("single", *large)
         self.clients: list[TupleSpaceClient] = []
+
+    @property
+    def nodes(self) -> dict[str, Process]:
+        """The lipsd processes started so far, by name."""
+        return {n: p for n, p in self.fix.processes.items() if n not in self.fix.members}
 
     def start(self) -> None:
         self.fix.start()
         self.ring.start()
-        self.single.start()
-        self.fix.serving(members=2)
-        self.ring.serving(members=3)
+        self.single["single"].start().wait_serving()
+        self.fix.wait_serving(members=2)
+        self.ring.wait_serving(members=3)
         self.system = self.client(self.fix, "bench-system")
         self.ring_app = self.client(self.ring, "bench-ring")
         self.single_app = self.client(self.single, "bench-single")
 
     def endpoints(self, space: str) -> list[str]:
-        return endpoints((self.ring if space == "ring" else self.single).ports)
+        return (self.ring if space == "ring" else self.single).endpoints()
 
-    def client(self, servers: Servers, name: str) -> TupleSpaceClient:
-        c = self.loop.run(connect, self.loop.reactor, endpoints(servers.ports), name)
+    def client(self, servers: ProcessGroup, name: str) -> TupleSpaceClient:
+        c = self.loop.run(connect, self.loop.reactor, servers.endpoints(), name)
         self.clients.append(c)
         return c
 
@@ -236,14 +166,12 @@ class Runtime:
 
     def start_node(self, name: str, *options: str) -> Process:
         """Start a lipsd named C{name} reporting to the FixServers; wait for its report."""
-        argv = twistd_argv(
-            "lips-node",
-            *("--config", str(self.fix.path), "--name", name),
-            *("--pythonpath", str(EXAMPLES), "--allow", "bench_runtime:*", *PERMISSIVE, *options),
-        )
         node = self.nodes.get(name)
         if node is None:
-            node = self.nodes[name] = Process(name, 0, argv, self.tmp / f"node-{name}.log")
+            node = self.fix.node(
+                name,
+                *("--pythonpath", str(ROOT), "--allow", f"{WORKERS}:*", *ANY_LOAD, *options),
+            )
         node.start()
         self.wait_state(name)
         return node
@@ -261,22 +189,13 @@ class Runtime:
 
     def stop_node(self, name: str) -> None:
         """SIGTERM lipsd C{name}, then SIGKILL whatever of its children is left."""
-        node = self.nodes[name]
-        children: list[Any] = []
-        if node.proc is not None:
-            with contextlib.suppress(psutil.Error):
-                children = psutil.Process(node.proc.pid).children(recursive=True)
-        node.stop()
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        self.nodes[name].stop()
 
     def processes(self) -> list[Process]:
         return [
             *self.fix.processes.values(),
             *self.ring.processes.values(),
             *self.single.processes.values(),
-            *self.nodes.values(),
         ]
 
     def other_load(self) -> float:
@@ -291,7 +210,7 @@ class Runtime:
         for client in self.clients:
             with contextlib.suppress(Exception):
                 self.loop.run(close, client, timeout=10)
-        for name in list(self.nodes):
+        for name in self.nodes:
             self.stop_node(name)
         self.single.stop()
         self.ring.stop()
@@ -331,7 +250,7 @@ async def recovery_trial(
     await eval_request(
         system,
         ("bench-worker", key),
-        "bench_runtime:serve",
+        f"{WORKERS}:serve",
         key,
         SERVE_EVERY,
         nodes=[node],
@@ -620,13 +539,14 @@ def job_once(
                 plain.append(
                     subprocess.Popen(
                         [
-                            *(sys.executable, str(EXAMPLES / "bench_runtime.py")),
-                            *("job-worker", "--endpoints", json.dumps(app_endpoints)),
+                            *(sys.executable, "-m", WORKERS, "job-worker"),
+                            *("--endpoints", json.dumps(app_endpoints)),
                             *("--job", job, "--index", str(w), "--rounds", str(rounds)),
                         ],
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=subprocess.STDOUT,
+                        cwd=ROOT,
                     )
                 )
 
@@ -635,7 +555,7 @@ def job_once(
             await eval_request(
                 rt.system,
                 ("done", job, w),
-                "bench_runtime:job_worker",
+                f"{WORKERS}:job_worker",
                 job,
                 rounds,
                 args.every,
@@ -664,7 +584,7 @@ def job_once(
 
 
 def job_part(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
-    if "n1" not in rt.nodes or rt.nodes["n1"].proc is None:
+    if "n1" not in rt.nodes or not rt.nodes["n1"].running:
         rt.start_node("n1")
     rounds = calibrate(args.task_ms)
     expected = {i: work(i, rounds) for i in range(args.tasks)}
@@ -851,10 +771,6 @@ def job_lines(job: dict[str, Any]) -> list[str]:
 # -- main -------------------------------------------------------------------------------
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -910,10 +826,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
     try:
-        args.intervals = _floats(args.intervals or ("0.2" if quick else "0.25,0.2,0.15"))
+        args.intervals = floats(args.intervals or ("0.2" if quick else "0.25,0.2,0.15"))
     except ValueError:
         p.error("--intervals takes comma-separated numbers")
-    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    args.parts = names(args.parts)
     if set(args.parts) - set(PARTS):
         p.error("unknown part")
     if (
@@ -935,12 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoints; a job of {args.tasks} tasks x {args.workers} workers, "
         f"{args.job_runs} run(s); {os.cpu_count()} cores"
     )
-    before = machine_busy_seconds()
-    time.sleep(1)
-    idle_load = machine_busy_seconds() - before
-    print(f"machine load before starting: {idle_load:.0%} of a core")
-    if idle_load > BUSY:
-        print("WARNING: the machine is busy with other work: these figures will be noisy.")
+    load = idle_load()
     loads: dict[str, float] = {}
     recovery: list[dict[str, Any]] = []
     down: list[dict[str, Any]] = []
@@ -949,12 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = ReactorThread()
     try:
         with contextlib.ExitStack() as stack:
-            if args.keep is not None:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix="run-", dir=args.keep))
-                print(f"server logs and cluster files are kept in {tmp}")
-            else:
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lips-rt-")))
+            tmp = stack.enter_context(workspace(args.keep, "lips-rt-"))
             rt = Runtime(tmp, loop)
             stack.callback(rt.stop)
             rt.start()
@@ -1008,13 +914,10 @@ def main(argv: list[str] | None = None) -> int:
     saved = save(
         {
             "benchmark": "runtime",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": sys.version,
-            "machine": platform.platform(),
-            "cores": os.cpu_count(),
-            "idle_load": idle_load,
+            **environment(),
+            "idle_load": load,
             "other_load": loads,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": public_args(args),
             "recovery": recovery,
             "node_down": down,
             "checkpoint": ckpt,

@@ -20,32 +20,28 @@ timed with C{time.perf_counter_ns} (the scan row: fewer, so that a batch tries a
 200,000 stored tuples), with the garbage collector off while timing, as C{timeit} does.
 Tuples and templates are built and validated before timing.
 
-    python bench/space_index.py              # N = 1,000,000 (about 20 s, ~1.7 GB)
-    python bench/space_index.py --n 100000
-    python bench/space_index.py --quick
+    python -m bench.space_index              # N = 1,000,000 (about 20 s, ~1.7 GB)
+    python -m bench.space_index --n 100000
+    python -m bench.space_index --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
 import random
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
+from bench._common import environment, save
 from lips.space import Kind, Status, TupleSpace
 from lips.tuples import LTuple, Template, make_template, make_tuple
 
 T = TypeVar("T")
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Process:
@@ -225,12 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         "so every stored tuple of the arity is tried (shown for contrast)."
     )
     print(f"peak RSS {max_rss_mb():,.0f} MB")
-    _save(
+    saved = save(
         {
             "benchmark": "space_index",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": sys.version,
-            "machine": platform.platform(),
+            **environment(),
             "n": n,
             "ops": ops,
             "reps": reps,
@@ -238,16 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             "fill_seconds": took,
             "peak_rss_mb": max_rss_mb(),
             "rows": rows,
-        }
+        },
+        "space_index",
     )
+    print(f"results: {saved}")
     return 0
-
-
-def _save(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"space_index-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {path}")
 
 
 if __name__ == "__main__":

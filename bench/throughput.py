@@ -34,10 +34,10 @@ commands' p50 and p99, marked ~ (an estimate: percentiles do not add exactly; fo
 it overstates).  redis-benchmark is a C client, so that row pays almost nothing on the
 client side, while the other rows run a Python client on the same two cores.
 
-    python bench/throughput.py                 # about 3.5 minutes
-    python bench/throughput.py --quick         # a smoke run, about 25 s
-    python bench/throughput.py --duration 10 --systems lips,minimal --clients 16
-    python bench/throughput.py --profile-lips /tmp/prof   # LiPS servers under cProfile
+    python -m bench.throughput                 # about 3.5 minutes
+    python -m bench.throughput --quick         # a smoke run, about 25 s
+    python -m bench.throughput --duration 10 --systems lips,minimal --clients 16
+    python -m bench.throughput --profile-lips /tmp/prof   # LiPS servers under cProfile
 
 Every server process it starts is stopped before it exits.  The results are also written
 as JSON to C{bench/results/}.
@@ -46,23 +46,17 @@ as JSON to C{bench/results/}.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
-import json
 import math
 import os
-import platform
 import pstats
 import resource
-import selectors
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +67,24 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 import lips.client
+from bench._common import (
+    PairFunction,
+    Row,
+    environment,
+    idle_load,
+    ints,
+    machine_busy_seconds,
+    measure_clients,
+    measure_pairs,
+    median_row,
+    names,
+    react,
+    save,
+    spread,
+    warn_if_busy,
+)
 from lips.space import Kind
+from lips.testing import ProcessGroup, free_port, run_directory
 from lips.tuples import make_template
 from lips.wire import (
     Error,
@@ -87,7 +98,6 @@ from lips.wire import (
 )
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 SYSTEMS = ("lips", "lips-raw", "minimal", "redis")
 LABELS = {
     "lips": "lips (lips.client)",
@@ -96,133 +106,9 @@ LABELS = {
     "redis": "redis LPUSH+RPOP",
 }
 TARGET = 0.70
-#: Cores busy with other work during a measurement above which the figures are suspect.
-BUSY = 0.25
 
 
 # -- server processes -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on now (bind port 0, read it, let it go)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds process C{pid} has used so far (from /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat.rsplit(")", 1)[1].split()
-    # fields[0] is the state (field 3 of proc(5)): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine have spent busy so far (from /proc/stat)."""
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return math.nan
-    # cpu user nice system idle iowait irq softirq steal ...
-    ticks = [int(x) for x in first[1:9]]
-    busy = sum(ticks) - ticks[3] - ticks[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-@attrs.define
-class Server:
-    """A server process of ours listening on a loopback port."""
-
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.process.pid)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """End a process we started: SIGTERM, then SIGKILL if it lingers; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def running(name: str, argv: Sequence[str], port: int, logs: Path) -> Iterator[Server]:
-    """Run C{argv}, a server that listens on C{port}, for the duration; always stop it."""
-    log = logs / f"{name}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    server = Server(name, port, proc, log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with status {proc.returncode}:\n{server.tail()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not listen on port {port} in time") from None
-                time.sleep(0.05)
-        yield server
-    finally:
-        stop(proc)
-
-
-#: twistd under cProfile.  C{python -m cProfile} would never write its file: on SIGTERM
-#: twistd shuts down and then kills itself with the same signal, so the profile is
-#: written by a reactor shutdown trigger instead.  Arguments: the output file, then
-#: twistd's own.
-PROFILED_TWISTD = """
-import cProfile, sys
-from twisted.internet import reactor
-from twisted.scripts.twistd import run
-out = sys.argv[1]
-sys.argv = ["twistd", *sys.argv[2:]]
-profile = cProfile.Profile()
-def dump():
-    profile.disable()
-    profile.dump_stats(out)
-reactor.addSystemEventTrigger("after", "shutdown", dump)
-profile.enable()
-run()
-"""
-
-
-def lips_server_argv(port: int, profile: Path | None) -> list[str]:
-    """C{twistd -n --pidfile= lips-msgserver} on C{port}, under cProfile if asked."""
-    script = Path(sys.executable).with_name("twistd")
-    if not script.exists():
-        raise RuntimeError(f"no twistd beside {sys.executable}")
-    twistd_args = [
-        *("-n", "--pidfile=", "lips-msgserver"),
-        *("--listen", f"tcp:{port}:interface=127.0.0.1", "--name", "bench"),
-    ]
-    if profile is not None:
-        return [sys.executable, "-c", PROFILED_TWISTD, str(profile), *twistd_args]
-    return [sys.executable, str(script), *twistd_args]
 
 
 def minimal_server_argv(port: int) -> list[str]:
@@ -268,9 +154,6 @@ class FrameClient(Protocol):
             d.errback(reason)
 
 
-PairFunction = Callable[[int], Awaitable[None]]
-
-
 async def connect_lips(reactor: Any, port: int, n: int) -> PairFunction:
     space = await lips.client.connect(
         reactor, f"tcp:host=127.0.0.1:port={port}", name=f"bench-{n}"
@@ -308,30 +191,6 @@ async def connect_frames(reactor: Any, port: int, n: int, lips_server: bool) -> 
     return pair
 
 
-@attrs.define
-class Window:
-    """A client process's measurement window and the pairs that ended in it."""
-
-    start_ns: int
-    end_ns: int
-    latencies_ns: list[int] = attrs.Factory(list)
-
-
-async def run_pairs(pair: PairFunction, window: Window) -> None:
-    """Do pairs until the window closes; record those that end inside it."""
-    clock = time.perf_counter_ns
-    i = 0
-    while True:
-        began = clock()
-        if began >= window.end_ns:
-            return
-        await pair(i)
-        ended = clock()
-        if window.start_ns <= ended <= window.end_ns:
-            window.latencies_ns.append(ended - began)
-        i += 1
-
-
 async def client_process(reactor: Any, args: argparse.Namespace) -> None:
     """
     The body of C{throughput.py client}: connect, say C{ready}, wait for a line on
@@ -346,181 +205,7 @@ async def client_process(reactor: Any, args: argparse.Namespace) -> None:
     await measure_pairs(reactor, pairs, args.warmup, args.duration)
 
 
-async def measure_pairs(
-    reactor: Any, pairs: Sequence[PairFunction], warmup: float, duration: float
-) -> None:
-    """
-    The measuring part of a client process: say C{ready}, wait for a line on stdin
-    (every client process starts together), run C{pairs} through C{warmup} and
-    C{duration} seconds, and print C{result <json>}: pair latencies and CPU share.
-    """
-    from twisted.internet import threads
-
-    print("ready", flush=True)
-    await threads.deferToThread(sys.stdin.readline)
-    start = time.perf_counter_ns() + int(warmup * 1e9)
-    window = Window(start, start + int(duration * 1e9))
-    marks: list[tuple[float, float]] = []
-
-    def mark() -> None:
-        marks.append((time.process_time(), time.perf_counter()))
-
-    reactor.callLater(warmup, mark)
-    await defer.gatherResults(
-        [defer.Deferred.fromCoroutine(run_pairs(pair, window)) for pair in pairs],
-        consumeErrors=True,
-    )
-    # From the window's start to the end of the last pair (each client finishes the pair
-    # it is in when the window closes, so a little past the window's end).
-    mark()
-    (cpu0, wall0), (cpu1, wall1) = marks[0], marks[-1]
-    result = {
-        "latencies_ns": window.latencies_ns,
-        "cpu_share": (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else math.nan,
-    }
-    sys.stdout.write("result " + json.dumps(result) + "\n")
-    sys.stdout.flush()
-
-
-def client_main(args: argparse.Namespace) -> None:
-    from twisted.internet import task
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(client_process(reactor, args)))
-
-
 # -- measuring ------------------------------------------------------------------------
-
-
-@attrs.define
-class Row:
-    """One measurement: a system at a concurrency."""
-
-    system: str
-    clients: int
-    pairs_per_s: float
-    p50_us: float
-    p99_us: float
-    server_cpu: float
-    client_cpu: float
-    machine_busy: float
-    estimated_latency: bool = False
-    detail: dict[str, Any] = attrs.Factory(dict)
-    runs: list[float] = attrs.Factory(list)
-    """The pairs/s of every run, when this row is the median of several."""
-
-    @property
-    def spread(self) -> float:
-        """(highest - lowest) / this run's pairs/s, over the runs."""
-        if len(self.runs) < 2 or not self.pairs_per_s:
-            return math.nan
-        return (max(self.runs) - min(self.runs)) / self.pairs_per_s
-
-    @property
-    def other_load(self) -> float:
-        """Cores busy in the window with work neither the server nor the clients did."""
-        return self.machine_busy - self.server_cpu - self.client_cpu
-
-    @property
-    def server_us_per_pair(self) -> float:
-        """Server CPU time per pair: what the server pays, whoever is the bottleneck."""
-        return self.server_cpu / self.pairs_per_s * 1e6 if self.pairs_per_s else math.nan
-
-
-def median_row(runs: list[Row]) -> Row:
-    """The run with the median pairs/s (the lower middle one of an even number)."""
-    ordered = sorted(runs, key=lambda r: r.pairs_per_s)
-    chosen = ordered[(len(ordered) - 1) // 2]
-    chosen.runs = [r.pairs_per_s for r in runs]
-    return chosen
-
-
-def percentile(ordered: Sequence[int], q: float) -> float:
-    """The nearest-rank C{q}-th percentile of sorted C{ordered}."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return float(ordered[rank - 1])
-
-
-def spread(clients: int, procs: int) -> list[int]:
-    """C{clients} over at most C{procs} processes, as evenly as may be."""
-    procs = max(1, min(procs, clients))
-    return [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    """The next line C{proc} prints, waiting at most C{timeout} seconds."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise RuntimeError("a client process did not answer in time")
-    return proc.stdout.readline()
-
-
-def measure_clients(system: str, server: Server, clients: int, args: argparse.Namespace) -> Row:
-    """Run C{clients} clients of C{system} against C{server}; gather what they saw."""
-    children: list[subprocess.Popen[bytes]] = []
-    try:
-        for share in spread(clients, args.client_procs):
-            children.append(
-                subprocess.Popen(
-                    [
-                        *(sys.executable, str(Path(__file__).resolve()), "client"),
-                        *("--system", system, "--port", str(server.port)),
-                        *("--clients", str(share), "--warmup", str(args.warmup)),
-                        *("--duration", str(args.duration)),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        for child in children:
-            line = read_line(child, 60)
-            if line.strip() != b"ready":
-                _, err = child.communicate(timeout=10)
-                raise RuntimeError(f"a {system} client failed to start:\n{err.decode()}")
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write(b"go\n")
-            child.stdin.flush()
-        time.sleep(args.warmup)
-        cpu_before, busy_before = server.cpu_seconds(), machine_busy_seconds()
-        time.sleep(args.duration)
-        cpu_after, busy_after = server.cpu_seconds(), machine_busy_seconds()
-        latencies: list[int] = []
-        client_cpu = 0.0
-        for child in children:
-            out, err = child.communicate(timeout=args.warmup + args.duration + 60)
-            lines = [x for x in out.decode().splitlines() if x.startswith("result ")]
-            if child.returncode != 0 or not lines:
-                raise RuntimeError(
-                    f"a {system} client failed (status {child.returncode}):\n{err.decode()}\n"
-                    f"server log:\n{server.tail()}"
-                )
-            result = json.loads(lines[-1].removeprefix("result "))
-            latencies.extend(result["latencies_ns"])
-            client_cpu += result["cpu_share"]
-    finally:
-        for child in children:
-            stop(child)
-    latencies.sort()
-    return Row(
-        system=system,
-        clients=clients,
-        pairs_per_s=len(latencies) / args.duration,
-        p50_us=percentile(latencies, 50) / 1000,
-        p99_us=percentile(latencies, 99) / 1000,
-        server_cpu=(cpu_after - cpu_before) / args.duration,
-        client_cpu=client_cpu,
-        machine_busy=(busy_after - busy_before) / args.duration,
-        detail={
-            "pairs": len(latencies),
-            "client_processes": len(children),
-            "mean_us": sum(latencies) / len(latencies) / 1000 if latencies else math.nan,
-        },
-    )
 
 
 def measure_twisted(
@@ -529,14 +214,30 @@ def measure_twisted(
     """Start a fresh server for C{system}, measure C{clients} clients, stop it."""
     port = free_port()
     profile = None
-    if system == "minimal":
-        argv = minimal_server_argv(port)
-    else:
-        if args.profile_lips is not None:
-            profile = args.profile_lips / f"{system}-c{clients}-run{run}.prof"
-        argv = lips_server_argv(port, profile)
-    with running(system, argv, port, logs) as server:
-        row = measure_clients(system, server, clients, args)
+    with ProcessGroup(logs) as servers:
+        name = f"{system}-{port}"
+        if system == "minimal":
+            server = servers.add(name, minimal_server_argv(port), port=port)
+        else:
+            if args.profile_lips is not None:
+                profile = args.profile_lips / f"{system}-c{clients}-run{run}.prof"
+            listen = ("--listen", f"tcp:{port}:interface=127.0.0.1", "--name", "bench")
+            server = servers.twistd(name, "lips-msgserver", *listen, port=port, profile=profile)
+        server.start().wait_listening()
+        options = ("--system", system, "--port", str(port), "--warmup", str(args.warmup))
+        commands = [
+            (
+                "bench.throughput",
+                "client",
+                (*options, "--clients", str(share), "--duration", str(args.duration)),
+            )
+            for share in spread(clients, args.client_procs)
+        ]
+        row = measure_clients(
+            system, clients, commands, servers, warmup=args.warmup, duration=args.duration
+        )
+        # A profile is written as the server shuts down: give it time.
+        server.stop(20)
     return row, profile
 
 
@@ -590,7 +291,9 @@ def measure_redis(
         *(server_exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
         *("--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"),
     ]
-    with running("redis", argv, port, logs) as server:
+    with ProcessGroup(logs) as servers:
+        server = servers.add(f"redis-{port}", argv, port=port).start()
+        server.wait_listening()
         # A short run warms up and tells how many requests fill --duration per test.
         trial = redis_benchmark(bench, port, clients, 2_000 if args.quick else 20_000)
         rate = min(r["rps"] for r in trial.values())
@@ -686,25 +389,6 @@ def print_profile(path: Path, top: int) -> None:
     print(out.getvalue().split("\n", 1)[1] if "\n" in out.getvalue() else out.getvalue())
 
 
-def _finite(value: Any) -> Any:
-    """C{value} with NaN (a figure that could not be measured) as C{None}, for JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def save(result: dict[str, Any], name: str = "throughput") -> Path:
-    """Write C{result} as C{bench/results/NAME-<time>.json}; its path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
-    return path
-
-
 # -- main -----------------------------------------------------------------------------
 
 
@@ -778,12 +462,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.clients = int(args.clients)
         return args
     try:
-        args.levels = sorted({int(c) for c in args.clients.split(",")})
+        args.levels = sorted(set(ints(args.clients)))
     except ValueError:
         p.error("--clients takes comma-separated integers")
     if not args.levels or min(args.levels) < 1:
         p.error("--clients must be at least 1")
-    args.chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.chosen = names(args.systems)
     unknown = set(args.chosen) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -793,7 +477,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.role == "client":
-        client_main(args)
+        react(lambda reactor: client_process(reactor, args))
         return 0
     if args.profile_lips is not None:
         args.profile_lips.mkdir(parents=True, exist_ok=True)
@@ -805,17 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.profile_lips is not None:
         print("LiPS servers run under cProfile: their figures are slowed down by it.")
-    before = machine_busy_seconds()
-    time.sleep(1)
-    idle_load = machine_busy_seconds() - before
-    print(f"machine load before starting: {idle_load:.0%} of a core")
-    if idle_load > BUSY:
-        print("WARNING: the machine is busy with other work: these figures will be noisy.")
+    idle_load()
     redis = find_redis() if "redis" in args.chosen else None
     runs: dict[tuple[str, int], list[Row]] = {}
     profiles: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="lips-bench-") as tmp:
-        logs = Path(tmp)
+    with run_directory("lips-bench-") as logs:
         # Round-robin, so that a passing load on the machine falls on every system alike.
         for run in range(1, args.repeat + 1):
             for clients in args.levels:
@@ -851,12 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "the run with the median pairs/s; /minimal, /redis: pairs/s relative to that row\n"
         "at the same concurrency."
     )
-    busiest = max((r.other_load for r in rows), default=0.0)
-    if busiest > BUSY:
-        print(
-            f"WARNING: up to {busiest:.0%} of a core was busy with other work during a\n"
-            "measurement: the machine is shared, and these figures are not reliable."
-        )
+    warn_if_busy(max((r.other_load for r in rows), default=0.0))
     for line in verdicts(rows):
         print(line)
     for r in rows:
@@ -874,10 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = save(
         {
             "benchmark": "throughput",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "python": sys.version,
-            "machine": platform.platform(),
-            "cores": os.cpu_count(),
+            **environment(),
             "duration": args.duration,
             "warmup": args.warmup,
             "repeat": args.repeat,
@@ -896,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                 for rs in runs.values()
                 for r in rs
             ],
-        }
+        },
+        "throughput",
     )
     print(f"\nresults: {saved}")
     return 0

@@ -21,147 +21,43 @@ import contextlib
 import importlib
 import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 from twisted.internet import defer, task
 
 import lips.client
 from lips.node import eval_request
-from lips.testing import ClusterMember, write_cluster
+from lips.testing import ANY_LOAD, Cluster, run_directory
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ftprimes: Any = importlib.import_module("ftprimes")
 
-TWISTD = [
-    sys.executable,
-    "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-]
+NODES = ("n1", "n2")
+#: How a worker's command line names its function.
+WORKER = "ftprimes:worker"
 
 
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Cluster:
-    """The servers and nodes of the demonstration, as child processes."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.members = [
-            ClusterMember(name, n, _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM), role=role)
-            for name, n, role in (
-                ("f1", 1, "fixserver"),
-                ("f2", 2, "fixserver"),
-                ("m1", 1, "msgserver"),
-                ("m2", 2, "msgserver"),
-                ("m3", 3, "msgserver"),
-            )
-        ]
-        self.path = write_cluster(directory / "cluster", self.members)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def endpoints(self, role: str) -> list[str]:
-        return [f"tcp:host=127.0.0.1:port={m.tcp_port}" for m in self.members if m.role == role]
-
-    def _spawn(self, name: str, role: str, *options: str) -> None:
-        log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen(
-            [
-                *TWISTD,
-                "-n",
-                "--pidfile=",
-                role,
-                "--config",
-                str(self.path),
-                "--name",
-                name,
-                *options,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+def make_cluster(directory: Path) -> Cluster:
+    """
+    The servers and nodes of the demonstration (not started): two FixServers and three
+    MessageServers, each role a ring of its own, and two lipsd watching each other,
+    which may run the workers of C{ftprimes} on any load.
+    """
+    cluster = Cluster.create(directory, fixservers=2, msgservers=3)
+    app = [arg for ep in cluster.endpoints("msgserver") for arg in ("--app", ep)]
+    for name, watch in zip(NODES, reversed(NODES), strict=True):
+        cluster.node(
+            name,
+            *("--interval", "0.25", "--watch", watch, *app),
+            *("--pythonpath", str(HERE), "--allow", "ftprimes:*", *ANY_LOAD),
+            *("--restart-delay", "0.1"),
         )
-
-    def start_servers(self) -> None:
-        for m in self.members:
-            self._spawn(m.name, f"lips-{m.role}")
-        deadline = time.monotonic() + 30
-        for m in self.members:
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", m.tcp_port), timeout=1),
-                ):
-                    break
-                if self.procs[m.name].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{m.name} did not start; see {self.directory}/{m.name}.log"
-                    )
-                time.sleep(0.05)
-
-    def start_nodes(self) -> None:
-        app = [arg for ep in self.endpoints("msgserver") for arg in ("--app", ep)]
-        for name in ("n1", "n2"):
-            self._spawn(
-                name,
-                "lips-node",
-                "--interval",
-                "0.25",
-                "--watch",
-                "n2" if name == "n1" else "n1",
-                *app,
-                "--pythonpath",
-                str(HERE),
-                "--allow",
-                "ftprimes:*",
-                "--max-load",
-                "1000",
-                "--min-cpu-idle",
-                "0",
-                "--min-free-memory",
-                "0",
-                "--restart-delay",
-                "0.1",
-            )
-
-    def workers(self, node: str) -> list[psutil.Process]:
-        """The running worker processes of lipsd C{node}."""
-        found = []
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.procs[node].pid).children():
-                with contextlib.suppress(psutil.Error):
-                    if "ftprimes:worker" in child.cmdline() and child.status() != "zombie":
-                        found.append(child)
-        return found
-
-    def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        """Nodes first (they report to the servers), then the servers."""
-        order = [n for n in ("n1", "n2") if n in self.procs] + [m.name for m in self.members]
-        for name in order:
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+    return cluster
 
 
 class Progress:
@@ -245,17 +141,16 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
                         f" restarted its workers, with their process ids, on n1"
                     )
                 elif fault == args.tasks // 4:
-                    victims = cluster.workers("n1")
+                    victims = cluster["n1"].children(WORKER)
                     if victims:
                         victim = victims[0]
                         killed_at = time.monotonic()
-                        victim.send_signal(signal.SIGKILL)
-                        note = f"<- killed a worker process on n1 (os pid {victim.pid})"
-                        restarted = await _restarted(
-                            reactor, cluster, "n1", victim.pid, len(victims)
-                        )
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(victim, signal.SIGKILL)
+                        note = f"<- killed a worker process on n1 (os pid {victim})"
+                        restarted = await _restarted(reactor, cluster, "n1", victim, len(victims))
                         summary.append(
-                            f"  worker process on n1 (os pid {victim.pid}): killed (SIGKILL) at"
+                            f"  worker process on n1 (os pid {victim}): killed (SIGKILL) at"
                             f" {len(seen)}/{args.tasks} results -> lipsd restarted it with the"
                             f" same LiPS process id in"
                             f" {1000 * (restarted - killed_at):.0f} ms; it recovered its"
@@ -301,7 +196,7 @@ async def _restarted(reactor: Any, cluster: Cluster, node: str, old: int, before
     """
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        current = [p.pid for p in cluster.workers(node)]
+        current = cluster[node].children(WORKER)
         if old not in current and len(current) >= before:
             return time.monotonic()
         await task.deferLater(reactor, 0.005)
@@ -310,13 +205,13 @@ async def _restarted(reactor: Any, cluster: Cluster, node: str, old: int, before
 
 @contextlib.contextmanager
 def cluster_in(directory: Path) -> Iterator[Cluster]:
-    cluster = Cluster(directory)
-    try:
-        cluster.start_servers()
-        cluster.start_nodes()
+    """The demonstration's cluster, serving, with its nodes started; stopped at the end."""
+    with make_cluster(directory) as cluster:
+        cluster.start()
+        cluster.wait_serving()
+        for name in NODES:
+            cluster[name].start()
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,27 +222,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-faults", action="store_true", help="inject no fault")
     p.add_argument("--keep", metavar="DIR", help="keep logs and cluster files in DIR")
     args = p.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.keep:
-            directory = Path(args.keep)
-            directory.mkdir(parents=True, exist_ok=True)
-        else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lips-demo-")))
-        cluster = stack.enter_context(cluster_in(directory))
+    keep = Path(args.keep) if args.keep else None
+    # A failure keeps the logs and cluster files, and says where they are.
+    with run_directory("lips-demo-", keep) as directory, cluster_in(directory) as cluster:
         began = time.monotonic()
         status: list[int] = []
 
         async def body(reactor: Any) -> None:
             status.append(await run(reactor, cluster, args))
 
-        try:
+        with contextlib.suppress(SystemExit):  # react's, once body is done
             task.react(lambda reactor: defer.ensureDeferred(body(reactor)))
-        except SystemExit as e:
-            if e.code not in (0, None):
-                print(f"the demonstration failed; logs are in {directory}", file=sys.stderr)
-                return int(e.code) if isinstance(e.code, int) else 1
-        print(f"({time.monotonic() - began:.1f} s)")
-        return status[0] if status else 1
+        if status:
+            print(f"({time.monotonic() - began:.1f} s)")
+        if not status or status[0]:
+            where = f"; logs are in {directory}" if keep else ""
+            print(f"the demonstration failed{where}", file=sys.stderr)
+            raise SystemExit(status[0] if status else 1)
+        return 0
 
 
 if __name__ == "__main__":

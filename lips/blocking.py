@@ -22,10 +22,9 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer, threads
 
-from lips.client import TupleSpaceClient
+from lips.client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT, KEEPALIVE, TupleSpaceClient
 from lips.client import connect as connect_async
-from lips.client._client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT, KEEPALIVE
-from lips.tuples import LTuple, Template
+from lips.tuples import LTuple, Step, Template
 
 __all__ = ["BlockingSpace", "connect"]
 
@@ -126,6 +125,14 @@ class BlockingSpace:
     def rdp(self, template: Sequence[Any] | Template) -> LTuple | None:
         """Read the oldest matching tuple, or return C{None} if there is none."""
         return _call(self._client.rdp, template)
+
+    def atomic(self, steps: Sequence[Step]) -> tuple[LTuple | None, ...]:
+        """
+        Apply C{steps} as one event, all or none: each step's result, or
+        L{AtomicAborted<lips.tuples.AtomicAborted>} naming the step that failed (see
+        L{TupleSpaceClient.atomic}).
+        """
+        return _call(self._client.atomic, steps)
 
     def checkpoint(self, state: Any, files: Sequence[str] = ()) -> None:
         """

@@ -8,7 +8,7 @@ The C{lips} command line.
     lips status                 a running server's counters
     lips msgserver [options]    run a MessageServer in the foreground (twistd options)
     lips fixserver [options]    run a FixServer in the foreground
-    lips sim [--replicated | --served] [--seeds N | --seed N]
+    lips sim [--replicated | --served | --armor] [--seeds N | --seed N]
                                 run the deterministic simulators over many seeds
 
 Each field is a JSON value (C{1}, C{2.5}, C{true}, C{null}, C{"text"}, C{[1, 2]}); a word
@@ -198,6 +198,53 @@ def _simulate(
     return 1 if failed else 0
 
 
+def _simulate_armor(start: int, count: int, one: int | None) -> int:
+    """C{lips sim --armor}: the ARMOR simulator (L{lips.testing.armorsim})."""
+    import collections
+    import time
+
+    from lips.testing.armorsim import ArmorSimulation
+    from lips.testing.ringsim import InvariantViolation
+
+    if one is not None:
+        try:
+            sim = ArmorSimulation(one).run()
+        except InvariantViolation as e:
+            print(e)
+            return 1
+        print(f"seed {one}: {sim.world.steps} steps")
+        for line in sim.summary():
+            print(line)
+        return 0
+    began = time.monotonic()
+    failed: list[str] = []
+    faults: collections.Counter[str] = collections.Counter()
+    epochs: collections.Counter[int] = collections.Counter()
+    steps = 0
+    for seed in range(start, start + count):
+        try:
+            sim = ArmorSimulation(seed).run()
+        except InvariantViolation as e:
+            failed.append(str(e))
+            continue
+        steps += sim.steps
+        faults.update(sim.injected)
+        epochs[sim.current_epoch()] += 1
+    elapsed = time.monotonic() - began
+    for text in failed[:5]:
+        print(text)
+    last = start + count - 1
+    print(f"ARMOR seeds {start}..{last}: {count - len(failed)} passed, {len(failed)} failed")
+    per_seed = 1000 * elapsed / max(count, 1)
+    print(f"{steps:,} steps checked in {elapsed:.1f} s ({per_seed:.0f} ms a seed)")
+    print(
+        "  faults injected: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none")
+    )
+    print("  runs ending in epoch: " + ", ".join(f"{k}: {v}" for k, v in sorted(epochs.items())))
+    return 1 if failed else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lips",
@@ -244,6 +291,14 @@ def _parser() -> argparse.ArgumentParser:
             " timeouts, client failover and deadlines, paused and crashed servers"
         ),
     )
+    which.add_argument(
+        "--armor",
+        action="store_true",
+        help=(
+            "simulate Chameleon's ARMORs: FTM and backup, surrogate managers, common"
+            " ARMORs, daemons and tasks, with seeded kills and hangs of any of them"
+        ),
+    )
     for role in _SERVER_ROLES:
         sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
     return p
@@ -257,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_server(words[0], words[1:])
     args = _parser().parse_args(words)
     command: str = args.command
+    if command == "sim" and args.armor:
+        return _simulate_armor(args.start, args.seeds, args.seed)
     if command == "sim":
         return _simulate(args.start, args.seeds, args.seed, args.replicated, args.served)
     from lips import blocking

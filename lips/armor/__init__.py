@@ -2,11 +2,18 @@
 The ARMOR layer of Chameleon (issue 11), sans-IO: messages and their codec, ARMOR ids,
 basic building blocks, the composite ARMOR, factories found through Twisted's plugin
 system, and the manager hierarchy (L{Armor} -> L{Manager} -> L{FaultToleranceManager},
-L{SurrogateManager}).
+L{SurrogateManager}); the node daemon's core (L{Daemon}) and the frames of its links
+(L{Frame}, L{FrameDecoder}); C{python -m lips.armor.process} runs one ARMOR process.
 
 An ARMOR is a core on the kernel contract (L{lips.kernel}, C{docs/design/core.md}):
 its inputs take C{now}, its decisions are effects taken with C{drain()}; it runs under
 L{lips.kernel.Driver} or in a simulator unchanged.  See C{docs/design/armor.md}.
+
+The ARMOR types themselves are public modules of their own, imported by name (not
+from here: the Execution ARMOR composes L{lips.node.Supervisor}): L{lips.armor.ftm}
+(the FTM and the Backup FTM), L{lips.armor.surrogate}, L{lips.armor.execution},
+L{lips.armor.checkpoint}, L{lips.armor.heartbeat}, L{lips.armor.initialization}, and
+L{lips.armor.space} (tuple spaces as ARMOR destinations).
 """
 
 from lips.armor._armor import COUNTERS, Armor, ArmorTimer, BlockContext
@@ -31,6 +38,35 @@ from lips.armor._composition import (
     CompositionController,
     PendingChange,
 )
+from lips.armor._daemon import (
+    ARMOR_TAG,
+    DAEMON_COUNTERS,
+    HEARTBEAT,
+    HEARTBEAT_ACK,
+    TABLE,
+    UNDELIVERABLE,
+    ArmorRow,
+    ArmorSpec,
+    Daemon,
+    DaemonPolicy,
+    DaemonTimer,
+    Dial,
+    LinkState,
+    LocalPeer,
+    Lookup,
+    NodePeer,
+    Ping,
+    Register,
+    Resident,
+    ResidentState,
+    SpaceCall,
+    SpacePeer,
+    Table,
+    Undeliverable,
+    Unregister,
+    application_of,
+    armor_template,
+)
 from lips.armor._factory import (
     ArmorFactory,
     ArmorType,
@@ -40,6 +76,29 @@ from lips.armor._factory import (
     IBlockType,
     UnknownType,
     default_block_factory,
+)
+from lips.armor._link import (
+    HANDSHAKE_BODY,
+    MAX_FRAME_BODY,
+    NONCE_SIZE,
+    PROOF_SIZE,
+    TOKEN_SIZE,
+    ArmorHello,
+    Auth,
+    DaemonHello,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    FrameFault,
+    FrameKind,
+    HandshakeError,
+    LinkError,
+    check_proof,
+    close_reason,
+    encode_frame,
+    link_key,
+    ping_seq,
+    proof,
 )
 from lips.armor._manager import (
     MANAGER_COUNTERS,
@@ -96,6 +155,56 @@ from lips.armor._names import (
 )
 
 __all__ = [
+    # the daemon (lips.armor._daemon) and its links' frames (lips.armor._link)
+    "ARMOR_TAG",
+    "DAEMON_COUNTERS",
+    "HANDSHAKE_BODY",
+    "HEARTBEAT",
+    "HEARTBEAT_ACK",
+    "MAX_FRAME_BODY",
+    "NONCE_SIZE",
+    "PROOF_SIZE",
+    "TABLE",
+    "TOKEN_SIZE",
+    "UNDELIVERABLE",
+    "ArmorHello",
+    "ArmorRow",
+    "ArmorSpec",
+    "Auth",
+    "Daemon",
+    "DaemonHello",
+    "DaemonPolicy",
+    "DaemonTimer",
+    "Dial",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "FrameFault",
+    "FrameKind",
+    "HandshakeError",
+    "LinkError",
+    "LinkState",
+    "LocalPeer",
+    "Lookup",
+    "NodePeer",
+    "Ping",
+    "Register",
+    "Resident",
+    "ResidentState",
+    "SpaceCall",
+    "SpacePeer",
+    "Table",
+    "Undeliverable",
+    "Unregister",
+    "application_of",
+    "armor_template",
+    "check_proof",
+    "close_reason",
+    "encode_frame",
+    "link_key",
+    "ping_seq",
+    "proof",
+    # the layer
     "ARMOR_DEAD",
     "ARMOR_FAILED",
     "COMPOSE",

@@ -15,56 +15,80 @@ over: when its connection is lost, or its server answers UNAVAILABLE, it connect
 next endpoint, says HELLO as the same process and sends every unanswered request again
 with the same event number, so each is still applied exactly once.  The caller sees a
 delay, or L{NoServerAvailable} if no server can be reached within the failover timeout.
+
+Those rules are the client's core (L{lips.client._core.ClientCore}, sans-IO, an Automat
+state machine); L{TupleSpaceClient} is its Twisted adapter.  It runs the core with a
+L{Driver<lips.kernel.Driver>} on its clock, turns the calls into the core's requests
+and its deliveries into Deferreds, and carries its links out as connections
+(L{ClientProtocol}): a L{Dial} connects to the endpoint, L{Outgoing} frames are written,
+a L{Hangup} closes or gives up; frames, bytes and ends come back as the core's inputs.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections.abc import Sequence
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
 
 from lips.client import _checkpoint
-from lips.errors import ConnectionLost, OutcomeUnknown, ProtocolViolation, RequestError, Timeout
-from lips.space import Kind
+from lips.client._core import (
+    ATTEMPT_TIMEOUT,
+    FAILOVER_TIMEOUT,
+    KEEPALIVE,
+    Answered,
+    ClientCore,
+    ClientState,
+    Dial,
+    Failed,
+    Hangup,
+    Link,
+    NoServerAvailable,
+    NotConnected,
+    Outgoing,
+    PutBack,
+    Welcomed,
+)
+from lips.errors import ConnectionLost, ProtocolViolation, RequestError, Timeout
+from lips.kernel import Deliver, Driver, Send
 from lips.tuples import (
     DEFAULT_LIMITS,
+    MAX_STEPS,
+    AtomicAborted,
+    Kind,
     Limits,
     LTuple,
+    Step,
     Template,
     TupleTooLarge,
     make_template,
     make_tuple,
     packb,
+    steps_size,
 )
 from lips.wire import (
-    HEADER,
-    Cancel,
+    Aborted,
+    Atomic,
     Cancelled,
     CheckpointRequest,
+    Committed,
     Error,
-    ErrorCode,
     Frame,
     FrameDecoder,
     Goodbye,
-    Hello,
     Matched,
     Message,
     MessageError,
     NoMatch,
     Out,
-    Ping,
     Recovered,
     RecoverRequest,
     Stats,
@@ -79,133 +103,20 @@ from lips.wire import (
 
 __all__ = ["NoServerAvailable", "TupleSpaceClient", "connect"]
 
-#: How long past a request's own timeout the client waits for the server's answer.
-TIMEOUT_GRACE: Final = 5.0
-#: How long a client that lost its server keeps trying to reach one, by default.
-FAILOVER_TIMEOUT: Final = 10.0
-#: How long one attempt at one server (connecting and the HELLO) may take, by default.
-ATTEMPT_TIMEOUT: Final = 5.0
-#: The pause after a round in which no endpoint could be reached; it doubles with every
-#: further round, up to L{MAX_RETRY_DELAY}.
-RETRY_DELAY: Final = 0.5
-MAX_RETRY_DELAY: Final = 2.0
-#: How long a server must keep a client that failed over to it before a later failover
-#: starts its count (of the failover timeout and the rounds) afresh.
-SETTLE_TIME: Final = 3.0
-#: How long a server may stay silent while requests wait on it before the client asks
-#: for a sign of life, and then again before it moves to another server: a hung server
-#: (stopped, or cut off without a FIN or RST) loses its clients within twice this.  On
-#: loopback a healthy server answers a probe within milliseconds even flat out; on a
-#: LAN, keep it well above the round trip plus the server's longest pause.
-KEEPALIVE: Final = 0.5
-#: How long C{close} waits for the server to confirm a GOODBYE before it closes anyway.
-GOODBYE_TIMEOUT: Final = 2.0
 _BODY_OVERHEAD: Final = 4096
 
 Endpoints: TypeAlias = str | IStreamClientEndpoint | Sequence[str | IStreamClientEndpoint]
 """One endpoint (or its string description), or several, in the order to try them."""
 
 
-class NoServerAvailable(ConnectionLost):
+class ClientProtocol(Protocol):
     """
-    No server could be reached: when connecting, at none of the endpoints; when failing
-    over, at none within the failover timeout.  A client that failed over in vain fails
-    its waiting requests and every later call with this error.
-    """
+    One connection: frames in, frames out.
 
-
-_serials = itertools.count()
-
-
-@attrs.define(eq=False)
-class _Pending:
-    """
-    One request until it is answered, across the connections it is sent on.
-
-    @ivar deadline: for a request with a timeout, when (on the clock) the caller's
-        timeout ends; a request sent again asks the next server for what is left.
-    @ivar abandoned: the caller cancelled it or gave up on it; an answer that comes all
-        the same goes to L{_ClientProtocol._late}.
-    @ivar connection: where it was last sent, while that connection holds it; C{None}
-        while it waits for the client's next connection.
-    @ivar rid: its request id on C{connection}.
-    @ivar sends: how many times it was sent.
-    @ivar serial: the order the caller made its requests in, kept when they are re-sent.
-    """
-
-    message: Message
-    deadline: float | None = None
-    guard: IDelayedCall | None = None
-    abandoned: bool = False
-    connection: _ClientProtocol | None = None
-    rid: int = 0
-    sends: int = 0
-    serial: int = attrs.field(factory=lambda: next(_serials))
-    deferred: defer.Deferred[Any] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.deferred = defer.Deferred(self._cancelled)
-
-    def _cancelled(self, _: defer.Deferred[Any]) -> None:
-        self.abandon()
-
-    def start_guard(self, clock: IReactorTime, timeout: float) -> None:
-        """Give up on the server if it has not answered a little after C{timeout}."""
-        self.deadline = clock.seconds() + timeout
-        self.guard = clock.callLater(timeout + TIMEOUT_GRACE, self._guard_fired)
-
-    def _guard_fired(self) -> None:
-        self.guard = None
-        self.deferred.errback(
-            OutcomeUnknown(
-                f"no answer {TIMEOUT_GRACE:g} s past the operation's timeout: it may or may"
-                " not have taken effect"
-            )
-        )
-        self.abandon()
-
-    def stop_guard(self) -> None:
-        if self.guard is not None:
-            if self.guard.active():
-                self.guard.cancel()
-            self.guard = None
-
-    def abandon(self) -> None:
-        """The caller gave up: stop waiting, and withdraw it at the server it was sent to."""
-        if self.abandoned:
-            return
-        self.abandoned = True
-        self.stop_guard()
-        if self.connection is not None:
-            self.connection.withdraw(self)
-
-
-class _IConnectionOwner(Interface):
-    """What a connection tells the client that moves requests between servers."""
-
-    def connection_lost(protocol: _ClientProtocol, reason: Failure) -> None:
-        """
-        C{protocol}'s connection is gone.  Requests it still holds afterwards fail with
-        L{ConnectionLost}; to send them elsewhere, take them (L{_ClientProtocol.detach}).
-        """
-
-    def unavailable(protocol: _ClientProtocol, pending: _Pending) -> None:
-        """C{protocol}'s server answered C{pending} with UNAVAILABLE."""
-
-    def withdrawn(protocol: _ClientProtocol, pending: _Pending) -> None:
-        """
-        C{pending}, sent again after a failover and not cancelled by the caller, was
-        answered CANCELLED: a server withdrew it (the old server closing the waiters of
-        the old connection).  It is still wanted.
-        """
-
-
-class _ClientProtocol(Protocol):
-    """
-    One connection: frames in, answers to the waiting Deferreds; requests out.
-
-    With no C{owner}, a lost connection fails the requests it holds; an owner may take
-    them over to send them elsewhere.
+    Adopted by a L{TupleSpaceClient} (C{owner}), it is one of the core's links: what it
+    reads goes to the owner, and so does its end.  Before that (L{lips.testing}'s
+    C{memory_client} says HELLO this way) L{request} sends a message and fires with its
+    answer.
     """
 
     log = Logger()
@@ -213,116 +124,60 @@ class _ClientProtocol(Protocol):
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.decoder = FrameDecoder(DEFAULT_LIMITS.max_size + _BODY_OVERHEAD)
-        self.pending: dict[int, _Pending] = {}
-        self._next_request = 0
-        self.lost: Failure | None = None
-        self.on_late_match: Any = None
-        self.on_lost: list[defer.Deferred[None]] = []
         self.limits = _reply_limits(DEFAULT_LIMITS.max_size)
-        self.owner: _IConnectionOwner | None = None
-        self._keepalive = 0.0
-        self._heard = False
-        self._probing = False
-        self._watch_call: IDelayedCall | None = None
+        self.owner: TupleSpaceClient | None = None
+        self.link: Link | None = None
+        self.dialing: defer.Deferred[Any] | None = None
+        self.hung_up = False
+        self.lost: Failure | None = None
+        self.on_lost: list[defer.Deferred[None]] = []
+        self._unsent: list[bytes] = []
+        self._answers: dict[int, defer.Deferred[Any]] = {}
+        self._next_request = 0
 
-    def watch(self, interval: float) -> None:
-        """
-        Notice a server that went silent (a cut link: no FIN, no RST) while requests
-        wait on it: every C{interval} seconds in which nothing was heard, ask for its
-        stats; if the next C{interval} brings nothing either, drop the connection (so
-        that its owner fails over).  A connection with nothing pending sends nothing.
-        """
-        self._keepalive = interval
-        self._arm_watch()
-
-    def _arm_watch(self) -> None:
-        if self._keepalive and self.pending and self._watch_call is None and self.lost is None:
-            self._heard = self._probing = False
-            self._watch_call = self.clock.callLater(self._keepalive, self._check_alive)
-
-    def _disarm_watch(self) -> None:
-        _cancel(self._watch_call)
-        self._watch_call = None
-
-    def _check_alive(self) -> None:
-        self._watch_call = None
-        if self.lost is not None or self.transport is None or not self.pending:
-            return
-        if self._heard:
-            self._heard = self._probing = False
-        elif self._probing:
-            self.log.warn(
-                "No word from the server for {seconds} s with requests waiting: dropping"
-                " the connection",
-                seconds=2 * self._keepalive,
-            )
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        else:
-            # Its answer is matched to no request; that anything arrived is what counts
-            # (a server older than PING answers it with an error, which counts too).
-            self._probing = True
-            self.transport.write(encode_message(Ping(), 0))
-        self._watch_call = self.clock.callLater(self._keepalive, self._check_alive)
-
-    def request(
-        self, message: Message, timeout: float | None = None, max_size: int | None = None
-    ) -> defer.Deferred[Any]:
-        """
-        Send C{message}; the Deferred fires with the answer.
-
-        @param timeout: the operation's own timeout, if it has one: the client gives up
-            on the server L{TIMEOUT_GRACE} seconds after it.
-        @param max_size: for an C{Out}, the server's tuple size limit, checked here so
-            that an oversize tuple fails at once instead of at the server.
-        """
+    def request(self, message: Message) -> defer.Deferred[Any]:
+        """Before a client adopts the connection: send C{message}; fire with the answer."""
         if self.lost is not None:
             return defer.fail(ConnectionLost(str(self.lost.value)))
-        rid = (self._next_request % 0xFFFFFFFF) + 1
+        self._next_request = rid = self._next_request % 0xFFFFFFFF + 1
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._answers[rid] = d
+        self.write(rid, message)
+        return d
+
+    def write(self, rid: int, message: Message) -> None:
+        """Write C{message} as request C{rid} (once connected, if it is not yet)."""
         frame = encode_message(message, rid)
-        if max_size is not None and len(frame) - HEADER > max_size:
-            _check_size(message, max_size)
-        p = _Pending(message)
-        if timeout is not None:
-            p.start_guard(self.clock, timeout)
-        self._write(p, rid, frame)
-        return p.deferred
+        if self.transport is None:
+            self._unsent.append(frame)
+        else:
+            self.transport.write(frame)
 
-    def send(self, p: _Pending, message: Message) -> None:
-        """Send the request C{p} (again), as C{message}, on this connection."""
-        rid = (self._next_request % 0xFFFFFFFF) + 1
-        self._write(p, rid, encode_message(message, rid))
+    def connectionMade(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        assert self.transport is not None  # connectionMade: it has one
+        if self.hung_up:  # the attempt was given up, but the endpoint connected anyway
+            self.transport.loseConnection()
+            return
+        for frame in unsent:
+            self.transport.write(frame)
 
-    def _write(self, p: _Pending, rid: int, frame: bytes) -> None:
-        self._next_request = rid
-        self.pending[rid] = p
-        p.connection = self
-        p.rid = rid
-        p.sends += 1
-        assert self.transport is not None
-        self.transport.write(frame)
-        self._arm_watch()
-
-    def withdraw(self, p: _Pending) -> None:
-        """Ask the server to withdraw C{p}, if it is still waiting here."""
-        if self.lost is None and self.transport is not None and self.pending.get(p.rid) is p:
-            self.transport.write(encode_message(Cancel(p.rid), 0))
-
-    def detach(self) -> list[_Pending]:
-        """
-        Hand every request this connection holds over to be sent elsewhere, and tell the
-        owner nothing more.  Answers that still arrive here are dropped.
-        """
+    def hang_up(self, abort: bool) -> None:
+        """End the connection (or the attempt at it); tell the owner nothing more."""
         self.owner = None
-        self._disarm_watch()
-        pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.connection = None
-        return list(pending.values())
+        self.hung_up = True
+        dialing, self.dialing = self.dialing, None
+        if dialing is not None:
+            dialing.cancel()
+        if self.transport is not None and self.lost is None:
+            if abort:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            else:
+                self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        self._heard = True
-        for item in self.decoder.feed(data):
+        items = self.decoder.feed(data)
+        for item in items:
             if type(item) is not Frame:
                 assert not isinstance(item, Frame)
                 self._violation(f"bad frame from server: {item.message}")
@@ -332,65 +187,32 @@ class _ClientProtocol(Protocol):
             except MessageError as e:
                 self._violation(f"bad message from server: {e.message}")
                 return
-            p = self.pending.pop(item.request_id, None)
-            if not self.pending:
-                self._disarm_watch()
-            if p is None:
-                continue  # the answer to a CANCEL, or to a request given up on
             owner = self.owner
             if owner is not None:
-                if type(message) is Error and message.code is ErrorCode.UNAVAILABLE:
-                    owner.unavailable(self, p)
-                    continue
-                if type(message) is Cancelled and p.sends > 1 and not p.abandoned:
-                    owner.withdrawn(self, p)
-                    continue
-            p.stop_guard()
-            if p.abandoned:
-                self._late(p, message)
+                owner._received(self, item.request_id, message)
             else:
-                self._answer(p, message)
-
-    def _answer(self, p: _Pending, message: Message) -> None:
-        d = p.deferred
-        if isinstance(message, Error):
-            d.errback(RequestError(message.code, message.message))
-        elif isinstance(message, TimedOut):
-            d.errback(Timeout("no matching tuple arrived in time"))
-        elif isinstance(message, Cancelled):
-            d.errback(defer.CancelledError())
-        else:
-            d.callback(message)
-
-    def _late(self, p: _Pending, message: Message) -> None:
-        """
-        An answer to a request the caller gave up on.  If it took a tuple out of the
-        space, put the tuple back so that nothing is lost.
-        """
-        req = p.message
-        if (
-            isinstance(message, Matched)
-            and isinstance(req, Take)
-            and req.kind.removes
-            and self.on_late_match is not None
-        ):
-            self.on_late_match(message.tuple)
+                answer = self._answers.pop(item.request_id, None)
+                if answer is not None:
+                    if isinstance(message, Error):
+                        answer.errback(RequestError(message.code, message.message))
+                    else:
+                        answer.callback(message)
+        if not items and self.owner is not None:
+            self.owner._heard(self)
 
     def _violation(self, why: str) -> None:
         self.log.error("Closing the connection: {why}", why=why)
-        assert self.transport is not None
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = reason
-        self._disarm_watch()
-        if self.owner is not None:
-            self.owner.connection_lost(self, reason)
-        pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.stop_guard()
-            if not p.abandoned:
-                p.deferred.errback(ConnectionLost(str(reason.value)))
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._lost(self, reason)
+        answers, self._answers = self._answers, {}
+        for d in answers.values():
+            d.errback(ConnectionLost(str(reason.value)))
         waiting, self.on_lost = self.on_lost, []
         for d in waiting:
             d.callback(None)
@@ -404,21 +226,6 @@ class _Endpoint:
     endpoint: IStreamClientEndpoint
 
 
-class _State(enum.Enum):
-    """Where a client stands with its servers."""
-
-    CONNECTED = "connected"
-    """Requests go to the current server (or, once closed by the server with failover
-    off, fail at once)."""
-    FAILING_OVER = "failing over"
-    """Looking for a server; requests wait for it."""
-    FAILED = "failed"
-    """No server was found in time; requests fail with L{NoServerAvailable}."""
-    CLOSED = "closed"
-    """The caller closed the client."""
-
-
-@implementer(_IConnectionOwner)
 class TupleSpaceClient:
     """
     A connection to a LiPS tuple space as process C{pid}.
@@ -427,8 +234,8 @@ class TupleSpaceClient:
     be a formal type (C{int}, C{float}, C{str}, C{bytes}, C{bool}) or L{lips.ANY}.  A tuple
     or template that is not valid raises L{lips.tuples.TupleError} at once.
 
-    @ivar server: the name of the server it is on (from its WELCOME).
-    @ivar failovers: how many times it moved to another connection.
+    The client adopts C{protocol}, a connection its server already welcomed with
+    C{welcome}; L{connect} makes one that opens its first connection itself.
 
     @param endpoints: the servers it may fail over to; C{current} is the one
         C{protocol} is connected to.
@@ -436,7 +243,8 @@ class TupleSpaceClient:
         UNAVAILABLE; otherwise such requests fail, as with one server.
     @param failover_timeout: how long the client may be without a server that serves
         it before it gives up: counted from losing a server, and not counted afresh
-        when the next server also refuses or loses it within L{SETTLE_TIME}.
+        when the next server also refuses or loses it within
+        L{SETTLE_TIME<lips.client._core.SETTLE_TIME>}.
     @param attempt_timeout: how long one attempt at one endpoint may take.
     @param keepalive: when failing over, how long a server may stay silent while
         requests wait on it before it is asked for a sign of life, and then again
@@ -447,8 +255,8 @@ class TupleSpaceClient:
 
     def __init__(
         self,
-        protocol: _ClientProtocol,
-        welcome: Welcome,
+        protocol: ClientProtocol | None,
+        welcome: Welcome | None,
         first_event: int = 1,
         *,
         endpoints: Sequence[_Endpoint] = (),
@@ -459,66 +267,90 @@ class TupleSpaceClient:
         attempt_timeout: float = ATTEMPT_TIMEOUT,
         keepalive: float | None = KEEPALIVE,
         says_goodbye: bool = False,
+        pid: int | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        if reconnect and not endpoints:
-            raise ValueError("failing over needs the endpoints to fail over to")
-        if failover_timeout <= 0 or attempt_timeout <= 0:
-            raise ValueError("failover and attempt timeouts must be positive")
-        self._clock = protocol.clock
+        if protocol is not None:
+            if welcome is None:
+                raise ValueError("a connection to adopt needs its WELCOME")
+            clock = protocol.clock
+        if clock is None:
+            raise ValueError("a client without a connection needs a clock")
+        self._clock = clock
         self._endpoints = tuple(endpoints)
-        self._at: int | None = current if endpoints else None
-        self._tried_index = current
-        self._name = name
-        self._reconnect = reconnect
-        self._failover_timeout = failover_timeout
-        self._attempt_timeout = attempt_timeout
-        self._keepalive = keepalive
         self._says_goodbye = says_goodbye
-        self._state = _State.CONNECTED
-        self._queue: list[_Pending] = []
-        self._failure = ""
-        self._give_up_call: IDelayedCall | None = None
-        self._retry_call: IDelayedCall | None = None
-        self._attempt: defer.Deferred[Any] | None = None
-        self._tried = 0
-        self._delay = RETRY_DELAY
-        self._deadline: float | None = None
-        self._connected_at = self._clock.seconds()
-        self._last_error = ""
-        self.failovers = 0
-        self.pid = welcome.pid
         self._event = first_event - 1
-        self._adopt(protocol, welcome)
+        self._handles = itertools.count(1)
+        # Each request's Deferred, and whether it may take a tuple out of the space.
+        self._waiting: dict[int, tuple[defer.Deferred[Any], bool]] = {}
+        self._links: dict[Link, ClientProtocol] = {}
+        self._connecting: defer.Deferred[TupleSpaceClient] | None = None
+        self._core = ClientCore(
+            [e.description for e in self._endpoints],
+            pid=pid,
+            name=name,
+            reconnect=reconnect,
+            failover_timeout=failover_timeout,
+            attempt_timeout=attempt_timeout,
+            keepalive=keepalive,
+            start=current,
+            welcome=welcome,
+            now=clock.seconds(),
+        )
+        self._driver: Driver[ClientCore] = Driver(
+            self._core, clock, {Send: self._carry, Deliver: self._deliver}
+        )
+        if protocol is not None and welcome is not None:
+            link = self._core.link
+            assert link is not None  # a core made with a welcome is on its link
+            self._adopt(protocol, link, welcome)
 
-    def _adopt(self, protocol: _ClientProtocol, welcome: Welcome) -> None:
-        """Make C{protocol}, welcomed by C{welcome}, the connection requests go to."""
-        self._protocol = protocol
-        self.server = welcome.server
-        self.max_size = welcome.max_size
-        protocol.on_late_match = self._put_back
-        # Answers carry tuples up to the server's limits, which may exceed the defaults.
-        protocol.limits = _reply_limits(self.max_size)
-        protocol.decoder.max_body = max(protocol.decoder.max_body, self.max_size + _BODY_OVERHEAD)
-        if self._reconnect:
-            protocol.owner = self
-            if self._keepalive is not None:
-                protocol.watch(self._keepalive)
+    def _start(self) -> defer.Deferred[TupleSpaceClient]:
+        """Open the first connection (L{connect}): fires with the client once welcomed."""
+        d: defer.Deferred[TupleSpaceClient] = defer.Deferred(
+            lambda _: self._driver.input(self._core.close)
+        )
+        self._connecting = d
+        self._driver.input(self._core.start)
+        return d
+
+    # -- what it shows ---------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """This process's id."""
+        pid = self._core.pid
+        assert pid is not None  # the client is given out once welcomed
+        return pid
+
+    @property
+    def server(self) -> str:
+        """The name of the server it is on (from its WELCOME)."""
+        return self._core.server
+
+    @property
+    def max_size(self) -> int:
+        """That server's tuple size limit."""
+        return self._core.max_size
+
+    @property
+    def failovers(self) -> int:
+        """How many times it moved to another connection."""
+        return self._core.failovers
 
     @property
     def connected(self) -> bool:
-        return self._state is _State.CONNECTED and self._protocol.lost is None
+        return self._core.phase is ClientState.CONNECTED
 
     @property
     def state(self) -> str:
         """C{"connected"}, C{"failing over"}, C{"failed"} or C{"closed"}."""
-        return self._state.value
+        return self._core.state
 
     @property
     def endpoint(self) -> str | None:
         """The endpoint of the server it is on; C{None} while it has none."""
-        if self._at is None or self._state is not _State.CONNECTED:
-            return None
-        return self._endpoints[self._at].description
+        return self._core.endpoint
 
     @property
     def event(self) -> int:
@@ -529,10 +361,12 @@ class TupleSpaceClient:
         self._event += 1
         return self._event
 
+    # -- the operations --------------------------------------------------------------------
+
     def out(self, values: Sequence[Any]) -> defer.Deferred[None]:
         """Store a tuple.  Fires with C{None} once the server has applied it."""
         message = Out(self._event + 1, make_tuple(values))
-        d = self._request(message, max_size=self.max_size)
+        d = self._request(message, check_size=True)
         self._event += 1
         return d.addCallback(_expect, Stored).addCallback(lambda _: None)
 
@@ -556,6 +390,31 @@ class TupleSpaceClient:
         """Read the oldest matching tuple, or fire with C{None} at once if there is none."""
         return self._take(Kind.RDP, template, None)
 
+    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[LTuple | None, ...]]:
+        """
+        Apply C{steps} (L{Step.out}, L{Step.inp}, L{Step.rdp}, L{Step.absent},
+        L{Step.present}) as one event of this process, all or none, at one point of
+        the space's order.  Fires with each step's result, in order (the tuple an
+        C{inp} or C{rdp} step found, C{None} for the other steps) if every step held
+        and all were applied; fails with L{AtomicAborted}, naming the first step that
+        failed and why, if one did not (an C{inp}, C{rdp} or C{present} step found no
+        tuple, an C{absent} step found one, or the tuples taken and read would not fit
+        in an answer), and then nothing was applied.  No step waits.  Cancelling the
+        Deferred does not undo a request the space has applied.
+
+        @raise ValueError: at once, for no steps or more than L{MAX_STEPS}.
+        @raise TupleTooLarge: at once, if the steps' tuples and templates together
+            exceed the server's size limit.
+        """
+        steps = tuple(steps)
+        if not steps or len(steps) > MAX_STEPS:
+            raise ValueError(f"an atomic request has 1 to {MAX_STEPS} steps, not {len(steps)}")
+        if not all(isinstance(s, Step) for s in steps):
+            raise TypeError("the steps of an atomic request are Steps (Step.out, Step.inp, ...)")
+        d = self._request(Atomic(self._event + 1, steps), check_size=True)
+        self._event += 1
+        return d.addCallback(_committed)
+
     def checkpoint(
         self, state: Any, files: Sequence[str] = (), directory: Path | None = None
     ) -> defer.Deferred[None]:
@@ -569,7 +428,7 @@ class TupleSpaceClient:
         is stable: on a replicated space, once every server holds it.
         """
         blob = _checkpoint.pack(state, files, directory)
-        d = self._request(CheckpointRequest(self._event + 1, blob), max_size=self.max_size)
+        d = self._request(CheckpointRequest(self._event + 1, blob), check_size=True)
         self._event += 1
         return d.addCallback(_expect, Stored).addCallback(lambda _: None)
 
@@ -620,7 +479,6 @@ class TupleSpaceClient:
         if goodbye and self.connected:
             d = self._request(Goodbye(self._event + 1))
             self._event += 1
-            d.addTimeout(GOODBYE_TIMEOUT, self._clock)
             d.addErrback(
                 lambda f: self.log.info(
                     "No answer to GOODBYE ({why}); closing all the same", why=f.getErrorMessage()
@@ -630,17 +488,13 @@ class TupleSpaceClient:
         return self._close()
 
     def _close(self) -> defer.Deferred[None]:
-        if self._state is _State.FAILING_OVER:
-            self._stop(_State.CLOSED, "the client was closed while failing over")
-            return defer.succeed(None)
-        self._state = _State.CLOSED
-        protocol = self._protocol
-        protocol.owner = None  # requests still waiting fail, as they do without failover
-        if protocol.lost is not None or protocol.transport is None:
+        link = self._core.link
+        protocol = None if link is None else self._links.get(link)
+        self._driver.input(self._core.close)
+        if protocol is None or protocol.lost is not None or protocol.transport is None:
             return defer.succeed(None)
         done: defer.Deferred[None] = defer.Deferred()
         protocol.on_lost.append(done)
-        protocol.transport.loseConnection()
         return done
 
     def _take(
@@ -649,187 +503,156 @@ class TupleSpaceClient:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must not be negative")
         tmpl = make_template(template)
-        d = self._request(Take(kind, self._next_event(), tmpl, timeout), timeout)
+        d = self._request(Take(kind, self._next_event(), tmpl, timeout))
         return d.addCallback(_taken)
 
-    def _request(
-        self, message: Message, timeout: float | None = None, max_size: int | None = None
-    ) -> defer.Deferred[Any]:
-        state = self._state
-        if state is _State.FAILING_OVER:
-            if max_size is not None:
-                _check_size(message, max_size)
-            p = _Pending(message)
-            if timeout is not None:
-                p.start_guard(self._clock, timeout)
-            self._queue.append(p)
-            return p.deferred
-        if state is _State.FAILED:
-            return defer.fail(NoServerAvailable(self._failure))
-        return self._protocol.request(message, timeout, max_size)
+    def _request(self, message: Message, check_size: bool = False) -> defer.Deferred[Any]:
+        """Hand C{message} to the core; the Deferred fires with its outcome."""
+        if check_size and self._core.phase in _SERVING:
+            _check_size(message, self.max_size)
+        handle = next(self._handles)
+        d: defer.Deferred[Any] = defer.Deferred(lambda _: self._cancelled(handle))
+        self._waiting[handle] = (d, isinstance(message, Take) and message.kind.removes)
+        self._driver.input(self._core.request, handle, message)
+        return d
+
+    def _cancelled(self, handle: int) -> None:
+        if self._driver.input(self._core.cancel, handle):
+            del self._waiting[handle]
+        # Else its outcome is on its way (delivered in the batch being carried out):
+        # _deliver finds the Deferred cancelled.
 
     def _put_back(self, values: LTuple) -> None:
-        Logger().info("Returning a tuple taken by a cancelled in_: {t!r}", t=values)
         self.out(values).addErrback(
-            lambda f: Logger().failure("Could not return a tuple to the space", f)
+            lambda f: self.log.failure("Could not return a tuple to the space", f)
         )
 
-    # -- failover (the connection's owner) ---------------------------------------------
+    # -- the core's effects ----------------------------------------------------------------
 
-    # Only the current connection has this client as its owner, and only while the
-    # client is connected through it (see _adopt, close and _ClientProtocol.detach).
+    def _carry(self, effect: Send[Any]) -> None:
+        """Carry out what the core says to one of its links."""
+        link, what = effect.to, effect.message
+        if not isinstance(link, Link):
+            raise TypeError(f"not a link of the client: {link!r}")
+        if isinstance(what, Outgoing):
+            protocol = self._links.get(link)
+            if protocol is not None:  # else the link ended before the core heard of it
+                protocol.write(what.request_id, what.message)
+        elif isinstance(what, Dial):
+            self._dial(link)
+        elif isinstance(what, Hangup):
+            protocol = self._links.pop(link, None)
+            if protocol is not None:
+                protocol.hang_up(what.abort)
+        else:
+            raise TypeError(f"not something to say to a link: {what!r}")
 
-    def connection_lost(self, protocol: _ClientProtocol, reason: Failure) -> None:
-        assert protocol is self._protocol and self._state is _State.CONNECTED
-        self._fail_over(protocol, f"lost {self._describe()}: {reason.getErrorMessage()}")
+    def _dial(self, link: Link) -> None:
+        protocol = ClientProtocol(self._clock)
+        protocol.owner, protocol.link = self, link
+        self._links[link] = protocol
+        try:
+            d = connectProtocol(self._endpoints[link.endpoint].endpoint, protocol)
+        except Exception:
+            d = defer.fail()  # an endpoint that raises instead of failing its Deferred
+        protocol.dialing = d
 
-    def unavailable(self, protocol: _ClientProtocol, pending: _Pending) -> None:
-        assert protocol is self._protocol and self._state is _State.CONNECTED
-        self._queue.append(pending)
-        self._fail_over(protocol, f"{self._describe()} is unavailable")
-        assert protocol.transport is not None
-        protocol.transport.loseConnection()
+        def connected(_: object) -> None:
+            protocol.dialing = None
 
-    def withdrawn(self, protocol: _ClientProtocol, pending: _Pending) -> None:
-        self.log.info(
-            "Event {event} was withdrawn at {server!r} though the caller still waits for it"
-            " (an old server closing the waiters of a lost connection); sending it again",
-            server=self.server,
-            event=getattr(pending.message, "event", None),
-        )
-        protocol.send(pending, self._retry_message(pending, self._clock.seconds()))
+        def failed(f: Failure) -> None:
+            protocol.dialing = None
+            if self._links.get(link) is protocol:  # not hung up (a cancel) meanwhile
+                del self._links[link]
+                self._driver.input(self._core.lost, link, _reason(f))
 
-    def _describe(self) -> str:
-        return f"server {self.server!r} at {self.endpoint}"
+        d.addCallbacks(connected, failed)
 
-    def _fail_over(self, protocol: _ClientProtocol, why: str) -> None:
-        """Leave C{protocol}'s server; look for another, holding every request meanwhile."""
-        self.log.warn("Failing over: {why}", why=why)
-        self._queue.extend(protocol.detach())
-        self._state = _State.FAILING_OVER
-        self._at = None
-        self._last_error = why
-        now = self._clock.seconds()
-        if self._deadline is None or now - self._connected_at >= SETTLE_TIME:
-            # A new count.  A server that kept the client for less than SETTLE_TIME (one
-            # that answered UNAVAILABLE, say) is one more failed attempt of the last count,
-            # so servers that all refuse are tried in rounds with pauses, not without end.
-            self._deadline = now + self._failover_timeout
-            self._tried = 0
-            self._delay = RETRY_DELAY
-        if now >= self._deadline:
-            self._give_up()
-            return
-        self._give_up_call = self._clock.callLater(self._deadline - now, self._give_up)
-        self._try_next()
+    def _deliver(self, effect: Deliver[Any]) -> None:
+        """Carry out what the core delivers: outcomes to the callers."""
+        item = effect.item
+        if isinstance(item, Answered):
+            d, removes = self._waiting.pop(item.handle)
+            message = item.message
+            if d.called:
+                # The caller cancelled it once its answer was on its way: a tuple it
+                # took goes back, as the core does for a late answer.
+                if removes and isinstance(message, Matched):
+                    self._put_back(message.tuple)
+            elif isinstance(message, Error):
+                d.errback(RequestError(message.code, message.message))
+            elif isinstance(message, TimedOut):
+                d.errback(Timeout("no matching tuple arrived in time"))
+            elif isinstance(message, Cancelled):
+                d.errback(defer.CancelledError())
+            else:
+                d.callback(message)
+        elif isinstance(item, Failed):
+            d, _ = self._waiting.pop(item.handle)
+            if not d.called:
+                d.errback(item.error)
+        elif isinstance(item, Welcomed):
+            protocol = self._links[item.link]
+            self._adopt(protocol, item.link, item.welcome)
+            connecting, self._connecting = self._connecting, None
+            if connecting is not None:
+                connecting.callback(self)
+        elif isinstance(item, NotConnected):
+            connecting, self._connecting = self._connecting, None
+            if connecting is not None:
+                connecting.errback(item.error)
+        elif isinstance(item, PutBack):
+            self._put_back(item.tuple)
+        else:
+            raise TypeError(f"not a delivery of the client core: {item!r}")
 
-    def _try_next(self) -> None:
-        """Try the next endpoint in turn, or pause after a round that found none."""
-        self._retry_call = None
-        if self._tried == len(self._endpoints):
-            self._tried = 0
-            delay, self._delay = self._delay, min(self._delay * 2, MAX_RETRY_DELAY)
-            self._retry_call = self._clock.callLater(delay, self._try_next)
-            return
-        self._tried += 1
-        self._tried_index = (self._tried_index + 1) % len(self._endpoints)
-        target = self._endpoints[self._tried_index]
-        d = _open(self._clock, target.endpoint, self.pid, self._name, self._attempt_timeout)
-        self._attempt = d
-        d.addCallbacks(self._attempt_won, self._attempt_lost, errbackArgs=(target,))
-
-    def _attempt_won(self, opened: tuple[_ClientProtocol, Welcome]) -> None:
-        self._attempt = None
-        protocol, welcome = opened
-        if self._state is not _State.FAILING_OVER:  # pragma: no cover - cancelled first
-            assert protocol.transport is not None
-            protocol.transport.loseConnection()
-            return
-        _cancel(self._give_up_call)
-        self._give_up_call = None
-        self._state = _State.CONNECTED
-        self._connected_at = self._clock.seconds()
-        self._at = self._tried_index
-        self.failovers += 1
-        self._adopt(protocol, welcome)
-        self.log.info(
-            "Failed over to {server!r} at {endpoint}", server=self.server, endpoint=self.endpoint
-        )
-        self._resend()
-
-    def _attempt_lost(self, f: Failure, target: _Endpoint) -> None:
-        self._attempt = None
-        if self._state is not _State.FAILING_OVER:
-            return  # cancelled: the client gave up or was closed
-        self._last_error = f"{target.description}: {f.getErrorMessage()}"
-        self.log.info("Could not fail over to {why}", why=self._last_error)
-        self._try_next()
-
-    def _resend(self) -> None:
-        """Send every request still wanted to the new server, in the caller's order."""
-        queue, self._queue = sorted(self._queue, key=attrgetter("serial")), []
-        protocol = self._protocol
-        now = self._clock.seconds()
-        for p in queue:
-            message = p.message
-            if not p.abandoned:
-                protocol.send(p, self._retry_message(p, now))
-            elif p.sends and isinstance(message, Take) and message.kind.removes:
-                # A cancelled in_/inp may have taken a tuple at the old server whose answer
-                # never came.  Asking for the same event again returns that answer if
-                # there was one (and the tuple is put back); asked as an inp, it never
-                # waits, and the CANCEL withdraws it if it waits all the same.
-                protocol.send(p, Take(Kind.INP, message.event, message.template))
-                protocol.withdraw(p)
-
-    @staticmethod
-    def _retry_message(p: _Pending, now: float) -> Message:
-        """C{p}'s request as sent again: a waiting in_/rd asks for the time left."""
-        message = p.message
-        if isinstance(message, Take) and message.timeout is not None and p.deadline is not None:
-            return attrs.evolve(message, timeout=max(0.0, p.deadline - now))
-        return message
-
-    def _give_up(self) -> None:
-        self._give_up_call = None
-        self._stop(
-            _State.FAILED,
-            f"no server could be reached within {self._failover_timeout:g} s ({self._last_error})",
+    def _adopt(self, protocol: ClientProtocol, link: Link, welcome: Welcome) -> None:
+        """Make C{protocol}, welcomed by C{welcome}, the link requests go to."""
+        protocol.owner, protocol.link = self, link
+        self._links[link] = protocol
+        # Answers carry tuples up to the server's limits, which may exceed the defaults.
+        protocol.limits = _reply_limits(welcome.max_size)
+        protocol.decoder.max_body = max(
+            protocol.decoder.max_body, welcome.max_size + _BODY_OVERHEAD
         )
 
-    def _stop(self, state: _State, why: str) -> None:
-        """Stop failing over: fail the requests held with C{why}, now in C{state}."""
-        self._state = state
-        self._failure = why
-        for call in (self._give_up_call, self._retry_call):
-            _cancel(call)
-        self._give_up_call = self._retry_call = None
-        attempt, self._attempt = self._attempt, None
-        if attempt is not None:
-            attempt.cancel()
-        queue, self._queue = sorted(self._queue, key=attrgetter("serial")), []
-        error = NoServerAvailable if state is _State.FAILED else ConnectionLost
-        for p in queue:
-            p.stop_guard()
-            if not p.abandoned:
-                p.deferred.errback(error(why))
-            elif p.sends and isinstance(p.message, Take) and p.message.kind.removes:
-                self.log.warn(
-                    "A cancelled in_ (event {event}) may have taken a tuple at a server"
-                    " that is gone; it cannot be put back: {why}",
-                    event=p.message.event,
-                    why=why,
-                )
+    # -- what the links say (only links the client holds: a hung-up one says nothing) ------
+
+    def _received(self, protocol: ClientProtocol, rid: int, message: Message) -> None:
+        link = protocol.link
+        if link is not None and self._links.get(link) is protocol:
+            self._driver.input(self._core.received, link, rid, message)
+
+    def _heard(self, protocol: ClientProtocol) -> None:
+        link = protocol.link
+        if link is not None and self._links.get(link) is protocol:
+            self._driver.input(self._core.heard, link)
+
+    def _lost(self, protocol: ClientProtocol, reason: Failure) -> None:
+        link = protocol.link
+        if link is not None and self._links.get(link) is protocol:
+            del self._links[link]
+            # A connection's end is a ConnectionLost saying why (a TLS refusal, a reset).
+            lost = reason.value
+            why = lost if isinstance(lost, ConnectionLost) else ConnectionLost(str(lost))
+            self._driver.input(self._core.lost, link, why)
 
 
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()
+#: Where requests go to a server (and so are checked against its size limit first).
+_SERVING: Final = frozenset({ClientState.CONNECTED, ClientState.DIALING, ClientState.PAUSED})
+
+
+def _reason(f: Failure) -> BaseException:
+    """The exception a failure holds (a connection's end, an attempt's failure)."""
+    value = f.value
+    return value if value is not None else ConnectionLost(f.getErrorMessage())
 
 
 def _check_size(message: Message, max_size: int) -> None:
     if isinstance(message, Out) and len(packb(message.tuple)) > max_size:
         raise TupleTooLarge(f"tuple encodes to more than {max_size} bytes")
+    if isinstance(message, Atomic) and steps_size(message.steps) > max_size:
+        raise TupleTooLarge(f"an atomic request's steps encode to more than {max_size} bytes")
     if isinstance(message, CheckpointRequest) and len(message.state) > max_size:
         raise TupleTooLarge(
             f"checkpoint state encodes to {len(message.state)} bytes, over the server's {max_size}"
@@ -858,34 +681,12 @@ def _taken(message: Message) -> LTuple | None:
     raise ProtocolViolation(f"unexpected answer {type(message).__name__}")
 
 
-async def _hello(
-    clock: IReactorTime, endpoint: IStreamClientEndpoint, pid: int | None, name: str
-) -> tuple[_ClientProtocol, Welcome]:
-    protocol = _ClientProtocol(clock)
-    await connectProtocol(endpoint, protocol)
-    try:
-        welcome = await protocol.request(Hello(pid, name))
-        if not isinstance(welcome, Welcome):
-            raise ProtocolViolation(f"expected Welcome, got {type(welcome).__name__}")
-        if pid is not None and welcome.pid != pid:
-            raise ProtocolViolation(f"the server welcomed process {welcome.pid}, not {pid}")
-    except BaseException:
-        if protocol.transport is not None:
-            protocol.transport.loseConnection()
-        raise
-    return protocol, welcome
-
-
-def _open(
-    clock: IReactorTime,
-    endpoint: IStreamClientEndpoint,
-    pid: int | None,
-    name: str,
-    timeout: float,
-) -> defer.Deferred[tuple[_ClientProtocol, Welcome]]:
-    """Connect to C{endpoint} and say HELLO, within C{timeout} seconds."""
-    d = defer.Deferred.fromCoroutine(_hello(clock, endpoint, pid, name))
-    return d.addTimeout(timeout, clock)
+def _committed(message: Message) -> tuple[LTuple | None, ...]:
+    if isinstance(message, Committed):
+        return message.results
+    if isinstance(message, Aborted):
+        raise AtomicAborted(message.step, message.reason)
+    raise ProtocolViolation(f"unexpected answer {type(message).__name__}")
 
 
 def _endpoints(reactor: Any, endpoints: Endpoints) -> tuple[_Endpoint, ...]:
@@ -900,46 +701,6 @@ def _endpoints(reactor: Any, endpoints: Endpoints) -> tuple[_Endpoint, ...]:
         _Endpoint(e, clientFromString(reactor, e)) if isinstance(e, str) else _Endpoint(repr(e), e)
         for e in items
     )
-
-
-async def _connect(
-    reactor: Any,
-    targets: tuple[_Endpoint, ...],
-    *,
-    start: int,
-    pid: int | None,
-    name: str,
-    reconnect: bool,
-    failover_timeout: float,
-    attempt_timeout: float,
-    keepalive: float | None,
-) -> TupleSpaceClient:
-    errors: list[str] = []
-    for i in range(len(targets)):
-        index = (start + i) % len(targets)
-        target = targets[index]
-        try:
-            protocol, welcome = await _open(reactor, target.endpoint, pid, name, attempt_timeout)
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            if len(targets) == 1:
-                raise
-            errors.append(f"{target.description}: {e}")
-            continue
-        return TupleSpaceClient(
-            protocol,
-            welcome,
-            endpoints=targets,
-            current=index,
-            name=name,
-            reconnect=reconnect,
-            failover_timeout=failover_timeout,
-            attempt_timeout=attempt_timeout,
-            keepalive=keepalive,
-            says_goodbye=pid is None,
-        )
-    raise NoServerAvailable("no server could be reached: " + "; ".join(errors))
 
 
 def connect(
@@ -980,16 +741,18 @@ def connect(
     targets = _endpoints(reactor, endpoints)
     if reconnect is None:
         reconnect = len(targets) > 1
-    return defer.Deferred.fromCoroutine(
-        _connect(
-            reactor,
-            targets,
-            start=start % len(targets),
-            pid=pid,
-            name=name,
-            reconnect=reconnect,
-            failover_timeout=failover_timeout,
-            attempt_timeout=attempt_timeout,
-            keepalive=keepalive,
-        )
+    client = TupleSpaceClient(
+        None,
+        None,
+        endpoints=targets,
+        current=start % len(targets),
+        pid=pid,
+        name=name,
+        reconnect=reconnect,
+        failover_timeout=failover_timeout,
+        attempt_timeout=attempt_timeout,
+        keepalive=keepalive,
+        says_goodbye=pid is None,
+        clock=reactor,
     )
+    return client._start()

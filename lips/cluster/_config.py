@@ -33,9 +33,7 @@ import attrs
 from OpenSSL import crypto
 
 from lips.cluster._state import RingSeqStore
-from lips.ring import Mode, RingConfig, Sealer
-from lips.ring._codec import MAX_NODE
-from lips.ring._seal import MIN_KEY
+from lips.ring import MAX_NODE, MIN_KEY, Mode, RingConfig, Sealer
 
 __all__ = [
     "MAX_CLUSTER_ID",

@@ -2,10 +2,11 @@
 A server's persistent state: the ring sequence number it must never reuse.
 
 A ring id carries a sequence number that grows with every ring a server takes part in
-(L{lips.ring.PersistRingSeq}).  After a restart the server must start above the highest
-one it has used, or an old ring id could come back and old messages be taken for new
-ones.  L{RingSeqStore} keeps that number in one small file, C{<state_dir>/<name>.ringseq},
-holding the number in decimal and a newline.
+(the engine's C{Persist(RingStored.RING_SEQ, seq)}, L{lips.ring.RingStored}).  After a
+restart the server must start above the highest one it has used, or an old ring id
+could come back and old messages be taken for new ones.  L{RingSeqStore} keeps that
+number in one small file, C{<state_dir>/<name>.ringseq}, holding the number in decimal
+and a newline.
 
 Writes are atomic: the new number goes to a temporary file in the same directory, which
 is flushed to disk, renamed over the old file, and the directory is flushed too.  A crash
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from lips.ring._codec import MAX_COUNT
+from lips.ring import MAX_COUNT
 
 __all__ = ["RingSeqStore", "StateFileError"]
 

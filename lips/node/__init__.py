@@ -10,6 +10,15 @@ L{lips.kernel.Driver}.
 The tuples are described in C{docs/node.md}.
 """
 
+from lips.node._daemon import (
+    DAEMON_TAG,
+    ArmorSpawner,
+    DaemonService,
+    IArmorChild,
+    IArmorSpawner,
+    daemon_template,
+    prepare_runtime,
+)
 from lips.node._eval import (
     EVAL_TAG,
     PROCESS_TAG,
@@ -65,7 +74,8 @@ from lips.node._state import (
     state_template,
     up_template,
 )
-from lips.node._supervisor import (
+from lips.node._watchdog import Suspect, Watchdog
+from lips.supervisor import (
     FAILED_TAG,
     Exit,
     Outcome,
@@ -79,9 +89,15 @@ from lips.node._supervisor import (
     SupervisorTimer,
     check_target,
 )
-from lips.node._watchdog import Suspect, Watchdog
 
 __all__ = [
+    "DAEMON_TAG",
+    "ArmorSpawner",
+    "DaemonService",
+    "IArmorChild",
+    "IArmorSpawner",
+    "daemon_template",
+    "prepare_runtime",
     "DOWN_TAG",
     "EVAL_TAG",
     "FAILED_TAG",

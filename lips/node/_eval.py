@@ -15,7 +15,7 @@ import attrs
 
 from lips import validate
 from lips.node._state import SystemSpace, state_template
-from lips.node._supervisor import FAILED_TAG, ProcessSpec, check_target
+from lips.supervisor import FAILED_TAG, ProcessSpec, check_target
 from lips.tuples import ANY, LTuple, make_tuple, packb, unpackb
 
 __all__ = [

@@ -11,8 +11,9 @@ explained in C{docs/node.md}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+import functools
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol, TypeVar
 
 from twisted.application import service
 from twisted.internet import defer
@@ -23,6 +24,7 @@ from lips.kernel import Deliver, Driver
 from lips.node._eval import Chooser, Placed, least_loaded
 from lips.node._sections import (
     RecoverableSpace,
+    Replaced,
     lipsd_pid,
     recover,
     replace_processes,
@@ -121,6 +123,7 @@ class _SectionsClient(RecoverableSpace, _Client, Protocol):
 
 
 Connect = Callable[[], defer.Deferred[Any]]
+T = TypeVar("T")
 #: Connects to the System Tuple Space as the process id given (a lipsd's own).
 ConnectAs = Callable[[int], defer.Deferred[Any]]
 
@@ -178,6 +181,8 @@ class NodeService(service.Service):
         self._watch: Driver[Watchdog] | None = None
         self._found: list[Suspect] = []
         self._client: _Client | None = None
+        self._watching: defer.Deferred[None] | None = None
+        self._sections_lock = defer.DeferredLock()
         self._loop: LoopingCall | None = None
         self._guard: LoopingCall | None = None
         self._joining = True
@@ -211,6 +216,9 @@ class NodeService(service.Service):
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.stop()
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            watching.cancel()
         clients = [c for c in (self._client, self._sections) if c is not None]
         self._client = self._sections = None
         return defer.DeferredList([c.close() for c in clients], consumeErrors=True).addCallback(
@@ -276,12 +284,35 @@ class NodeService(service.Service):
             self.log.info("Node {name} taken in again", name=state.name)
         processes = self.processes
         if processes is not None and (taken_in or self._joining or processes.fenced):
-            await processes.adopt(client, await self._connect_sections())
+            sections = await self._connect_sections()
+            await self._one_section(lambda: processes.adopt(client, sections))
         self._joining = False
         self.rounds += 1
         watchdog, watch = self.watchdog, self._watch
-        if watchdog is None or watch is None:
+        if watchdog is None or watch is None or self._watching is not None:
             return
+        # The watchdog's work (reads, verdicts, moves) runs beside the next reports, one
+        # round of it at a time: a slow one must not hold this node's own report back,
+        # or the node fences itself for nothing.
+        watching = defer.Deferred.fromCoroutine(self._watch_round(client, watchdog, watch))
+        self._watching = watching
+
+        def done(result: object) -> object:
+            if self._watching is watching:
+                self._watching = None
+            return result
+
+        watching.addBoth(done).addErrback(self._watch_failed)
+
+    def _watch_failed(self, failure: Any) -> None:
+        if failure.check(defer.CancelledError) and not self.running:
+            return  # stopped part-way
+        self._failed(failure)
+
+    async def _watch_round(
+        self, client: _Client, watchdog: Watchdog, watch: Driver[Watchdog]
+    ) -> None:
+        processes = self.processes
 
         def observe(name: str, seq: int | None) -> None:
             watch.input(watchdog.observe, name, seq)
@@ -301,6 +332,14 @@ class NodeService(service.Service):
             watch.input(watchdog.tried, suspect)
         if processes is not None:
             await self._replace(client, watchdog)
+
+    async def _one_section(self, section: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run C{section}, one at a time: a lipsd's sections share its checkpoint."""
+        await self._sections_lock.acquire()
+        try:
+            return await section()
+        finally:
+            self._sections_lock.release()
 
     async def _take_over(self, down: str) -> None:
         """Finish the section the lipsd of C{down} (declared down) left open, if any."""
@@ -326,7 +365,9 @@ class NodeService(service.Service):
                 self._taken_over.add(name)
             nodes = [n for n in (self.monitor.name, *watchdog.nodes) if n != name]
             sections = await self._connect_sections()
-            result = await replace_processes(client, name, nodes, self.chooser, sections)
+            result: Replaced = await self._one_section(
+                functools.partial(replace_processes, client, name, nodes, self.chooser, sections)
+            )
             for placed in result.moved:
                 self.log.warn(
                     "Process {pid} of down node {down} restarted on {node}",

@@ -33,7 +33,8 @@ from lips.kernel import Deliver, Driver, Kill, Spawn
 from lips.node._eval import EvalRequest, eval_template, process_template
 from lips.node._lipsd import SystemSpace
 from lips.node._sections import Adopt, RecoverableSpace, run
-from lips.node._supervisor import (
+from lips.node.child import ENDPOINTS_VAR, PID_VAR
+from lips.supervisor import (
     Exit,
     Outcome,
     ProcessFailed,
@@ -41,7 +42,6 @@ from lips.node._supervisor import (
     ProcessSpec,
     Supervisor,
 )
-from lips.node.child import ENDPOINTS_VAR, PID_VAR
 from lips.tuples import LTuple, packb
 
 __all__ = ["IChild", "ISpawner", "ProcessService", "ReactorSpawner", "child_input"]

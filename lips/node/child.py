@@ -48,7 +48,7 @@ def load(target: str) -> Callable[..., Any]:
     @raise ValueError: if C{target} is malformed or does not name a callable.
     @raise ImportError: if its module cannot be imported.
     """
-    from lips.node._supervisor import check_target
+    from lips.supervisor import check_target
 
     module_name, _, path = check_target(target).partition(":")
     obj: Any = importlib.import_module(module_name)

@@ -4,16 +4,19 @@ The UDP adapter of the token ring: datagrams in, messages to the engine, effects
 L{RingProtocol} holds no ring logic.  It opens each datagram with the cluster's
 L{Sealer}, checks that the sender is a configured peer writing from its configured
 address, decodes the body with L{lips.ring._codec} and hands the message to the
-L{RingEngine}; then it carries out what the engine asks for: L{Send} effects become
-sealed datagrams, every other effect goes to the C{deliver} callback, in order.  A send
-to one node is written to that node's ring address; a broadcast goes where the ring's
+L{RingEngine}, through the L{Driver} that hosts the engine on the reactor's clock (its
+timers, the order of its effects).  The driver carries out what the engine asks for
+with the protocol's handlers: a L{Send} becomes a sealed datagram; the item of a
+L{Deliver} (a L{Delivered} payload, a L{Safe} watermark, a L{Configuration}) and every
+L{Persist} go to the C{deliver} callback, in order; a L{Log} is logged.  A send to one
+node is written to that node's ring address, a send to this node itself is handed back
+to the engine on the next turn of the reactor; a broadcast goes where the ring's
 transport says (L{lips.protocols._transports}): unicast to every other peer, once to a
 multicast group, or once to the subnet's broadcast address.  L{listen_ring} opens the
-sockets the transport needs.  The protocol keeps one pending timer for the engine's next
-deadline.  Bad datagrams are logged, counted and dropped here: nothing a peer or a
-stranger sends can raise into the reactor.  A pause the engine notices (its timers far
-overdue: the process was stopped or not scheduled) is logged as a warning, with how
-long it lasted; the engine counts it as C{paused}.
+sockets the transport needs.  Bad datagrams are logged, counted and dropped here:
+nothing a peer or a stranger sends can raise into the reactor.  A pause the engine
+notices (its timers far overdue: the process was stopped or not scheduled) is logged as
+a warning, with how long it lasted; the engine counts it as C{paused}.
 
 Counters (L{RingProtocol.counters}, and L{RingProtocol.stats} for a status display;
 the names are stable, see L{COUNTERS}):
@@ -41,36 +44,53 @@ the names are stable, see L{COUNTERS}):
   - C{errors.internal} (a bug in the adapter or the engine, logged with its traceback),
     C{errors.deliver} (the C{deliver} callback raised), C{errors.transport} (the ring
     socket could not be set up for the transport: the member did not start).
+  - The driver's (L{lips.kernel.COUNTERS}): C{timers.fired} (engine timers that came
+    due), C{effects.dropped} (effects left after L{RingProtocol.stop}), and, for bugs,
+    C{errors.core} (the engine raised on a timer), C{errors.handler} (a handler of the
+    protocol raised), C{errors.unhandled} (an effect the protocol has no handler for).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVarTuple
 
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lips.kernel import COUNTERS as DRIVER_COUNTERS
+from lips.kernel import Deliver, Driver, Log, Persist, Send
 from lips.protocols._transports import Address, IRingTransport, UnicastTransport
-from lips.ring._codec import RingCodecError, decode, encode
-from lips.ring._engine import (
+from lips.ring import (
     Configuration,
-    Deliver,
-    PersistRingSeq,
+    Delivered,
+    Delivery,
+    Dropped,
+    DropReason,
+    Join,
+    MergeDetect,
+    RingCodecError,
     RingEngine,
+    RingMessage,
     Safe,
-    Send,
+    Sealer,
+    decode,
+    encode,
 )
-from lips.ring._messages import Join, MergeDetect, RingMessage
-from lips.ring._seal import Dropped, DropReason, Sealer
 
 __all__ = ["COUNTERS", "RingEvent", "RingProtocol", "listen_ring"]
 
-RingEvent: TypeAlias = Deliver | Safe | Configuration | PersistRingSeq
-"""The effects of the engine that are for the application rather than the network."""
+Ts = TypeVarTuple("Ts")
+
+RingEvent: TypeAlias = Delivered | Safe | Configuration | Persist[int]
+"""
+What the protocol hands the application: the item of each of the engine's L{Deliver}
+effects, and each L{Persist} (the ring sequence number to store, as
+C{Persist(RingStored.RING_SEQ, seq)}).
+"""
 
 #: Every counter L{RingProtocol} keeps, as the module docstring describes them.
 COUNTERS: Final[tuple[str, ...]] = (
@@ -91,6 +111,7 @@ COUNTERS: Final[tuple[str, ...]] = (
     "errors.internal",
     "errors.deliver",
     "errors.transport",
+    *DRIVER_COUNTERS,
 )
 
 
@@ -105,7 +126,7 @@ class RingProtocol(DatagramProtocol):
         node's own entry is never written to; L{listen_ring} binds the ring socket to
         it, and own datagrams are recognised by it.
     @param clock: the time source and scheduler.
-    @param deliver: called with every non-L{Send} effect of the engine, in order.
+    @param deliver: called with every L{RingEvent}, in the engine's order.
     @param counters: where datagram, byte, drop and error counts go (see L{COUNTERS}).
     @param ring_transport: how broadcasts travel; unicast fan-out by default.
 
@@ -120,6 +141,7 @@ class RingProtocol(DatagramProtocol):
 
     @ivar start_failure: why the ring socket could not be set up for the transport, if
         it could not (the engine was then not started).
+    @ivar driver: the L{Driver} hosting the engine on C{clock}.
     """
 
     log = Logger()
@@ -151,12 +173,16 @@ class RingProtocol(DatagramProtocol):
         self.start_failure: Failure | None = None
         self._own = self.peers.get(self.node)
         self._others = [a for n, a in sorted(self.peers.items()) if n != self.node]
-        self._timer: IDelayedCall | None = None
-        self._timer_deadline = 0.0
         self._loopback: deque[RingMessage] = deque()
         self._loopback_call: IDelayedCall | None = None
-        self._flushing = False
         self._stopped = False
+        self.driver = Driver(
+            engine,
+            clock,
+            {Send: self._send, Deliver: self._deliver, Persist: self._deliver, Log: self._log},
+            counters=self.counters,
+            log=self.log,
+        )
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -189,10 +215,10 @@ class RingProtocol(DatagramProtocol):
     def stop(self) -> None:
         """Go quiet: cancel the pending timer and loopback, ignore further input."""
         self._stopped = True
-        for call in (self._timer, self._loopback_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._loopback_call = None
+        self.driver.stop()
+        call, self._loopback_call = self._loopback_call, None
+        if call is not None and call.active():
+            call.cancel()
         self._loopback.clear()
 
     def leave(self) -> None:
@@ -212,12 +238,7 @@ class RingProtocol(DatagramProtocol):
         """
         if self._stopped:
             return False
-        pauses = self.engine.counters["paused"]
-        try:
-            return self.engine.submit(payload, self.clock.seconds())
-        finally:
-            self._noticed_pause(pauses)
-            self._flush()
+        return self.driver.input(self.engine.submit, payload)
 
     def stats(self) -> dict[str, int]:
         """Every counter of L{COUNTERS} (zero if it never counted) and any other kept."""
@@ -284,34 +305,18 @@ class RingProtocol(DatagramProtocol):
         self._feed(message)
 
     def _feed(self, message: RingMessage) -> None:
-        self._input(lambda now: self.engine.received(message, now))
+        self._input(self.engine.received, message)
 
-    def _input(self, event: Callable[[float], None]) -> None:
-        """Feed one event to the engine, then carry out its effects and re-arm the timer."""
-        pauses = self.engine.counters["paused"]
+    def _input(self, method: Callable[[*Ts, float], object], *args: *Ts) -> None:
+        """
+        Feed one input to the engine through the driver, which carries out its effects
+        and re-arms the timer; an engine that raises is logged and counted.
+        """
         try:
-            event(self.clock.seconds())
+            self.driver.input(method, *args)
         except Exception:
             self.counters["errors.internal"] += 1
             self.log.failure("The ring engine failed on an input")
-        self._noticed_pause(pauses)
-        self._flush()
-
-    def _noticed_pause(self, before: int) -> None:
-        """Log a pause the engine noticed on the last input (it had counted C{before})."""
-        if self.engine.counters["paused"] != before:
-            self.log.warn(
-                "Process pause detected: not scheduled for {ms:.0f} ms; dropping the"
-                " membership messages queued meanwhile",
-                ms=self.engine.last_pause * 1000,
-            )
-
-    def _tick(self) -> None:
-        self._timer = None
-        # The clock computes "now + delay", which may land a rounding error short of
-        # the deadline: tick at the deadline itself, so what was due fires.
-        deadline = self._timer_deadline
-        self._input(lambda now: self.engine.tick(max(now, deadline)))
 
     def _run_loopback(self) -> None:
         self._loopback_call = None
@@ -322,42 +327,23 @@ class RingProtocol(DatagramProtocol):
 
     # -- effects --------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """
-        Carry out the engine's effects in order.  An effect that feeds the engine again
-        (a C{deliver} callback that submits) adds effects that this same loop picks up
-        after the current ones, so order is kept.
-        """
-        if self._flushing or self._stopped:
-            return
-        self._flushing = True
-        try:
-            while not self._stopped:
-                effects = self.engine.take_effects()
-                if not effects:
-                    break
-                for effect in effects:
-                    # Once stopped (by a deliver callback, say), nothing more goes out.
-                    if isinstance(effect, Send):
-                        self._send(effect)
-                    else:
-                        self._deliver(effect)
-        finally:
-            self._flushing = False
-        self._reschedule()
+    #
+    # The driver carries the engine's effects out in order, and none once stopped.  A
+    # handler that feeds the engine again (a C{deliver} callback that submits) adds
+    # effects that the driver carries out after the current ones, so order is kept.
 
-    def _deliver(self, event: RingEvent) -> None:
-        if self._stopped:
-            return
+    def _deliver(self, effect: Deliver[Delivery] | Persist[int]) -> None:
+        event: RingEvent = effect.item if isinstance(effect, Deliver) else effect
         try:
             self.deliver(event)
         except Exception:
             self.counters["errors.deliver"] += 1
             self.log.failure("The deliver callback failed on {event!r}", event=event)
 
-    def _send(self, effect: Send) -> None:
-        if self._stopped:
-            return
+    def _log(self, effect: Log) -> None:
+        self.log.emit(effect.level, effect.format, **dict(effect.fields))
+
+    def _send(self, effect: Send[RingMessage]) -> None:
         if effect.to == self.node:
             # To itself (a one-member ring's token): back to the engine on the next turn
             # of the reactor, not by recursion.
@@ -371,7 +357,7 @@ class RingProtocol(DatagramProtocol):
             if not targets:
                 return
         else:
-            addr = self.peers.get(effect.to)
+            addr = self.peers.get(effect.to) if isinstance(effect.to, int) else None
             if addr is None:
                 self.counters["send.unknown_peer"] += 1
                 self.log.warn("No address for ring node {node}", node=effect.to)
@@ -397,31 +383,6 @@ class RingProtocol(DatagramProtocol):
                 continue
             self.counters["datagrams.sent"] += 1
             self.counters["bytes.sent"] += len(datagram)
-
-    def _reschedule(self) -> None:
-        """
-        Keep one timer, due no later than the engine's next deadline.  A deadline that
-        moved later (the token-loss timer, pushed back at every token) leaves the timer
-        where it is: when it fires, the engine has nothing due and the timer is set again
-        for the new deadline.  Moving a reactor timer at every token would cost more
-        than the early wake-ups do.
-        """
-        if self._stopped:
-            return
-        deadline = self.engine.next_deadline()
-        timer = self._timer
-        if deadline is None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        if timer is not None and timer.active():
-            if deadline < self._timer_deadline:
-                self._timer_deadline = deadline
-                timer.reset(max(0.0, deadline - self.clock.seconds()))
-            return
-        self._timer_deadline = deadline
-        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._tick)
 
 
 def listen_ring(reactor: IReactorUDP, protocol: RingProtocol) -> list[IListeningPort]:

@@ -1,8 +1,9 @@
 """
-The replicated tuple space: a MessageServer backend over the token ring.
+The replicated tuple space: a sans-IO core over the token ring (its Twisted host is
+L{lips.protocols.ReplicaNode}).
 """
 
-from lips.replica._node import ReplicaNode, RingSeqStorage
-from lips.replica._replica import Mode, Replica, ReplicaPayloadError
+from lips.replica._replica import Mode, Replica, ReplicaPayloadError, ReplicaTimer
+from lips.replica._replica import decode as decode_payload
 
-__all__ = ["Mode", "Replica", "ReplicaNode", "ReplicaPayloadError", "RingSeqStorage"]
+__all__ = ["Mode", "Replica", "ReplicaPayloadError", "ReplicaTimer", "decode_payload"]

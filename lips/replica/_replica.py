@@ -2,8 +2,8 @@
 The replicated tuple space: a MessageServer backend whose effects travel in the ring's
 total order (sans-IO).
 
-Only effects on the replicated state travel: C{OUT}, C{CLAIM}, C{CHECKPOINT}, C{FORGET}
-and C{WITHDRAW}.  A template is matched against the local replica first (as in LiPS):
+Only effects on the replicated state travel: C{OUT}, C{CLAIM}, C{CHECKPOINT}, C{FORGET},
+C{WITHDRAW} and C{ATOMIC}.  A template is matched against the local replica first (as in LiPS):
 C{in}/C{rd} with no match wait here, at their origin server; a match becomes a claim of
 that tuple's sequence number, applied at the same point of the order on every replica,
 where the first claim of a tuple wins and a losing origin matches again.  An answer
@@ -12,6 +12,11 @@ for an C{inp}/C{rdp} that found nothing here), so that a claim of the same event
 way from another server (the request's copy at a server its client left) wins over it,
 and one that comes later takes nothing: no tuple is ever taken while its caller is told
 that none was.
+
+An atomic request (C{ATOMIC}: steps applied as one event, all or none) is not matched
+here first: its steps go through the order as one payload, and every replica decides it
+at the same point, against the same state (L{TupleSpace.atomic}), so they all commit it
+or all abort it alike.
 
 Answers are released to the server only once the ring reports them safe (every member
 holds the message that produced them), so an answered operation survives the crash of
@@ -44,6 +49,42 @@ last one is in, every member takes the same decision at the same point of the or
   request of this server's clients is answered C{UNAVAILABLE} so they go elsewhere.
   Requests of this server that were in flight when the configuration changed are sent
   again once it serves: the (process id, event number) log applies each of them once.
+
+The core contract
+-----------------
+
+L{Replica} is a sans-IO core on the contract of L{lips.kernel} (C{docs/design/core.md}).
+L{lips.protocols.ReplicaNode} hosts it with a L{lips.kernel.Driver} next to the ring;
+the simulators of L{lips.testing} host it with their own engines.
+
+Inputs (each takes the current time, C{now}, last):
+
+  - from the MessageServer: L{Replica.submit}C{(operation, now)} and
+    L{Replica.withdraw}C{(pid, event, status, now)};
+  - from the ring: L{Replica.delivered}C{(ring, seq, payload, origin, index, now)},
+    L{Replica.safe}C{(ring, upto, now)} and
+    L{Replica.configuration}C{(ring, members, transitional, now)};
+  - from the host: L{Replica.refused}C{(payload, now)}, when the ring did not take a
+    payload the replica sent (its queue is full, or it has left): the host feeds it
+    back at once, as it carries that L{Send} out;
+  - L{Replica.timer}C{(ReplicaTimer.RESTORE, now)}: the next step of a restore is due.
+
+Queries: L{Replica.recovered} (raises L{Unavailable} unless serving), L{Replica.gauges},
+and the attributes C{mode}, C{space}, C{ring}, C{members}, C{last_primary},
+C{applied}, C{fingerprint}, C{has_state} and C{counters}.
+
+Effects:
+
+  - L{Send}C{(None, payload)}: broadcast C{payload} in the ring's total order (from
+    C{submit}, C{withdraw}, C{delivered}, C{safe}, C{configuration}, C{timer}; a
+    payload the ring refuses comes back through C{refused}).
+  - L{Deliver}C{(completion)}: an answer for the MessageServer (a L{Completion}: a
+    result once it is safe, C{PENDING}, C{BUSY}, C{UNAVAILABLE}), from any input.
+  - L{StartTimer}C{(ReplicaTimer.RESTORE, now)}: restore the snapshot just delivered a
+    step at a time, one step per C{timer} call, so that the host gets on with its other
+    work (the ring's token) between steps; and L{CancelTimer}C{(ReplicaTimer.RESTORE)},
+    when a new configuration makes the restore moot.
+  - L{Log}: the replica's mode changed (info).
 """
 
 from __future__ import annotations
@@ -52,18 +93,30 @@ import enum
 import hashlib
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Final
+from collections.abc import Generator, Iterable
+from typing import Any, ClassVar, Final
 
 import attrs
-from zope.interface import implementer
+from twisted.logger import LogLevel
 
+from lips.kernel import CancelTimer, Deliver, Effect, Log, Outbox, Send, StartTimer, TimerKey
 from lips.ring import NO_RING, RingId
-from lips.server import ISpaceBackend, Operation, Unavailable
+from lips.server import Operation, Refusal, Refused, Unavailable
 from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
-from lips.tuples import LTuple, Template, TupleError, make_tuple, packb, unpackb
+from lips.tuples import (
+    MAX_STEPS,
+    LTuple,
+    Step,
+    StepOp,
+    Template,
+    TupleError,
+    make_template,
+    make_tuple,
+    packb,
+    unpackb,
+)
 
-__all__ = ["Mode", "Replica", "ReplicaPayloadError"]
+__all__ = ["Mode", "Replica", "ReplicaPayloadError", "ReplicaTimer"]
 
 _OUT: Final = 1
 _CLAIM: Final = 2
@@ -72,6 +125,10 @@ _SNAPSHOT: Final = 4
 _CHECKPOINT: Final = 5
 _WITHDRAW: Final = 6
 _FORGET: Final = 7
+_ATOMIC: Final = 8
+
+#: Requests sent into the order as they come (not matched here first).
+_ORDERED_AS_IS: Final = frozenset({Kind.OUT, Kind.CHECKPOINT, Kind.FORGET, Kind.ATOMIC})
 
 #: Most client requests kept while the replica is not yet serving.
 MAX_QUEUED: Final = 10_000
@@ -80,11 +137,6 @@ _POSITION = struct.Struct("!QIQI")
 
 #: The sequence number of answers held until a state transfer's snapshot is safe.
 _AFTER_TRANSFER: Final = 2**63
-
-
-def _run_now(steps: Iterator[None]) -> None:
-    for _ in steps:
-        pass
 
 
 class ReplicaPayloadError(ValueError):
@@ -100,6 +152,24 @@ class Mode(enum.Enum):
     """A member of the primary component with the current state."""
     UNAVAILABLE = "unavailable"
     """Outside the primary component: requests are answered UNAVAILABLE."""
+
+
+class ReplicaTimer(enum.Enum):
+    """The replica's timers."""
+
+    RESTORE = "restore"
+    """The next step of restoring a snapshot (started at C{now}: at the host's next turn)."""
+
+
+@attrs.define(eq=False)
+class _Restore:
+    """A snapshot being restored: delivered at C{seq} of C{ring}, restored by C{steps}."""
+
+    ring: RingId
+    seq: int
+    steps: Generator[None, None, TupleSpace]
+    applied: int
+    fingerprint: bytes
 
 
 @attrs.define(eq=False)
@@ -162,6 +232,32 @@ def encode_forget(pid: int, event: int, unless_after: int | None = None) -> byte
     return packb([_FORGET, pid, event, unless_after])
 
 
+def encode_atomic(pid: int, event: int, steps: Iterable[Step]) -> bytes:
+    return packb([_ATOMIC, pid, event, [s.wire() for s in steps]])
+
+
+_STEP_OPS: Final = {int(op): op for op in StepOp}
+
+
+def _decode_steps(body: Any) -> tuple[Step, ...]:
+    """The steps of an C{ATOMIC} payload, each validated as the wire decoder does."""
+    if type(body) is not tuple or not 0 < len(body) <= MAX_STEPS:
+        raise ReplicaPayloadError(f"an atomic request has 1 to {MAX_STEPS} steps")
+    steps = []
+    for pair in body:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not int:
+            raise ReplicaPayloadError("a step is an array [op, argument]")
+        op = _STEP_OPS.get(pair[0])
+        if op is None:
+            raise ReplicaPayloadError(f"unknown step op {pair[0]}")
+        try:
+            arg = make_tuple(pair[1]) if op is StepOp.OUT else make_template(pair[1])
+        except TupleError as e:
+            raise ReplicaPayloadError(str(e)) from None
+        steps.append(Step(op, arg))
+    return tuple(steps)
+
+
 def encode_withdraw(pid: int, event: int, status: Status) -> bytes:
     return packb([_WITHDRAW, pid, event, int(status)])
 
@@ -174,6 +270,7 @@ def decode(payload: bytes) -> tuple[Any, ...]:
     A ring payload as C{("out", pid, event, tuple)},
     C{("claim", pid, event, kind, seq, origin)}, C{("checkpoint", pid, event, state)},
     C{("withdraw", pid, event, status)}, C{("forget", pid, event, unless_after)},
+    C{("atomic", pid, event, steps)},
     C{("status", ring, _Status)} or
     C{("snapshot", ring, source, applied, fingerprint, blob)}.
     """
@@ -197,6 +294,8 @@ def decode(payload: bytes) -> tuple[Any, ...]:
         if not kind.removes and kind not in (Kind.RD, Kind.RDP):
             raise ReplicaPayloadError(f"a claim cannot be an {kind.name}")
         return ("claim", body[1], body[2], kind, body[4], body[5])
+    if tag == _ATOMIC and len(body) == 4:
+        return ("atomic", body[1], body[2], _decode_steps(body[3]))
     if tag == _CHECKPOINT and len(body) == 4 and type(body[3]) is bytes:
         return ("checkpoint", body[1], body[2], body[3])
     if tag == _FORGET and len(body) == 3:
@@ -226,36 +325,34 @@ def decode(payload: bytes) -> tuple[Any, ...]:
     raise ReplicaPayloadError("not a replica operation")
 
 
-@implementer(ISpaceBackend)
 class Replica:
     """
-    One server's replica of the tuple space.
+    One server's replica of the tuple space (a core: see the module docstring for its
+    inputs and effects).
 
     @param node: this server's node id in the ring.
-    @param broadcast: hands a payload to the ring; returns False when the ring's queue
-        is full (the operation is then refused, for the client to retry).
     @param configured: the ids of every configured server of this ring (this one
         included): a primary component holds a majority of them.
     @param space: the (empty) space to start from; its limits and log limit are kept
         when a snapshot replaces it.
     """
 
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset(
+        {Send, Deliver, StartTimer, CancelTimer, Log}
+    )
+
     def __init__(
         self,
         node: int,
-        broadcast: Callable[[bytes], bool],
         configured: Iterable[int],
         space: TupleSpace | None = None,
     ) -> None:
         self.node = node
         self.configured = frozenset(configured) | {node}
         self.space = space if space is not None else TupleSpace()
-        self._broadcast = broadcast
-        self.on_complete: Callable[[Completion], None] = lambda c: None
-        self.background: Callable[[Iterator[None]], object] = _run_now
-        """Runs long work (restoring a snapshot) given as steps: at once by default; a
-        server runs the steps between its other work (L{ReplicaNode})."""
+        self._outbox = Outbox(Replica.emits)
         self.mode = Mode.SYNCING
+        self._logged_mode = self.mode
         self.has_state = False
         self.last_primary = NO_RING
         self.applied = 0
@@ -306,10 +403,23 @@ class Replica:
         self._source = 0
         self._transfer = False
         self._pending_snapshot: bytes | None = None
+        # The snapshot being restored, a step at each RESTORE timer.
+        self._restoring: _Restore | None = None
+
+    def drain(self) -> list[Effect]:
+        """The effects emitted since the last call, in order."""
+        return self._outbox.drain()
 
     # -- from the MessageServer -------------------------------------------------------------
 
-    def submit(self, operation: Operation) -> None:
+    def submit(self, operation: Operation, now: float) -> None:
+        """
+        A request of this server's clients: its answer (now or later) is a
+        L{Deliver}ed L{Completion}.
+        """
+        self._submit(operation)
+
+    def _submit(self, operation: Operation) -> None:
         op = operation
         key = (op.pid, op.event)
         if key in self._held_keys:
@@ -337,20 +447,22 @@ class Replica:
         if self.mode is Mode.SYNCING:
             self._queue(op)
             return
-        if op.kind is Kind.OUT or op.kind is Kind.CHECKPOINT or op.kind is Kind.FORGET:
+        if op.kind in _ORDERED_AS_IS:
             if op.kind is Kind.FORGET:
                 assert isinstance(op.payload, bytes)
                 since = unpackb(op.payload) if op.payload else None
                 payload = encode_forget(op.pid, op.event, since)
+            elif op.kind is Kind.ATOMIC:
+                assert isinstance(op.payload, tuple)
+                payload = encode_atomic(op.pid, op.event, op.payload)
             elif isinstance(op.payload, bytes):
                 payload = encode_checkpoint(op.pid, op.event, op.payload)
             else:
                 assert isinstance(op.payload, tuple)
                 payload = encode_out(op.pid, op.event, op.payload)
-            if self._broadcast(payload):
-                self._outs[key] = op
-            else:
-                self._refuse(*key)
+            # In flight until it is applied, or refused by the ring (L{refused}).
+            self._outs[key] = op
+            self._send(payload)
             return
         assert isinstance(op.payload, Template)
         self._match(op.pid, op.event, _Wait(op.kind, op.payload))
@@ -364,7 +476,7 @@ class Replica:
             raise Unavailable(f"this replica is {self.mode.value}")
         return self.space.recovered(pid)
 
-    def withdraw(self, pid: int, event: int, status: Status) -> None:
+    def withdraw(self, pid: int, event: int, status: Status, now: float) -> None:
         """
         A request of this server's clients timed out or was cancelled (C{status}
         C{TIMED_OUT} or C{WITHDRAWN}): whether it took effect is decided in the total
@@ -408,10 +520,13 @@ class Replica:
 
     # -- from the ring ----------------------------------------------------------------------
 
-    def delivered(
-        self, ring: RingId, seq: int, payload: bytes, origin: int = 0, index: int = 0
+    def delivered(  # noqa: PLR0917 (the ring's delivery as it comes, then now: the contract)
+        self, ring: RingId, seq: int, payload: bytes, origin: int, index: int, now: float
     ) -> None:
-        """Apply one payload delivered in total order."""
+        """
+        Apply one payload delivered in total order: the C{index}th of message C{seq} of
+        C{ring}, sent by node C{origin}.
+        """
         try:
             op = decode(payload)
         except ReplicaPayloadError:
@@ -421,15 +536,16 @@ class Replica:
         if op[0] == "status":
             self._on_status(seq, op[1], op[2])
         elif op[0] == "snapshot":
-            self._on_snapshot(seq, op[1:])
+            self._on_snapshot(seq, op[1:], now)
         elif self.mode is Mode.SERVING:
             self._apply(ring, seq, index, origin, op)
         elif self.mode is Mode.SYNCING and ring == self.ring:
             self._aside.append((ring, seq, index, payload, origin))
         else:
             self.counters["dropped"] += 1  # sent before its sender knew it was outside
+        self._note_mode()
 
-    def safe(self, ring: RingId, upto: int) -> None:
+    def safe(self, ring: RingId, upto: int, now: float) -> None:
         """
         Every member holds the ring's messages up to C{upto}: release their answers, and
         offer this server's waiters the other servers' tuples that are now safe.
@@ -467,13 +583,20 @@ class Replica:
             if values is not None and self.mode is Mode.SERVING:
                 self._offer(t, values)
 
-    def configuration(self, ring: RingId, members: Iterable[int], transitional: bool) -> None:
+    def configuration(
+        self, ring: RingId, members: Iterable[int], transitional: bool, now: float
+    ) -> None:
         """
         A configuration change.  At a regular one this member states what it holds and
-        waits, with everything else, for the decision (see the module docstring).
+        waits, with everything else, for the decision (see the module docstring).  A
+        restore still under way is dropped: its configuration is gone, and the new one
+        decides again.
         """
         if transitional:
             return
+        if self._restoring is not None:
+            self._restoring = None
+            self._outbox.cancel_timer(ReplicaTimer.RESTORE)
         self.counters["configurations"] += 1
         self.ring = ring
         self.members = tuple(members)
@@ -486,10 +609,75 @@ class Replica:
         status = _Status(
             self.node, self.has_state, self.last_primary, self.applied, self.fingerprint
         )
-        if not self._broadcast(encode_status(ring, status)):
+        self._send(encode_status(ring, status))
+        self._note_mode()
+
+    # -- from the host ----------------------------------------------------------------------
+
+    def refused(self, payload: bytes, now: float) -> None:
+        """
+        The ring did not take C{payload}, one this replica sent (its queue is full, or
+        this node has left the ring).  The host feeds this back at once, as it carries
+        the L{Send} out.  What the payload was for is undone: a request it carried is
+        answered C{BUSY} (never applied: the client may retry), a withdrawal or a
+        snapshot is sent again at the next safe.
+        """
+        try:
+            op = decode(payload)
+        except ReplicaPayloadError:
+            raise ValueError("not a payload of this replica") from None
+        tag = op[0]
+        if tag == "status":
             # Cannot happen on a fresh ring (its queue was emptied into the old one);
             # without a status nobody decides, and the next configuration tries again.
             self.counters["refused"] += 1
+        elif tag == "snapshot":
+            if op[1] == self.ring and self._pending_snapshot is None:
+                self._pending_snapshot = payload
+                self.counters["snapshots.sent"] -= 1  # counted as it was sent
+        elif tag == "withdraw":
+            key = (op[1], op[2])
+            if key in self._withdrawals:
+                self._unsent.add(key)
+        elif tag == "claim":
+            _, pid, event, kind, tuple_seq, _origin = op
+            claiming = self._claiming.get((pid, event))
+            if claiming is None or claiming[1] != tuple_seq:
+                return  # no longer the request's current claim
+            del self._claiming[(pid, event)]
+            if kind.removes:
+                self._inflight[tuple_seq] -= 1
+                if not self._inflight[tuple_seq]:
+                    del self._inflight[tuple_seq]
+            self._refuse(pid, event)
+        elif self._outs.pop((op[1], op[2]), None) is not None:
+            # An out, a checkpoint, a forget or an atomic request, still in flight: refused.
+            self._refuse(op[1], op[2])
+
+    def timer(self, key: TimerKey, now: float) -> None:
+        """
+        The next step of the restore is due (C{key} is L{ReplicaTimer.RESTORE}): run
+        it; then start the timer again, or serve once the last step is done.
+
+        @raise ValueError: for a key this replica never starts.
+        """
+        if key is not ReplicaTimer.RESTORE:
+            raise ValueError(f"not a timer of the replica: {key!r}")
+        restore = self._restoring
+        if restore is None:
+            return  # cancelled after it fell due (a host without a timer table)
+        try:
+            next(restore.steps)
+        except StopIteration as done:
+            self._restoring = None
+            self._restored(restore, done.value)
+        except SnapshotError:
+            # Every member got the same bytes; this one waits for the next configuration.
+            self._restoring = None
+            self.counters["snapshots.bad"] += 1
+        else:
+            self._outbox.start_timer(ReplicaTimer.RESTORE, now)
+        self._note_mode()
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -560,12 +748,14 @@ class Replica:
 
     def _send_snapshot(self) -> None:
         snapshot = self._pending_snapshot
-        if snapshot is not None and self._broadcast(snapshot):
-            # Refused only when the ring's queue is full: tried again at the next safe.
+        if snapshot is not None:
+            # Refused only when the ring's queue is full (L{refused}): tried again at
+            # the next safe.
             self._pending_snapshot = None
             self.counters["snapshots.sent"] += 1
+            self._send(snapshot)
 
-    def _on_snapshot(self, seq: int, snapshot: tuple[Any, ...]) -> None:
+    def _on_snapshot(self, seq: int, snapshot: tuple[Any, ...], now: float) -> None:
         for_ring, source, applied, fingerprint, blob = snapshot
         if for_ring != self.ring or not self._transfer:
             return
@@ -580,26 +770,25 @@ class Replica:
             self._barrier = (self._barrier[0], seq)
         if source != self._source or self.mode is not Mode.SYNCING:
             return
-        self.background(self._restore(self.ring, seq, blob, applied, fingerprint))
+        # Restored a step at a time, one per timer, so that the host's other work (the
+        # ring's token) goes on meanwhile: a member blocked for long is taken for dead.
+        steps = TupleSpace.restoring(blob, self.space.limits, self.space.log_limit)
+        self._restoring = _Restore(self.ring, seq, steps, applied, fingerprint)
+        self._outbox.start_timer(ReplicaTimer.RESTORE, now)
 
-    def _restore(
-        self, ring: RingId, seq: int, blob: bytes, applied: int, fingerprint: bytes
-    ) -> Generator[None, None, None]:
-        """Restore the snapshot delivered at C{seq} of C{ring}, a step at a time; serve."""
-        limits, log_limit = self.space.limits, self.space.log_limit
-        try:
-            space = yield from TupleSpace.restoring(blob, limits, log_limit)
-        except SnapshotError:
-            # Every member got the same bytes; this one waits for the next configuration.
-            self.counters["snapshots.bad"] += 1
-            return
-        if self.ring != ring or self.mode is not Mode.SYNCING:
+    def _restored(self, restore: _Restore, space: TupleSpace) -> None:
+        """The snapshot C{restore} restores is in C{space}: serve from it."""
+        if self.ring != restore.ring or self.mode is not Mode.SYNCING:
             return  # the configuration changed meanwhile: the next one decides again
         self.counters["snapshots.restored"] += 1
         self.space = space
-        self.applied, self.fingerprint, self.has_state = applied, fingerprint, True
+        self.applied, self.fingerprint, self.has_state = (
+            restore.applied,
+            restore.fingerprint,
+            True,
+        )
         self._source = 0
-        self._serve(seq)
+        self._serve(restore.seq)
 
     def _serve(self, seq: int) -> None:
         """
@@ -627,7 +816,7 @@ class Replica:
         # old ring: send them again; the log applies each once.
         outs, self._outs = self._outs, {}
         for op in outs.values():
-            self.submit(op)
+            self._submit(op)
         waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
         self._claiming.clear()
         self._waiting.clear()
@@ -638,7 +827,7 @@ class Replica:
         queued, self._queued = self._queued, OrderedDict()
         for key, op in queued.items():
             if key not in withdrawals:
-                self.submit(op)
+                self._submit(op)
         # Timeouts and cancels that came while syncing are decided now, in the order
         # (they may find their request answered: a claim applied before the change).
         for key in list(withdrawals):
@@ -703,6 +892,24 @@ class Replica:
                     self._fresh[t] = (ring, seq)
                 self._offer(t, values)
             return
+        if op[0] == "atomic":
+            # Decided here, against the state every replica has at this point: all of
+            # them commit it, or all abort it, alike.
+            _, pid, event, steps = op
+            if mine:
+                self._outs.pop((pid, event), None)
+            before = self.space.sequence
+            for c in self.space.atomic(pid, event, steps):
+                unsafe.setdefault((c.pid, c.event), at)
+                if mine:
+                    self._hold(ring, seq, c)
+            for t in range(before + 1, self.space.sequence + 1):
+                values = self.space.stored(t)
+                if values is not None:
+                    if not mine:
+                        self._fresh[t] = (ring, seq)
+                    self._offer(t, values)
+            return
         if op[0] == "checkpoint":
             _, pid, event, state = op
             done = self.space.checkpoint(pid, event, state)
@@ -762,7 +969,7 @@ class Replica:
 
     def _release(self, c: Completion) -> None:
         self._held_keys.pop((c.pid, c.event), None)
-        self.on_complete(c)
+        self._outbox.deliver(c)
 
     def _answer_logged(self, done: Completion) -> bool:
         """
@@ -775,7 +982,7 @@ class Replica:
         key = (done.pid, done.event)
         at = self._unsafe.get(key) or self._barrier
         if at is None or done.status is Status.STALE:
-            self.on_complete(done)
+            self._outbox.deliver(done)
             return True
         if self.mode is not Mode.SERVING:
             return False
@@ -794,10 +1001,9 @@ class Replica:
             self._unsent.discard(key)
             self._answer_logged(done)
             return
-        if self._broadcast(encode_withdraw(key[0], key[1], status)):
-            self._unsent.discard(key)
-        else:
-            self._unsent.add(key)  # the ring's queue is full: again at the next safe
+        # If the ring's queue is full (L{refused}), it is sent again at the next safe.
+        self._unsent.discard(key)
+        self._send(encode_withdraw(key[0], key[1], status))
 
     def _queue(self, op: Operation) -> None:
         """Keep a request until the replica serves (or refuse it: the queue is full)."""
@@ -809,20 +1015,41 @@ class Replica:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _send(self, payload: bytes) -> None:
+        """Broadcast C{payload} in the ring's order (a refusal comes back: L{refused})."""
+        self._outbox.send(None, payload)
+
+    def _note_mode(self) -> None:
+        """Log the mode, if it changed since it was last logged."""
+        if self.mode is self._logged_mode:
+            return
+        self._logged_mode = self.mode
+        self._outbox.log(
+            LogLevel.info,
+            "Replica {mode} in ring {ring} (last primary {primary}, {applied} applied,"
+            " {tuples} tuples, {restored} snapshots restored)",
+            mode=self.mode.value,
+            ring=f"{self.ring.seq}.{self.ring.rep}",
+            primary=f"{self.last_primary.seq}.{self.last_primary.rep}",
+            applied=self.applied,
+            tuples=len(self.space),
+            restored=self.counters["snapshots.restored"],
+        )
+
     def _refuse(self, pid: int, event: int) -> None:
         self.counters["refused"] += 1
-        self.on_complete(Completion(pid, event, Status.BUSY))
+        self._outbox.deliver(Refused(pid, event, Refusal.BUSY))
 
     def _unavailable(self, pid: int, event: int) -> None:
         self.counters["unavailable"] += 1
-        self.on_complete(Completion(pid, event, Status.UNAVAILABLE))
+        self._outbox.deliver(Refused(pid, event, Refusal.UNAVAILABLE))
 
     def _match(self, pid: int, event: int, wait: _Wait) -> None:
         found = self._choose(wait)
         if found is None:
             if wait.kind.blocks:
                 self._waiting[(pid, event)] = wait
-                self.on_complete(Completion(pid, event, Status.PENDING))
+                self._outbox.deliver(Completion(pid, event, Status.PENDING))
             else:
                 # "None" is decided in the order too: a claim of this event already on
                 # its way (from here, or from a server its client left) must win over
@@ -852,12 +1079,11 @@ class Replica:
         return None if found is None else found[0]
 
     def _claim(self, pid: int, event: int, wait: _Wait, tuple_seq: int) -> None:
-        if self._broadcast(encode_claim(pid, event, wait.kind, tuple_seq, self.node)):
-            self._claiming[(pid, event)] = (wait, tuple_seq)
-            if wait.kind.removes:
-                self._inflight[tuple_seq] += 1
-        else:
-            self._refuse(pid, event)
+        # In flight until it is applied, or refused by the ring (L{refused}).
+        self._claiming[(pid, event)] = (wait, tuple_seq)
+        if wait.kind.removes:
+            self._inflight[tuple_seq] += 1
+        self._send(encode_claim(pid, event, wait.kind, tuple_seq, self.node))
 
     def _offer(self, tuple_seq: int, values: LTuple) -> None:
         """

@@ -4,16 +4,16 @@ C{docs/design/ring.md}): the sans-IO engine with its membership protocol, its me
 and their codec, and the sealing of its datagrams.
 """
 
-from lips.ring._codec import RingCodecError, decode, encode
+from lips.ring._codec import MAX_COUNT, MAX_NODE, RingCodecError, decode, encode
 from lips.ring._engine import (
     Configuration,
-    Deliver,
-    Effect,
-    PersistRingSeq,
+    Delivered,
+    Delivery,
     RingConfig,
     RingEngine,
+    RingStored,
+    RingTimer,
     Safe,
-    Send,
     State,
 )
 from lips.ring._messages import (
@@ -28,32 +28,41 @@ from lips.ring._messages import (
     RingMessage,
     Token,
 )
-from lips.ring._seal import Dropped, DropReason, Mode, Opened, Sealer
+from lips.ring._seal import MIN_KEY, Dropped, DropReason, Mode, Opened, Sealer
+
+#: The name L{Delivered} had before the engine spoke L{lips.kernel}'s vocabulary (its
+#: payloads now come as C{lips.kernel.Deliver(Delivered(...))}, and L{RingProtocol
+#: <lips.protocols.RingProtocol>} hands the application the L{Delivered} itself).  Kept
+#: for callers that still test for it; not part of the public surface.
+Deliver = Delivered
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_NODE",
+    "MIN_KEY",
     "NO_RING",
     "Commit",
     "Configuration",
-    "Deliver",
+    "Delivered",
+    "Delivery",
     "DropReason",
     "Dropped",
-    "Effect",
     "Join",
     "Kind",
     "Mcast",
     "MergeDetect",
     "Mode",
     "Opened",
-    "PersistRingSeq",
     "Report",
+    "RingCodecError",
     "RingConfig",
     "RingEngine",
-    "RingCodecError",
     "RingId",
     "RingMessage",
+    "RingStored",
+    "RingTimer",
     "Safe",
     "Sealer",
-    "Send",
     "State",
     "Token",
     "decode",

@@ -1,19 +1,51 @@
 """
 The token-ring engine: total order, reliability, flow control and membership (sans-IO).
 
-A Totem-style single ring (see C{docs/design/ring.md} and the Totem reference).  The
-engine is a plain object fed events -- L{RingEngine.received} for a message,
-L{RingEngine.tick} when its L{RingEngine.next_deadline} has come, L{RingEngine.submit}
-for a payload to broadcast -- with the current time as an argument.  It never touches a
-socket or a reactor; what it wants done comes out of L{RingEngine.take_effects}:
-messages to send, payloads delivered in total order, the safe watermark, configuration
-changes and the ring sequence number to persist.
+A Totem-style single ring (see C{docs/design/ring.md} and the Totem reference), written
+to the core contract of L{lips.kernel} (C{docs/design/core.md}): a plain object whose
+inputs take the current time last, whose decisions come out as effects, taken with
+L{RingEngine.drain}, and whose timers are effects too.  It never touches a socket, a
+clock or a reactor.
+
+Inputs (each takes C{now} last):
+
+  - L{RingEngine.start}C{(now)}: persist a fresh ring sequence number, gather a ring.
+  - L{RingEngine.received}C{(message, now)}: one authentic ring message.
+  - L{RingEngine.submit}C{(payload, now) -> bool}: queue a payload for broadcast (False:
+    the queue is full, or this node has left).
+  - L{RingEngine.leave}C{(now)}: say goodbye and fall silent.
+  - L{RingEngine.timer}C{(key, now)}: the timer C{key} (a L{RingTimer}) is due.
+
+Effects:
+
+  - L{Send}C{(to, message)}: a ring message to node C{to}, or to every peer when C{to}
+    is None (joins, merge detects, broadcast messages).
+  - L{Deliver}C{(item)}: for the application, in order: a L{Delivered} payload in total
+    order, a L{Safe} watermark, and at each membership change the transitional then the
+    regular L{Configuration}.
+  - L{Persist}C{(RingStored.RING_SEQ, seq)}: store the highest ring sequence number
+    used, before anything emitted after it is carried out (ring ids never repeat across
+    restarts).
+  - L{StartTimer}C{(key, at)} / L{CancelTimer}C{(key)}: the L{RingTimer}s (token loss
+    and retransmission, commit token retransmission, join and consensus, token hold and
+    merge detection, the flush after a pause).  The engine remembers the deadline of
+    each timer it started, to tell a pause from how overdue they are.  The only timer it
+    starts already due is the flush after a pause; a host that fires due timers with
+    L{TimerTable.due<lips.kernel.TimerTable.due>} leaves it for its next round, which is
+    what the flush is for (the backlog read meanwhile is stale).
+  - L{Log}: a pause noticed (warn).
+
+Queries: L{RingEngine.state}, C{ring}, C{members}, C{installed}, C{installed_members},
+L{RingEngine.safe}, L{RingEngine.backlog}, C{counters} and C{last_pause}.
 
 States: GATHER (agree on who is there), COMMIT (the commit token collects what every
 member brings from its last ring), RECOVERY (old-ring messages are re-broadcast through
 the new ring, then every member delivers the same old-ring set and installs the new
 configuration) and OPERATIONAL; and LEFT, once L{RingEngine.leave} has announced that
-this node is leaving (it then sends, delivers and fires nothing more).
+this node is leaving (it then sends, delivers and fires nothing more).  What the engine
+needs only in one phase is held in that phase's object (L{_Gather}, L{_Commit},
+L{_Recovery}, L{_Operational}, L{_Left}), made fresh when the phase is entered; the
+token's bookkeeping (L{_TokenState}) is made fresh with each new ring.
 
 Two ways a member is dropped before the token-loss timeout: it leaves (its leave, a
 L{Join} naming itself as failed, sends the others to GATHER with it failed), or it fails
@@ -38,10 +70,22 @@ from __future__ import annotations
 import enum
 from collections import Counter, deque
 from collections.abc import Iterable
-from typing import Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 import attrs
+from twisted.logger import LogLevel
 
+from lips.kernel import (
+    CancelTimer,
+    Deliver,
+    Effect,
+    Log,
+    Outbox,
+    Persist,
+    Send,
+    StartTimer,
+    TimerKey,
+)
 from lips.ring._messages import (
     NO_RING,
     Commit,
@@ -58,13 +102,13 @@ from lips.tuples import packb, unpackb
 
 __all__ = [
     "Configuration",
-    "Deliver",
-    "Effect",
-    "PersistRingSeq",
+    "Delivered",
+    "Delivery",
     "RingConfig",
     "RingEngine",
+    "RingStored",
+    "RingTimer",
     "Safe",
-    "Send",
     "State",
 ]
 
@@ -81,6 +125,35 @@ class State(enum.Enum):
     RECOVERY = "recovery"
     OPERATIONAL = "operational"
     LEFT = "left"
+
+
+class RingTimer(enum.Enum):
+    """The engine's timers (its L{StartTimer} and L{CancelTimer} keys)."""
+
+    TOKEN_LOSS = "token_loss"
+    """No token for L{RingConfig.token_timeout} (nor commit token while forming): gather."""
+    TOKEN_RETRANSMIT = "token_retransmit"
+    """Send the token last passed on again: it may have been lost."""
+    COMMIT_RETRANSMIT = "commit_retransmit"
+    """Send the commit token last forwarded again."""
+    HOLD = "hold"
+    """The representative of an idle ring has held the token long enough: pass it on."""
+    MERGE = "merge"
+    """An idle ring's representative broadcasts a merge detect."""
+    JOIN = "join"
+    """Broadcast the join of the gather again."""
+    CONSENSUS = "consensus"
+    """No consensus in L{RingConfig.consensus_timeout}: fail the nodes that disagree."""
+    FLUSH = "flush"
+    """The backlog read after a pause is over: membership messages count again."""
+
+
+class RingStored(enum.Enum):
+    """What the engine asks its host to store (the C{what} of its L{Persist} effects)."""
+
+    RING_SEQ = "ring_seq"
+    """The highest ring sequence number used (an C{int}): after a restart, ring ids
+    must start above it."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -161,19 +234,11 @@ class RingConfig:
         )
 
 
-# -- effects ------------------------------------------------------------------------------
+# -- what the engine delivers ---------------------------------------------------------------
 
 
 @attrs.frozen
-class Send:
-    """Send C{message} to node C{to}, or to every node when C{to} is None."""
-
-    to: int | None
-    message: RingMessage
-
-
-@attrs.frozen
-class Deliver:
+class Delivered:
     """
     An application payload, in total order: in message C{seq} of ring C{ring} (the one
     carrying its last fragment), the C{index}-th payload packed there.
@@ -206,14 +271,8 @@ class Configuration:
     transitional: bool
 
 
-@attrs.frozen
-class PersistRingSeq:
-    """Store C{seq}: after a restart, ring ids must start above it."""
-
-    seq: int
-
-
-Effect: TypeAlias = Send | Deliver | Safe | Configuration | PersistRingSeq
+Delivery: TypeAlias = Delivered | Safe | Configuration
+"""The items of the engine's L{Deliver} effects."""
 
 
 # -- per-ring message log -----------------------------------------------------------------
@@ -237,15 +296,124 @@ class _RingLog:
         return True
 
 
+# -- the phases -----------------------------------------------------------------------------
+#
+# What the engine needs only in one phase lives in that phase's object, made fresh on
+# entering the phase: leaving a phase forgets its data, and nothing is reset by hand.
+
+_View: TypeAlias = tuple[frozenset[int], frozenset[int]]
+
+
+@attrs.define(eq=False)
+class _Gather:
+    """GATHER: agreeing on who is there."""
+
+    state: ClassVar[State] = State.GATHER
+    procs: frozenset[int]
+    """The nodes this node counts on."""
+    failed: frozenset[int]
+    """Those of them it has given up on."""
+    consensus: dict[int, _View]
+    """The view C{(procs, failed)} of each node's latest join that matched this node's
+    (its own included): consensus is every live node's."""
+
+    @property
+    def view(self) -> _View:
+        return (self.procs, self.failed)
+
+    @property
+    def live(self) -> frozenset[int]:
+        return self.procs - self.failed
+
+
+@attrs.define(eq=False)
+class _Commit:
+    """COMMIT: the commit token goes round, collecting each member's report."""
+
+    state: ClassVar[State] = State.COMMIT
+    ring: RingId
+    """The ring being formed."""
+    commit: tuple[int, Commit] | None = None
+    """The commit token last forwarded, and to whom: retransmitted until it is
+    answered."""
+
+
+@attrs.define(eq=False)
+class _Recovery:
+    """RECOVERY: the old ring's messages are broadcast again through the new ring."""
+
+    state: ClassVar[State] = State.RECOVERY
+    trans: tuple[int, ...]
+    """The members that come from this node's installed ring: the transitional
+    configuration."""
+    rebroadcast: deque[tuple[Kind, bytes, Mcast | None]]
+    """What is still to be broadcast before any payload: the old ring's messages the
+    survivors may lack, then this node's marker."""
+    markers: set[int] = attrs.Factory(set)
+    """The members whose marker this node has delivered: all of them, and it
+    installs the new ring."""
+    commit: tuple[int, Commit] | None = None
+    """As in L{_Commit}: the second rotation's commit token, retransmitted until the
+    ring is installed."""
+
+
+@attrs.define(eq=False)
+class _Operational:
+    """OPERATIONAL: the installed ring delivers payloads."""
+
+    state: ClassVar[State] = State.OPERATIONAL
+    held: Token | None = None
+    """The token, held by the representative of an idle ring until a payload is
+    submitted or the hold timer fires."""
+
+
+@attrs.define(eq=False)
+class _Left:
+    """LEFT: this node said goodbye; it does nothing more."""
+
+    state: ClassVar[State] = State.LEFT
+
+
+_Phase: TypeAlias = _Gather | _Commit | _Recovery | _Operational | _Left
+
+
+@attrs.define(eq=False)
+class _TokenState:
+    """
+    What this node keeps of its ring's token between visits.  Made fresh when a new
+    ring is entered (its recovery); used through recovery and operational, and still
+    read (the safe watermark) while the next ring is gathered.
+    """
+
+    seen: int = -1
+    """The highest token sequence number seen: a copy not above it is a duplicate."""
+    last: Token | None = None
+    """The token last passed on: retransmitted until the next visit."""
+    idle_visits: int = 0
+    aru_last_visit: int = 0
+    sent_last: int = 0
+    backlog_last: int = 0
+    safe: int = 0
+    """Every member holds this ring's messages up to here."""
+    stuck: tuple[int, int] = (0, 0)
+    """The failed-to-receive watch: the C{(aru, aru_node)} of the token at the last
+    visits, and for how many visits in a row it has held the ring back."""
+    stuck_visits: int = 0
+
+
 class RingEngine:
     """
-    One member of the token ring.
+    One member of the token ring (a core: see the module docstring).
 
     @param node: this node's id (positive).
     @param peers: the ids of every configured node (this one included): where a
         broadcast goes, and who may be gathered into a ring.
     @param ring_seq: the highest ring sequence number this node persisted before.
     """
+
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset(
+        {Send, Deliver, Persist, StartTimer, CancelTimer, Log}
+    )
 
     def __init__(
         self,
@@ -260,7 +428,6 @@ class RingEngine:
         self.peers = frozenset(peers) | {node}
         self.config = config if config is not None else RingConfig()
         self.counters: Counter[str] = Counter()
-        self.state = State.GATHER
         self.ring = NO_RING
         self.members: tuple[int, ...] = ()
         self.installed = NO_RING
@@ -274,48 +441,41 @@ class RingEngine:
         # sent again, from the first, if a new configuration comes in between.
         self._partial: list[tuple[int, int, bytes]] = []
         self._assembly: dict[int, tuple[int, list[bytes]]] = {}
-        self._recovery: deque[tuple[Kind, bytes, Mcast | None]] = deque()
-        self._markers: set[int] = set()
-        self._trans: tuple[int, ...] = ()
-        self._effects: list[Effect] = []
-        self._timers: dict[str, float] = {}
-        # token bookkeeping
-        self._token_seq_seen = -1
-        self._last_token: Token | None = None
-        self._held: Token | None = None
-        self._idle_visits = 0
-        self._aru_last_visit = 0
-        self._sent_last = 0
-        self._backlog_last = 0
-        self.safe = 0
+        self._outbox = Outbox(RingEngine.emits)
+        # The deadline of every timer started and not yet fired or cancelled, as the
+        # host was asked: how overdue they are tells a pause.
+        self._timers: dict[RingTimer, float] = {}
+        # The current phase's data, and the token's of the current ring.
+        self._phase: _Phase = _Gather(frozenset({node}), frozenset(), {})
+        self._token = _TokenState()
         # membership bookkeeping
-        self._procs: frozenset[int] = frozenset({node})
-        self._failed: frozenset[int] = frozenset()
-        self._consensus: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
         self._commit_seen: set[tuple[RingId, int]] = set()
-        self._last_commit: tuple[int, Commit] | None = None
-        self._forming = NO_RING
         self._join_seq: dict[int, int] = {}
         # Nodes that left, with the ring sequence number of their leave: failed in every
         # gather until a newer incarnation of theirs joins.
         self._gone: dict[int, int] = {}
-        # failed-to-receive watch: the (aru, aru_node) of the token at this node's last
-        # visits, and for how many visits in a row it has held the ring back
-        self._stuck: tuple[int, int] = (0, 0)
-        self._stuck_visits = 0
         self._now = 0.0
         self._started = False
-        #: How long this node was last paused (seconds), as L{RingEngine.received},
-        #: L{RingEngine.tick} or L{RingEngine.submit} saw from its overdue timers;
-        #: C{counters["paused"]} counts the pauses.
+        #: How long this node was last paused (seconds), as an input saw from its overdue
+        #: timers; C{counters["paused"]} counts the pauses.
         self.last_pause = 0.0
-        # After a pause, until the next tick: membership messages are the stale backlog of
-        # the socket, and are dropped.
+        # After a pause, until the flush timer fires (the host's next round of timers):
+        # membership messages are the stale backlog of the socket, and are dropped.
         self._flushing = False
         # The ring sequence number this incarnation started (or resumed after a pause)
         # at: a join older than it that names this node as failed was about the node as
         # it was before, by a sender that has not heard from it since.
         self._epoch = 0
+
+    @property
+    def state(self) -> State:
+        """The phase this node is in."""
+        return self._phase.state
+
+    @property
+    def safe(self) -> int:
+        """Every member of ring L{ring} holds its messages up to this sequence number."""
+        return self._token.safe
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -325,7 +485,7 @@ class RingEngine:
         self._started = True
         self._ring_seq_max += 4
         self._epoch = self._ring_seq_max
-        self._emit(PersistRingSeq(self._ring_seq_max))
+        self._persist_ring_seq()
         self._enter_gather(self.peers, frozenset(), fresh=True)
 
     def leave(self, now: float) -> None:
@@ -342,17 +502,14 @@ class RingEngine:
             return
         self.counters["left"] += 1
         # Persisted so that the next incarnation's joins are newer than this leave.
-        self._emit(PersistRingSeq(self._ring_seq_max))
+        self._persist_ring_seq()
         self._send(None, Join.leave(self.node, self._ring_seq_max))
-        self.state = State.LEFT
-        self._timers.clear()
+        self._phase = _Left()
+        for key in list(self._timers):
+            self._disarm(key)
         self._queue.clear()
         self._partial.clear()
-        self._recovery.clear()
         self._assembly.clear()
-        self._held = None
-        self._last_token = None
-        self._last_commit = None
 
     def submit(self, payload: bytes, now: float) -> bool:
         """
@@ -373,9 +530,10 @@ class RingEngine:
         if len(pieces) > 1:
             self.counters["fragmented"] += 1
         self._queue.extend((i, len(pieces), p) for i, p in enumerate(pieces))
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._timers.pop("hold", None)
+        phase = self._phase
+        if isinstance(phase, _Operational) and phase.held is not None:
+            held, phase.held = phase.held, None
+            self._disarm(RingTimer.HOLD)
             self._forward_token(held)
         return True
 
@@ -404,28 +562,27 @@ class RingEngine:
         else:
             self._on_merge_detect(message)
 
-    def next_deadline(self) -> float | None:
-        """When L{tick} must next be called, if at all."""
-        return min(self._timers.values()) if self._timers else None
+    def timer(self, key: TimerKey, now: float) -> None:
+        """
+        The timer C{key} is due.  If it is overdue by more than
+        L{RingConfig.pause_after}, this node was paused: the pause does not count
+        against its timers, which are started again later (L{_resumed}), this one too.
 
-    def tick(self, now: float) -> None:
-        """Fire every timer due by C{now}."""
+        @raise ValueError: if C{key} is not a L{RingTimer} this engine has pending, or
+            is not due by C{now}.
+        """
+        at = self._timers.get(key) if isinstance(key, RingTimer) else None
+        if at is None or at > now:
+            raise ValueError(f"not a pending timer of the ring engine due by {now}: {key!r}")
+        assert isinstance(key, RingTimer)
         if self._clock(now):
-            # Nothing is due any more: the timers were pushed back by the pause, and the
-            # flush lasts until the next tick, once the backlog is read.
             return
-        while True:
-            due = [(t, name) for name, t in self._timers.items() if t <= now]
-            if not due:
-                return
-            _, name = min(due)
-            del self._timers[name]
-            getattr(self, f"_timer_{name}")()
+        del self._timers[key]
+        getattr(self, f"_timer_{key.value}")()
 
-    def take_effects(self) -> list[Effect]:
+    def drain(self) -> list[Effect]:
         """What the engine wants done since the last call, in order."""
-        effects, self._effects = self._effects, []
-        return effects
+        return self._outbox.drain()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -455,11 +612,12 @@ class RingEngine:
             stand, they would give up on the others at once: a consensus timeout fails
             every member whose join has not been read yet, and each would form a ring
             of its own.
-          - Joins and commit tokens read before the next tick are dropped (corosync's
-            C{pause_flush}): they are the backlog, from rounds that are over.  The joins
-            of the round that formed a ring without this node name it as failed; acting
-            on them it would fail their senders, its joins would make them fail it, and
-            so on, ring after ring.  What is current is sent again: joins every
+          - Joins and commit tokens read before the flush timer fires (the host's next
+            round of timers) are dropped (corosync's C{pause_flush}): they are the
+            backlog, from rounds that are over.  The joins of the round that formed a
+            ring without this node name it as failed; acting on them it would fail
+            their senders, its joins would make them fail it, and so on, ring after
+            ring.  What is current is sent again: joins every
             L{RingConfig.join_interval}, commit tokens every
             L{RingConfig.token_retransmit}.
           - If the pause outlasted the token-loss timeout, the others have lost its ring
@@ -470,10 +628,17 @@ class RingEngine:
         """
         self.counters["paused"] += 1
         self.last_pause = paused_for
-        for name in self._timers:
-            self._timers[name] += paused_for
+        self._outbox.log(
+            LogLevel.warn,
+            "Process pause detected: not scheduled for {ms:.0f} ms; dropping the"
+            " membership messages queued meanwhile",
+            ms=paused_for * 1000,
+        )
+        for key, at in self._timers.items():
+            self._timers[key] = at + paused_for
+            self._outbox.start_timer(key, at + paused_for)
         self._flushing = True
-        self._arm("flush", 0.0)
+        self._arm(RingTimer.FLUSH, 0.0)
         lost = paused_for >= self.config.token_timeout and (
             self.state is State.COMMIT or len(self.members) > 1
         )
@@ -484,20 +649,29 @@ class RingEngine:
             # joins were flushed); the others know, and their joins will say.
             self._ring_seq_max += 4
             self._epoch = self._ring_seq_max
-            self._emit(PersistRingSeq(self._ring_seq_max))
+            self._persist_ring_seq()
             self._gone.clear()
-            gathering = self._procs if self.state is State.GATHER else frozenset()
+            phase = self._phase
+            gathering = phase.procs if isinstance(phase, _Gather) else frozenset()
             self._enter_gather(gathering, frozenset(), fresh=True)
-
-    def _emit(self, effect: Effect) -> None:
-        self._effects.append(effect)
 
     def _send(self, to: int | None, message: RingMessage) -> None:
         self.counters[f"sent.{type(message).__name__.lower()}"] += 1
-        self._emit(Send(to, message))
+        self._outbox.send(to, message)
 
-    def _arm(self, name: str, delay: float) -> None:
-        self._timers[name] = self._now + delay
+    def _deliver(self, item: Delivery) -> None:
+        self._outbox.deliver(item)
+
+    def _persist_ring_seq(self, seq: int | None = None) -> None:
+        self._outbox.persist(RingStored.RING_SEQ, self._ring_seq_max if seq is None else seq)
+
+    def _arm(self, key: RingTimer, delay: float) -> None:
+        at = self._timers[key] = self._now + delay
+        self._outbox.start_timer(key, at)
+
+    def _disarm(self, key: RingTimer) -> None:
+        if self._timers.pop(key, None) is not None:
+            self._outbox.cancel_timer(key)
 
     def _next_member(self) -> int:
         i = self.members.index(self.node)
@@ -553,18 +727,20 @@ class RingEngine:
             else:
                 self.counters["dropped.token"] += 1
             return
-        if tok.token_seq <= self._token_seq_seen:
+        if tok.token_seq <= self._token.seen:
             self.counters["token.duplicate"] += 1
             return
-        self._token_seq_seen = tok.token_seq
+        self._token.seen = tok.token_seq
         self.counters["token.received"] += 1
-        self._timers.pop("retransmit", None)
+        # The token last passed on came round: no more retransmitting it.  (Left to
+        # the token passed on next, or the hold, to replace or cancel; a gather cancels
+        # it.)
         laggard = self._failing_to_receive(tok)
         if laggard is not None:
             self.counters["fail_to_recv"] += 1
             self._enter_gather(frozenset(), frozenset({laggard}))
             return
-        self._arm("token_loss", self.config.token_timeout)
+        self._arm(RingTimer.TOKEN_LOSS, self.config.token_timeout)
         self._forward_token(tok)
 
     def _failing_to_receive(self, tok: Token) -> int | None:
@@ -573,6 +749,7 @@ class RingEngine:
         L{RingConfig.fail_recv_rotations} visits in a row the ring's aru has stayed
         where that member holds it, below messages this node holds.
         """
+        token = self._token
         lacking = tok.aru_node
         stuck = (tok.aru, lacking)
         if (
@@ -580,21 +757,23 @@ class RingEngine:
             or lacking not in self.members
             or self._logs[self.ring].aru <= tok.aru
         ):
-            self._stuck_visits = 0
+            token.stuck_visits = 0
             return None
-        if stuck != self._stuck:
-            self._stuck, self._stuck_visits = stuck, 0
-        self._stuck_visits += 1
-        if self._stuck_visits < self.config.fail_recv_rotations:
+        if stuck != token.stuck:
+            token.stuck, token.stuck_visits = stuck, 0
+        token.stuck_visits += 1
+        if token.stuck_visits < self.config.fail_recv_rotations:
             return None
-        self._stuck_visits = 0
+        token.stuck_visits = 0
         return lacking
 
     def _forward_token(self, tok: Token) -> None:
         """Use the token: retransmit, broadcast, update it, forward it, deliver."""
         log = self._logs[self.ring]
         cfg = self.config
-        queue_len = len(self._recovery) + (len(self._queue) if self._installed_now() else 0)
+        phase = self._phase
+        token = self._token
+        queue_len = self._outgoing()
         allowed = min(cfg.max_messages, max(0, cfg.window - tok.fcc))
         if tok.backlog > 0 and queue_len > 0:
             share = cfg.window * queue_len // max(tok.backlog, queue_len)
@@ -628,45 +807,53 @@ class RingEngine:
             aru_node = 0 if aru >= seq else self.node
         else:
             aru, aru_node = tok.aru, tok.aru_node
-        queue_len = len(self._recovery) + (len(self._queue) if self._installed_now() else 0)
-        fcc = max(0, tok.fcc - self._sent_last + sent)
-        backlog = max(0, tok.backlog - self._backlog_last + queue_len)
-        self._sent_last, self._backlog_last = sent, queue_len
+        queue_len = self._outgoing()
+        fcc = max(0, tok.fcc - token.sent_last + sent)
+        backlog = max(0, tok.backlog - token.backlog_last + queue_len)
+        token.sent_last, token.backlog_last = sent, queue_len
         new = Token(self.ring, tok.token_seq + 1, seq, aru, aru_node, fcc, backlog, tuple(rtr))
-        safe = min(self._aru_last_visit, aru)
-        self._aru_last_visit = aru
-        if safe > self.safe:
-            self.safe = safe
-            self._emit(Safe(self.ring, safe))
+        safe = min(token.aru_last_visit, aru)
+        token.aru_last_visit = aru
+        if safe > token.safe:
+            token.safe = safe
+            self._deliver(Safe(self.ring, safe))
         self._free(log)
         idle = seq == tok.seq and not rtr and backlog == 0
-        self._idle_visits = self._idle_visits + 1 if idle else 0
+        token.idle_visits = token.idle_visits + 1 if idle else 0
         if (
-            self._idle_visits >= cfg.idle_rotations
+            token.idle_visits >= cfg.idle_rotations
             and self.node == self.members[0]
-            and self.state is State.OPERATIONAL
+            and isinstance(phase, _Operational)
         ):
             # An idle ring: hold the token (its representative) instead of spinning it;
             # a submit releases it at once.
-            self._held = new
-            self._arm("hold", cfg.hold)
-            if "merge" not in self._timers:  # re-arming at every hold would starve it
-                self._arm("merge", cfg.merge_interval)
+            phase.held = new
+            self._disarm(RingTimer.TOKEN_RETRANSMIT)
+            self._arm(RingTimer.HOLD, cfg.hold)
+            if RingTimer.MERGE not in self._timers:  # re-arming at every hold would starve it
+                self._arm(RingTimer.MERGE, cfg.merge_interval)
         else:
             self._pass_token(new)
         self._process()
 
     def _pass_token(self, tok: Token) -> None:
-        self._last_token = tok
+        self._token.last = tok
         self._send(self._next_member(), tok)
-        self._arm("retransmit", self.config.token_retransmit)
+        self._arm(RingTimer.TOKEN_RETRANSMIT, self.config.token_retransmit)
 
     def _installed_now(self) -> bool:
         return self.installed == self.ring
 
+    def _outgoing(self) -> int:
+        """How many messages this node has waiting to be broadcast."""
+        phase = self._phase
+        rebroadcast = len(phase.rebroadcast) if isinstance(phase, _Recovery) else 0
+        return rebroadcast + (len(self._queue) if self._installed_now() else 0)
+
     def _next_outgoing(self, seq: int) -> Mcast | None:
-        if self._recovery:
-            kind, payload, old = self._recovery.popleft()
+        phase = self._phase
+        if isinstance(phase, _Recovery) and phase.rebroadcast:
+            kind, payload, old = phase.rebroadcast.popleft()
             if old is None:
                 return Mcast(self.ring, seq, self.node, kind, payload)
             return Mcast(
@@ -714,7 +901,7 @@ class RingEngine:
             return
         for position, (index, total, data) in enumerate(pieces):
             if total == 1:
-                self._emit(Deliver(m.ring, m.seq, m.origin, data, position))
+                self._deliver(Delivered(m.ring, m.seq, m.origin, data, position))
                 continue
             if index == 0:
                 if m.origin in self._assembly:
@@ -732,11 +919,12 @@ class RingEngine:
             expected[1].append(data)
             if index == total - 1:
                 del self._assembly[m.origin]
-                self._emit(Deliver(m.ring, m.seq, m.origin, b"".join(expected[1]), position))
+                payload = b"".join(expected[1])
+                self._deliver(Delivered(m.ring, m.seq, m.origin, payload, position))
 
     def _free(self, log: _RingLog) -> None:
         """Drop messages every member holds and this node has processed."""
-        upto = min(self.safe, log.processed)
+        upto = min(self._token.safe, log.processed)
         for s in [s for s in log.msgs if s <= upto]:
             del log.msgs[s]
 
@@ -761,9 +949,9 @@ class RingEngine:
                     self._log(m.old_ring).add(
                         Mcast(m.old_ring, m.old_seq, m.old_origin, Kind.APP, m.payload)
                     )
-            else:
-                self._markers.add(m.origin)
-                if self.state is State.RECOVERY and self._markers >= set(self.members):
+            elif isinstance(phase := self._phase, _Recovery):
+                phase.markers.add(m.origin)
+                if phase.markers >= set(self.members):
                     self._install()
 
     # -- membership ---------------------------------------------------------------------
@@ -771,27 +959,34 @@ class RingEngine:
     def _enter_gather(
         self, procs: Iterable[int], failed: Iterable[int], fresh: bool = False
     ) -> None:
-        if self.state is not State.GATHER or fresh:
+        phase = self._phase
+        if isinstance(phase, _Gather) and not fresh:
+            # Another round of the same gather: what it knew still holds.
+            known, given_up = phase.procs, phase.failed
+        else:
             self.counters["gather.entered"] += 1
-            base = set(self.installed_members) | set(self.members) | {self.node}
-            self._procs = frozenset(base)
-            self._failed = frozenset()
-        self._procs = self._procs | frozenset(procs)
-        gone = frozenset(n for n in self._procs if n in self._gone)
-        self._failed = (self._failed | frozenset(failed) | gone) - {self.node}
-        self.state = State.GATHER
-        self._held = None
-        for t in ("token_loss", "retransmit", "hold", "merge"):
-            self._timers.pop(t, None)
-        self._last_commit = None
-        self._consensus = {self.node: (self._procs, self._failed)}
+            known = frozenset(set(self.installed_members) | set(self.members) | {self.node})
+            given_up = frozenset()
+        known = known | frozenset(procs)
+        gone = frozenset(n for n in known if n in self._gone)
+        given_up = (given_up | frozenset(failed) | gone) - {self.node}
+        for key in (
+            RingTimer.TOKEN_LOSS,
+            RingTimer.TOKEN_RETRANSMIT,
+            RingTimer.HOLD,
+            RingTimer.MERGE,
+        ):
+            self._disarm(key)
+        self._phase = _Gather(known, given_up, {self.node: (known, given_up)})
         self._send_join()
-        self._arm("consensus", self.config.consensus_timeout)
+        self._arm(RingTimer.CONSENSUS, self.config.consensus_timeout)
         self._check_consensus()
 
     def _send_join(self) -> None:
-        self._send(None, Join(self.node, self._procs, self._failed, self._ring_seq_max))
-        self._arm("join", self.config.join_interval)
+        phase = self._phase
+        assert isinstance(phase, _Gather)
+        self._send(None, Join(self.node, phase.procs, phase.failed, self._ring_seq_max))
+        self._arm(RingTimer.JOIN, self.config.join_interval)
 
     def _on_join(self, j: Join) -> None:
         if j.sender == self.node or j.sender not in self.peers:
@@ -837,7 +1032,7 @@ class RingEngine:
         if self.state is not State.GATHER:
             # A join from a member that has not yet seen the ring being formed (or this
             # one) is stale; so is one that lists this node as failed.
-            forming = self._forming if self.state is State.COMMIT else self.ring
+            forming = self._phase.ring if isinstance(self._phase, _Commit) else self.ring
             if j.sender in self._forming_members() and (
                 j.ring_seq < forming.seq or self.node in j.failed
             ):
@@ -846,23 +1041,26 @@ class RingEngine:
             self._ring_seq_max = max(self._ring_seq_max, j.ring_seq)
             self._enter_gather(j.procs | {j.sender}, frozenset())
         self._ring_seq_max = max(self._ring_seq_max, j.ring_seq)
-        if j.sender in self._failed:
+        phase = self._phase
+        assert isinstance(phase, _Gather)
+        if j.sender in phase.failed:
             return
-        view = (self._procs, self._failed)
+        view = phase.view
         if (j.procs, j.failed) == view:
-            self._consensus[j.sender] = view
+            phase.consensus[j.sender] = view
             self._check_consensus()
             return
-        if j.procs <= self._procs and j.failed <= self._failed:
+        if j.procs <= phase.procs and j.failed <= phase.failed:
             return
-        procs = self._procs | j.procs | {j.sender}
-        failed = self._failed | ({j.sender} if self.node in j.failed else j.failed)
+        procs = phase.procs | j.procs | {j.sender}
+        failed = phase.failed | ({j.sender} if self.node in j.failed else j.failed)
         self._enter_gather(procs, failed)
 
     def _on_leave(self, node: int) -> None:
         """Node C{node} is leaving: gather without it, if it is one this node counts on."""
-        if self.state is State.GATHER:
-            ours = node in self._procs and node not in self._failed
+        phase = self._phase
+        if isinstance(phase, _Gather):
+            ours = node in phase.live
         else:
             ours = node in self.members or node in self._forming_members()
         if not ours:
@@ -872,14 +1070,17 @@ class RingEngine:
         self._enter_gather(frozenset(), frozenset({node}))
 
     def _forming_members(self) -> frozenset[int]:
-        if self.state is State.COMMIT and self._last_commit is not None:
-            return frozenset(self._last_commit[1].members)
+        phase = self._phase
+        if isinstance(phase, _Commit) and phase.commit is not None:
+            return frozenset(phase.commit[1].members)
         return frozenset(self.members)
 
     def _check_consensus(self) -> None:
-        live = self._procs - self._failed
-        view = (self._procs, self._failed)
-        if any(self._consensus.get(n) != view for n in live):
+        phase = self._phase
+        assert isinstance(phase, _Gather)
+        live = phase.live
+        view = phase.view
+        if any(phase.consensus.get(n) != view for n in live):
             return
         if self.node != min(live):
             return
@@ -889,11 +1090,10 @@ class RingEngine:
         reports: list[Report | None] = [None] * len(members)
         reports[0] = self._report()
         commit = Commit(ring, members, tuple(reports), 1, 0)
-        self.state = State.COMMIT
-        self._forming = ring
-        self._timers.pop("join", None)
-        self._timers.pop("consensus", None)
-        self._emit(PersistRingSeq(ring.seq))
+        self._phase = _Commit(ring)
+        self._disarm(RingTimer.JOIN)
+        self._disarm(RingTimer.CONSENSUS)
+        self._persist_ring_seq(ring.seq)
         if len(members) == 1:
             self._rep_rotation_done(commit)
         else:
@@ -907,47 +1107,49 @@ class RingEngine:
 
     def _forward_commit(self, c: Commit, to_index: int) -> None:
         nxt = c.members[to_index % len(c.members)]
-        self._last_commit = (nxt, c)
+        phase = self._phase
+        assert isinstance(phase, _Commit | _Recovery)
+        phase.commit = (nxt, c)
         self._send(nxt, c)
-        self._arm("commit_retransmit", self.config.token_retransmit)
-        self._arm("token_loss", self.config.token_timeout)
+        self._arm(RingTimer.COMMIT_RETRANSMIT, self.config.token_retransmit)
+        self._arm(RingTimer.TOKEN_LOSS, self.config.token_timeout)
 
     def _on_commit(self, c: Commit) -> None:
         if self.node not in c.members:
             return
         i = c.members.index(self.node)
+        phase = self._phase
         if i == 0:
             # The representative sees its commit token come back after each rotation.
-            if c.rotation == 1 and self.state is State.COMMIT and self._forming == c.ring:
+            if c.rotation == 1 and isinstance(phase, _Commit) and phase.ring == c.ring:
                 if None not in c.reports:
                     self._rep_rotation_done(c)
             elif (
                 c.rotation == 2
-                and self.state is State.RECOVERY
+                and isinstance(phase, _Recovery)
                 and self.ring == c.ring
-                and self._token_seq_seen < 0
+                and self._token.seen < 0
             ):
                 # Every member is in recovery: start the new ring's token.
-                self._timers.pop("commit_retransmit", None)
-                self._last_commit = None
+                self._disarm(RingTimer.COMMIT_RETRANSMIT)
+                phase.commit = None
                 self._on_token(Token(self.ring, 0, 0, 0, 0, 0, 0, ()))
             return
         if (c.ring, c.rotation) in self._commit_seen or c.ring.seq <= self.ring.seq:
             return
         if c.rotation == 1:
-            if self.state is not State.GATHER or set(c.members) != self._procs - self._failed:
+            if not isinstance(phase, _Gather) or set(c.members) != phase.live:
                 return
             self._commit_seen.add((c.ring, 1))
             reports = list(c.reports)
             reports[i] = self._report()
             self._ring_seq_max = max(self._ring_seq_max, c.ring.seq)
-            self._emit(PersistRingSeq(self._ring_seq_max))
-            self.state = State.COMMIT
-            self._forming = c.ring
-            self._timers.pop("join", None)
-            self._timers.pop("consensus", None)
+            self._persist_ring_seq()
+            self._phase = _Commit(c.ring)
+            self._disarm(RingTimer.JOIN)
+            self._disarm(RingTimer.CONSENSUS)
             self._forward_commit(attrs.evolve(c, reports=tuple(reports)), i + 1)
-        elif self.state is State.COMMIT and self._forming == c.ring:
+        elif isinstance(phase, _Commit) and phase.ring == c.ring:
             self._commit_seen.add((c.ring, 2))
             self._enter_recovery(c)
             self._forward_commit(c, i + 1)
@@ -963,7 +1165,6 @@ class RingEngine:
 
     def _enter_recovery(self, c: Commit) -> None:
         self.counters["recovery.entered"] += 1
-        self.state = State.RECOVERY
         self.ring = c.ring
         self.members = c.members
         self._ring_seq_max = max(self._ring_seq_max, c.ring.seq)
@@ -972,29 +1173,23 @@ class RingEngine:
         trans = [
             m for m, r in zip(c.members, reports, strict=True) if r.old_ring == self.installed
         ]
-        self._trans = tuple(trans)
-        self._recovery.clear()
+        rebroadcast: deque[tuple[Kind, bytes, Mcast | None]] = deque()
         old = self._logs.get(self.installed)
         if old is not None:
             low = min(r.aru for r in reports if r.old_ring == self.installed and r is not None)
             for s in sorted(old.msgs):
                 if s > low:
-                    self._recovery.append((Kind.RECOVERED, b"", old.msgs[s]))
-        self._recovery.append((Kind.MARKER, b"", None))
-        self._markers = set()
+                    rebroadcast.append((Kind.RECOVERED, b"", old.msgs[s]))
+        rebroadcast.append((Kind.MARKER, b"", None))
+        self._phase = _Recovery(tuple(trans), rebroadcast)
         self._logs[self.ring] = _RingLog(self.ring)
-        self._token_seq_seen = -1
-        self._last_token = None
-        self._aru_last_visit = 0
-        self._sent_last = 0
-        self._backlog_last = 0
-        self._idle_visits = 0
-        self._stuck_visits = 0
-        self.safe = 0
-        self._arm("token_loss", self.config.token_timeout)
+        self._token = _TokenState()
+        self._arm(RingTimer.TOKEN_LOSS, self.config.token_timeout)
 
     def _install(self) -> None:
         """Every marker is in: deliver the rest of the old ring, then the new configuration."""
+        phase = self._phase
+        assert isinstance(phase, _Recovery)
         old = self._logs.get(self.installed)
         if old is not None:
             for s in sorted(old.msgs):
@@ -1012,14 +1207,13 @@ class RingEngine:
             self.counters["fragments.resent"] += 1
             self._queue.extendleft(reversed(self._partial))
             self._partial.clear()
-        self._emit(Configuration(self.ring, self._trans, transitional=True))
-        self._emit(Configuration(self.ring, self.members, transitional=False))
+        self._deliver(Configuration(self.ring, phase.trans, transitional=True))
+        self._deliver(Configuration(self.ring, self.members, transitional=False))
         self.counters["installed"] += 1
         self.installed = self.ring
         self.installed_members = self.members
-        self.state = State.OPERATIONAL
-        self._timers.pop("commit_retransmit", None)
-        self._last_commit = None
+        self._phase = _Operational()
+        self._disarm(RingTimer.COMMIT_RETRANSMIT)
         for ring in [r for r in self._logs if r != self.ring]:
             del self._logs[ring]
 
@@ -1032,26 +1226,30 @@ class RingEngine:
         self.counters["token.lost"] += 1
         self._enter_gather(frozenset(), frozenset())
 
-    def _timer_retransmit(self) -> None:
-        if self._last_token is not None and self.state in (State.OPERATIONAL, State.RECOVERY):
+    def _timer_token_retransmit(self) -> None:
+        last = self._token.last
+        if last is not None and isinstance(self._phase, _Operational | _Recovery):
             self.counters["token.retransmitted"] += 1
-            self._send(self._next_member(), self._last_token)
-            self._arm("retransmit", self.config.token_retransmit)
+            self._send(self._next_member(), last)
+            self._arm(RingTimer.TOKEN_RETRANSMIT, self.config.token_retransmit)
 
     def _timer_commit_retransmit(self) -> None:
-        if self._last_commit is not None:
-            to, c = self._last_commit
+        phase = self._phase
+        if isinstance(phase, _Commit | _Recovery) and phase.commit is not None:
+            to, c = phase.commit
             self._send(to, c)
-            self._arm("commit_retransmit", self.config.token_retransmit)
+            self._arm(RingTimer.COMMIT_RETRANSMIT, self.config.token_retransmit)
 
     def _timer_hold(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._idle_visits = 0
+        phase = self._phase
+        if isinstance(phase, _Operational) and phase.held is not None:
+            held, phase.held = phase.held, None
+            self._token.idle_visits = 0
             self._pass_token(held)
 
     def _timer_merge(self) -> None:
-        if self._held is not None or (self.state is State.OPERATIONAL and self._idle_visits):
+        phase = self._phase
+        if isinstance(phase, _Operational) and (phase.held is not None or self._token.idle_visits):
             self._send(None, MergeDetect(self.ring, self.node))
 
     def _timer_join(self) -> None:
@@ -1059,11 +1257,10 @@ class RingEngine:
             self._send_join()
 
     def _timer_consensus(self) -> None:
-        if self.state is not State.GATHER:
+        phase = self._phase
+        if not isinstance(phase, _Gather):
             return
-        view = (self._procs, self._failed)
-        laggards = {
-            n for n in self._procs - self._failed - {self.node} if self._consensus.get(n) != view
-        }
+        view = phase.view
+        laggards = {n for n in phase.live - {self.node} if phase.consensus.get(n) != view}
         self.counters["consensus.timeout"] += 1
         self._enter_gather(frozenset(), frozenset(laggards))

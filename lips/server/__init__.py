@@ -6,9 +6,12 @@ L{MessageServer} runs it on a reactor's clock.
 """
 
 from lips.server._core import (
+    Answer,
     ISpaceBackend,
     LocalBackend,
     Operation,
+    Refusal,
+    Refused,
     ServerCore,
     ServerTimer,
     Session,
@@ -18,10 +21,13 @@ from lips.server._limits import ServerLimits
 from lips.server._server import MessageServer
 
 __all__ = [
+    "Answer",
     "ISpaceBackend",
     "LocalBackend",
     "MessageServer",
     "Operation",
+    "Refusal",
+    "Refused",
     "ServerCore",
     "ServerLimits",
     "ServerTimer",

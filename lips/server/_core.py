@@ -69,11 +69,15 @@ from zope.interface import Attribute, Interface, implementer
 from lips.kernel import CancelTimer, Effect, Outbox, StartTimer, TimerKey
 from lips.server._limits import ServerLimits
 from lips.space import Completion, Kind, Status, TupleSpace
-from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Template, packb, unpackb
+from lips.tuples import DEFAULT_LIMITS, Limits, LTuple, Step, Template, packb, unpackb
+from lips.validate import new_pid
 from lips.wire import (
+    Aborted,
+    Atomic,
     Cancel,
     Cancelled,
     CheckpointRequest,
+    Committed,
     Error,
     ErrorCode,
     Gone,
@@ -97,16 +101,18 @@ from lips.wire import (
 )
 
 __all__ = [
+    "Answer",
     "ISpaceBackend",
     "LocalBackend",
     "Operation",
+    "Refusal",
+    "Refused",
     "ServerCore",
     "ServerTimer",
     "Session",
     "Unavailable",
 ]
 
-_PID_BITS: Final = 62
 _OP_COUNTERS: Final = {kind: f"ops.{kind.name.lower()}" for kind in Kind}
 
 
@@ -117,17 +123,44 @@ class Operation:
     kind: Kind
     pid: int
     event: int
-    payload: LTuple | Template | bytes
+    payload: LTuple | Template | bytes | tuple[Step, ...]
     """The tuple of an OUT, the template of IN, RD, INP or RDP, the state of a
-    CHECKPOINT; for a FORGET, empty bytes (the process said goodbye) or the msgpack of
-    the last event its server saw (forget it only if it has done nothing since)."""
+    CHECKPOINT, the steps of an ATOMIC; for a FORGET, empty bytes (the process said
+    goodbye) or the msgpack of the last event its server saw (forget it only if it has
+    done nothing since)."""
+
+
+class Refusal(enum.Enum):
+    """Why a backend did not apply an operation at all (not a state of the space)."""
+
+    BUSY = "busy"
+    """Refused for now (a full queue): the client may retry it here."""
+    UNAVAILABLE = "unavailable"
+    """This server cannot serve now (it is outside the primary component, or still
+    receiving the state): the client retries at another server."""
+
+
+@attrs.frozen
+class Refused:
+    """
+    A backend's answer that it did not apply C{(pid, event)}: never logged, so the same
+    event sent again is applied afresh.
+    """
+
+    pid: int
+    event: int
+    reason: Refusal
+
+
+#: What a backend answers: how the operation ended in the space, or that it was refused.
+Answer = Completion | Refused
 
 
 class ISpaceBackend(Interface):
     """Where a MessageServer's operations are applied."""
 
     on_complete: Any = Attribute(
-        "Callable[[Completion], None], set by the server, called for every answer."
+        "Callable[[Completion | Refused], None], set by the server, called for every answer."
     )
 
     def submit(operation: Operation) -> None:
@@ -166,7 +199,7 @@ class LocalBackend:
 
     def __init__(self, space: TupleSpace | None = None) -> None:
         self.space = space if space is not None else TupleSpace()
-        self.on_complete: Callable[[Completion], None] = lambda c: None
+        self.on_complete: Callable[[Answer], None] = lambda c: None
 
     def submit(self, operation: Operation) -> None:
         op = operation
@@ -177,6 +210,10 @@ class LocalBackend:
         elif op.kind is Kind.CHECKPOINT:
             assert isinstance(op.payload, bytes)
             self.on_complete(self.space.checkpoint(op.pid, op.event, op.payload))
+        elif op.kind is Kind.ATOMIC:
+            assert isinstance(op.payload, tuple)
+            for c in self.space.atomic(op.pid, op.event, op.payload):
+                self.on_complete(c)
         elif op.kind is Kind.FORGET:
             assert isinstance(op.payload, bytes)
             self.space.forget(op.pid, unpackb(op.payload) if op.payload else None)
@@ -398,7 +435,7 @@ class ServerCore:
         """Handle one decoded request of C{session}."""
         self.counters["frames_in"] += 1
         session.heard = now
-        if isinstance(message, Out | Take | CheckpointRequest | RecoverRequest | Goodbye):
+        if isinstance(message, Out | Take | Atomic | CheckpointRequest | RecoverRequest | Goodbye):
             if session.pid is None:
                 session.error(ErrorCode.NOT_READY, "send HELLO first", request_id)
             elif isinstance(message, RecoverRequest):
@@ -497,19 +534,29 @@ class ServerCore:
 
     # -- inputs from the backend and the timers --------------------------------------------
 
-    def completed(self, c: Completion, now: float) -> None:
-        """An operation was answered (or is now waiting)."""
+    def completed(self, c: Answer, now: float) -> None:
+        """An operation was answered (or is now waiting), or refused."""
         key = (c.pid, c.event)
         route = self._routes.get(key)
         if route is None:
             return  # its session is gone, or another server answers it
-        status = c.status
-        if status is Status.PENDING:
+        if isinstance(c, Completion) and c.status is Status.PENDING:
             return
         self._forget(key, route)
         session = route.session
         session.requests.pop(route.request_id, None)
         self._untime(key, route)
+        if isinstance(c, Refused):
+            if c.reason is Refusal.BUSY:
+                session.error(ErrorCode.BUSY, "the server is busy; retry", route.request_id)
+            else:
+                session.error(
+                    ErrorCode.UNAVAILABLE,
+                    "this server cannot serve now; use another",
+                    route.request_id,
+                )
+            return
+        status = c.status
         reply: Message
         if status is Status.MATCHED:
             assert c.value is not None
@@ -518,20 +565,16 @@ class ServerCore:
             reply = Gone() if route.goodbye else Stored()
         elif status is Status.NO_MATCH:
             reply = NoMatch()
+        elif status is Status.COMMITTED:
+            assert c.results is not None
+            reply = Committed(c.results)
+        elif status is Status.ABORTED:
+            assert c.aborted is not None
+            reply = Aborted(*c.aborted)
         elif status is Status.TIMED_OUT:
             reply = TimedOut()
         elif status is Status.CANCELLED or status is Status.WITHDRAWN:
             reply = Cancelled()
-        elif status is Status.BUSY:
-            session.error(ErrorCode.BUSY, "the server is busy; retry", route.request_id)
-            return
-        elif status is Status.UNAVAILABLE:
-            session.error(
-                ErrorCode.UNAVAILABLE,
-                "this server cannot serve now; use another",
-                route.request_id,
-            )
-            return
         else:
             session.error(
                 ErrorCode.STALE_EVENT,
@@ -702,9 +745,9 @@ class ServerCore:
         pid = hello.pid
         session.assigned = pid is None
         if pid is None:
-            pid = self.rng.getrandbits(_PID_BITS) + 1
+            pid = new_pid(self.rng)
             while pid in self._by_pid:
-                pid = self.rng.getrandbits(_PID_BITS) + 1
+                pid = new_pid(self.rng)
         # A process that reconnects takes its id over from a session not yet seen closed.
         self._by_pid[pid] = session
         session.pid = pid
@@ -729,7 +772,7 @@ class ServerCore:
     def _operation(
         self,
         session: Session,
-        message: Out | Take | CheckpointRequest | Goodbye,
+        message: Out | Take | Atomic | CheckpointRequest | Goodbye,
         request_id: int,
         now: float,
     ) -> None:
@@ -766,6 +809,9 @@ class ServerCore:
         if isinstance(message, Out):
             self.counters["ops.out"] += 1
             op = Operation(Kind.OUT, pid, message.event, message.tuple)
+        elif isinstance(message, Atomic):
+            self.counters["ops.atomic"] += 1
+            op = Operation(Kind.ATOMIC, pid, message.event, message.steps)
         elif isinstance(message, CheckpointRequest):
             self.counters["ops.checkpoint"] += 1
             op = Operation(Kind.CHECKPOINT, pid, message.event, message.state)

@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from twisted.internet.interfaces import IReactorTime
 
 from lips.kernel import Driver
-from lips.server._core import ISpaceBackend, ServerCore, Session
+from lips.server._core import Answer, ISpaceBackend, ServerCore, Session
 from lips.server._limits import ServerLimits
-from lips.space import Completion
 from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Message
 
@@ -139,7 +138,7 @@ class MessageServer:
 
     # -- from the backend --------------------------------------------------------------------
 
-    def completed(self, completion: Completion) -> None:
+    def completed(self, completion: Answer) -> None:
         """The backend answered an operation (or it now waits)."""
         self.driver.input(self.core.completed, completion)
 

@@ -22,16 +22,20 @@ import enum
 import hashlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Final
 
 import attrs
 
 from lips.tuples import (
     DEFAULT_LIMITS,
+    MAX_STEPS,
+    AbortReason,
     Kind,
     Limits,
     LTuple,
+    Step,
+    StepOp,
     Template,
     TupleError,
     make_tuple,
@@ -67,11 +71,8 @@ class Status(enum.IntEnum):
     effect, and is not final: the same event sent again is applied afresh."""
     STALE = 5
     """A retried event is older than what the process log still remembers."""
-    BUSY = 6
-    """Refused for now (a full queue); never logged, so the client may retry it."""
-    UNAVAILABLE = 7
-    """This server cannot serve now (it is outside the primary component, or is still
-    receiving the state); never logged, so the client retries at another server."""
+    # 6 and 7 were BUSY and UNAVAILABLE: a server's refusals, not ends of an operation
+    # in the space (see lips.server.Refused); the numbers stay unused.
     TIMED_OUT = 8
     """A waiting operation's timeout was decided before any tuple answered it (see
     L{TupleSpace.decide}): nothing was taken.  Final and logged: the same event sent
@@ -79,6 +80,11 @@ class Status(enum.IntEnum):
     WITHDRAWN = 9
     """A waiting operation was cancelled by its caller before any tuple answered it:
     nothing was taken.  Final and logged, like L{TIMED_OUT}."""
+    COMMITTED = 10
+    """An atomic request was applied, every step in order (C{Completion.results})."""
+    ABORTED = 11
+    """An atomic request was not applied at all: one of its steps failed
+    (C{Completion.aborted})."""
 
     @property
     def final(self) -> bool:
@@ -93,6 +99,12 @@ class Completion:
     event: int
     status: Status
     value: LTuple | None = None
+    results: tuple[LTuple | None, ...] | None = None
+    """For a L{COMMITTED<Status.COMMITTED>} atomic request: each step's result, in
+    order: the tuple an C{inp} or C{rdp} step found, C{None} for the other steps."""
+    aborted: tuple[int, AbortReason] | None = None
+    """For an L{ABORTED<Status.ABORTED>} atomic request: the step that failed (its
+    index, from 0) and why."""
 
 
 class SnapshotError(ValueError):
@@ -232,6 +244,94 @@ class TupleSpace:
             done = Completion(pid, event, Status.NO_MATCH)
         self._record(pid, event, done)
         return done
+
+    def atomic(self, pid: int, event: int, steps: Sequence[Step]) -> list[Completion]:
+        """
+        Apply an atomic request: C{steps} as one event of the process, all or none.
+
+        The steps are checked in order against the space as the earlier steps leave it
+        (an C{inp} can take a tuple an earlier C{out} of the request stored, and a
+        tuple an earlier C{inp} took is no longer there for a later step).  If one
+        fails -- an C{inp}, C{rdp} or C{present} step finds no matching tuple, an
+        C{absent} step finds one, or the tuples taken and read so far would together
+        encode to more than C{limits.max_size} (the answer could not be sent) --
+        nothing is applied and the answer is C{ABORTED}, naming the first step that
+        failed and why.  Otherwise every step is applied and the answer is
+        C{COMMITTED}, with each step's result.  Matching is as for single operations:
+        the oldest matching tuple, stored tuples before those the request stores.
+
+        The tuples the request stores and leaves in the space go to waiters only once
+        the whole request is applied, as the C{out}s of one event in step order: the
+        first matching waiters take them as L{out} hands them.  Returns the request's
+        own completion first, then those of the waiters it satisfied.  Logged like
+        any event: a retry gets the same answer and changes nothing.
+
+        @raise ValueError: if there are no steps, or more than L{MAX_STEPS}.
+        """
+        if not steps or len(steps) > MAX_STEPS:
+            raise ValueError(f"an atomic request has 1 to {MAX_STEPS} steps, not {len(steps)}")
+        replay = self._replayed(pid, event)
+        if replay is not None:
+            return [replay]
+        removed: set[int] = set()
+        added: list[LTuple | None] = []
+        results: list[LTuple | None] = []
+        budget = self.limits.max_size
+        failure: tuple[int, AbortReason] | None = None
+        for i, step in enumerate(steps):
+            op = step.op
+            if op is StepOp.OUT:
+                assert isinstance(step.arg, tuple)
+                added.append(step.arg)
+                results.append(None)
+                continue
+            template = step.template
+            seq = self._find(template, (lambda s: s not in removed) if removed else None)
+            found = None if seq is None else self._store[seq][0]
+            mine = -1
+            if found is None:
+                for j, values in enumerate(added):
+                    if values is not None and template.matches(values):
+                        found, mine = values, j
+                        break
+            if op is StepOp.ABSENT:
+                if found is not None:
+                    failure = (i, AbortReason.MATCHED)
+                    break
+                results.append(None)
+                continue
+            if found is None:
+                failure = (i, AbortReason.NO_MATCH)
+                break
+            if op is StepOp.PRESENT:
+                results.append(None)
+                continue
+            budget -= len(packb(found))
+            if budget < 0:
+                failure = (i, AbortReason.TOO_LARGE)
+                break
+            if op is StepOp.INP:
+                if seq is not None:
+                    removed.add(seq)
+                else:
+                    added[mine] = None
+            results.append(found)
+        if failure is not None:
+            done = Completion(pid, event, Status.ABORTED, aborted=failure)
+            self._record(pid, event, done)
+            return [done]
+        for seq in removed:
+            self._remove(seq)
+        done = Completion(pid, event, Status.COMMITTED, results=tuple(results))
+        self._record(pid, event, done)
+        answers = [done]
+        for values in added:
+            if values is None:
+                continue
+            keys = tuple_keys(values)
+            if not (self._waiters and self._serve_waiters(values, keys, answers)):
+                self._store_tuple(values, keys)
+        return answers
 
     # -- for a replica: local matching, claims applied in the total order -----------------
 
@@ -551,7 +651,7 @@ class TupleSpace:
         connection that made them and are re-sent by their client.
         """
         procs = [
-            [pid, p.last, p.floor, [[e, int(c.status), c.value] for e, c in p.log.items()]]
+            [pid, p.last, p.floor, [[e, int(c.status), _logged(c)] for e, c in p.log.items()]]
             for pid, p in sorted(self._procs.items())
         ]
         body = [
@@ -628,7 +728,7 @@ class TupleSpace:
                 proc.last = last
                 proc.floor = floor
                 for e, status, value in log:
-                    proc.log[e] = Completion(pid, e, Status(status), value)
+                    proc.log[e] = _completion(pid, e, Status(status), value)
                 while len(proc.log) > log_limit:
                     proc.drop_oldest()
                 if n % chunk == 0:
@@ -638,3 +738,26 @@ class TupleSpace:
         except (ValueError, TypeError, TupleError) as e:
             raise SnapshotError(f"malformed snapshot: {e}") from e
         return space
+
+
+def _logged(c: Completion) -> Any:
+    """What a snapshot keeps of a logged answer, next to its event and status."""
+    if c.status is Status.COMMITTED:
+        return c.results
+    if c.status is Status.ABORTED:
+        assert c.aborted is not None
+        return [c.aborted[0], int(c.aborted[1])]
+    return c.value
+
+
+def _completion(pid: int, event: int, status: Status, value: Any) -> Completion:
+    """A logged answer from a snapshot (the inverse of L{_logged})."""
+    if status is Status.COMMITTED:
+        if type(value) is not tuple or not all(v is None or type(v) is tuple for v in value):
+            raise SnapshotError(f"the answer to event {event} of process {pid} is malformed")
+        return Completion(pid, event, status, results=value)
+    if status is Status.ABORTED:
+        if type(value) is not tuple or len(value) != 2 or type(value[0]) is not int:
+            raise SnapshotError(f"the answer to event {event} of process {pid} is malformed")
+        return Completion(pid, event, status, aborted=(value[0], AbortReason(value[1])))
+    return Completion(pid, event, status, value)

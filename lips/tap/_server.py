@@ -38,10 +38,10 @@ from lips.protocols import (
     IRingTransport,
     MessageServerFactory,
     MulticastTransport,
+    ReplicaNode,
     UnicastTransport,
     listen_ring,
 )
-from lips.replica import ReplicaNode
 from lips.server import ISpaceBackend, LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.tuples import Limits
@@ -297,7 +297,7 @@ class RingService(service.Service):
         service.Service.stopService(self)
         if self.ports:
             self.node.protocol.leave()
-        self.node.protocol.stop()
+        self.node.stop()
         ports, self.ports = self.ports, []
         return DeferredList(
             [maybeDeferred(p.stopListening) for p in ports], consumeErrors=True

@@ -4,6 +4,11 @@ System Tuple Space (served by the FixServers of the cluster file) every interval
 the watchdog over the nodes it is told to watch, and runs the processes eval places on
 its node, restarting them when they crash; it restarts the processes of the nodes it
 finds down on another node, and stops its own when its reports cannot go in.
+
+With C{--armor-listen} it is also its node's ARMOR daemon (Chameleon's): it installs
+and watches ARMOR processes and routes ARMOR messages between nodes
+(L{lips.node.DaemonService}, options in L{lips.tap._armor}); without it, lipsd does
+exactly what it did before.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from twisted.python import usage
 
 from lips.cluster import ClusterConfig, ClusterConfigError, check_client_endpoint, load_cluster
 from lips.node import (
+    ArmorSpawner,
     IdlePolicy,
     NodeMonitor,
     NodeService,
@@ -28,6 +34,7 @@ from lips.node import (
     Watchdog,
     say_goodbye,
 )
+from lips.tap._armor import ARMOR_PARAMETERS, armor_service, check_armor_options
 from lips.tap._server import integer_option, number_option
 
 __all__ = ["Options", "makeService"]
@@ -127,6 +134,7 @@ class Options(usage.Options):
             "Seconds over which crashes are counted.",
             number_option("restart-window", positive=True),
         ],
+        *ARMOR_PARAMETERS,
     ]
 
     def opt_app(self, endpoint: str) -> None:
@@ -194,6 +202,7 @@ class Options(usage.Options):
             min_cpu_idle=self["min-cpu-idle"],
             min_free_memory=self["min-free-memory"],
         )
+        check_armor_options(self, name)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
@@ -220,7 +229,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}", reconnect=True)
 
     supervisor = Supervisor(name, policy=options["restart"])
-    spawner = ReactorSpawner(reactor, pythonpath=options["pythonpath"])
+    # One spawner for every child of lipsd: its eval'd processes and its ARMOR processes.
+    armor = options["armor"] is not None
+    spawner = (ArmorSpawner if armor else ReactorSpawner)(
+        reactor, pythonpath=options["pythonpath"]
+    )
 
     def connect_processes() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-eval", reconnect=True)
@@ -257,4 +270,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         )
     )
     top.addService(processes)
+    if armor:
+        assert isinstance(spawner, ArmorSpawner)
+        top.addService(armor_service(options, reactor, cluster, spawner))
     return top

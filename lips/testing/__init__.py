@@ -11,9 +11,12 @@ Test helpers for code that uses LiPS: in-memory servers and clients under a fake
 No sockets and no reactor: bytes move only when the pump is flushed, so tests decide
 exactly when each side sees what the other sent.
 
-For tests and benchmarks of real processes: L{write_cluster} writes a cluster file and
-its key; L{Bridge} (root only) puts servers in network namespaces on a bridge, so that
-one server's link can be cut and healed.
+For tests, benchmarks and demonstrations of real processes: L{Cluster} writes a cluster
+file (L{write_cluster}), runs its servers and lipsd nodes as twistd processes logging to
+files, waits until they serve, kills, pauses and restarts them, and stops them all;
+L{Process} and L{ProcessGroup} do the same for any process, L{twistd_command} and
+L{free_port} are the pieces.  L{Bridge} (root only) puts servers in network namespaces
+on a bridge, so that one server's link can be cut and healed.
 """
 
 from __future__ import annotations
@@ -24,22 +27,58 @@ from typing import Final
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from lips.client._client import TupleSpaceClient, _ClientProtocol
+from lips.client import ClientProtocol, TupleSpaceClient
 from lips.protocols import MessageServerProtocol
 from lips.server import LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.testing._cluster import ClusterMember, write_cluster
+from lips.testing._harness import (
+    ANY_LOAD,
+    ROLES,
+    START_DEADLINE,
+    STOP_DEADLINE,
+    TWISTD,
+    Cluster,
+    PortTaken,
+    Process,
+    ProcessGroup,
+    ServerDidNotStart,
+    StatusProbe,
+    fetch_stats,
+    free_port,
+    log_tail,
+    ring_serving,
+    run_directory,
+    twistd_command,
+)
 from lips.testing._procs import Bridge, netns_subnet
 from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Hello, Welcome
 
 __all__ = [
+    "ANY_LOAD",
     "MEMORY_BOUNDS",
+    "ROLES",
+    "START_DEADLINE",
+    "STOP_DEADLINE",
+    "TWISTD",
     "Bridge",
+    "Cluster",
     "ClusterMember",
+    "PortTaken",
+    "Process",
+    "ProcessGroup",
+    "ServerDidNotStart",
+    "StatusProbe",
+    "fetch_stats",
+    "free_port",
+    "log_tail",
     "memory_client",
     "memory_server",
     "netns_subnet",
+    "ring_serving",
+    "run_directory",
+    "twistd_command",
     "write_cluster",
 ]
 
@@ -77,7 +116,7 @@ def memory_client(
 
     @return: the client and the pump that moves bytes between the two.
     """
-    client_protocol = _ClientProtocol(clock)
+    client_protocol = ClientProtocol(clock)
     _, _, pump = iosim.connectedServerAndClient(
         lambda: MessageServerProtocol(server), lambda: client_protocol, greet=True
     )

@@ -80,18 +80,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import lips.errors
-from lips.client import _checkpoint
-from lips.client._client import TupleSpaceClient, connect
+from lips.client import TupleSpaceClient, _checkpoint, connect
 from lips.errors import RequestError, Timeout
 from lips.protocols import MessageServerFactory, MessageServerProtocol
-from lips.replica import Mode, Replica
-from lips.replica._replica import ReplicaPayloadError
-from lips.replica._replica import decode as decode_payload
-from lips.ring._engine import Configuration, Deliver, Effect, Safe
-from lips.ring._messages import RingMessage
+from lips.replica import Mode, Replica, ReplicaPayloadError, decode_payload
+from lips.ring import Configuration, Delivered, RingMessage, Safe
 from lips.server import MessageServer
 from lips.space import Completion, Kind, Status
-from lips.testing.ringsim import Faults, InvariantViolation, RingSimulation, Scenario
+from lips.testing._replicahost import ReplicaBackend, carry_out
+from lips.testing.ringsim import (
+    EngineEvent,
+    Faults,
+    InvariantViolation,
+    RingSimulation,
+    Scenario,
+)
 from lips.tuples import DEFAULT_LIMITS, LTuple
 from lips.wire import (
     CheckpointRequest,
@@ -708,8 +711,9 @@ class ClusterSimulation(RingSimulation):
     def _do_start(self, n: int) -> None:
         clock = Clock()
         clock.rightNow = self.now
-        replica = Replica(n, lambda payload: self._broadcast(n, payload), self.ids)
-        core = MessageServer(replica, clock, name=f"m{n}", rng=self.rng)
+        replica = Replica(n, self.ids)
+        backend = ReplicaBackend(replica, lambda: self.now, lambda p: self._broadcast(n, p))
+        core = MessageServer(backend, clock, name=f"m{n}", rng=self.rng)
         self.servers[n] = _Server(n, clock, replica, core, MessageServerFactory(core))
         self._note(f"m{n} starts")
         super()._do_start(n)
@@ -741,8 +745,11 @@ class ClusterSimulation(RingSimulation):
             self._strike(s, armed, True)
 
     def _rearm(self, s: _Server) -> None:
-        """Keep the server's one engine timer due no later than the engine's deadline."""
-        deadline = self.engines[s.node].next_deadline()
+        """
+        Keep one call on the server's clock, due no later than the earliest of its
+        engine's timers (its L{TimerTable<lips.kernel.TimerTable>}).
+        """
+        deadline = self.timers[s.node].next_deadline()
         timer = s.timer
         if deadline is None:
             if timer is not None and timer.active():
@@ -757,27 +764,37 @@ class ClusterSimulation(RingSimulation):
         s.timer = s.clock.callLater(max(0.0, deadline - s.clock.seconds()), self._tick, s)
 
     def _tick(self, s: _Server) -> None:
+        """Fire the engine's due timers, one at a time, as a L{Driver<lips.kernel.Driver>}."""
         s.timer = None
         if self.servers.get(s.node) is not s:
             return
-        self.engines[s.node].tick(max(s.clock.seconds(), s.timer_at))
+        now = max(s.clock.seconds(), s.timer_at)
+        engine = self.engines[s.node]
+        for key in self.timers[s.node].due(now):
+            engine.timer(key, now)
+            self._drain(s.node)
+            if self.servers.get(s.node) is not s or s.stopped is not None:
+                return  # it crashed or paused meanwhile: the rest wait
         self._drain(s.node)
 
-    def _handle(self, n: int, effect: Effect) -> None:
+    def _handle(self, n: int, effect: EngineEvent) -> None:
         s = self.servers.get(n)
         if s is not None:
             replica = s.replica
-            if isinstance(effect, Deliver):
+            now = self.now
+            if isinstance(effect, Delivered):
                 applied = self._applying(s, effect.payload)
                 replica.delivered(
-                    effect.ring, effect.seq, effect.payload, effect.origin, effect.index
+                    effect.ring, effect.seq, effect.payload, effect.origin, effect.index, now
                 )
+                carry_out(replica, now, lambda p: self._broadcast(n, p), s.core.completed)
                 if applied is not None:
                     self._applied(s, *applied)
             elif isinstance(effect, Safe):
-                replica.safe(effect.ring, effect.upto)
+                replica.safe(effect.ring, effect.upto, now)
             elif isinstance(effect, Configuration):
-                replica.configuration(effect.ring, effect.members, effect.transitional)
+                replica.configuration(effect.ring, effect.members, effect.transitional, now)
+            carry_out(replica, now, lambda p: self._broadcast(n, p), s.core.completed)
         super()._handle(n, effect)
 
     def _applying(self, s: _Server, payload: bytes) -> tuple[Any, ...] | None:

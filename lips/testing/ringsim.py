@@ -17,25 +17,27 @@ with at most one new configuration each (see L{Return}).
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from lips.ring._engine import (
+from lips.kernel import CancelTimer, Deliver, Log, Persist, Send, StartTimer, TimerTable
+from lips.ring import (
+    NO_RING,
     Configuration,
-    Deliver,
-    Effect,
-    PersistRingSeq,
+    Delivered,
+    Delivery,
     RingConfig,
     RingEngine,
+    RingId,
+    RingMessage,
     Safe,
-    Send,
     State,
 )
-from lips.ring._messages import NO_RING, RingId, RingMessage
 
 __all__ = [
     "BACKLOG_MAX",
@@ -49,6 +51,10 @@ __all__ = [
 
 #: Datagrams a paused node's socket buffer keeps; later ones are dropped.
 BACKLOG_MAX = 256
+
+EngineEvent: TypeAlias = Send[RingMessage] | Persist[int] | Delivery
+"""What the simulator's C{_handle} is given of an engine's effects: a L{Send}, a
+L{Persist}, or the item of a L{Deliver} (the engine's timers go to its L{TimerTable})."""
 
 
 class InvariantViolation(AssertionError):
@@ -200,6 +206,9 @@ class RingSimulation:
         self.ids = list(range(1, self.scenario.nodes + 1))
         self.now = 0.0
         self.engines: dict[int, RingEngine] = {}
+        #: Each engine's pending timers (its L{StartTimer} and L{CancelTimer} effects),
+        #: fired under the virtual clock; a departed engine's stay, to check it is silent.
+        self.timers: dict[int, TimerTable] = {}
         self.persisted: dict[int, int] = defaultdict(int)
         self.records: dict[int, _NodeRecord] = {n: _NodeRecord() for n in self.ids}
         self._net: list[tuple[float, int, int, RingMessage]] = []
@@ -271,7 +280,7 @@ class RingSimulation:
         heapq.heappush(self._actions, (t, self._counter, action, arg))
 
     def _next_time(self) -> float | None:
-        times = [e.next_deadline() for n, e in self.engines.items() if n not in self._paused]
+        times = [self.timers[n].next_deadline() for n in self.engines if n not in self._paused]
         candidates = [t for t in times if t is not None]
         if self._net:
             candidates.append(self._net[0][0])
@@ -302,14 +311,26 @@ class RingSimulation:
             elif dest in self._left:
                 self._check_left(dest, message)
         else:
-            for n, engine in list(self.engines.items()):
+            for n in list(self.engines):
                 if n in self._paused:
                     continue
-                deadline = engine.next_deadline()
+                deadline = self.timers[n].next_deadline()
                 if deadline is not None and deadline <= t:
-                    engine.tick(self.now)
-                    self._drain(n)
+                    self._fire(n)
         self._check_step()
+
+    def _fire(self, n: int) -> None:
+        """
+        Fire node C{n}'s timers due now, earliest first, carrying out what each causes
+        before the next (L{TimerTable.due}: a timer started meanwhile waits for the next
+        step, even if due).
+        """
+        engine = self.engines[n]
+        for key in self.timers[n].due(self.now):
+            engine.timer(key, self.now)
+            self._drain(n)
+            if self.engines.get(n) is not engine:
+                return
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -319,6 +340,7 @@ class RingSimulation:
         self.records[n].last_installed = NO_RING
         engine = RingEngine(n, self.ids, self.config, ring_seq=self.persisted[n])
         self.engines[n] = engine
+        self.timers[n] = TimerTable()
         engine.start(self.now)
         self._drain(n)
 
@@ -338,6 +360,7 @@ class RingSimulation:
     def _do_crash(self, n: int) -> None:
         if n in self.engines:
             del self.engines[n]
+            del self.timers[n]
             self._paused.pop(n, None)
             self.records[n].crashed_ever = True
 
@@ -405,14 +428,12 @@ class RingSimulation:
         engine = self.engines[n]
         timers_first = self.rng.random() < 0.5
         if timers_first:
-            engine.tick(self.now)
-            self._drain(n)
+            self._fire(n)
         for message in backlog:
             engine.received(message, self.now)
             self._drain(n)
         if not timers_first:
-            engine.tick(self.now)
-            self._drain(n)
+            self._fire(n)
         self._open_return("resume", {n})
 
     # -- the network ------------------------------------------------------------------------
@@ -446,17 +467,26 @@ class RingSimulation:
         engine = self.engines.get(n)
         if engine is None:
             return
-        while effects := engine.take_effects():
+        while effects := engine.drain():
             for effect in effects:
-                self._handle(n, effect)
+                if isinstance(effect, StartTimer | CancelTimer):
+                    self.timers[n].apply(effect)
+                elif isinstance(effect, Deliver):
+                    self._handle(n, effect.item)
+                elif isinstance(effect, Send | Persist):
+                    self._handle(n, effect)
+                elif not isinstance(effect, Log):
+                    raise TypeError(f"node {n}'s engine emitted {effect!r}")
 
-    def _handle(self, n: int, effect: Effect) -> None:
+    def _handle(self, n: int, effect: EngineEvent) -> None:
         record = self.records[n]
         if isinstance(effect, Send):
-            dests = [effect.to] if effect.to is not None else [d for d in self.ids if d != n]
+            to = effect.to
+            assert to is None or isinstance(to, int)
+            dests = [to] if to is not None else [d for d in self.ids if d != n]
             for d in dests:
                 self._transmit(n, d, effect.message, broadcast=effect.to is None)
-        elif isinstance(effect, Deliver):
+        elif isinstance(effect, Delivered):
             self._delivered(n, effect)
         elif isinstance(effect, Configuration):
             if effect.transitional:
@@ -470,10 +500,10 @@ class RingSimulation:
                 record.regulars.append((self.now, effect.ring))
         elif isinstance(effect, Safe):
             record.safe[effect.ring] = max(record.safe.get(effect.ring, 0), effect.upto)
-        elif isinstance(effect, PersistRingSeq):
-            self.persisted[n] = max(self.persisted[n], effect.seq)
+        elif isinstance(effect, Persist):
+            self.persisted[n] = max(self.persisted[n], effect.value)
 
-    def _delivered(self, n: int, d: Deliver) -> None:
+    def _delivered(self, n: int, d: Delivered) -> None:
         position = (d.seq, d.index)
         key = (d.ring, position)
         seen = self._at.setdefault(key, d.payload)
@@ -574,8 +604,7 @@ class RingSimulation:
         """A node that left ignores what still reaches it: it sends and delivers nothing."""
         engine = self._left[n]
         engine.received(message, self.now)
-        engine.tick(self.now)
-        if engine.take_effects() or engine.next_deadline() is not None:
+        if engine.drain() or len(self.timers[n]):
             self._fail(f"leave: node {n} acted on {message!r} after it left")
 
     def _check_step(self) -> None:
@@ -655,20 +684,117 @@ class RingSimulation:
 
 _CHECKPOINTER = 7
 
+#: How long a byte takes between a client and a server, at least and at most.
+_TCP_DELAY = (0.0001, 0.001)
+
+if TYPE_CHECKING:
+    from lips.client import ClientCore, Link
+
+
+@attrs.define(eq=False)
+class _Pipe:
+    """
+    One connection of a simulated client to server C{node}: in order each way, through
+    the simulator's agenda.  C{accepted} once the server took it; C{dead} once the
+    server is gone; C{requests}: what the server was asked on it and has not answered,
+    by request id.
+    """
+
+    client: _SimClient
+    link: Link
+    node: int
+    accepted: bool = False
+    dead: bool = False
+    c2s: float = 0.0
+    s2c: float = 0.0
+    requests: dict[int, tuple[int, int]] = attrs.Factory(dict)
+
+
+@attrs.define(eq=False)
+class _SimClient:
+    """
+    One process's client: the real client core (L{lips.client._core.ClientCore}), its
+    timers under the simulation's clock, and what the process waits for: C{handles}
+    (the core's request handles, to operation keys) and C{held} (operations made while
+    it connects).
+    """
+
+    pid: int
+    core: ClientCore
+    timers: TimerTable = attrs.Factory(TimerTable)
+    links: dict[Link, _Pipe] = attrs.Factory(dict)
+    handles: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    held: list[tuple[int, int]] = attrs.Factory(list)
+    wake: float | None = None
+
+
+def _request_message(op: Any) -> Any:
+    """The request a client sends for the operation C{op}."""
+    from lips.space import Kind
+    from lips.wire import CheckpointRequest, Out, Take
+
+    if op.kind is Kind.OUT:
+        return Out(op.event, op.payload)
+    if op.kind is Kind.CHECKPOINT:
+        return CheckpointRequest(op.event, op.payload)
+    return Take(op.kind, op.event, op.payload)
+
+
+def _operation(pid: int, message: Any) -> Any:
+    """The operation a server makes of a client's request (as a MessageServer does)."""
+    from lips.server import Operation
+    from lips.space import Kind
+    from lips.wire import CheckpointRequest, Out
+
+    if isinstance(message, Out):
+        return Operation(Kind.OUT, pid, message.event, message.tuple)
+    if isinstance(message, CheckpointRequest):
+        return Operation(Kind.CHECKPOINT, pid, message.event, message.state)
+    return Operation(message.kind, pid, message.event, message.template)
+
+
+def _answer_message(c: Any) -> Any:
+    """The answer a server writes for the completion C{c} (as a MessageServer does)."""
+    from lips.server import Refusal, Refused
+    from lips.space import Status
+    from lips.wire import Cancelled, Error, ErrorCode, Matched, NoMatch, Stored, TimedOut
+
+    if isinstance(c, Refused):
+        if c.reason is Refusal.BUSY:
+            return Error(ErrorCode.BUSY, "the server is busy; retry")
+        return Error(ErrorCode.UNAVAILABLE, "this server cannot serve now; use another")
+    status = c.status
+    if status is Status.MATCHED:
+        return Matched(c.value)
+    if status is Status.STORED:
+        return Stored()
+    if status is Status.NO_MATCH:
+        return NoMatch()
+    if status is Status.TIMED_OUT:
+        return TimedOut()
+    if status in (Status.CANCELLED, Status.WITHDRAWN):
+        return Cancelled()
+    return Error(ErrorCode.STALE_EVENT, f"event {c.event} is older than the log remembers")
+
 
 class ReplicatedSimulation(RingSimulation):
     """
-    The ring carrying a replicated tuple space: every node runs a L{Replica}; clients
-    make C{out}, C{in} and C{inp} operations (and one process checkpoints) at random
-    servers, and move to another
-    server (same process id and event number) when theirs crashes or answers
-    UNAVAILABLE or BUSY, as the client library does.
+    The ring carrying a replicated tuple space: every node runs a L{Replica}; processes
+    make C{out}, C{in} and C{inp} operations (and one process checkpoints), each through
+    the real client core (L{lips.client._core.ClientCore}, its timers on the virtual
+    clock) over simulated connections, from a random first server: the client fails
+    over by its own rules (same process id and event number) when its server crashes,
+    answers UNAVAILABLE or falls silent, and a server reading a connection's end
+    withdraws what waits there, as a MessageServer does.  A BUSY answer, or a client
+    that gave up, reaches the process, which makes the same operation again later.
 
     Crashed servers restart empty and receive the state by transfer; partitions leave
     only a primary component serving; paused servers (C{pauses}, which L{random} does
-    not draw) are sent no new operations while stopped.  After every step: no operation gets two
-    different answers, no tuple is taken by two answered operations.  At the end: every
-    server serves in one ring with one digest, every out and inp was answered, every
+    not draw) refuse new connections and read nothing while stopped.  After every step:
+    no operation gets two different answers, what a process is told is what the servers
+    answered, no tuple is taken by two answered operations.  At the end: every server
+    serves in one ring with one digest, every out and inp was answered and its answer
+    told to its process, every
     answered out is stored or was taken, and every answered take is in the surviving
     log.  Answers given before a moment when no live server held a state (every holder
     had crashed: "the last server") are exempt from the end checks: they are lost by
@@ -706,6 +832,14 @@ class ReplicatedSimulation(RingSimulation):
         self.wiped_at = -1.0
         self._taken: dict[Any, tuple[tuple[int, int], float]] = {}
         self._events: dict[int, int] = defaultdict(int)
+        #: Each process's client, and what each process was told, by operation.
+        self.clients: dict[int, _SimClient] = {}
+        self.told: dict[tuple[int, int], tuple[Any, float]] = {}
+        self._handles = itertools.count(1)
+        # The servers' side: connections, where each answer goes, what a paused one keeps.
+        self._pipes: dict[int, list[_Pipe]] = defaultdict(list)
+        self._routes: dict[tuple[int, tuple[int, int]], tuple[_Pipe, int]] = {}
+        self._unread: dict[int, list[Any]] = defaultdict(list)
 
     @classmethod
     def random(cls, seed: int) -> ReplicatedSimulation:
@@ -734,10 +868,19 @@ class ReplicatedSimulation(RingSimulation):
         from lips.replica import Replica
 
         super()._do_start(n)
+        self.replicas[n] = Replica(n, self.ids)
+
+    def _carry_out(self, n: int) -> None:
+        """Carry out what replica C{n} emitted: to its engine, answers to its clients."""
+        from lips.testing._replicahost import carry_out
+
         engine = self.engines[n]
-        replica = Replica(n, lambda payload: engine.submit(payload, self.now), self.ids)
-        replica.on_complete = lambda c: self._answered(n, c)
-        self.replicas[n] = replica
+        carry_out(
+            self.replicas[n],
+            self.now,
+            lambda payload: engine.submit(payload, self.now),
+            lambda c: self._answered(n, c),
+        )
 
     def _do_crash(self, n: int) -> None:
         had = n in self.engines
@@ -750,22 +893,21 @@ class ReplicatedSimulation(RingSimulation):
             # Every server holding the latest primary's state is gone: its answers are
             # lost by design (an older state may serve again once a majority is back).
             self.wiped_at = self.now
-        # Its clients lose their connection and go to another server.
-        for key, server in list(self.at.items()):
-            if server == n:
-                self._retry(key)
+        self._server_gone(n)
 
-    def _handle(self, n: int, effect: Effect) -> None:
+    def _handle(self, n: int, effect: EngineEvent) -> None:
         replica = self.replicas.get(n)
         if replica is not None:
-            if isinstance(effect, Deliver):
+            now = self.now
+            if isinstance(effect, Delivered):
                 replica.delivered(
-                    effect.ring, effect.seq, effect.payload, effect.origin, effect.index
+                    effect.ring, effect.seq, effect.payload, effect.origin, effect.index, now
                 )
             elif isinstance(effect, Safe):
-                replica.safe(effect.ring, effect.upto)
+                replica.safe(effect.ring, effect.upto, now)
             elif isinstance(effect, Configuration):
-                replica.configuration(effect.ring, effect.members, effect.transitional)
+                replica.configuration(effect.ring, effect.members, effect.transitional, now)
+            self._carry_out(n)
         super()._handle(n, effect)
 
     # -- clients ----------------------------------------------------------------------------
@@ -781,7 +923,7 @@ class ReplicatedSimulation(RingSimulation):
             # process it waits for each answer before its next operation (a checkpoint
             # discards the log of the events before it).
             last = (_CHECKPOINTER, self._events[_CHECKPOINTER])
-            if last in self.ops and last not in self.answers:
+            if last in self.ops and last not in self.told:
                 return
             self._events[_CHECKPOINTER] += 1
             key = (_CHECKPOINTER, self._events[_CHECKPOINTER])
@@ -806,33 +948,250 @@ class ReplicatedSimulation(RingSimulation):
         self._do_send(key)
 
     def _do_send(self, key: tuple[int, int]) -> None:
-        if key in self.answers or key in self.at:
+        """Process C{key[0]} makes the operation C{key} (again), through its client."""
+        from lips.client import ClientState
+
+        if key in self.told:
             return
-        # A paused server takes no new connection (its clients' requests wait in its
-        # socket like its datagrams; these go elsewhere).
-        alive = sorted(n for n in self.replicas if n not in self._paused)
-        if not alive:
-            self._retry(key)
+        client = self._client(key[0])
+        if client.core.phase in (ClientState.NEW, ClientState.CONNECTING):
+            client.held.append(key)
             return
-        n = self.rng.choice(alive)
-        self.at[key] = n
-        self.replicas[n].submit(self.ops[key])
-        self._drain(n)
+        handle = next(self._handles)
+        client.handles[handle] = key
+        self._feed(client, client.core.request, handle, _request_message(self.ops[key]))
 
     def _retry(self, key: tuple[int, int]) -> None:
-        self.at.pop(key, None)
+        """The process makes C{key} again a little later (BUSY, or its client gave up)."""
         self.retries += 1
         self._plan(self.now + self.rng.uniform(0.05, 0.3), "send", key)
 
+    def _client(self, pid: int) -> _SimClient:
+        """Process C{pid}'s client; a new one, connecting, if it has none or it gave up."""
+        from lips.client import ClientCore, ClientState
+
+        client = self.clients.get(pid)
+        if client is not None and client.core.phase is not ClientState.FAILED:
+            return client
+        core = ClientCore(
+            [f"m{n}" for n in self.ids],
+            pid=pid,
+            name=f"c{pid}",
+            reconnect=True,
+            start=self.rng.randrange(len(self.ids)),
+        )
+        client = self.clients[pid] = _SimClient(pid, core)
+        self._feed(client, core.start)
+        return client
+
+    def _feed(self, client: _SimClient, method: Any, *args: Any) -> None:
+        """Call an input of C{client}'s core at the simulation's time; carry its effects out."""
+        method(*args, self.now)
+        self._carry_out_client(client)
+
+    def _carry_out_client(self, client: _SimClient) -> None:
+        """
+        Carry out C{client}'s effects: timers to its table (woken by a planned event),
+        what it says to its links over the simulated connections, what it delivers to
+        the process.  None of them feeds the core at once: whatever comes back is planned.
+        """
+        from lips import kernel
+        from lips.client import Link
+
+        while effects := client.core.drain():
+            for effect in effects:
+                if isinstance(effect, kernel.StartTimer | kernel.CancelTimer):
+                    client.timers.apply(effect)
+                elif isinstance(effect, kernel.Send) and isinstance(effect.to, Link):
+                    self._client_says(client, effect.to, effect.message)
+                elif isinstance(effect, kernel.Deliver):
+                    self._client_tells(client, effect.item)
+                elif not isinstance(effect, kernel.Log):
+                    raise TypeError(f"client {client.pid} emitted {effect!r}")
+        deadline = client.timers.next_deadline()
+        if deadline is not None and (client.wake is None or deadline < client.wake):
+            client.wake = deadline
+            self._plan(deadline, "wake", client)
+
+    def _do_wake(self, client: _SimClient) -> None:
+        """C{client}'s timers that are due fire."""
+        if client.wake is not None and client.wake <= self.now:
+            client.wake = None
+        for key in client.timers.due(self.now):
+            client.core.timer(key, self.now)
+            self._carry_out_client(client)
+        self._carry_out_client(client)
+
+    def _client_says(self, client: _SimClient, link: Link, what: object) -> None:
+        from lips.client import Dial, Hangup, Outgoing
+
+        if isinstance(what, Dial):
+            pipe = client.links[link] = _Pipe(client, link, self.ids[link.endpoint])
+            self._to_server(pipe, lambda: self._accept(pipe))
+        elif isinstance(what, Outgoing):
+            pipe = client.links[link]
+            self._to_server(pipe, lambda: self._server_reads(pipe, what.request_id, what.message))
+        elif isinstance(what, Hangup):
+            pipe = client.links.pop(link)
+            self._to_server(pipe, lambda: self._server_closes(pipe))
+
+    def _client_tells(self, client: _SimClient, item: Any) -> None:
+        """What the client core delivers to its process."""
+        from lips.client import Answered, Failed, NotConnected, PutBack, Welcomed
+        from lips.server import Operation
+        from lips.space import Kind
+        from lips.wire import Cancelled, Error, ErrorCode
+
+        if isinstance(item, Welcomed | NotConnected):
+            held, client.held = client.held, []
+            for key in held:
+                if isinstance(item, Welcomed):
+                    self._plan(self.now, "send", key)
+                else:
+                    self._retry(key)
+        elif isinstance(item, Failed):
+            self._retry(client.handles.pop(item.handle))
+        elif isinstance(item, Answered):
+            key = client.handles.pop(item.handle)
+            message = item.message
+            if isinstance(message, Cancelled) or (
+                isinstance(message, Error) and message.code is ErrorCode.BUSY
+            ):
+                self._retry(key)  # refused for now: the same operation again
+                return
+            self.told[key] = (message, self.now)
+            first = self.answers.get(key)
+            if first is None or _answer_message(first[0]) != message:
+                self._fail(f"exactly once: {key} told {message}, the servers answered {first}")
+        elif isinstance(item, PutBack):
+            self._events[client.pid] += 1
+            key = (client.pid, self._events[client.pid])
+            self.ops[key] = Operation(Kind.OUT, *key, item.tuple)
+            self._plan(self.now, "send", key)
+
+    # -- connections between clients and servers --------------------------------------------
+
+    def _to_server(self, pipe: _Pipe, event: Any) -> None:
+        pipe.c2s = max(pipe.c2s, self.now + self.rng.uniform(*_TCP_DELAY))
+        self._plan(pipe.c2s, "pipe", event)
+
+    def _to_client(self, pipe: _Pipe, event: Any) -> None:
+        pipe.s2c = max(pipe.s2c, self.now + self.rng.uniform(*_TCP_DELAY))
+        self._plan(pipe.s2c, "pipe", event)
+
+    def _do_pipe(self, event: Any) -> None:
+        event()
+
+    def _client_open(self, pipe: _Pipe) -> bool:
+        return pipe.client.links.get(pipe.link) is pipe
+
+    def _accept(self, pipe: _Pipe) -> None:
+        """A connection reaches its server: a server down, or paused, refuses it."""
+        n = pipe.node
+        if not self._client_open(pipe):
+            return
+        if n in self.replicas and n not in self._paused:
+            pipe.accepted = True
+            self._pipes[n].append(pipe)
+        else:
+            pipe.dead = True
+            self._to_client(pipe, lambda: self._reset(pipe, f"m{n} refused the connection"))
+
+    def _reset(self, pipe: _Pipe, why: str) -> None:
+        if self._client_open(pipe):
+            del pipe.client.links[pipe.link]
+            self._feed(pipe.client, pipe.client.core.lost, pipe.link, ConnectionResetError(why))
+
+    def _arrive(self, pipe: _Pipe, rid: int, message: Any) -> None:
+        if self._client_open(pipe):
+            self._feed(pipe.client, pipe.client.core.received, pipe.link, rid, message)
+
+    def _server_reads(self, pipe: _Pipe, rid: int, message: Any) -> None:
+        """Server C{pipe.node} reads a frame (as a MessageServer does); paused, it waits."""
+        from lips.space import Status
+        from lips.tuples import DEFAULT_LIMITS
+        from lips.wire import Cancel, Hello, Ping, Pong, Welcome
+
+        n, pid = pipe.node, pipe.client.pid
+        if pipe.dead or not pipe.accepted:
+            return
+        if n in self._paused:
+            self._unread[n].append(lambda: self._server_reads(pipe, rid, message))
+            return
+        if isinstance(message, Hello):
+            welcome = Welcome(pid, f"m{n}", DEFAULT_LIMITS.max_size)
+            self._to_client(pipe, lambda: self._arrive(pipe, rid, welcome))
+            return
+        if isinstance(message, Ping):
+            self._to_client(pipe, lambda: self._arrive(pipe, 0, Pong()))
+            return
+        if isinstance(message, Cancel):
+            key = pipe.requests.get(message.target)
+            if key is not None:
+                self.replicas[n].withdraw(*key, Status.WITHDRAWN, self.now)
+                self._carry_out(n)
+                self._drain(n)
+            return
+        op = _operation(pid, message)
+        key = (pid, op.event)
+        old = self._routes.get((n, key))
+        if old is not None:
+            old[0].requests.pop(old[1], None)  # the same operation again: answered here
+        self._routes[(n, key)] = (pipe, rid)
+        pipe.requests[rid] = key
+        self.at[key] = n
+        self.replicas[n].submit(op, self.now)
+        self._carry_out(n)
+        self._drain(n)
+
+    def _server_closes(self, pipe: _Pipe) -> None:
+        """The server sees its client close: it withdraws what still waits there."""
+        from lips.space import Status
+
+        n = pipe.node
+        if pipe.dead or not pipe.accepted:
+            return
+        if n in self._paused:
+            self._unread[n].append(lambda: self._server_closes(pipe))
+            return
+        pipe.dead = True
+        self._pipes[n].remove(pipe)
+        for rid, key in pipe.requests.items():
+            if self._routes.get((n, key)) == (pipe, rid):
+                del self._routes[(n, key)]
+            self.replicas[n].withdraw(*key, Status.CANCELLED, self.now)
+        pipe.requests.clear()
+        self._carry_out(n)
+        self._drain(n)
+
+    def _server_gone(self, n: int) -> None:
+        """Server C{n} crashed: its clients' connections are reset."""
+        for pipe in self._pipes.pop(n, []):
+            pipe.dead = True
+            self._to_client(pipe, lambda pipe=pipe: self._reset(pipe, f"m{n} crashed"))
+        for route in [k for k in self._routes if k[0] == n]:
+            del self._routes[route]
+        self._unread.pop(n, None)
+
+    def _do_resume(self, n: int) -> None:
+        super()._do_resume(n)
+        for event in self._unread.pop(n, []):
+            event()
+
     def _answered(self, n: int, c: Any) -> None:
+        from lips.server import Refused
         from lips.space import Kind, Status
 
         key = (c.pid, c.event)
-        if c.status is Status.PENDING or key not in self.ops:
+        if not isinstance(c, Refused) and c.status is Status.PENDING:
             return
-        if c.status in (Status.UNAVAILABLE, Status.BUSY):
-            if self.at.get(key) == n:
-                self._retry(key)
+        route = self._routes.pop((n, key), None)
+        if route is not None:
+            pipe, rid = route
+            pipe.requests.pop(rid, None)
+            answer = _answer_message(c)
+            self._to_client(pipe, lambda: self._arrive(pipe, rid, answer))
+        if key not in self.ops or isinstance(c, Refused) or c.status is Status.CANCELLED:
             return
         first = self.answers.setdefault(key, (c, self.now))[0]
         self.at.pop(key, None)
@@ -861,6 +1220,8 @@ class ReplicatedSimulation(RingSimulation):
         for key, op in self.ops.items():
             if key not in self.answers and op.kind in (Kind.OUT, Kind.INP, Kind.CHECKPOINT):
                 self._fail(f"progress: {op.kind.name} {key} was never answered")
+            if key not in self.told and op.kind in (Kind.OUT, Kind.INP, Kind.CHECKPOINT):
+                self._fail(f"progress: {op.kind.name} {key} was never told to its process")
         stored = [
             key[1]
             for key, (c, when) in self.answers.items()

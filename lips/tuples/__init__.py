@@ -23,15 +23,28 @@ from lips.tuples._model import (
     make_tuple,
     tuple_keys,
 )
-from lips.tuples._ops import Kind
+from lips.tuples._ops import (
+    MAX_STEPS,
+    AbortReason,
+    AtomicAborted,
+    Kind,
+    Step,
+    StepOp,
+    steps_size,
+)
 
 __all__ = [
     "ANY",
     "DEFAULT_LIMITS",
     "FORMAL_TYPES",
+    "MAX_STEPS",
+    "AbortReason",
+    "AtomicAborted",
     "Kind",
     "LTuple",
     "Limits",
+    "Step",
+    "StepOp",
     "Template",
     "TemplateError",
     "TupleError",
@@ -44,6 +57,7 @@ __all__ = [
     "make_template",
     "make_tuple",
     "packb",
+    "steps_size",
     "tuple_keys",
     "unpackb",
 ]

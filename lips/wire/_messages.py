@@ -16,9 +16,13 @@ import attrs
 
 from lips.tuples import (
     DEFAULT_LIMITS,
+    MAX_STEPS,
+    AbortReason,
     Kind,
     Limits,
     LTuple,
+    Step,
+    StepOp,
     Template,
     TemplateError,
     TupleError,
@@ -26,13 +30,17 @@ from lips.tuples import (
     make_template,
     make_tuple,
     packb,
+    steps_size,
     unpackb,
 )
 from lips.wire._frames import ErrorCode, Frame, encode_frame
 
 __all__ = [
+    "Aborted",
+    "Atomic",
     "Cancel",
     "Cancelled",
+    "Committed",
     "Error",
     "Hello",
     "Matched",
@@ -119,6 +127,23 @@ class Take:
 
     def fields(self) -> list[Any]:
         return [self.event, self.template.fields, self.timeout]
+
+
+@attrs.frozen
+class Atomic:
+    """
+    Apply C{steps} as the caller's event C{event}, all or none (answered COMMITTED or
+    ABORTED).  Its body is C{[event, [[op, tuple or template], ...]]}, one pair per
+    step, C{op} a L{StepOp} code; 1 to L{MAX_STEPS} steps, whose tuples and templates
+    together encode to at most the size limit (L{steps_size}).
+    """
+
+    TYPE: ClassVar[int] = 6
+    event: int
+    steps: tuple[Step, ...]
+
+    def fields(self) -> list[Any]:
+        return [self.event, [s.wire() for s in self.steps]]
 
 
 @attrs.frozen
@@ -232,6 +257,32 @@ class NoMatch:
 
 
 @attrs.frozen
+class Committed:
+    """
+    An atomic request was applied: C{results} holds each step's result, in order (the
+    tuple an C{inp} or C{rdp} step found, C{None} for the other steps).
+    """
+
+    TYPE: ClassVar[int] = 28
+    results: tuple[LTuple | None, ...]
+
+    def fields(self) -> list[Any]:
+        return [list(self.results)]
+
+
+@attrs.frozen
+class Aborted:
+    """An atomic request was not applied at all: its step C{step} failed, for C{reason}."""
+
+    TYPE: ClassVar[int] = 29
+    step: int
+    reason: AbortReason
+
+    def fields(self) -> list[Any]:
+        return [self.step, int(self.reason)]
+
+
+@attrs.frozen
 class Cancelled:
     """A waiting request was withdrawn at the caller's request."""
 
@@ -301,6 +352,7 @@ Message: TypeAlias = (
     | Goodbye
     | Out
     | Take
+    | Atomic
     | Cancel
     | StatsRequest
     | Ping
@@ -311,6 +363,8 @@ Message: TypeAlias = (
     | Stored
     | Matched
     | NoMatch
+    | Committed
+    | Aborted
     | Cancelled
     | TimedOut
     | Stats
@@ -323,6 +377,8 @@ _TAKE_TYPES: Final = {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14}
 _KIND_OF_TYPE: Final = {v: k for k, v in _TAKE_TYPES.items()}
 _EMPTY: Final = packb([])
 _ERROR_CODES: Final = {int(c): c for c in ErrorCode}
+_STEP_OPS: Final = {int(op): op for op in StepOp}
+_ABORT_REASONS: Final = {int(r): r for r in AbortReason}
 _SIMPLE_TYPES: Final = (
     Hello,
     Out,
@@ -335,6 +391,9 @@ _SIMPLE_TYPES: Final = (
     Matched,
     NoMatch,
     Recovered,
+    Atomic,
+    Committed,
+    Aborted,
 )
 _KNOWN_TYPES: Final = frozenset(
     [
@@ -406,6 +465,39 @@ def _timeout(v: Any) -> float | None:
     return float(v)
 
 
+def _steps(v: Any, limits: Limits, body_size: int) -> tuple[Step, ...]:
+    if type(v) is not tuple or not v:
+        raise _fail(ErrorCode.MALFORMED, "an atomic request's steps must be a non-empty array")
+    if len(v) > MAX_STEPS:
+        raise _fail(
+            ErrorCode.TOO_LARGE, f"an atomic request has {len(v)} steps, more than {MAX_STEPS}"
+        )
+    steps = []
+    for i, pair in enumerate(v):
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not int:
+            raise _fail(ErrorCode.MALFORMED, f"step {i} must be an array [op, argument]")
+        op = _STEP_OPS.get(pair[0])
+        if op is None:
+            raise _fail(ErrorCode.MALFORMED, f"step {i} has an unknown op {pair[0]}")
+        if op is StepOp.OUT:
+            steps.append(Step(op, _tuple(pair[1], limits, 0)))
+        else:
+            steps.append(Step(op, _template(pair[1], limits)))
+    # The steps' tuples and templates together are bounded by the size limit (each
+    # alone is, then): a body within it needs no encoding again, as the canonical
+    # encoding of its parts is never longer.
+    if body_size > limits.max_size and steps_size(steps) > limits.max_size:
+        raise _fail(
+            ErrorCode.TOO_LARGE,
+            f"an atomic request's steps encode to more than {limits.max_size} bytes",
+        )
+    return tuple(steps)
+
+
+def _result(v: Any, limits: Limits, body_size: int) -> LTuple | None:
+    return None if v is None else _tuple(v, limits, body_size)
+
+
 def _fields(body: Any, n: int, name: str) -> tuple[Any, ...]:
     if type(body) is not tuple or len(body) != n:
         raise _fail(ErrorCode.MALFORMED, f"{name} body must be an array of {n} fields")
@@ -432,6 +524,20 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     if t == Out.TYPE:
         event, tup = _fields(body, 2, "OUT")
         return Out(_int(event, "event"), _tuple(tup, limits, len(frame.body)))
+    if t == Atomic.TYPE:
+        event, steps = _fields(body, 2, "ATOMIC")
+        return Atomic(_int(event, "event"), _steps(steps, limits, len(frame.body)))
+    if t == Committed.TYPE:
+        (results,) = _fields(body, 1, "COMMITTED")
+        if type(results) is not tuple or not 0 < len(results) <= MAX_STEPS:
+            raise _fail(ErrorCode.MALFORMED, f"COMMITTED holds 1 to {MAX_STEPS} results")
+        return Committed(tuple(_result(r, limits, len(frame.body)) for r in results))
+    if t == Aborted.TYPE:
+        step, reason = _fields(body, 2, "ABORTED")
+        code = _ABORT_REASONS.get(reason) if type(reason) is int else None
+        if code is None:
+            raise _fail(ErrorCode.MALFORMED, f"ABORTED has an unknown reason {reason!r}")
+        return Aborted(_int(step, "step", 0, MAX_STEPS - 1), code)
     if t == Hello.TYPE:
         pid, name = _fields(body, 2, "HELLO")
         return Hello(None if pid is None else _int(pid, "pid", 1), _str(name, "name"))

@@ -1,5 +1,6 @@
 """
-Helpers of the integration suite: real twistd servers, a raw wire peer, a test PKI.
+Helpers of the integration suite: real twistd servers (on L{lips.testing.Cluster} and
+L{lips.testing.Process}), a raw wire peer, a test PKI.
 
 Everything here runs on the real reactor that pytest-twisted drives; nothing sleeps
 for a fixed time: waiting is polling against a deadline, or a Deferred with a timeout.
@@ -7,12 +8,9 @@ for a fixed time: waiting is polling against a deadline, or a Deferred with a ti
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import os
-import socket
-import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -22,33 +20,38 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 import lips.client
 from lips.client import TupleSpaceClient
-from lips.testing import ClusterMember, write_cluster
+from lips.testing import (
+    ANY_LOAD,
+    START_DEADLINE,
+    STOP_DEADLINE,
+    TWISTD,
+    Cluster,
+    PortTaken,
+    Process,
+    ProcessGroup,
+    ServerDidNotStart,
+    free_port,
+)
 from lips.wire import Error, ErrorCode, Frame, FrameDecoder, FrameError, Message, decode_message
 
 __all__ = [
-    "PKI",
-    "TWISTD",
-    "RawPeer",
-    "ANY_LOAD",
     "EXAMPLES",
+    "PKI",
+    "STEP_TIMEOUT",
+    "RawPeer",
     "RingCluster",
-    "Rings",
-    "ServerDidNotStart",
     "ServerFarm",
     "TwistdServer",
     "eventually",
     "expect_error",
-    "free_port",
-    "live_children",
     "make_pki",
     "run_twistd",
     "spawn_lipsd",
@@ -58,19 +61,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Runs twistd in this interpreter.  C{python -m twisted} is C{twist}, not C{twistd}
-#: (it knows neither C{-n} nor C{--pidfile}), and C{twisted.scripts.twistd} has no
-#: C{__main__}, so the entry point is called directly, as the C{twistd} script does.
-TWISTD: Final = (
-    sys.executable,
-    "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-)
-
-#: How long a server may take to start accepting connections.
-START_DEADLINE: Final = 20.0
-#: How long a server may take to exit after SIGTERM before it is killed.
-STOP_DEADLINE: Final = 5.0
 #: The longest any single step of a test may wait for the network.
 STEP_TIMEOUT: Final = 10.0
 
@@ -112,61 +102,14 @@ def expect_error(message: Message, code: ErrorCode) -> Error:
 # -- twistd processes --------------------------------------------------------------------
 
 
-class ServerDidNotStart(Exception):
-    """A twistd server exited, or did not accept connections, before its deadline."""
-
-
-class _Watcher(ProcessProtocol):
-    """Knows when the child process ended and how."""
-
-    def __init__(self) -> None:
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self._waiters: list[defer.Deferred[None]] = []
-        self.reason: Failure | None = None
-
-    def processEnded(self, reason: Failure) -> None:
-        self.reason = reason
-        self.ended.callback(None)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def wait(self) -> defer.Deferred[None]:
-        """A new Deferred that fires when the process has ended (one to time out)."""
-        if self.reason is not None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @attrs.define(eq=False)
-class TwistdServer:
-    """One running C{twistd -n <role>} process and how to reach it."""
+class TwistdServer(Process):
+    """
+    One twistd process of a test (a L{lips.testing.Process}), and the clients the test
+    connected to it, which are closed before it is stopped.
+    """
 
-    role: str
-    port: int
-    log: Path
-    transport: IProcessTransport
-    watcher: _Watcher
-    clients: list[TupleSpaceClient] = attrs.field(factory=list)
-    host: str = "127.0.0.1"
-
-    @property
-    def endpoint(self) -> str:
-        """Plain TCP client endpoint string of this server."""
-        return f"tcp:host={self.host}:port={self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.watcher.reason is None
+    clients: list[TupleSpaceClient] = attrs.field(factory=list, init=False)
 
     async def connect(self, endpoint: str | None = None, name: str = "") -> TupleSpaceClient:
         """A client connected to this server (closed before the server stops)."""
@@ -185,94 +128,42 @@ class TwistdServer:
             self.clients.remove(client)
             await within(client.close())
 
-    def read_log(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError as e:
-            return f"(cannot read {self.log}: {e})"
-
-    async def stop(self) -> None:
-        """Close its clients, SIGTERM the process, SIGKILL it if it lingers."""
+    async def stop_async(self, timeout: float = STOP_DEADLINE, reactor: Any = None) -> None:
+        """Close its clients, then SIGTERM the process, SIGKILL it if it lingers."""
         clients, self.clients = self.clients, []
         for client in clients:
             await within(client.close())
-        if not self.running:
-            return
-        with contextlib.suppress(error.ProcessExitedAlready):
-            self.transport.signalProcess("TERM")
-        try:
-            await within(self.watcher.wait(), STOP_DEADLINE)
-        except defer.TimeoutError:
-            with contextlib.suppress(error.ProcessExitedAlready):
-                self.transport.signalProcess("KILL")
-            await within(self.watcher.wait(), STOP_DEADLINE)
+        await super().stop_async(timeout, reactor)
 
 
-def _spawn(
-    args: list[str], log: Path, cwd: Path, prefix: Sequence[str] = ()
-) -> tuple[IProcessTransport, _Watcher]:
-    watcher = _Watcher()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    command = [*prefix, *TWISTD]
-    with log.open("ab") as f:
-        transport = _reactor().spawnProcess(
-            watcher,
-            command[0],
-            [*command, *args],
-            env=env,
-            path=str(cwd),
-            childFDs={0: "w", 1: f.fileno(), 2: f.fileno()},
-        )
-    transport.closeStdin()
-    return transport, watcher
-
-
-class _PortTaken(Exception):
-    """Another process took the chosen port before the server could listen on it."""
-
-
-async def _accepting(server: TwistdServer, deadline: float) -> None:
-    """
-    Poll until C{server} accepts a connection on its port.
-
-    @raise _PortTaken: if its log says the port is in use.
-    @raise ServerDidNotStart: if it exits, logs an error, or the deadline passes first.
-    """
-    reactor = _reactor()
-    while True:
-        text = server.read_log()
-        if not server.running or "Unhandled Error" in text or "Traceback" in text:
-            if "Address already in use" in text:
-                raise _PortTaken()
-            raise ServerDidNotStart(f"{server.role} failed to start; its log:\n{text}")
-        try:
-            probe = await connectProtocol(
-                TCP4ClientEndpoint(reactor, server.host, server.port, timeout=2), Protocol()
-            )
-        except error.ConnectError:
-            if reactor.seconds() > deadline:
-                raise ServerDidNotStart(
-                    f"nothing accepted on port {server.port}; its log:\n{text}"
-                ) from None
-            await deferLater(reactor, 0.05)
-        else:
-            assert probe.transport is not None
-            probe.transport.loseConnection()
-            return
+def _server(process: Process) -> TwistdServer:
+    assert isinstance(process, TwistdServer), process
+    return process
 
 
 @attrs.define(eq=False)
 class ServerFarm:
-    """Starts twistd servers for one test, logging under C{directory}; stops them all."""
+    """
+    Starts twistd servers and clusters for one test, logging under C{directory}; stops
+    them all (the lipsd nodes first).
+    """
 
     directory: Path
-    servers: list[TwistdServer] = attrs.field(factory=list)
-    logs: list[Path] = attrs.field(factory=list)
+    group: ProcessGroup = attrs.field(init=False)
+    clusters: list[Cluster] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.group = ProcessGroup(self.directory, process_type=TwistdServer)
+
+    @property
+    def logs(self) -> list[Path]:
+        """The log of every process started so far."""
+        return [*self.group.logs, *(log for c in self.clusters for log in c.logs)]
 
     def spawn(
         self,
         *options: str,
-        port: int,
+        port: int | None,
         role: str = "lips-msgserver",
         host: str = "127.0.0.1",
         prefix: Sequence[str] = (),
@@ -284,14 +175,9 @@ class ServerFarm:
         @param host: the address it listens on.
         @param prefix: a command that runs twistd (C{ip netns exec NS}, say).
         """
-        log = self.directory / f"{role}-{len(self.logs)}.log"
-        self.logs.append(log)
-        args = ["-n", "--pidfile=", role, *options]
-        log.write_text(f"$ {' '.join(prefix)} twistd {' '.join(args)}\n")
-        transport, watcher = _spawn(args, log, self.directory, prefix)
-        server = TwistdServer(role, port, log, transport, watcher, host=host)
-        self.servers.append(server)
-        return server
+        name = f"{role}-{len(self.group.processes)}"
+        server = self.group.twistd(name, role, *options, port=port, host=host, prefix=prefix)
+        return _server(server.start())
 
     async def start(
         self,
@@ -306,52 +192,33 @@ class ServerFarm:
 
         @param listen: the --listen endpoint, C{{port}} standing for the chosen port.
         """
-        reactor = _reactor()
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             server = self.spawn(
                 "--listen", listen.format(port=port), *options, port=port, role=role
             )
             try:
-                await _accepting(server, reactor.seconds() + START_DEADLINE)
-            except _PortTaken:
-                await server.stop()
+                await server.wait_listening_async(START_DEADLINE)
+            except PortTaken:
+                await server.stop_async()
             else:
                 return server
         raise ServerDidNotStart(f"{role}: every port tried was taken")
 
+    def cluster(self, **options: Any) -> Cluster:
+        """
+        A new L{Cluster} of C{Cluster.create(DIRECTORY, **options)} in a directory of
+        its own, its servers made as L{TwistdServer}s and stopped with the farm.
+        """
+        directory = self.directory / f"cluster-{len(self.clusters) + 1}"
+        cluster = Cluster.create(directory, process_type=TwistdServer, **options)
+        self.clusters.append(cluster)
+        return cluster
+
     async def stop(self) -> None:
-        servers, self.servers = self.servers, []
-        for server in servers:
-            await server.stop()
-
-
-def _free_udp_port() -> int:
-    return free_port(socket.SOCK_DGRAM)
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port free on loopback for C{kind} (TCP by default), as far as one can tell."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def live_children(server: TwistdServer, target: str) -> list[int]:
-    """The OS ids of a lipsd's live children running C{target} (C{module:function})."""
-    import psutil
-
-    pid = server.transport.pid
-    assert isinstance(pid, int)
-    found = []
-    for child in psutil.Process(pid).children():
-        try:
-            if target in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
+        await self.group.stop_async()
+        for cluster in self.clusters:
+            await cluster.stop_async()
 
 
 @attrs.define(eq=False)
@@ -372,130 +239,70 @@ class RingCluster:
     timings: str = "loopback"
     prefixes: Mapping[str, Sequence[str]] = attrs.Factory(dict)
     """A command that runs each server's twistd (C{ip netns exec NS}), by name."""
-    path: Path = attrs.field(init=False)
-    ports: dict[str, int] = attrs.field(init=False, factory=dict)
-    addresses: dict[str, str] = attrs.field(init=False, factory=dict)
-    running: dict[str, TwistdServer] = attrs.field(init=False, factory=dict)
+    cluster: Cluster = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        members = []
-        for n in range(1, self.size + 1):
-            name = f"m{n}"
-            host = self.hosts[n - 1] if self.hosts else "127.0.0.1"
-            local = host == "127.0.0.1"
-            port, ring = (_free_port(), _free_udp_port()) if local else (7010, 7100)
-            self.ports[name], self.addresses[name] = port, host
-            members.append(ClusterMember(name, n, ring, port, host))
-        self.path = write_cluster(
-            self.farm.directory / "cluster",
-            members,
+        self.cluster = self.farm.cluster(
+            msgservers=self.size,
+            hosts=self.hosts,
             transport=self.transport,
             one_to_many=self.one_to_many,
             timings=self.timings,
+            prefixes=self.prefixes,
         )
 
     @property
+    def path(self) -> Path:
+        return self.cluster.path
+
+    @property
     def names(self) -> list[str]:
-        return list(self.ports)
+        return self.cluster.names()
+
+    @property
+    def running(self) -> dict[str, TwistdServer]:
+        """The servers that run now, by name."""
+        return {
+            name: _server(p)
+            for name, p in self.cluster.processes.items()
+            if name in self.cluster.members and p.running
+        }
 
     def endpoint(self, name: str) -> str:
-        return f"tcp:host={self.addresses[name]}:port={self.ports[name]}"
+        return self.cluster.processes[name].endpoint
 
     async def start(self, name: str) -> TwistdServer:
         """Start server C{name}; return once it accepts connections."""
-        server = self.farm.spawn(
-            "--config",
-            str(self.path),
-            "--name",
-            name,
-            port=self.ports[name],
-            host=self.addresses[name],
-            prefix=self.prefixes.get(name, ()),
-        )
-        self.running[name] = server
-        await _accepting(server, _reactor().seconds() + START_DEADLINE)
+        server = _server(self.cluster.processes[name].start())
+        await server.wait_listening_async(START_DEADLINE)
         return server
 
     def kill(self, name: str) -> None:
         """SIGKILL server C{name}: no goodbye to anyone."""
-        self.running.pop(name).transport.signalProcess("KILL")
+        self.cluster.processes[name].kill()
 
     async def serving(self, *names: str, members: int | None = None) -> list[dict[str, Any]]:
         """
         Wait until every server in C{names} (all running ones by default) serves in a
         ring of C{members} members (all running ones by default); their stats.
         """
-        names = names or tuple(self.running)
-        want = len(self.running) if members is None else members
-        latest: list[dict[str, Any]] = []
-
-        async def ready() -> bool:
-            latest.clear()
-            for name in names:
-                try:
-                    stats = await self.running[name].stats()
-                except Exception:
-                    return False
-                latest.append(stats)
-            return all(s["space.mode"] == "serving" and s["space.members"] == want for s in latest)
-
-        await eventually(ready, 30, f"servers {names} serving in a ring of {want}")
-        return latest
+        return await self.cluster.wait_serving_async(*names, members=members, deadline=30)
 
 
 #: The examples' directory: the modules lipsd's children import (C{--pythonpath}).
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
 
-#: lipsd options that count a node idle however loaded the test machine is.
-ANY_LOAD: Final = ("--max-load", "1000", "--min-cpu-idle", "0", "--min-free-memory", "0")
 
-
-@attrs.frozen
-class Rings:
-    """The FixServers (C{f1}...) and MessageServers (C{m1}...) of one cluster file."""
-
-    path: Path
-    servers: Mapping[str, TwistdServer]
-
-    def endpoints(self, role: str) -> list[str]:
-        """The client endpoints of the servers of C{role} (C{"fixserver"}, ...)."""
-        return [s.endpoint for name, s in self.servers.items() if name[0] == role[0]]
-
-
-async def start_rings(
-    farm: ServerFarm, directory: Path, fixservers: int = 2, msgservers: int = 0
-) -> Rings:
+async def start_rings(farm: ServerFarm, fixservers: int = 2, msgservers: int = 0) -> Cluster:
     """
-    Write a cluster file of C{fixservers} FixServers and C{msgservers} MessageServers
-    (each role its own ring), start them all, and return once every one serves in a
+    A cluster file of C{fixservers} FixServers and C{msgservers} MessageServers (each
+    role its own ring) with every server started; returns once every one serves in a
     ring of all its role's servers.
     """
-    counts = {"fixserver": fixservers, "msgserver": msgservers}
-    members = [
-        ClusterMember(f"{role[0]}{n}", n, free_port(socket.SOCK_DGRAM), free_port(), role=role)
-        for role, count in counts.items()
-        for n in range(1, count + 1)
-    ]
-    path = write_cluster(directory / "cluster", members)
-    servers = {
-        m.name: farm.spawn(
-            "--config", str(path), "--name", m.name, port=m.tcp_port, role=f"lips-{m.role}"
-        )
-        for m in members
-    }
-
-    async def serving() -> bool:
-        for m in members:
-            try:
-                stats = await servers[m.name].stats()
-            except Exception:
-                return False
-            if stats["space.mode"] != "serving" or stats["space.members"] != counts[m.role]:
-                return False
-        return True
-
-    await eventually(serving, 30, "every ring serving")
-    return Rings(path, servers)
+    rings = farm.cluster(fixservers=fixservers, msgservers=msgservers)
+    rings.start()
+    await rings.wait_serving_async(deadline=30)
+    return rings
 
 
 def spawn_lipsd(
@@ -508,7 +315,7 @@ def spawn_lipsd(
     allow = ("--allow", "evalapp:*", "--allow", "ftprimes:*")
     extra = ("--pythonpath", str(EXAMPLES), *allow, *ANY_LOAD) if processes else ()
     return farm.spawn(
-        "--config", str(path), "--name", name, *extra, *options, port=0, role="lips-node"
+        "--config", str(path), "--name", name, *extra, *options, port=None, role="lips-node"
     )
 
 
@@ -541,6 +348,7 @@ class RawPeer(Protocol):
 
     @classmethod
     async def connect(cls, server: TwistdServer) -> RawPeer:
+        assert server.port is not None
         endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", server.port)
         return await within(connectProtocol(endpoint, cls()))
 

@@ -17,7 +17,7 @@ import pytest_twisted
 
 from tests.integration._support import PKI, ServerFarm, TwistdServer, make_pki
 
-_LOGS = pytest.StashKey[list[Path]]()
+_FARM = pytest.StashKey[ServerFarm]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -26,13 +26,15 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the logs of the test's twistd servers to the report of a failed phase."""
     report = yield
-    if report.failed:
-        for log in item.stash.get(_LOGS, []):
+    farm = item.stash.get(_FARM, None)
+    if report.failed and farm is not None:
+        for log in farm.logs:
             try:
                 text = log.read_text(errors="replace")
             except OSError as e:
                 text = f"(cannot read: {e})"
-            report.sections.append((f"twistd log {log.name} ({report.when})", text))
+            name = log.relative_to(farm.directory)
+            report.sections.append((f"twistd log {name} ({report.when})", text))
     return report
 
 
@@ -40,7 +42,7 @@ def pytest_runtest_makereport(
 async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ServerFarm]:
     """Starts twistd servers for a test, and stops every one of them afterwards."""
     farm = ServerFarm(tmp_path)
-    request.node.stash[_LOGS] = farm.logs
+    request.node.stash[_FARM] = farm
     try:
         yield farm
     finally:

@@ -122,7 +122,7 @@ async def test_graceful_stop_leaves_the_ring(servers: ServerFarm) -> None:
     for name in cluster.names:
         await cluster.start(name)
     await cluster.serving()
-    await cluster.running.pop("m3").stop()
+    await cluster.running["m3"].stop_async()
     stats = await cluster.serving("m1", "m2", members=2)
     # Each heard the goodbye (one that had already started forming the new ring
     # ignores it as news); neither waited for a lost token.

@@ -22,7 +22,6 @@ from lips.tuples import ANY
 from tests.integration._support import (
     ServerFarm,
     eventually,
-    live_children,
     spawn_lipsd,
     start_rings,
     within,
@@ -44,7 +43,7 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
     and finishes (its first out not repeated); one that always crashes is failed with a
     process-failed record; finished and failed processes leave no process record.
     """
-    rings = await start_rings(servers, tmp_path)
+    rings = await start_rings(servers)
     app = await servers.start()
     lipsd = spawn_lipsd(
         servers,
@@ -85,13 +84,11 @@ async def test_eval_restart_and_fail(servers: ServerFarm, tmp_path: Path) -> Non
         running = await within(space.rd(("running", 3, int, int), timeout=8))
         assert running[2] == slow_pid
         first = running[3]
-        lipsd_pid = lipsd.transport.pid
-        assert isinstance(lipsd_pid, int)
-        assert live_children(lipsd, "evalapp:wait_then_square") == [first]
+        assert lipsd.children("evalapp:wait_then_square") == [first]
         os.kill(first, signal.SIGKILL)
 
         async def restarted() -> bool:
-            now = live_children(lipsd, "evalapp:wait_then_square")
+            now = lipsd.children("evalapp:wait_then_square")
             return bool(now) and first not in now
 
         await eventually(restarted, 8, "the killed child restarted")

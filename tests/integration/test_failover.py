@@ -11,7 +11,6 @@ that moves with the client and is answered by a tuple stored at the second serve
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -42,8 +41,7 @@ async def test_client_fails_over_when_its_server_is_killed(servers: ServerFarm) 
     assert await within(space.inp(("before", int))) == ("before", 1)
 
     waiting = space.in_(("job", int), timeout=30)
-    first.transport.signalProcess("KILL")
-    await within(first.watcher.ended)
+    first.kill()
 
     await within(space.out(("job", 2)))
     assert await within(waiting) == ("job", 2)
@@ -71,10 +69,9 @@ async def test_no_server_left(servers: ServerFarm) -> None:
     space = await within(
         lips.client.connect(reactor, [first.endpoint, second.endpoint], failover_timeout=1.0)
     )
-    await second.stop()
+    await second.stop_async()
     waiting = space.rd(("never", int))
-    first.transport.signalProcess("KILL")
-    await within(first.watcher.ended)
+    first.kill()
     with pytest.raises(NoServerAvailable) as raised:
         await within(waiting)
     assert isinstance(raised.value, lips.ConnectionLost)
@@ -99,14 +96,14 @@ async def test_hung_server_is_left_while_it_is_stopped(servers: ServerFarm) -> N
     second.clients.append(space)
     waiting = space.in_(("job", int), timeout=30)
     await within(space.stats())
-    first.transport.signalProcess(signal.SIGSTOP)
+    first.pause()
     try:
         await eventually(_failed_over(space), what="the client left the stopped server")
         await within(space.out(("job", 1)))
         assert await within(waiting) == ("job", 1)
         assert space.endpoint == second.endpoint
     finally:
-        first.transport.signalProcess(signal.SIGCONT)
+        first.resume()
 
 
 def _failed_over(space: lips.client.TupleSpaceClient) -> Callable[[], Awaitable[bool]]:
@@ -147,11 +144,11 @@ async def test_blocking_client_leaves_a_hung_server(servers: ServerFarm) -> None
         return (await within(watcher.stats()))["space.waiting"] == 1
 
     await eventually(waiting_at_first, what="the blocking client waits at the first server")
-    first.transport.signalProcess(signal.SIGSTOP)
+    first.pause()
     try:
         await within(giver.out(("job", 7)))
         out, err, code = await within(run, 30)
     finally:
-        first.transport.signalProcess(signal.SIGCONT)
+        first.resume()
     assert code == 0, err.decode()
     assert out.decode().split("\n")[:2] == ["connected", "('job', 7) 1 connected"]

@@ -51,17 +51,17 @@ def _lipsd(servers: ServerFarm, path: Path, name: str, watch: str) -> TwistdServ
 
 
 @pytest_twisted.ensureDeferred
-async def test_node_down_and_back(servers: ServerFarm, tmp_path: Path) -> None:
+async def test_node_down_and_back(servers: ServerFarm) -> None:
     """
     Both lipsd publish their state; a SIGKILLed lipsd is declared down (one node-down
     tuple) within the configured intervals; restarted, it is taken in again: its
     node-down tuple is gone and its node-up tuple is back.
     """
-    rings = await start_rings(servers, tmp_path)
+    rings = await start_rings(servers)
     path = rings.path
     endpoints = rings.endpoints("fixserver")
     n1 = _lipsd(servers, path, "n1", "n2")
-    _lipsd(servers, path, "n2", "n1")
+    n2 = _lipsd(servers, path, "n2", "n1")
     client: TupleSpaceClient = await within(lips.client.connect(_reactor(), endpoints))
     try:
         for name in ("n1", "n2"):
@@ -69,8 +69,7 @@ async def test_node_down_and_back(servers: ServerFarm, tmp_path: Path) -> None:
             assert state[1] == name
             await within(client.rd(up_template(name), timeout=5))
 
-        n2 = servers.servers[-1]
-        n2.transport.signalProcess("KILL")
+        n2.kill()
         killed = _reactor().seconds()
         down = await within(client.rd(down_template("n2"), timeout=5))
         took = _reactor().seconds() - killed

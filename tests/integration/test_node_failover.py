@@ -23,7 +23,6 @@ from tests.integration._support import (
     ServerFarm,
     TwistdServer,
     eventually,
-    live_children,
     spawn_lipsd,
     start_rings,
     within,
@@ -56,14 +55,14 @@ def _lipsd(servers: ServerFarm, path: Path, app: str, name: str, watch: str) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_path: Path) -> None:
+async def test_down_node_process_restarted_elsewhere(servers: ServerFarm) -> None:
     """
     A process placed on n1 is running (waiting for a tuple) when n1's lipsd and its
     child are killed with SIGKILL: n2 declares n1 down and restarts the process with
     the same LiPS process id (its record now names n2); it finishes with the right
     passive tuple, and its first out, already applied, is not applied again.
     """
-    rings = await start_rings(servers, tmp_path)
+    rings = await start_rings(servers)
     app = await servers.start()
     path = rings.path
     n1 = _lipsd(servers, path, app.endpoint, "n1", "n2")
@@ -79,9 +78,9 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
         assert placed.node == "n1"
         running = await within(space.rd(("running", 4, int, int), timeout=8))
         assert running[2] == placed.pid
-        assert live_children(n1, TARGET) == [running[3]]
+        assert n1.children(TARGET) == [running[3]]
 
-        n1.transport.signalProcess("KILL")
+        n1.kill()
         os.kill(running[3], signal.SIGKILL)
 
         down = await within(system.rd(down_template("n1"), timeout=8))
@@ -90,7 +89,7 @@ async def test_down_node_process_restarted_elsewhere(servers: ServerFarm, tmp_pa
         assert record[1:3] == (placed.pid, "n2")
 
         async def restarted() -> bool:
-            return bool(live_children(n2, TARGET))
+            return bool(n2.children(TARGET))
 
         await eventually(restarted, 8, "the process restarted under n2's lipsd")
         await within(space.out(("go", 4)))

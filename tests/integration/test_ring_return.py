@@ -12,7 +12,6 @@ kept.  The count is the engine's C{ring.installed}, read from each server's stat
 
 from __future__ import annotations
 
-import signal
 from typing import Any, Final
 
 import pytest_twisted
@@ -90,14 +89,14 @@ async def test_paused_member_returns_with_one_change(servers: ServerFarm) -> Non
     cluster = await _three(servers)
     before = await _installed(cluster)
     paused = cluster.running["m3"]
-    paused.transport.signalProcess(signal.SIGSTOP)
+    paused.pause()
     stopped = _reactor().seconds()
     try:
         await cluster.serving(*SERVING, members=2)
         down = await _installed(cluster)
         await _sleep(stopped + PAUSE - _reactor().seconds())
     finally:
-        paused.transport.signalProcess(signal.SIGCONT)
+        paused.resume()
     stats = await _back_together(cluster)
     _check(before, down, await _installed(cluster))
     m3 = next(s for s in stats if s["ring.node"] == 3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -24,7 +23,6 @@ from lips.node import eval_request
 from tests.integration._support import (
     EXAMPLES,
     ServerFarm,
-    live_children,
     spawn_lipsd,
     start_rings,
     within,
@@ -45,7 +43,7 @@ def _reactor() -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) -> None:
+async def test_workers_killed_answer_exact(servers: ServerFarm) -> None:
     """
     Six workers on two nodes count the primes below 1,500,000 in 60 tasks,
     checkpointing every three; two workers, and then one whole lipsd, are killed with
@@ -54,7 +52,7 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
     recovers its checkpoint and replays from the log, and the master's total is exact
     with every task counted once.
     """
-    rings = await start_rings(servers, tmp_path, fixservers=2, msgservers=2)
+    rings = await start_rings(servers, fixservers=2, msgservers=2)
     app_endpoints = rings.endpoints("msgserver")
     nodes = {
         name: spawn_lipsd(
@@ -94,14 +92,14 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
             total += n
             if killed < 2 and len(seen) >= TASKS * (killed + 1) // 4:
                 # Kill a worker on each node in turn, mid-run.
-                victims = live_children(nodes[("n1", "n2")[killed]], "ftprimes:worker")
+                victims = nodes[("n1", "n2")[killed]].children("ftprimes:worker")
                 if victims:
                     psutil.Process(victims[0]).send_signal(signal.SIGKILL)
                     killed += 1
             elif killed == 2 and len(seen) >= TASKS * 3 // 4:
                 # Then a whole node: lipsd n2 (its workers end with it); n1 declares it
                 # down and restarts n2's workers with their process ids.
-                nodes["n2"].transport.signalProcess("KILL")
+                nodes["n2"].kill()
                 killed += 1
         assert killed == 3
         down = await within(system.rd(("node-down", "n2", int, str), timeout=10))
@@ -121,5 +119,5 @@ async def test_workers_killed_answer_exact(servers: ServerFarm, tmp_path: Path) 
         await within(space.close())
         # The nodes go first, while the servers they report to are still there.
         for lipsd in nodes.values():
-            await lipsd.stop()
+            await lipsd.stop_async()
         await deferLater(_reactor(), 0)

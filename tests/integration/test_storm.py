@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from collections import Counter
 from typing import Any, Final
@@ -249,11 +248,11 @@ class Storm:
         else:
             kind = "SIGSTOP"
             server = self.cluster.running[victim]
-            server.transport.signalProcess(signal.SIGSTOP)
+            server.pause()
             try:
                 await _sleep(rng.uniform(*PAUSE))
             finally:
-                server.transport.signalProcess(signal.SIGCONT)
+                server.resume()
         ended = time.monotonic()
         await self.whole()
         self.faults.append(Fault(kind, victim, ended - began, time.monotonic() - ended))

@@ -14,11 +14,17 @@ import pytest
 import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import ServerFactory
 
 import lips
-from tests.integration._support import PKI, ServerFarm, eventually, run_twistd, within
+from tests.integration._support import (
+    PKI,
+    STEP_TIMEOUT,
+    ServerFarm,
+    eventually,
+    run_twistd,
+    within,
+)
 
 
 @pytest_twisted.ensureDeferred
@@ -112,12 +118,8 @@ async def test_msgserver_stops_cleanly_on_sigterm(servers: ServerFarm) -> None:
     assert space.server == "m1"
     waiting = space.in_(("never",))
     waiting.addErrback(lambda f: f.trap(lips.ConnectionLost))
-    server.transport.signalProcess("TERM")
-    await within(server.watcher.ended)
-    assert server.watcher.reason is not None
-    ended = server.watcher.reason.value
-    assert isinstance(ended, ProcessTerminated), ended
-    assert ended.signal == signal.SIGTERM, server.read_log()
+    server.signal(signal.SIGTERM)
+    assert await server.wait_async(STEP_TIMEOUT) == -signal.SIGTERM, server.read_log()
     await within(waiting)
     assert not space.connected
     log = server.read_log()
@@ -145,11 +147,7 @@ async def test_msgserver_exits_when_it_cannot_listen(servers: ServerFarm) -> Non
             return "Address already in use" in server.read_log()
 
         await eventually(refused, what="the listen error logged")
-        await within(server.watcher.ended, 3)
-        assert server.watcher.reason is not None
-        ended = server.watcher.reason.value
-        assert isinstance(ended, ProcessTerminated), ended
-        assert ended.exitCode not in (0, None), server.read_log()
+        assert await server.wait_async(3) not in (0, None), server.read_log()
         log = server.read_log()
         assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in log, log
         assert "Traceback" not in log, log

@@ -15,12 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lips import ANY, ConnectionLost, OutcomeUnknown, Timeout, TupleError, TupleTooLarge
 from lips.client import NoServerAvailable, TupleSpaceClient, connect
-from lips.client._client import TIMEOUT_GRACE
+from lips.client._core import TIMEOUT_GRACE
 from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import LocalBackend
 from lips.space import TupleSpace
 from lips.testing import memory_client, memory_server
-from lips.tuples import Limits, packb
+from lips.tuples import MAX_STEPS, AbortReason, AtomicAborted, Limits, LTuple, Step, packb
 from lips.wire import (
     HEADER,
     MAGIC,
@@ -132,6 +132,30 @@ class ClientTests(SynchronousTestCase):
         self.pump.flush()
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(list(self.space.tuples()), [("job", 8)])
+
+    def test_cancel_from_another_answer(self) -> None:
+        """
+        A caller that cancels its second in_ once the first has its tuple (a race of
+        two takes) loses nothing: if the second had a tuple on its way, it goes back.
+        """
+        other, pump2 = memory_client(self.server, self.clock)
+        first, second = self.client.in_(("job", int)), self.client.in_(("job", int))
+
+        def cancel_second(t: LTuple) -> LTuple:
+            second.cancel()
+            return t
+
+        first.addCallback(cancel_second)
+        self.pump.flush()
+        other.out(("job", 1))
+        other.out(("job", 2))
+        pump2.flush()
+        self.pump.flush()
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(first), ("job", 1))
+        self.failureResultOf(second, defer.CancelledError)
+        self.assertEqual(list(self.space.tuples()), [("job", 2)])
+        self.assertEqual(self.space.waiting, 0)
 
     def test_connection_lost(self) -> None:
         """Requests waiting when the connection drops fail with ConnectionLost."""
@@ -360,3 +384,50 @@ class GoodbyeTests(SynchronousTestCase):
         pump.flush()
         self.successResultOf(closed)
         self.assertEqual(self.server.counters["goodbyes"], 0)
+
+
+class AtomicClientTests(SynchronousTestCase):
+    """C{TupleSpaceClient.atomic} end to end, on a memory server."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock, limits=Limits(max_size=1024))
+        self.client, self.pump = memory_client(self.server, self.clock)
+
+    def apply(self, steps: list[Step]) -> defer.Deferred[tuple[LTuple | None, ...]]:
+        d = self.client.atomic(steps)
+        self.pump.flush()
+        return d
+
+    def test_guarded_update(self) -> None:
+        """
+        The FTM's guarded update: its outs and inps apply only while its epoch tuple
+        is there, and the answer lists what each step took or read.
+        """
+        stored = [self.client.out(("ftm-epoch", 3, 7)), self.client.out(("table", "a", 1))]
+        self.pump.flush()
+        for d in stored:
+            self.successResultOf(d)
+        guarded = [
+            Step.present(("ftm-epoch", 3, 7)),
+            Step.inp(("table", "a", int)),
+            Step.out(("table", "a", 2)),
+        ]
+        self.assertEqual(
+            self.successResultOf(self.apply(guarded)), (None, ("table", "a", 1), None)
+        )
+        self.apply([Step.inp(("ftm-epoch", 3, 7))])
+        f = self.failureResultOf(self.apply(guarded), AtomicAborted)
+        self.assertEqual((f.value.step, f.value.reason), (0, AbortReason.NO_MATCH))
+        read = self.client.rdp(("table", "a", int))
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(read), ("table", "a", 2))
+
+    def test_bounds_at_the_caller(self) -> None:
+        """No steps, too many, or steps past the size limit raise before anything is sent."""
+        self.assertRaises(ValueError, self.client.atomic, [])
+        self.assertRaises(ValueError, self.client.atomic, [Step.out(("x",))] * (MAX_STEPS + 1))
+        big = [Step.out(("x", b"0" * 600)), Step.out(("y", b"1" * 600))]
+        self.assertRaises(TupleTooLarge, self.client.atomic, big)
+        self.assertRaises(TypeError, self.client.atomic, [("x",)])
+        self.assertEqual(self.client.event, 0)

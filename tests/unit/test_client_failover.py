@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from lips import ConnectionLost, RequestError, Timeout
 from lips.client import TupleSpaceClient, connect
-from lips.client._client import (
+from lips.client._core import (
     ATTEMPT_TIMEOUT,
     FAILOVER_TIMEOUT,
     MAX_RETRY_DELAY,
@@ -36,7 +36,16 @@ from lips.client._client import (
     NoServerAvailable,
 )
 from lips.protocols import MessageServerFactory, MessageServerProtocol
-from lips.server import ISpaceBackend, MessageServer, Operation, Session, Unavailable
+from lips.server import (
+    Answer,
+    ISpaceBackend,
+    MessageServer,
+    Operation,
+    Refusal,
+    Refused,
+    Session,
+    Unavailable,
+)
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import MEMORY_BOUNDS, memory_server
 from lips.tuples import DEFAULT_LIMITS, Template
@@ -60,20 +69,20 @@ class _SharedBackend:
     One server's view of a space shared by a group of servers: operations are applied
     to the shared space, and every answer goes to every server of the group.
 
-    @ivar refuse: while set, every operation is answered with this status instead.
+    @ivar refuse: while set, every operation is refused so instead.
     """
 
     def __init__(self, space: TupleSpace, group: list[_SharedBackend]) -> None:
         self.space = space
         self.group = group
         group.append(self)
-        self.on_complete: Callable[[Completion], None] = lambda c: None
-        self.refuse: Status | None = None
+        self.on_complete: Callable[[Answer], None] = lambda c: None
+        self.refuse: Refusal | None = None
 
     def submit(self, operation: Operation) -> None:
         op = operation
         if self.refuse is not None:
-            self.on_complete(Completion(op.pid, op.event, self.refuse))
+            self.on_complete(Refused(op.pid, op.event, self.refuse))
             return
         if op.kind is Kind.OUT:
             assert isinstance(op.payload, tuple)
@@ -89,7 +98,7 @@ class _SharedBackend:
             self._tell([self.space.take(op.pid, op.event, op.kind, op.payload)])
 
     def recovered(self, pid: int) -> tuple[int, bytes] | None:
-        if self.refuse is Status.UNAVAILABLE:
+        if self.refuse is Refusal.UNAVAILABLE:
             raise Unavailable("refusing")
         return self.space.recovered(pid)
 
@@ -356,7 +365,7 @@ class FailoverTests(SynchronousTestCase):
         server; the caller sees only the answer.
         """
         client = self.cluster.connect("AB")
-        self.cluster.servers["A"].shared.refuse = Status.UNAVAILABLE
+        self.cluster.servers["A"].shared.refuse = Refusal.UNAVAILABLE
         d = client.out(("job", 1))
         self.flush()
         self.assertIsNone(self.successResultOf(d))
@@ -374,7 +383,7 @@ class FailoverTests(SynchronousTestCase):
         """
         client = self.cluster.connect("ABC", failover_timeout=4.0)
         for server in self.cluster.servers.values():
-            server.shared.refuse = Status.UNAVAILABLE
+            server.shared.refuse = Refusal.UNAVAILABLE
         d = client.out(("job", 1))
         for _ in range(40):
             self.flush()
@@ -416,7 +425,7 @@ class FailoverTests(SynchronousTestCase):
     def test_busy_is_an_error_the_caller_sees(self) -> None:
         """BUSY is back-pressure from a working server: no failover, the caller sees it."""
         client = self.cluster.connect("AB")
-        self.cluster.servers["A"].shared.refuse = Status.BUSY
+        self.cluster.servers["A"].shared.refuse = Refusal.BUSY
         d = client.out(("job", 1))
         self.flush()
         f = self.failureResultOf(d, RequestError)
@@ -448,6 +457,26 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(client.state, "failed")
         self.assertNoDelayedCalls()
         self.successResultOf(client.close())
+
+    def test_cancel_from_a_failure_callback(self) -> None:
+        """
+        A caller that cancels one request when another fails, once every request has
+        failed in one go, only sees its cancel win: nothing raises, nothing is left.
+        """
+        client = self.cluster.connect("AB", failover_timeout=4.0)
+        first, second = client.rdp(("x",)), client.rdp(("y",))
+
+        def cancel_second(f: Failure) -> Failure:
+            second.cancel()
+            return f
+
+        first.addErrback(cancel_second)
+        self.b.state = "down"
+        self.a.kill()
+        self.clock.advance(4.0)
+        self.failureResultOf(first, NoServerAvailable)
+        self.failureResultOf(second, defer.CancelledError)
+        self.assertNoDelayedCalls()
 
     def test_default_deadline(self) -> None:
         """By default a client looks for a server for FAILOVER_TIMEOUT seconds."""

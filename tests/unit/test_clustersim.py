@@ -15,7 +15,7 @@ from collections import Counter
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips import cli
-from lips.server import MessageServer
+from lips.server import Answer, MessageServer
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import clustersim
 from lips.testing.clustersim import (
@@ -108,8 +108,8 @@ class ClusterSimulationTests(SynchronousTestCase):
         """
         original = MessageServer.completed
 
-        def lossy(self: MessageServer, c: Completion) -> None:
-            if c.status is Status.MATCHED:
+        def lossy(self: MessageServer, c: Answer) -> None:
+            if isinstance(c, Completion) and c.status is Status.MATCHED:
                 c = Completion(c.pid, c.event, Status.TIMED_OUT)
             original(self, c)
 

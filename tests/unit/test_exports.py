@@ -54,6 +54,15 @@ class ExportTests(SynchronousTestCase):
         self.assertIs(Armor, ArmorImpl)
         self.assertIs(Message, MessageImpl)
 
+        from lips.testing import Cluster, Process, twistd_command
+        from lips.testing._harness import Cluster as ClusterImpl
+        from lips.testing._harness import Process as ProcessImpl
+        from lips.testing._harness import twistd_command as command_impl
+
+        self.assertIs(Cluster, ClusterImpl)
+        self.assertIs(Process, ProcessImpl)
+        self.assertIs(twistd_command, command_impl)
+
     def test_top_level(self) -> None:
         """lips exposes ANY and the client errors at the top."""
         import lips

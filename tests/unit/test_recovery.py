@@ -19,6 +19,7 @@ from lips.replica import Replica
 from lips.ring import RingId
 from lips.server import MessageServer
 from lips.testing import memory_client, memory_server
+from lips.testing._replicahost import ReplicaBackend
 from lips.tuples import TupleTooLarge
 from lips.wire import ErrorCode
 
@@ -99,8 +100,10 @@ class RecoveryTests(SynchronousTestCase):
 
     def test_recover_refused_outside_the_primary(self) -> None:
         """A replica that is not serving answers a recover UNAVAILABLE."""
-        replica = Replica(1, lambda payload: True, [1, 2, 3])
-        server = MessageServer(replica, self.clock)
+        replica = Replica(1, [1, 2, 3])
+        server = MessageServer(
+            ReplicaBackend(replica, self.clock.seconds, lambda p: True), self.clock
+        )
         a = self.connect(server=server)
         d = a.recover()
         self.pumps[-1].flush()
@@ -115,17 +118,18 @@ class RecoveryTests(SynchronousTestCase):
             sent.append(payload)
             return True
 
-        replica = Replica(1, broadcast, [1])
-        server = MessageServer(replica, self.clock)
+        replica = Replica(1, [1])
+        backend = ReplicaBackend(replica, self.clock.seconds, broadcast)
+        server = MessageServer(backend, self.clock)
         ring = RingId(8, 1)
-        replica.configuration(ring, (1,), transitional=False)
-        replica.delivered(ring, 1, sent.pop(), origin=1)  # its status: a cold start
+        backend.feed(replica.configuration, ring, (1,), False)
+        backend.feed(replica.delivered, ring, 1, sent.pop(), 1, 0)  # its status: a cold start
         a = self.connect(server=server)
         d = a.checkpoint([1, 2])
         self.pumps[-1].flush()
-        replica.delivered(ring, 2, sent.pop(), origin=1)
+        backend.feed(replica.delivered, ring, 2, sent.pop(), 1, 0)
         self.assertNoResult(d)
-        replica.safe(ring, 2)
+        backend.feed(replica.safe, ring, 2)
         self.assertIsNone(self.wait(d))
         recovered = replica.space.recovered(a.pid)
         assert recovered is not None

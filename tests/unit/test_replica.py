@@ -5,44 +5,58 @@ Tests for L{lips.replica.Replica}: the tuple space replicated through the ring.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator
+from typing import TypeVarTuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lips.replica import Mode, Replica, ReplicaPayloadError
+from lips.kernel import CancelTimer, Deliver, Effect, Log, Send, StartTimer, TimerTable
+from lips.replica import Mode, Replica, ReplicaPayloadError, ReplicaTimer
 from lips.replica import _replica as replica_module
 from lips.replica._replica import (
     _Status,
     decode,
+    encode_atomic,
     encode_claim,
     encode_out,
     encode_snapshot,
     encode_status,
 )
 from lips.ring import RingId
-from lips.server import Operation
+from lips.server import Operation, Refusal, Refused
 from lips.space import Completion, Kind, Status, TupleSpace
+from lips.testing._replicahost import carry_out
 from lips.testing.ringsim import InvariantViolation, ReplicatedSimulation
-from lips.tuples import make_template, packb
+from lips.tuples import MAX_STEPS, AbortReason, Step, make_template, packb
 
 SEEDS = int(os.environ.get("LIPS_REPLICA_SEEDS", "60"))
 R = RingId(8, 1)
+Ts = TypeVarTuple("Ts")
 
 
 class _OneReplica(SynchronousTestCase):
-    """One replica, its ring played by the test."""
+    """
+    One replica, its ring played by the test: each input is fed at C{now} and its
+    effects carried out at once (a broadcast the ring does not C{accept} is fed back
+    as refused, a restore runs to its end), as the simulators host it.
+    """
 
     def setUp(self) -> None:
         self.sent: list[bytes] = []
-        self.answers: list[Completion] = []
-        self.replica = Replica(1, self.broadcast, [1])
-        self.replica.on_complete = self.answers.append
+        self.answers: list[Completion | Refused] = []
+        self.replica = Replica(1, [1])
         self.accept = True
         self.seq = 0
+        self.now = 0.0
         # A one-server ring: its status decides a cold start, and it serves.
-        self.replica.configuration(R, (1,), transitional=False)
+        self.feed(self.replica.configuration, R, (1,), False)
         self.deliver_all()
         self.assertIs(self.replica.mode, Mode.SERVING)
+
+    def feed(self, method: Callable[[*Ts, float], None], *args: *Ts) -> None:
+        """Call an input of the replica at C{now}, then carry out what it emitted."""
+        method(*args, self.now)
+        carry_out(self.replica, self.now, self.broadcast, self.answers.append)
 
     def broadcast(self, payload: bytes) -> bool:
         if self.accept:
@@ -53,7 +67,7 @@ class _OneReplica(SynchronousTestCase):
         sent, self.sent = self.sent, []
         for payload in sent:
             self.seq += 1
-            self.replica.delivered(R, self.seq, payload, origin=1)
+            self.feed(self.replica.delivered, R, self.seq, payload, 1, 0)
 
 
 class ReplicaTests(_OneReplica):
@@ -61,11 +75,11 @@ class ReplicaTests(_OneReplica):
 
     def test_out_answered_when_safe(self) -> None:
         """An out is applied at delivery but answered only once it is safe."""
-        self.replica.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        self.feed(self.replica.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         self.deliver_all()
         self.assertEqual(len(self.replica.space), 1)
         self.assertEqual(self.answers, [])
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.STORED)])
 
     def test_inp_without_match_is_decided_in_the_order(self) -> None:
@@ -74,11 +88,11 @@ class ReplicaTests(_OneReplica):
         the order and safe: a claim of the same event already on its way (from a
         server its client left) would win over it.
         """
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
         self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.NO_MATCH))
         self.assertEqual(self.answers, [])
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.NO_MATCH)])
 
     def test_claim_from_elsewhere_beats_a_later_none(self) -> None:
@@ -88,33 +102,33 @@ class ReplicaTests(_OneReplica):
         left (ordered, but not yet delivered here).  The claim comes first in the
         order, so the answer is the tuple, never "none" with the tuple gone.
         """
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
         for payload in (encode_out(6, 1, ("job", 1)), encode_claim(5, 1, Kind.INP, 1, 2)):
             self.seq += 1
-            self.replica.delivered(R, self.seq, payload, origin=2)
+            self.feed(self.replica.delivered, R, self.seq, payload, 2, 0)
         self.deliver_all()  # this server's "none" comes after them
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
         self.assertEqual(len(self.replica.space), 0)
 
     def test_retry_while_the_claim_is_in_flight(self) -> None:
         """A request sent again while its claim is in flight here waits for that claim."""
         self.replica.space.out(6, 1, ("job", 1))
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
         self.assertEqual([decode(p)[0] for p in self.sent], ["claim"])
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
 
     def test_waiting_in_claims_a_new_tuple(self) -> None:
         """An in waits locally, claims the next matching tuple, and gets it when safe."""
-        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, make_template(("job", int))))
         self.assertEqual(self.answers, [Completion(5, 1, Status.PENDING)])
-        self.replica.submit(Operation(Kind.OUT, 6, 1, ("job", 7)))
+        self.feed(self.replica.submit, Operation(Kind.OUT, 6, 1, ("job", 7)))
         self.deliver_all()  # the out; the waiter claims it
         self.deliver_all()  # the claim
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertIn(Completion(5, 1, Status.MATCHED, ("job", 7)), self.answers)
         self.assertEqual(len(self.replica.space), 0)
 
@@ -123,15 +137,15 @@ class ReplicaTests(_OneReplica):
         space = self.replica.space
         space.out(9, 1, ("job", 1))
         space.out(9, 2, ("job", 2))
-        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, make_template(("job", int))))
         [mine] = self.sent
         self.sent = []
         # Another server's claim of tuple 1 is ordered before this one.
-        self.replica.delivered(R, 1, encode_claim(7, 1, Kind.IN, 1, 2), origin=2)
-        self.replica.delivered(R, 2, mine, origin=1)  # loses, and claims tuple 2 instead
+        self.feed(self.replica.delivered, R, 1, encode_claim(7, 1, Kind.IN, 1, 2), 2, 0)
+        self.feed(self.replica.delivered, R, 2, mine, 1, 0)  # loses, and claims tuple 2 instead
         self.assertEqual(decode(self.sent[0])[4], 2)
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertIn(Completion(5, 1, Status.MATCHED, ("job", 2)), self.answers)
 
     def test_no_two_claims_on_one_tuple(self) -> None:
@@ -139,11 +153,11 @@ class ReplicaTests(_OneReplica):
         space = self.replica.space
         space.out(9, 1, ("job", 1))
         space.out(9, 2, ("job", 2))
-        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
-        self.replica.submit(Operation(Kind.IN, 6, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.IN, 6, 1, make_template(("job", int))))
         self.assertEqual([decode(p)[4] for p in self.sent], [1, 2])
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.replica.counters["claims.lost"], 0)
         self.assertEqual(len(self.replica.space), 0)
 
@@ -152,18 +166,18 @@ class ReplicaTests(_OneReplica):
         A tuple another server just stored is left to that server's waiters: an in
         waiting here claims it only once the out is safe here.
         """
-        self.replica.submit(Operation(Kind.IN, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, make_template(("job", int))))
         self.seq += 1
-        self.replica.delivered(R, self.seq, encode_out(7, 1, ("job", 1)), origin=2)
+        self.feed(self.replica.delivered, R, self.seq, encode_out(7, 1, ("job", 1)), 2, 0)
         self.assertEqual(self.sent, [])  # not yet: server 2's waiters go first
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(decode(self.sent[0])[:5], ("claim", 5, 1, Kind.IN, 1))
 
     def test_other_servers_tuple_taken_if_still_there(self) -> None:
         """An inp takes another server's fresh tuple rather than answer "none"."""
         self.seq += 1
-        self.replica.delivered(R, self.seq, encode_out(7, 1, ("job", 1)), origin=2)
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.delivered, R, self.seq, encode_out(7, 1, ("job", 1)), 2, 0)
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
         self.assertEqual(decode(self.sent[0])[:5], ("claim", 5, 1, Kind.INP, 1))
 
     def test_stale_claim_of_a_request_is_not_its_current_one(self) -> None:
@@ -173,31 +187,31 @@ class ReplicaTests(_OneReplica):
         """
         space = self.replica.space
         space.out(9, 1, ("job", 1))
-        self.replica.submit(Operation(Kind.INP, 5, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, Operation(Kind.INP, 5, 1, make_template(("job", int))))
         [old] = self.sent
         self.sent = []
         # The request claims again (as after a configuration change) tuple 2.
         space.out(9, 2, ("job", 2))
         self.replica._claiming[(5, 1)] = (self.replica._claiming[(5, 1)][0], 2)
-        self.replica.delivered(R, 90, encode_claim(8, 1, Kind.IN, 1, 2), origin=2)
-        self.replica.delivered(R, 91, old, origin=1)  # the old claim loses tuple 1
+        self.feed(self.replica.delivered, R, 90, encode_claim(8, 1, Kind.IN, 1, 2), 2, 0)
+        self.feed(self.replica.delivered, R, 91, old, 1, 0)  # the old claim loses tuple 1
         self.assertEqual(self.replica.counters["claims.lost"], 0)
         self.assertNotIn(Completion(5, 1, Status.NO_MATCH), self.answers)
 
     def test_retry_answered_from_the_log(self) -> None:
         """A retried operation already answered gets its first answer, nothing travels."""
-        self.replica.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        self.feed(self.replica.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         self.deliver_all()
-        self.replica.safe(R, self.seq)
-        self.replica.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        self.feed(self.replica.safe, R, self.seq)
+        self.feed(self.replica.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         self.assertEqual(self.sent, [])
         self.assertEqual(self.answers, [Completion(5, 1, Status.STORED)] * 2)
 
     def test_back_pressure(self) -> None:
         """When the ring's queue is full the operation is refused BUSY, not lost."""
         self.accept = False
-        self.replica.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
-        self.assertEqual(self.answers, [Completion(5, 1, Status.BUSY)])
+        self.feed(self.replica.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
+        self.assertEqual(self.answers, [Refused(5, 1, Refusal.BUSY)])
         self.assertEqual(self.replica.space.answered(5, 1), None)
 
     def test_malformed_payloads_skipped_alike(self) -> None:
@@ -208,42 +222,78 @@ class ReplicaTests(_OneReplica):
             packb([1, 1, 1, ()]),
             packb([2, 1, 1, 1, 1, 1]),
         ):
-            self.replica.delivered(R, 1, payload)
+            self.feed(self.replica.delivered, R, 1, payload, 0, 0)
         self.assertEqual(self.replica.counters["malformed"], 4)
         self.assertEqual(self.replica.space.digest(), TupleSpace().digest())
         self.assertEqual(decode(encode_out(1, 2, ("x",))), ("out", 1, 2, ("x",)))
 
 
 class _Ring:
-    """A played ring: every broadcast of a member is delivered to every member, in order."""
+    """
+    A played ring: every broadcast of a member is delivered to every member, in order.
+    Each member's inputs are fed at C{now} through L{feed}, and its effects carried out
+    at once; its restore timer fires at once too, unless the ring is C{stepwise}: then
+    each member's timers wait in its table for L{step}.
+    """
 
     def __init__(self, configured: tuple[int, ...]) -> None:
         self.configured = configured
         self.replicas: dict[int, Replica] = {}
         self.answers: dict[int, list[Completion]] = {}
+        self.effects: dict[int, list[Effect]] = {}
+        self.timers: dict[int, TimerTable] = {}
         self.queue: list[tuple[int, bytes]] = []
         self.ring = R
         self.members: tuple[int, ...] = ()
         self.seq = 0
+        self.now = 0.0
+        self.stepwise = False
 
     def start(self, node: int) -> Replica:
-        replica = Replica(node, lambda payload: self._submit(node, payload), self.configured)
+        replica = Replica(node, self.configured)
         self.answers[node] = []
-        replica.on_complete = self.answers[node].append
+        self.effects[node] = []
+        self.timers[node] = TimerTable()
         self.replicas[node] = replica
         return replica
 
-    def _submit(self, node: int, payload: bytes) -> bool:
-        self.queue.append((node, payload))
-        return True
+    def feed(self, method: Callable[[*Ts, float], None], *args: *Ts) -> None:
+        """Call an input of a member at C{now}, then carry out what the members emitted."""
+        method(*args, self.now)
+        self.carry_out()
+
+    def carry_out(self) -> None:
+        for node, replica in self.replicas.items():
+            while effects := replica.drain():
+                for effect in effects:
+                    self.effects[node].append(effect)
+                    if isinstance(effect, Send):
+                        self.queue.append((node, effect.message))
+                    elif isinstance(effect, Deliver):
+                        self.answers[node].append(effect.item)
+                    elif isinstance(effect, StartTimer | CancelTimer):
+                        self.timers[node].apply(effect)
+                    else:
+                        assert isinstance(effect, Log)
+                if not self.stepwise:
+                    self.step(node)
+
+    def step(self, node: int) -> int:
+        """Fire member C{node}'s timers due at C{now}, once round; how many fired."""
+        fired = 0
+        for key in self.timers[node].due(self.now):
+            fired += 1
+            self.replicas[node].timer(key, self.now)
+            self.carry_out()
+        return fired
 
     def install(self, members: tuple[int, ...]) -> None:
         self.ring = RingId(self.ring.seq + 4, min(members))
         self.members = members
         self.seq = 0
         for m in members:
-            self.replicas[m].configuration(self.ring, members, transitional=True)
-            self.replicas[m].configuration(self.ring, members, transitional=False)
+            self.feed(self.replicas[m].configuration, self.ring, members, True)
+            self.feed(self.replicas[m].configuration, self.ring, members, False)
         self.run()
 
     def run(self, safe: bool = True) -> None:
@@ -254,10 +304,10 @@ class _Ring:
                 continue
             self.seq += 1
             for m in self.members:
-                self.replicas[m].delivered(self.ring, self.seq, payload, origin=node)
+                self.feed(self.replicas[m].delivered, self.ring, self.seq, payload, node, 0)
         if safe:
             for m in self.members:
-                self.replicas[m].safe(self.ring, self.seq)
+                self.feed(self.replicas[m].safe, self.ring, self.seq)
 
     def configure(self, members: tuple[int, ...]) -> None:
         """Install a new configuration and stop before its statuses are delivered."""
@@ -265,7 +315,7 @@ class _Ring:
         self.members = members
         self.seq = 0
         for m in members:
-            self.replicas[m].configuration(self.ring, members, transitional=False)
+            self.feed(self.replicas[m].configuration, self.ring, members, False)
 
 
 class MembershipTests(SynchronousTestCase):
@@ -297,7 +347,7 @@ class MembershipTests(SynchronousTestCase):
         ring = _Ring((1, 2))
         r1 = ring.start(1)
         ring.start(2)
-        r1.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        ring.feed(r1.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         self.assertEqual(ring.answers[1], [])
         self.assertEqual(r1.gauges()["queued"], 1)
         ring.install((1, 2))
@@ -309,9 +359,9 @@ class MembershipTests(SynchronousTestCase):
         ring = self.cluster()
         r1 = ring.replicas[1]
         for i in range(20):
-            r1.submit(Operation(Kind.OUT, 5, i + 1, ("job", i)))
+            ring.feed(r1.submit, Operation(Kind.OUT, 5, i + 1, ("job", i)))
         ring.run()
-        r1.submit(Operation(Kind.IN, 6, 1, make_template(("job", int))))
+        ring.feed(r1.submit, Operation(Kind.IN, 6, 1, make_template(("job", int))))
         ring.run()
         ring.run()
         fresh = ring.start(3)  # server 3 crashed and came back empty
@@ -323,29 +373,30 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(fresh.space.digest(), r1.space.digest())
         self.assertEqual(len(fresh.space), 19)
         # The retried take, at the restarted server, gets its first answer.
-        fresh.submit(Operation(Kind.IN, 6, 1, make_template(("job", int))))
+        ring.feed(fresh.submit, Operation(Kind.IN, 6, 1, make_template(("job", int))))
         self.assertEqual(ring.answers[3], [Completion(6, 1, Status.MATCHED, ("job", 0))])
 
     def test_restore_in_steps(self) -> None:
         """
-        A snapshot is restored a step at a time by the replica's background runner;
-        the replica serves once the last step is done, not before.
+        A snapshot is restored a step at a time, one step each time the replica's
+        restore timer fires (started at once: the host's next turn); the replica serves
+        once the last step is done, not before.
         """
         ring = self.cluster()
         r1 = ring.replicas[1]
         for i in range(2500):
             r1.space.out(5, i + 1, ("job", i))
         fresh = ring.start(3)
-        steps: list[Iterator[None]] = []
-        fresh.background = steps.append
+        ring.stepwise = True
         ring.install((1, 2, 3))
         ring.run()
-        [work] = steps
-        self.assertIs(fresh.mode, Mode.SYNCING)
-        next(work)  # one chunk: not yet done
-        self.assertIs(fresh.mode, Mode.SYNCING)
-        for _ in work:
-            pass
+        self.assertIn(StartTimer(ReplicaTimer.RESTORE, ring.now), ring.effects[3])
+        steps = 0
+        while fresh.mode is Mode.SYNCING:
+            self.assertEqual(ring.step(3), 1)  # one chunk each time
+            steps += 1
+        self.assertEqual(steps, 3)  # two chunks of 1000 tuples, then the rest
+        self.assertEqual(ring.step(3), 0)  # done: no timer left
         self.assertIs(fresh.mode, Mode.SERVING)
         self.assertEqual(len(fresh.space), 2500)
 
@@ -353,15 +404,23 @@ class MembershipTests(SynchronousTestCase):
         """A restore still running when the configuration changes is dropped."""
         ring = self.cluster()
         fresh = ring.start(3)
-        steps: list[Iterator[None]] = []
-        fresh.background = steps.append
+        ring.stepwise = True
         ring.install((1, 2, 3))
         ring.run()
+        self.assertEqual(len(ring.timers[3]), 1)
+        ring.effects[3].clear()
         ring.install((1, 2, 3))  # a new configuration before the restore ran
-        for _ in steps[0]:
-            pass
+        restores = [e for e in ring.effects[3] if isinstance(e, StartTimer | CancelTimer)]
+        # The first restore is cancelled; the new configuration transfers again.
+        self.assertEqual(
+            restores,
+            [CancelTimer(ReplicaTimer.RESTORE), StartTimer(ReplicaTimer.RESTORE, ring.now)],
+        )
         self.assertEqual(fresh.counters["snapshots.restored"], 0)
-        self.assertEqual(len(steps), 2)  # the new configuration transfers again
+        while ring.step(3):
+            pass
+        self.assertEqual(fresh.counters["snapshots.restored"], 1)
+        self.assertIs(fresh.mode, Mode.SERVING)
 
     def test_minority_is_unavailable(self) -> None:
         """A minority answers UNAVAILABLE; the majority goes on without a transfer."""
@@ -369,12 +428,12 @@ class MembershipTests(SynchronousTestCase):
         ring.install((1, 2))
         r3 = ring.replicas[3]
         ring.members = (3,)  # the minority's own ring, played separately
-        r3.configuration(RingId(99, 3), (3,), transitional=False)
+        ring.feed(r3.configuration, RingId(99, 3), (3,), False)
         ring.ring = RingId(99, 3)
         ring.run()
         self.assertIs(r3.mode, Mode.UNAVAILABLE)
-        r3.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
-        self.assertEqual(ring.answers[3], [Completion(5, 1, Status.UNAVAILABLE)])
+        ring.feed(r3.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
+        self.assertEqual(ring.answers[3], [Refused(5, 1, Refusal.UNAVAILABLE)])
         self.assertEqual(len(r3.space), 0)
         self.assertEqual(ring.replicas[1].counters["snapshots.sent"], 0)
 
@@ -382,7 +441,7 @@ class MembershipTests(SynchronousTestCase):
         """A member back from a minority holds an old state: it receives the new one."""
         ring = self.cluster()
         ring.install((1, 2))
-        ring.replicas[1].submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        ring.feed(ring.replicas[1].submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         ring.run()
         ring.install((1, 2, 3))
         ring.run()
@@ -398,7 +457,7 @@ class MembershipTests(SynchronousTestCase):
         """
         ring = self.cluster()
         ring.install((2, 3))  # server 1 is cut off
-        ring.replicas[2].submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        ring.feed(ring.replicas[2].submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         ring.run()
         self.assertEqual(ring.answers[2], [Completion(5, 1, Status.STORED)])
         ring.start(3)  # server 3 crashed and came back empty; server 2 is cut off now
@@ -421,7 +480,7 @@ class MembershipTests(SynchronousTestCase):
         """A request lost with its ring is sent again once the next one serves."""
         ring = self.cluster()
         r1 = ring.replicas[1]
-        r1.submit(Operation(Kind.OUT, 5, 1, ("job", 1)))
+        ring.feed(r1.submit, Operation(Kind.OUT, 5, 1, ("job", 1)))
         ring.queue.clear()  # the ring broke before anyone received it
         ring.install((1, 2))
         ring.run()
@@ -525,19 +584,19 @@ class WithdrawalTests(_OneReplica):
         answer is TIMED_OUT, which the log keeps: a retry gets it again and a tuple
         stored afterwards is not taken by it.
         """
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
         self.assertEqual(self.answers, [Completion(5, 1, Status.PENDING)])
-        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.feed(self.replica.withdraw, 5, 1, Status.TIMED_OUT)
         self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.TIMED_OUT))
         self.assertEqual(self.replica.gauges()["withdrawing"], 1)
         self.deliver_all()
         self.assertEqual(len(self.answers), 1)  # not before it is safe
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
-        self.replica.submit(Operation(Kind.OUT, 6, 1, ("job", 1)))
+        self.feed(self.replica.submit, Operation(Kind.OUT, 6, 1, ("job", 1)))
         self.deliver_all()
-        self.replica.safe(R, self.seq)
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.safe, R, self.seq)
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
         self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
         self.assertEqual(len(self.replica.space), 1)
         self.assertEqual(self.replica.gauges()["withdrawing"], 0)
@@ -545,11 +604,11 @@ class WithdrawalTests(_OneReplica):
     def test_claim_sent_before_the_timeout_wins(self) -> None:
         """A claim already on its way when the timeout comes is applied first: the tuple."""
         self.replica.space.out(6, 1, ("job", 1))
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
-        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.withdraw, 5, 1, Status.TIMED_OUT)
         self.assertEqual([decode(p)[0] for p in self.sent], ["claim", "withdraw"])
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
         self.assertEqual(len(self.replica.space), 0)
 
@@ -559,20 +618,20 @@ class WithdrawalTests(_OneReplica):
         client left) that is ordered after the timeout takes nothing: the tuple stays.
         """
         self.replica.space.out(6, 1, ("job", 1))
-        self.replica.withdraw(5, 1, Status.TIMED_OUT)  # a retry whose time is up
+        self.feed(self.replica.withdraw, 5, 1, Status.TIMED_OUT)  # a retry whose time is up
         self.deliver_all()
         self.seq += 1
-        self.replica.delivered(R, self.seq, encode_claim(5, 1, Kind.IN, 1, 2), origin=2)
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.delivered, R, self.seq, encode_claim(5, 1, Kind.IN, 1, 2), 2, 0)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.TIMED_OUT)])
         self.assertEqual(len(self.replica.space), 1)
 
     def test_cancel_is_decided_like_a_timeout(self) -> None:
         """A client's cancel is ordered too and ends as WITHDRAWN."""
-        self.replica.submit(Operation(Kind.RD, 5, 1, JOB))
-        self.replica.withdraw(5, 1, Status.WITHDRAWN)
+        self.feed(self.replica.submit, Operation(Kind.RD, 5, 1, JOB))
+        self.feed(self.replica.withdraw, 5, 1, Status.WITHDRAWN)
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers[-1], Completion(5, 1, Status.WITHDRAWN))
 
     def test_lost_connection_withdraws_without_deciding(self) -> None:
@@ -580,36 +639,36 @@ class WithdrawalTests(_OneReplica):
         A lost connection stops the request waiting here; nothing travels, nothing is
         logged, and the same event sent again is applied afresh.
         """
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
-        self.replica.withdraw(5, 1, Status.CANCELLED)
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.withdraw, 5, 1, Status.CANCELLED)
         self.assertEqual((self.sent, self.replica.gauges()["waiting"]), ([], 0))
         self.replica.space.out(6, 1, ("job", 1))
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers[-1], Completion(5, 1, Status.MATCHED, ("job", 1)))
 
     def test_withdrawal_refused_by_a_full_queue_is_sent_again(self) -> None:
         """A WITHDRAW the ring's full queue refuses is sent at the next safe, not dropped."""
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
         self.accept = False
-        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.feed(self.replica.withdraw, 5, 1, Status.TIMED_OUT)
         self.accept = True
         self.assertEqual(self.sent, [])
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(decode(self.sent[-1]), ("withdraw", 5, 1, Status.TIMED_OUT))
         self.deliver_all()
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers[-1], Completion(5, 1, Status.TIMED_OUT))
 
     def test_withdraw_after_the_answer_is_held_changes_nothing(self) -> None:
         """A timeout that comes once the request is applied (held until safe) is moot."""
         self.replica.space.out(6, 1, ("job", 1))
-        self.replica.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.feed(self.replica.submit, Operation(Kind.IN, 5, 1, JOB))
         self.deliver_all()
-        self.replica.withdraw(5, 1, Status.TIMED_OUT)
+        self.feed(self.replica.withdraw, 5, 1, Status.TIMED_OUT)
         self.assertEqual(self.sent, [])
-        self.replica.safe(R, self.seq)
+        self.feed(self.replica.safe, R, self.seq)
         self.assertEqual(self.answers, [Completion(5, 1, Status.MATCHED, ("job", 1))])
 
     def test_withdrawal_codec(self) -> None:
@@ -631,7 +690,7 @@ class FailoverAnswerTests(SynchronousTestCase):
             self.ring.start(node)
         self.ring.install((1, 2, 3))
         self.r1, self.r3 = self.ring.replicas[1], self.ring.replicas[3]
-        self.r1.submit(Operation(Kind.OUT, 6, 1, ("job", 1)))
+        self.ring.feed(self.r1.submit, Operation(Kind.OUT, 6, 1, ("job", 1)))
         self.ring.run()
         self.ring.answers[1].clear()
 
@@ -642,13 +701,13 @@ class FailoverAnswerTests(SynchronousTestCase):
         syncing, with no time left.  The timeout waits for the decision, finds the
         claim applied, and the answer is the tuple.
         """
-        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r3.submit, Operation(Kind.IN, 5, 1, JOB))
         self.ring.run(safe=False)
         self.assertEqual(self.ring.answers[3], [])
         self.assertEqual(len(self.r1.space), 0)
         self.ring.configure((1, 2))  # 3 is gone; the others sync
-        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
-        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.ring.feed(self.r1.submit, Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r1.withdraw, 5, 1, Status.TIMED_OUT)
         self.assertEqual(self.ring.answers[1], [])
         self.ring.run()
         self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
@@ -656,18 +715,18 @@ class FailoverAnswerTests(SynchronousTestCase):
     def test_timed_out_while_syncing_with_no_answer(self) -> None:
         """A timeout that comes while syncing, for a request never applied, is TIMED_OUT."""
         self.ring.configure((1, 2, 3))
-        self.r1.submit(Operation(Kind.IN, 5, 1, make_template(("other", int))))
-        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.ring.feed(self.r1.submit, Operation(Kind.IN, 5, 1, make_template(("other", int))))
+        self.ring.feed(self.r1.withdraw, 5, 1, Status.TIMED_OUT)
         self.ring.run()
         self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.TIMED_OUT)])
         self.assertEqual(self.ring.replicas[2].space.answered(5, 1), self.ring.answers[1][0])
 
     def test_safe_answer_given_while_syncing(self) -> None:
         """A retry whose answer is in the log and safe is answered at once while syncing."""
-        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r3.submit, Operation(Kind.IN, 5, 1, JOB))
         self.ring.run()
         self.ring.configure((1, 2))
-        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r1.submit, Operation(Kind.IN, 5, 1, JOB))
         self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
 
     def test_unsafe_answer_waits_until_safe(self) -> None:
@@ -675,11 +734,11 @@ class FailoverAnswerTests(SynchronousTestCase):
         A retry of a take another server applied that is not yet safe here is answered
         only once it is: an answer not every server holds could be undone.
         """
-        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r3.submit, Operation(Kind.IN, 5, 1, JOB))
         self.ring.run(safe=False)
-        self.r1.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r1.submit, Operation(Kind.IN, 5, 1, JOB))
         self.assertEqual(self.ring.answers[1], [])
-        self.r1.safe(self.ring.ring, self.ring.seq)
+        self.ring.feed(self.r1.safe, self.ring.ring, self.ring.seq)
         self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.MATCHED, ("job", 1))])
 
     def test_outside_the_primary(self) -> None:
@@ -687,33 +746,33 @@ class FailoverAnswerTests(SynchronousTestCase):
         Outside the primary a retry is answered from the log if its answer is safe, and
         UNAVAILABLE otherwise; a timeout there decides nothing.
         """
-        self.r3.submit(Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(self.r3.submit, Operation(Kind.IN, 5, 1, JOB))
         self.ring.run()
         self.ring.install((1, 2))
         r3 = self.r3
         self.ring.members = (3,)
-        r3.configuration(RingId(99, 3), (3,), transitional=False)
+        self.ring.feed(r3.configuration, RingId(99, 3), (3,), False)
         self.ring.ring = RingId(99, 3)
         self.ring.run()
         self.assertIs(r3.mode, Mode.UNAVAILABLE)
         answers = self.ring.answers[3]
         answers.clear()
-        r3.submit(Operation(Kind.IN, 5, 1, JOB))
-        r3.submit(Operation(Kind.IN, 5, 2, JOB))
-        r3.withdraw(5, 2, Status.TIMED_OUT)
+        self.ring.feed(r3.submit, Operation(Kind.IN, 5, 1, JOB))
+        self.ring.feed(r3.submit, Operation(Kind.IN, 5, 2, JOB))
+        self.ring.feed(r3.withdraw, 5, 2, Status.TIMED_OUT)
         self.assertEqual(
             answers,
-            [Completion(5, 1, Status.MATCHED, ("job", 1)), Completion(5, 2, Status.UNAVAILABLE)],
+            [Completion(5, 1, Status.MATCHED, ("job", 1)), Refused(5, 2, Refusal.UNAVAILABLE)],
         )
 
     def test_pending_withdrawal_answered_unavailable_when_outside(self) -> None:
         """A timeout waiting for the decision is answered UNAVAILABLE if none comes."""
         self.ring.configure((1,))
-        self.r1.submit(Operation(Kind.IN, 5, 1, make_template(("other", int))))
-        self.r1.withdraw(5, 1, Status.TIMED_OUT)
+        self.ring.feed(self.r1.submit, Operation(Kind.IN, 5, 1, make_template(("other", int))))
+        self.ring.feed(self.r1.withdraw, 5, 1, Status.TIMED_OUT)
         self.ring.run()
         self.assertIs(self.r1.mode, Mode.UNAVAILABLE)
-        self.assertEqual(self.ring.answers[1], [Completion(5, 1, Status.UNAVAILABLE)])
+        self.assertEqual(self.ring.answers[1], [Refused(5, 1, Refusal.UNAVAILABLE)])
 
     def test_full_queue_while_syncing_is_busy(self) -> None:
         """
@@ -723,8 +782,8 @@ class FailoverAnswerTests(SynchronousTestCase):
         self.patch(replica_module, "MAX_QUEUED", 2)
         self.ring.configure((1, 2, 3))
         for event in (1, 2, 3):
-            self.r1.submit(Operation(Kind.OUT, 5, event, ("job", 10 + event)))
-        self.assertEqual(self.ring.answers[1], [Completion(5, 3, Status.BUSY)])
+            self.ring.feed(self.r1.submit, Operation(Kind.OUT, 5, event, ("job", 10 + event)))
+        self.assertEqual(self.ring.answers[1], [Refused(5, 3, Refusal.BUSY)])
         self.ring.run()
         self.assertEqual(
             self.ring.answers[1][1:],
@@ -743,11 +802,11 @@ class GoodbyeTests(SynchronousTestCase):
             ring.start(node)
         ring.install((1, 2))
         r1, r2 = ring.replicas[1], ring.replicas[2]
-        r1.submit(Operation(Kind.CHECKPOINT, 5, 1, b"state"))
+        ring.feed(r1.submit, Operation(Kind.CHECKPOINT, 5, 1, b"state"))
         ring.run()
         self.assertEqual(r2.space.recovered(5), (1, b"state"))
         ring.answers[1].clear()
-        r1.submit(Operation(Kind.FORGET, 5, 2, b""))
+        ring.feed(r1.submit, Operation(Kind.FORGET, 5, 2, b""))
         self.assertEqual(decode(ring.queue[-1][1]), ("forget", 5, 2, None))
         ring.run(safe=False)
         self.assertEqual(ring.answers[1], [])
@@ -767,14 +826,132 @@ class GoodbyeTests(SynchronousTestCase):
             ring.start(node)
         ring.install((1, 2))
         r1, r2 = ring.replicas[1], ring.replicas[2]
-        r1.submit(Operation(Kind.OUT, 5, 1, ("a",)))
-        r1.submit(Operation(Kind.OUT, 6, 1, ("b",)))
+        ring.feed(r1.submit, Operation(Kind.OUT, 5, 1, ("a",)))
+        ring.feed(r1.submit, Operation(Kind.OUT, 6, 1, ("b",)))
         ring.run()
-        r2.submit(Operation(Kind.OUT, 6, 2, ("c",)))  # process 6 went on, at server 2
-        r1.submit(Operation(Kind.FORGET, 5, 0, packb(1)))
-        r1.submit(Operation(Kind.FORGET, 6, 0, packb(1)))
+        ring.feed(r2.submit, Operation(Kind.OUT, 6, 2, ("c",)))  # process 6 went on, at server 2
+        ring.feed(r1.submit, Operation(Kind.FORGET, 5, 0, packb(1)))
+        ring.feed(r1.submit, Operation(Kind.FORGET, 6, 0, packb(1)))
         ring.run()
         for r in (r1, r2):
             self.assertIsNone(r.space.answered(5, 1))
             self.assertIsNotNone(r.space.answered(6, 1))
         self.assertEqual(r1.space.digest(), r2.space.digest())
+
+
+class AtomicReplicaTests(_OneReplica):
+    """Atomic requests through the order: one payload, decided where it is applied."""
+
+    def atomic(self, pid: int, event: int, *steps: Step) -> Operation:
+        return Operation(Kind.ATOMIC, pid, event, steps)
+
+    def test_broadcast_whole_and_answered_when_safe(self) -> None:
+        """
+        The request is not matched here first: it goes into the order as one payload,
+        is decided when it is delivered, and is answered once that is safe.
+        """
+        self.replica.space.out(6, 1, ("job", 1))
+        op = self.atomic(5, 1, Step.inp(("job", int)), Step.out(("done", 1)))
+        self.feed(self.replica.submit, op)
+        [payload] = self.sent
+        self.assertEqual(payload, encode_atomic(5, 1, op.payload))  # type: ignore[arg-type]
+        self.assertEqual(len(self.replica.space), 1)  # nothing applied yet
+        self.deliver_all()
+        self.assertEqual(list(self.replica.space.tuples()), [("done", 1)])
+        self.assertEqual(self.answers, [])
+        self.feed(self.replica.safe, R, self.seq)
+        self.assertEqual(
+            self.answers, [Completion(5, 1, Status.COMMITTED, results=(("job", 1), None))]
+        )
+
+    def test_decided_at_apply_time(self) -> None:
+        """
+        A tuple there when the request was sent but taken by an earlier operation in
+        the order aborts it: nothing of it is applied.
+        """
+        self.replica.space.out(6, 1, ("job", 1))
+        self.feed(self.replica.submit, self.atomic(5, 1, Step.out(("x",)), Step.inp(("job", 1))))
+        self.seq += 1
+        self.feed(self.replica.delivered, R, self.seq, encode_claim(7, 1, Kind.INP, 1, 2), 2, 0)
+        self.deliver_all()
+        self.feed(self.replica.safe, R, self.seq)
+        self.assertEqual(
+            self.answers, [Completion(5, 1, Status.ABORTED, aborted=(1, AbortReason.NO_MATCH))]
+        )
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_retry_answered_from_the_log_once_safe(self) -> None:
+        """A retry of an applied request gets its first answer, once that is safe."""
+        self.replica.space.out(6, 1, ("token",))
+        op = self.atomic(5, 1, Step.inp(("token",)), Step.out(("moved",)))
+        self.feed(self.replica.submit, op)
+        self.deliver_all()
+        self.feed(self.replica.submit, op)  # applied, not yet safe: nothing more is sent
+        self.assertEqual(self.sent, [])
+        self.feed(self.replica.safe, R, self.seq)
+        self.feed(self.replica.submit, op)
+        done = Completion(5, 1, Status.COMMITTED, results=(("token",), None))
+        self.assertEqual(self.answers, [done, done])
+        self.assertEqual(list(self.replica.space.tuples()), [("moved",)])
+
+    def test_stored_tuples_go_to_local_waiters(self) -> None:
+        """A waiting in here claims a tuple a committed request stored."""
+        self.feed(self.replica.submit, Operation(Kind.IN, 8, 1, make_template(("job", int))))
+        self.feed(self.replica.submit, self.atomic(5, 1, Step.out(("job", 3))))
+        self.deliver_all()  # the atomic request; the waiter claims its tuple
+        self.deliver_all()  # the claim
+        self.feed(self.replica.safe, R, self.seq)
+        self.assertIn(Completion(8, 1, Status.MATCHED, ("job", 3)), self.answers)
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_refused_by_the_ring(self) -> None:
+        """A request the ring does not take is answered BUSY, and nothing is applied."""
+        self.accept = False
+        self.feed(self.replica.submit, self.atomic(5, 1, Step.out(("x",))))
+        self.assertEqual(self.answers, [Refused(5, 1, Refusal.BUSY)])
+        self.assertEqual(len(self.replica.space), 0)
+
+    def test_payload_checked(self) -> None:
+        """An ATOMIC payload with bad steps is malformed, and every replica skips it."""
+        for steps in (
+            [],
+            [[9, ("x",)]],
+            [[1, (int,)]],
+            [[2, []]],
+            [[1, ("x",)]] * (MAX_STEPS + 1),
+        ):
+            self.assertRaises(ReplicaPayloadError, decode, packb([8, 5, 1, steps]))
+        self.seq += 1
+        self.feed(self.replica.delivered, R, self.seq, packb([8, 5, 1, [[9, ("x",)]]]), 2, 0)
+        self.assertEqual(self.replica.counters["malformed"], 1)
+        self.assertEqual(self.replica.space.processes, 0)
+
+
+class AtomicRingTests(SynchronousTestCase):
+    """Atomic requests of two servers racing, decided alike at every replica."""
+
+    def test_race_for_one_tuple(self) -> None:
+        """
+        Two servers' requests for the same tuple: the first in the order commits, the
+        second aborts, at every replica, and their states stay equal.
+        """
+        ring = _Ring((1, 2, 3))
+        for node in ring.configured:
+            ring.start(node)
+        ring.install(ring.configured)
+        ring.feed(ring.replicas[1].submit, Operation(Kind.OUT, 9, 1, ("lease", 1)))
+        ring.run()
+        for node, pid in ((2, 5), (3, 6)):
+            steps = (Step.inp(("lease", int)), Step.out(("owner", pid)))
+            ring.feed(ring.replicas[node].submit, Operation(Kind.ATOMIC, pid, 1, steps))
+        ring.run()
+        self.assertEqual(
+            ring.answers[2][-1], Completion(5, 1, Status.COMMITTED, results=(("lease", 1), None))
+        )
+        self.assertEqual(
+            ring.answers[3][-1],
+            Completion(6, 1, Status.ABORTED, aborted=(0, AbortReason.NO_MATCH)),
+        )
+        digests = {r.space.digest() for r in ring.replicas.values()}
+        self.assertEqual(len(digests), 1)
+        self.assertEqual(list(ring.replicas[1].space.tuples()), [("owner", 5)])

@@ -11,27 +11,37 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import attrs
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
+from lips.kernel import (
+    CancelTimer,
+    Deliver,
+    Effect,
+    Log,
+    Persist,
+    Send,
+    StartTimer,
+    TimerTable,
+)
 from lips.ring import (
     Commit,
     Configuration,
-    Deliver,
-    Effect,
+    Delivered,
     Join,
     Kind,
     Mcast,
-    PersistRingSeq,
     RingConfig,
     RingEngine,
     RingId,
     RingMessage,
+    RingStored,
+    RingTimer,
     Safe,
-    Send,
     State,
     Token,
 )
-from lips.ring._engine import FAIL_RECV_MIN
+from lips.ring._engine import FAIL_RECV_MIN, _Gather, _Recovery
 from lips.testing.ringsim import (
     Faults,
     InvariantViolation,
@@ -42,6 +52,48 @@ from lips.testing.ringsim import (
 
 #: Seeds the default suite runs; LIPS_SIM_SEEDS raises it for a soak run.
 SEEDS = int(os.environ.get("LIPS_SIM_SEEDS", "300"))
+
+
+#: What a L{Host} hands on of an engine's effects: the item of a L{Deliver}, any other
+#: effect but the timers' as it is.
+Taken = Delivered | Safe | Configuration | Effect
+
+
+class Host:
+    """
+    One engine hosted as a simulator hosts a core (C{docs/design/core.md}): its timers
+    in a L{TimerTable}, fired at the times the caller gives; its other effects handed to
+    the caller, the item of each L{Deliver} in its place.
+    """
+
+    def __init__(self, engine: RingEngine) -> None:
+        self.engine = engine
+        self.timers = TimerTable()
+
+    def take(self) -> list[Taken]:
+        """The engine's effects since the last take, its timers applied to the table."""
+        taken: list[Taken] = []
+        while effects := self.engine.drain():
+            for effect in effects:
+                if isinstance(effect, StartTimer | CancelTimer):
+                    self.timers.apply(effect)
+                else:
+                    taken.append(effect.item if isinstance(effect, Deliver) else effect)
+        return taken
+
+    def fire(self, now: float) -> list[Taken]:
+        """
+        Fire the timers due at C{now}, each after what the one before caused was taken
+        (L{take}); return all that was taken.
+        """
+        taken: list[Taken] = []
+        for key in self.timers.due(now):
+            self.engine.timer(key, now)
+            taken += self.take()
+        return taken
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
 
 
 class Network:
@@ -58,7 +110,8 @@ class Network:
         self.now = 0.0
         self.deaf: set[int] = set()
         self.engines: dict[int, RingEngine] = {}
-        self.effects: dict[int, list[Effect]] = defaultdict(list)
+        self.hosts: dict[int, Host] = {}
+        self.effects: dict[int, list[Taken]] = defaultdict(list)
         self.persisted: dict[int, int] = defaultdict(int)
         self._queue: list[tuple[float, int, int, RingMessage]] = []
         self._count = 0
@@ -68,19 +121,28 @@ class Network:
     def start(self, n: int) -> RingEngine:
         """Start (or restart, as a new incarnation) node C{n}."""
         engine = self.engines[n] = RingEngine(n, self.ids, self.config, self.persisted[n])
+        self.hosts[n] = Host(engine)
         engine.start(self.now)
         self.flush(n)
         return engine
 
     def flush(self, n: int) -> None:
         """Carry out node C{n}'s effects."""
-        for effect in self.engines[n].take_effects():
+        self.carry_out(n, self.hosts[n].take())
+
+    def fire(self, n: int) -> None:
+        """Fire node C{n}'s timers due now, and carry out their effects."""
+        self.carry_out(n, self.hosts[n].fire(self.now))
+
+    def carry_out(self, n: int, effects: list[Taken]) -> None:
+        for effect in effects:
             self.effects[n].append(effect)
-            if isinstance(effect, PersistRingSeq):
-                self.persisted[n] = max(self.persisted[n], effect.seq)
+            if isinstance(effect, Persist):
+                self.persisted[n] = max(self.persisted[n], effect.value)
             if not isinstance(effect, Send):
                 continue
             if effect.to is not None:
+                assert isinstance(effect.to, int)
                 dests = [effect.to]
             else:
                 dests = [d for d in self.ids if d != n and d not in self.deaf]
@@ -95,7 +157,7 @@ class Network:
         C{stop()} holds after an event (then return True, with C{now} at that event).
         """
         while True:
-            times = [t for e in self.engines.values() if (t := e.next_deadline()) is not None]
+            times = [t for h in self.hosts.values() if (t := h.next_deadline()) is not None]
             if self._queue:
                 times.append(self._queue[0][0])
             if not times or min(times) > until:
@@ -107,11 +169,10 @@ class Network:
                 self.engines[dest].received(message, self.now)
                 self.flush(dest)
             else:
-                for n, engine in list(self.engines.items()):
-                    deadline = engine.next_deadline()
+                for n, host in list(self.hosts.items()):
+                    deadline = host.next_deadline()
                     if deadline is not None and deadline <= self.now:
-                        engine.tick(self.now)
-                        self.flush(n)
+                        self.fire(n)
             if stop():
                 return True
 
@@ -125,7 +186,7 @@ class Network:
 
     def delivered(self, n: int) -> list[bytes]:
         """What node C{n} has delivered, in order."""
-        return [e.payload for e in self.effects[n] if isinstance(e, Deliver)]
+        return [e.payload for e in self.effects[n] if isinstance(e, Delivered)]
 
 
 class RingConfigTests(SynchronousTestCase):
@@ -160,27 +221,28 @@ class SingleNodeTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.engine = RingEngine(1, [1], RingConfig.loopback())
+        self.host = Host(self.engine)
         self.now = 0.0
         self.engine.start(self.now)
-        self.effects: list[object] = []
+        self.effects: list[Taken] = []
         self.spin(0.05)
 
     def spin(self, until: float) -> None:
         """Run the engine alone, looping its own token back, until C{until}."""
         e = self.engine
         while True:
-            self.effects += e.take_effects()
+            self.effects += self.host.take()
             loops = [x for x in self.effects if isinstance(x, Send) and x.to == 1]
             for x in loops:
                 self.effects.remove(x)
                 e.received(x.message, self.now)
             if loops:
                 continue
-            deadline = e.next_deadline()
+            deadline = self.host.next_deadline()
             if deadline is None or deadline > until:
                 return
             self.now = deadline
-            e.tick(self.now)
+            self.effects += self.host.fire(self.now)
 
     def test_forms_and_delivers(self) -> None:
         """It installs a one-member ring and delivers its payloads in order, safe."""
@@ -190,10 +252,10 @@ class SingleNodeTests(SynchronousTestCase):
         for p in (b"a", b"b", b"c"):
             self.assertTrue(self.engine.submit(p, self.now))
         self.spin(self.now + 0.1)
-        delivered = [x.payload for x in self.effects if isinstance(x, Deliver)]
+        delivered = [x.payload for x in self.effects if isinstance(x, Delivered)]
         self.assertEqual(delivered, [b"a", b"b", b"c"])
         safe = max(x.upto for x in self.effects if isinstance(x, Safe))
-        last = max(x.seq for x in self.effects if isinstance(x, Deliver))
+        last = max(x.seq for x in self.effects if isinstance(x, Delivered))
         self.assertGreaterEqual(safe, last)
 
     def test_fragments_and_packing(self) -> None:
@@ -207,7 +269,7 @@ class SingleNodeTests(SynchronousTestCase):
         for p in payloads:
             self.assertTrue(self.engine.submit(p, self.now))
         self.spin(self.now + 0.2)
-        delivered = [x.payload for x in self.effects if isinstance(x, Deliver)]
+        delivered = [x.payload for x in self.effects if isinstance(x, Delivered)]
         self.assertEqual(delivered, payloads)
         self.assertEqual(self.engine.counters["fragmented"], 2)
         self.assertGreater(self.engine.counters["packed"], 0)
@@ -254,6 +316,88 @@ class SingleNodeTests(SynchronousTestCase):
         e.received(Mcast(RingId(999, 9), 1, 9, Kind.APP, b"x"), self.now)
         self.assertEqual(e.counters["dropped.stranger"], 1)
         self.assertEqual((e.state, e.ring), (State.OPERATIONAL, ring))
+
+
+class CoreContractTests(SynchronousTestCase):
+    """The engine is a core of L{lips.kernel}: its effects, its timers, its inputs."""
+
+    def test_emits(self) -> None:
+        """
+        It declares the effects it emits, and a driver takes it with handlers for
+        those but its timers and its logs.
+        """
+        from twisted.internet.task import Clock
+
+        from lips.kernel import Driver
+
+        self.assertEqual(RingEngine.emits, {Send, Deliver, Persist, StartTimer, CancelTimer, Log})
+        engine = RingEngine(1, [1, 2], RingConfig.loopback())
+        Driver(engine, Clock(), dict.fromkeys((Send, Deliver, Persist), lambda effect: None))
+
+    def test_start(self) -> None:
+        """
+        Starting persists a ring sequence number above the stored one (by the enum
+        member of what it stores), broadcasts a join and starts its join and consensus
+        timers, as L{StartTimer} effects keyed by L{RingTimer} at absolute times.
+        """
+        config = RingConfig.loopback()
+        engine = RingEngine(1, [1, 2], config, ring_seq=8)
+        engine.start(10.0)
+        self.assertEqual(
+            engine.drain(),
+            [
+                Persist(RingStored.RING_SEQ, 12),
+                Send(None, Join(1, frozenset({1, 2}), frozenset(), 12)),
+                StartTimer(RingTimer.JOIN, 10.0 + config.join_interval),
+                StartTimer(RingTimer.CONSENSUS, 10.0 + config.consensus_timeout),
+            ],
+        )
+        self.assertEqual(engine.drain(), [])
+
+    def test_timer_refuses_what_is_not_due(self) -> None:
+        """
+        The timer input refuses a key that is not a L{RingTimer}, a ring timer that is
+        not pending, and a pending one before its deadline: the host is wrong.
+        """
+        engine = RingEngine(1, [1, 2], RingConfig.loopback())
+        engine.start(0.0)
+        engine.drain()
+        for key, now in [
+            ("join", 1.0),
+            (Kind.APP, 1.0),
+            (RingTimer.HOLD, 1.0),
+            (RingTimer.JOIN, 0.001),
+        ]:
+            self.assertRaises(ValueError, engine.timer, key, now)
+        self.assertEqual(engine.drain(), [])
+        engine.timer(RingTimer.JOIN, 0.1)
+        self.assertEqual(engine.counters["sent.join"], 2)
+
+    def test_pause_restarts_timers(self) -> None:
+        """
+        A timer overdue by more than the pause threshold is not fired: every pending
+        timer is started again later by the length of the pause, the flush timer is
+        started at once, and the pause is logged.
+        """
+        net = Network(3, RingConfig.loopback())
+        self.assertTrue(net.run(1.0, lambda: net.formed(1, 2, 3)))
+        host = net.hosts[3]
+        host.take()
+        pending = {k: at for k in RingTimer if (at := host.timers.deadline(k)) is not None}
+        key = min(pending, key=lambda k: pending[k])
+        now = pending[key] + 2.0
+        host.engine.timer(key, now)
+        effects = host.engine.drain()
+        [log] = [e for e in effects if isinstance(e, Log)]
+        self.assertEqual(log.level, LogLevel.warn)
+        self.assertIn("Process pause detected", log.format)
+        paused_for = host.engine.last_pause
+        self.assertGreater(paused_for, 2.0)
+        started = {e.key: e.at for e in effects if isinstance(e, StartTimer)}
+        self.assertEqual(started[RingTimer.FLUSH], now)
+        for k, deadline in pending.items():
+            self.assertAlmostEqual(started[k], deadline + paused_for)
+        self.assertEqual(host.engine.counters["paused"], 1)
 
 
 class SimulationTests(SynchronousTestCase):
@@ -322,9 +466,11 @@ class SimulationTests(SynchronousTestCase):
 
         def broken(self: RingEngine, commit: Commit) -> None:
             original(self, commit)
-            kept = [r for r in self._recovery if r[0] is not Kind.RECOVERED]
-            self._recovery.clear()
-            self._recovery.extend(kept)
+            phase = self._phase
+            assert isinstance(phase, _Recovery)
+            kept = [r for r in phase.rebroadcast if r[0] is not Kind.RECOVERED]
+            phase.rebroadcast.clear()
+            phase.rebroadcast.extend(kept)
 
         self.patch(RingEngine, "_enter_recovery", broken)
         lossy = Scenario(nodes=4, messages=80, faults=Faults(loss=0.1, crashes=2))
@@ -409,12 +555,12 @@ class LeaveTests(SynchronousTestCase):
         self.assertEqual(
             net.effects[3][before:],
             [
-                PersistRingSeq(leaver._ring_seq_max),
+                Persist(RingStored.RING_SEQ, leaver._ring_seq_max),
                 Send(None, Join.leave(3, leaver._ring_seq_max)),
             ],
         )
         self.assertIs(leaver.state, State.LEFT)
-        self.assertIsNone(leaver.next_deadline())
+        self.assertEqual(len(net.hosts[3].timers), 0)
         self.assertEqual(leaver.backlog, 0)
         self.assertFalse(leaver.submit(b"late", net.now))
         leaver.leave(net.now)
@@ -426,7 +572,7 @@ class LeaveTests(SynchronousTestCase):
         self.assertTrue(net.formed(1, 2))
         self.assertEqual(net.delivered(1)[-2:], [b"a", b"b"])
         self.assertEqual(len(net.effects[3]), before + 2)
-        self.assertEqual(leaver.take_effects(), [])
+        self.assertEqual(leaver.drain(), [])
         self.assertEqual(leaver.counters["left"], 1)
 
     def test_last_messages_recovered(self) -> None:
@@ -539,7 +685,9 @@ class FailToReceiveTests(SynchronousTestCase):
         visits = net.engines[1].counters["token.received"] - visits_before
         self.assertGreaterEqual(visits, self.config.fail_recv_rotations)
         self.assertEqual(net.engines[1].counters["fail_to_recv"], 1)
-        self.assertIn(3, net.engines[1]._failed)
+        phase = net.engines[1]._phase
+        assert isinstance(phase, _Gather)
+        self.assertIn(3, phase.failed)
 
     def test_no_false_failures(self) -> None:
         """

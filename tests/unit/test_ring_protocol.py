@@ -30,6 +30,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import lips.protocols._ring
+from lips.kernel import CancelTimer, Deliver, Effect, Log, Persist, Send, StartTimer, TimerKey
 from lips.protocols import (
     COUNTERS,
     BroadcastTransport,
@@ -43,21 +44,20 @@ from lips.protocols._ring import RingEvent
 from lips.protocols._transports import MAX_DATAGRAM
 from lips.ring import (
     Configuration,
-    Deliver,
-    Effect,
+    Delivered,
     Join,
     Kind,
     Mcast,
     MergeDetect,
     Mode,
-    PersistRingSeq,
     RingConfig,
     RingEngine,
     RingId,
     RingMessage,
+    RingStored,
+    RingTimer,
     Safe,
     Sealer,
-    Send,
     State,
     Token,
 )
@@ -229,7 +229,7 @@ class Node:
             )
 
     def delivered(self) -> list[bytes]:
-        return [e.payload for e in self.events if isinstance(e, Deliver)]
+        return [e.payload for e in self.events if isinstance(e, Delivered)]
 
     def configurations(self) -> list[Configuration]:
         return [e for e in self.events if isinstance(e, Configuration)]
@@ -263,8 +263,9 @@ class Ring:
 
 class ScriptedEngine(RingEngine):
     """
-    An engine whose effects and deadline the test sets, and which records its inputs:
-    so what the adapter does with each effect is seen alone.
+    An engine whose effects the test sets, and which records its inputs: so what the
+    adapter does with each effect is seen alone.  L{arm} and L{disarm} start and cancel
+    its one timer (C{RingTimer.TOKEN_LOSS}), with the next effects it emits.
     """
 
     def __init__(self, node: int = 1, peers: tuple[int, ...] = (1, 2, 3)) -> None:
@@ -272,7 +273,12 @@ class ScriptedEngine(RingEngine):
         self.script: list[Effect] = []
         self.on_submit: list[Effect] = []
         self.inputs: list[tuple[str, object, float]] = []
-        self.deadline: float | None = None
+
+    def arm(self, at: float) -> None:
+        self.script.append(StartTimer(RingTimer.TOKEN_LOSS, at))
+
+    def disarm(self) -> None:
+        self.script.append(CancelTimer(RingTimer.TOKEN_LOSS))
 
     def start(self, now: float) -> None:
         self.inputs.append(("start", None, now))
@@ -285,15 +291,10 @@ class ScriptedEngine(RingEngine):
         self.script += self.on_submit
         return True
 
-    def tick(self, now: float) -> None:
-        self.inputs.append(("tick", None, now))
-        if self.deadline is not None and self.deadline <= now:
-            self.deadline = None
+    def timer(self, key: TimerKey, now: float) -> None:
+        self.inputs.append(("timer", key, now))
 
-    def next_deadline(self) -> float | None:
-        return self.deadline
-
-    def take_effects(self) -> list[Effect]:
+    def drain(self) -> list[Effect]:
         effects, self.script = self.script, []
         return effects
 
@@ -322,7 +323,7 @@ class ScriptedTests(SynchronousTestCase):
         self.transport = FakeDatagramTransport(address(1))
 
     def start(self, *script: Effect) -> None:
-        self.engine.script = list(script)
+        self.engine.script += script
         self.protocol.makeConnection(self.transport)
 
     def test_start(self) -> None:
@@ -381,7 +382,7 @@ class ScriptedTests(SynchronousTestCase):
         A send to this node is not written: it is handed back to the engine on the
         next turn of the reactor, after the current effects, not by recursion.
         """
-        self.start(Send(1, TOKEN), Send(1, MergeDetect(RING, 1)), Safe(RING, 0))
+        self.start(Send(1, TOKEN), Send(1, MergeDetect(RING, 1)), Deliver(Safe(RING, 0)))
         self.assertEqual(self.transport.written, [])
         self.assertEqual(self.events, [Safe(RING, 0)])
         self.assertEqual([i[0] for i in self.engine.inputs], ["start"])
@@ -394,16 +395,26 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_events_in_order(self) -> None:
-        """Every effect but a send goes to the deliver callback, in the engine's order."""
-        events: list[Effect] = [
-            PersistRingSeq(8),
+        """
+        What the engine delivers (the item of each Deliver) and what it persists go to
+        the deliver callback, in the engine's order; sends, timers and logs do not.
+        """
+        events: list[RingEvent] = [
+            Persist(RingStored.RING_SEQ, 8),
             Configuration(RING, (1,), transitional=True),
             Configuration(RING, (1, 2), transitional=False),
-            Deliver(RING, 1, 2, b"a"),
+            Delivered(RING, 1, 2, b"a"),
             Safe(RING, 1),
-            Deliver(RING, 2, 1, b"b"),
+            Delivered(RING, 2, 1, b"b"),
         ]
-        self.start(*events[:3], Send(None, TOKEN), *events[3:])
+        effects = [e if isinstance(e, Persist) else Deliver(e) for e in events]
+        self.start(
+            *effects[:3],
+            Send(None, TOKEN),
+            StartTimer(RingTimer.HOLD, 200.0),
+            Log(LogLevel.info, "hello"),
+            *effects[3:],
+        )
         self.assertEqual(self.events, events)
 
     def test_reentrant_submit_keeps_order(self) -> None:
@@ -411,17 +422,17 @@ class ScriptedTests(SynchronousTestCase):
         A deliver callback that submits does not get the effects of its submit before
         the rest of the effects it is being given.
         """
-        later = Deliver(RING, 3, 1, b"later")
-        self.engine.on_submit = [later]
+        later = Delivered(RING, 3, 1, b"later")
+        self.engine.on_submit = [Deliver(later)]
 
         def deliver(event: RingEvent) -> None:
             self.events.append(event)
-            if event == Deliver(RING, 1, 2, b"a"):
+            if event == Delivered(RING, 1, 2, b"a"):
                 self.assertTrue(self.protocol.submit(b"reply"))
 
         self.protocol.deliver = deliver
-        first, second = Deliver(RING, 1, 2, b"a"), Deliver(RING, 2, 2, b"b")
-        self.start(first, second)
+        first, second = Delivered(RING, 1, 2, b"a"), Delivered(RING, 2, 2, b"b")
+        self.start(Deliver(first), Deliver(second))
         self.assertEqual(self.events, [first, second, later])
 
     def test_deliver_failure(self) -> None:
@@ -433,8 +444,8 @@ class ScriptedTests(SynchronousTestCase):
             self.events.append(event)
 
         self.protocol.deliver = deliver
-        self.start(Safe(RING, 1), Deliver(RING, 1, 1, b"a"), Send(2, TOKEN))
-        self.assertEqual(self.events, [Deliver(RING, 1, 1, b"a")])
+        self.start(Deliver(Safe(RING, 1)), Deliver(Delivered(RING, 1, 1, b"a")), Send(2, TOKEN))
+        self.assertEqual(self.events, [Delivered(RING, 1, 1, b"a")])
         self.assertEqual(len(self.transport.written), 1)
         self.assertEqual(self.counters["errors.deliver"], 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -447,7 +458,7 @@ class ScriptedTests(SynchronousTestCase):
             raise AssertionError("engine bug")
 
         self.patch(self.engine, "received", boom)
-        self.engine.deadline = 105.0
+        self.engine.arm(105.0)
         self.protocol.datagramReceived(sealed(TOKEN, 3), address(3))
         self.assertEqual(self.counters["errors.internal"], 1)
         self.assertEqual(len(self.flushLoggedErrors(AssertionError)), 1)
@@ -482,37 +493,47 @@ class ScriptedTests(SynchronousTestCase):
 
     def test_one_timer(self) -> None:
         """
-        There is exactly one timer while the engine has a deadline, moved when the
-        deadline moves, firing the engine's tick, and none when it has none.
+        There is exactly one delayed call while the engine has a timer pending, moved
+        earlier when its deadline does, firing the engine's timer input, and none when
+        no timer is pending.
         """
-        self.engine.deadline = 105.0
+        self.engine.arm(105.0)
         self.start()
         calls = self.clock.getDelayedCalls()
         self.assertEqual([c.getTime() for c in calls], [105.0])
-        self.engine.deadline = 102.0
+        self.engine.arm(102.0)
         self.protocol.datagramReceived(sealed(TOKEN, 2), address(2))
         self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [102.0])
-        self.engine.deadline = 103.0
-        self.clock.advance(2)
-        self.assertEqual(self.engine.inputs[-1], ("tick", None, 102.0))
+        self.clock.advance(1)
+        self.engine.arm(103.0)
+        self.protocol.datagramReceived(sealed(TOKEN, 2), address(2))
+        self.clock.advance(1)
+        # It fired early, found nothing due, and was set again for the new deadline.
+        self.assertNotIn("timer", [i[0] for i in self.engine.inputs])
         self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [103.0])
-        self.engine.deadline = None
+        self.clock.advance(1)
+        self.assertEqual(self.engine.inputs[-1], ("timer", RingTimer.TOKEN_LOSS, 103.0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.engine.arm(110.0)
         self.assertTrue(self.protocol.submit(b"x"))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.engine.disarm()
+        self.assertTrue(self.protocol.submit(b"y"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_past_deadline(self) -> None:
         """A deadline already past fires on the next turn of the reactor."""
-        self.engine.deadline = 50.0
+        self.engine.arm(50.0)
         self.start()
         self.clock.advance(0)
-        self.assertEqual(self.engine.inputs[-1], ("tick", None, 100.0))
+        self.assertEqual(self.engine.inputs[-1], ("timer", RingTimer.TOKEN_LOSS, 100.0))
 
     def test_stop(self) -> None:
         """
         After stop() no delayed call is left, and the protocol ignores datagrams and
         submits, and writes nothing more.
         """
-        self.engine.deadline = 105.0
+        self.engine.arm(105.0)
         self.start(Send(1, TOKEN))
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
         self.protocol.stop()
@@ -527,7 +548,7 @@ class ScriptedTests(SynchronousTestCase):
 
     def test_stop_protocol(self) -> None:
         """Losing the transport (stopListening, shutdown) stops the protocol."""
-        self.engine.deadline = 105.0
+        self.engine.arm(105.0)
         self.start()
         self.protocol.doStop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -1191,7 +1212,7 @@ class RingTests(SynchronousTestCase):
         for node in ring.nodes.values():
             regular = [c for c in node.configurations() if not c.transitional]
             self.assertEqual(regular[-1].members, (1, 2, 3))
-            self.assertIn(PersistRingSeq(node.engine.ring.seq), node.events)
+            self.assertIn(Persist(RingStored.RING_SEQ, node.engine.ring.seq), node.events)
         submitted = []
         for i in range(30):
             n = 1 + i % 3
@@ -1243,7 +1264,7 @@ class RingTests(SynchronousTestCase):
             ring.run(0.001)
             for node in ring.nodes.values():
                 (call,) = node.clock.getDelayedCalls()
-                deadline = node.engine.next_deadline()
+                deadline = node.protocol.driver.timers.next_deadline()
                 assert deadline is not None
                 self.assertLessEqual(call.getTime(), deadline + 1e-9)
         ring.nodes[3].protocol.submit(b"x")

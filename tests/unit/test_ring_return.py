@@ -15,13 +15,13 @@ import attrs
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from lips.kernel import Send
 from lips.ring import (
     Configuration,
     Join,
     RingConfig,
     RingEngine,
     RingMessage,
-    Send,
     State,
 )
 from lips.testing.ringsim import (
@@ -31,7 +31,7 @@ from lips.testing.ringsim import (
     RingSimulation,
     Scenario,
 )
-from tests.unit.test_ring_engine import Network
+from tests.unit.test_ring_engine import Host, Network
 from tests.unit.test_ring_protocol import LogRecorder, Ring, address
 
 
@@ -53,21 +53,19 @@ class PausableNetwork(Network):
         backlog = self.paused.pop(n)
         engine = self.engines[n]
         if timers_first:
-            engine.tick(self.now)
-            self.flush(n)
+            self.fire(n)
         for message in backlog:
             engine.received(message, self.now)
             self.flush(n)
         if not timers_first:
-            engine.tick(self.now)
-            self.flush(n)
+            self.fire(n)
 
     def run(self, until: float, stop: Callable[[], bool] = lambda: False) -> bool:
         while True:
             times = [
                 t
-                for n, e in self.engines.items()
-                if n not in self.paused and (t := e.next_deadline()) is not None
+                for n, h in self.hosts.items()
+                if n not in self.paused and (t := h.next_deadline()) is not None
             ]
             if self._queue:
                 times.append(self._queue[0][0])
@@ -83,11 +81,10 @@ class PausableNetwork(Network):
                     self.engines[dest].received(message, self.now)
                     self.flush(dest)
             else:
-                for n, engine in list(self.engines.items()):
-                    deadline = engine.next_deadline()
+                for n, host in list(self.hosts.items()):
+                    deadline = host.next_deadline()
                     if n not in self.paused and deadline is not None and deadline <= self.now:
-                        engine.tick(self.now)
-                        self.flush(n)
+                        self.fire(n)
             if stop():
                 return True
 
@@ -286,20 +283,21 @@ class ResumedEngineTests(SynchronousTestCase):
         """
         net = PausableNetwork(3, RingConfig.loopback())
         self.assertTrue(net.run(1.0, lambda: net.formed(1, 2, 3)))
-        engine = net.engines[3]
+        engine, host = net.engines[3], net.hosts[3]
         seq = engine._ring_seq_max
         now = net.now + 2.0
         engine.received(Join(1, frozenset({1, 2, 3}), frozenset({3}), seq), now)
         self.assertEqual(engine.counters["paused"], 1)
         self.assertEqual(engine.counters["flushed"], 1)
         self.assertIs(engine.state, State.GATHER)
-        [join] = joins_sent(engine.take_effects())
+        [join] = joins_sent(host.take())
         self.assertEqual((join.procs, join.failed), (frozenset({1, 2, 3}), frozenset()))
         self.assertGreater(join.ring_seq, seq)
-        self.assertEqual(engine.next_deadline(), now)
-        engine.tick(now)
+        # The flush ends at the next round of timers: due at once.
+        self.assertEqual(host.next_deadline(), now)
+        self.assertEqual(joins_sent(host.fire(now)), [])
         engine.received(Join(1, frozenset({1, 2, 3, 4}), frozenset(), join.ring_seq), now)
-        [merged] = joins_sent(engine.take_effects())
+        [merged] = joins_sent(host.take())
         self.assertEqual(merged.procs, frozenset({1, 2, 3, 4}))
         self.assertEqual(engine.counters["flushed"], 1)
 
@@ -309,27 +307,31 @@ class ResumedEngineTests(SynchronousTestCase):
         fail anyone: the gather starts afresh, with its full timeout.
         """
         config = RingConfig.loopback()
-        engine = RingEngine(1, [1, 2], config)
+        host = Host(RingEngine(1, [1, 2], config))
+        engine = host.engine
         engine.start(0.0)
-        engine.tick(5.0)
+        host.take()
+        host.fire(5.0)
         self.assertEqual(engine.counters["consensus.timeout"], 0)
         self.assertIs(engine.state, State.GATHER)
-        engine.tick(5.0)
+        host.fire(5.0)
         self.assertEqual(engine.counters["consensus.timeout"], 0)
         self.assertEqual(engine.counters["paused"], 1)
         while engine.counters["consensus.timeout"] == 0:
-            deadline = engine.next_deadline()
+            deadline = host.next_deadline()
             assert deadline is not None
-            engine.tick(deadline)
+            host.fire(deadline)
         self.assertAlmostEqual(deadline, 5.0 + config.consensus_timeout)
         self.assertEqual(engine.counters["paused"], 1)
 
     def test_late_timer_is_not_a_pause(self) -> None:
         """A timer firing a little late (a busy reactor) is an ordinary tick."""
         config = RingConfig.loopback()
-        engine = RingEngine(1, [1, 2], config)
+        host = Host(RingEngine(1, [1, 2], config))
+        engine = host.engine
         engine.start(0.0)
-        engine.tick(config.join_interval + config.pause_after * 0.9)
+        host.take()
+        host.fire(config.join_interval + config.pause_after * 0.9)
         self.assertEqual(engine.counters["paused"], 0)
         self.assertEqual(engine.counters["sent.join"], 2)
 
@@ -338,17 +340,17 @@ class ResumedEngineTests(SynchronousTestCase):
         A join that named the node's previous incarnation as failed, sent before its
         sender heard of the restart, does not make the restarted node fail the sender.
         """
-        engine = RingEngine(3, [1, 2, 3], RingConfig.loopback(), ring_seq=20)
+        host = Host(RingEngine(3, [1, 2, 3], RingConfig.loopback(), ring_seq=20))
+        engine = host.engine
         engine.start(0.0)
-        engine.take_effects()
+        host.take()
         engine.received(Join(1, frozenset({1, 2, 3}), frozenset({3}), 20), 0.001)
         self.assertEqual(engine.counters["join.stale"], 1)
-        self.assertEqual(joins_sent(engine.take_effects()), [])
+        self.assertEqual(joins_sent(host.take()), [])
         # Once its sender has heard of the new incarnation, its joins count.
         engine.received(Join(1, frozenset({1, 2, 3}), frozenset(), 24), 0.002)
         self.assertEqual(engine.counters["join.stale"], 1)
-        engine.tick(0.03)
-        [join] = joins_sent(engine.take_effects())
+        [join] = joins_sent(host.take() + host.fire(0.03))
         self.assertEqual(join.failed, frozenset())
 
 
@@ -371,9 +373,9 @@ class DepartedNodeReturnTests(SynchronousTestCase):
         self.assertTrue(net.run(net.now + 1.0, lambda: net.formed(1, 2, 3)))
         engine = net.engines[1]
         seq = max(engine._gone[4] + 4, engine.ring.seq)
-        engine.take_effects()
+        net.hosts[1].take()
         engine.received(Join(3, frozenset({1, 2, 3, 4}), frozenset(), seq), net.now)
-        [join] = joins_sent(engine.take_effects())
+        [join] = joins_sent(net.hosts[1].take())
         self.assertEqual((join.procs, join.failed), (frozenset({1, 2, 3, 4}), frozenset()))
         self.assertEqual(engine.counters["gone.vouched"], 1)
 

@@ -14,10 +14,13 @@ from zope.interface import implementer
 
 from lips.kernel import CancelTimer, StartTimer
 from lips.server import (
+    Answer,
     ISpaceBackend,
     LocalBackend,
     MessageServer,
     Operation,
+    Refusal,
+    Refused,
     ServerCore,
     ServerLimits,
     ServerTimer,
@@ -25,11 +28,14 @@ from lips.server import (
 )
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing import MEMORY_BOUNDS, memory_server
-from lips.tuples import ANY, make_template
+from lips.tuples import ANY, AbortReason, Step, make_template
 from lips.wire import (
+    Aborted,
+    Atomic,
     Cancel,
     Cancelled,
     CheckpointRequest,
+    Committed,
     Error,
     ErrorCode,
     Frame,
@@ -284,7 +290,7 @@ class _ScriptedBackend:
     """A backend that answers only when the test says so, and records what it is asked."""
 
     def __init__(self) -> None:
-        self.on_complete: Callable[[Completion], None] = lambda c: None
+        self.on_complete: Callable[[Answer], None] = lambda c: None
         self.submitted: list[Operation] = []
         self.withdrawn: list[tuple[int, int, Status]] = []
 
@@ -377,15 +383,16 @@ class AnswerPathTests(SynchronousTestCase):
 
     def test_refusals_are_errors_the_client_acts_on(self) -> None:
         """UNAVAILABLE, BUSY and STALE answers become typed errors; the timer goes."""
-        for event, status, expected in (
-            (1, Status.UNAVAILABLE, ErrorCode.UNAVAILABLE),
-            (2, Status.BUSY, ErrorCode.BUSY),
-            (3, Status.STALE, ErrorCode.STALE_EVENT),
-        ):
+        answers: list[tuple[int, Answer, ErrorCode]] = [
+            (1, Refused(7, 1, Refusal.UNAVAILABLE), ErrorCode.UNAVAILABLE),
+            (2, Refused(7, 2, Refusal.BUSY), ErrorCode.BUSY),
+            (3, Completion(7, 3, Status.STALE), ErrorCode.STALE_EVENT),
+        ]
+        for event, answer, expected in answers:
             self.server.received(
                 self.session, take(Kind.IN, event, "job", int, timeout=3.0), 10 + event
             )
-            self.answer(event, status)
+            self.backend.on_complete(answer)
             [(rid, err)] = self.wire.take()
             self.assertEqual((rid, code(err)), (10 + event, expected))
 
@@ -982,3 +989,63 @@ class DriverTests(SynchronousTestCase):
         server.received(s, take(Kind.IN, 1, "job", int), 2)
         server.session_closed(s)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AtomicServerTests(SynchronousTestCase):
+    """ATOMIC requests through the MessageServer and the LocalBackend."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = memory_server(self.clock, seed=1)
+        backend = self.server.backend
+        assert isinstance(backend, LocalBackend)
+        self.space = backend.space
+
+    def session(self, pid: int) -> tuple[Session, _Wire]:
+        wire = _Wire()
+        s = self.server.open_session(wire.send, "test")
+        self.server.received(s, Hello(pid, "t"), 1)
+        [(_, welcome)] = wire.take()
+        assert isinstance(welcome, Welcome)
+        return s, wire
+
+    def tearDown(self) -> None:
+        for session in list(self.server.sessions):
+            self.server.session_closed(session)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_committed_and_aborted(self) -> None:
+        """A request that holds is answered COMMITTED; one that fails, ABORTED."""
+        s, wire = self.session(pid=7)
+        self.server.received(s, Out(1, ("ftm-epoch", 3, 7)), 2)
+        steps = (Step.present(("ftm-epoch", 3, 7)), Step.out(("row", 1)))
+        self.server.received(s, Atomic(2, steps), 3)
+        self.server.received(s, Atomic(3, (Step.inp(("row", 1)), Step.inp(("row", 2)))), 4)
+        self.assertEqual(
+            wire.take(),
+            [(2, Stored()), (3, Committed((None, None))), (4, Aborted(1, AbortReason.NO_MATCH))],
+        )
+        self.assertEqual(list(self.space.tuples()), [("ftm-epoch", 3, 7), ("row", 1)])
+        self.assertEqual(self.server.stats()["ops.atomic"], 2)
+
+    def test_retry_is_answered_from_the_log(self) -> None:
+        """The same event sent again, in another session, gets its first answer."""
+        s, _ = self.session(pid=7)
+        self.server.received(s, Out(1, ("token",)), 2)
+        move = Atomic(2, (Step.inp(("token",)), Step.out(("moved",))))
+        self.server.received(s, move, 3)
+        self.server.session_closed(s)
+        s2, wire2 = self.session(pid=7)
+        self.server.received(s2, Out(3, ("token",)), 2)
+        self.server.received(s2, move, 3)
+        self.assertEqual(wire2.take(), [(2, Stored()), (3, Committed((("token",), None)))])
+        self.assertEqual(list(self.space.tuples()), [("moved",), ("token",)])
+
+    def test_atomic_outs_serve_waiters(self) -> None:
+        """A waiting in_ of another session gets a tuple a committed request stored."""
+        a, wire_a = self.session(pid=7)
+        b, wire_b = self.session(pid=8)
+        self.server.received(b, take(Kind.IN, 1, "job", int), 2)
+        self.server.received(a, Atomic(1, (Step.absent(("stop",)), Step.out(("job", 5)))), 2)
+        self.assertEqual(wire_a.take(), [(2, Committed((None, None)))])
+        self.assertEqual(wire_b.take(), [(2, Matched(("job", 5)))])

@@ -25,8 +25,12 @@ from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
 from lips.tuples import (
     ANY,
     FORMAL_TYPES,
+    MAX_STEPS,
+    AbortReason,
     Limits,
     LTuple,
+    Step,
+    StepOp,
     Template,
     make_template,
     make_tuple,
@@ -1045,3 +1049,294 @@ class DecisionTests(SynchronousTestCase):
         self.assertEqual(
             self.space.take(1, 1, Kind.IN, self.job), done(1, 1, Status.MATCHED, ("job", 5))
         )
+
+
+# -- atomic requests -----------------------------------------------------------------
+
+
+def s_out(*fields: Any) -> Step:
+    return Step.out(fields)
+
+
+class AtomicTests(SynchronousTestCase):
+    """L{TupleSpace.atomic}: a list of steps applied as one event, all or none."""
+
+    def test_commit_applies_every_step_in_order(self) -> None:
+        """
+        Every guard holding and every inp/rdp finding a tuple, all steps apply in order
+        and the answer lists each step's result.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("ftm-epoch", 3, 7))
+        space.out(1, 2, ("table", "a", 1))
+        steps = [
+            Step.present(("ftm-epoch", 3, 7)),
+            Step.absent(("lock", ANY)),
+            Step.inp(("table", "a", int)),
+            s_out("table", "a", 2),
+            Step.rdp(("ftm-epoch", int, int)),
+        ]
+        [answer] = space.atomic(2, 1, steps)
+        self.assertEqual(
+            answer,
+            Completion(
+                2,
+                1,
+                Status.COMMITTED,
+                results=(None, None, ("table", "a", 1), None, ("ftm-epoch", 3, 7)),
+            ),
+        )
+        self.assertEqual(list(space.tuples()), [("ftm-epoch", 3, 7), ("table", "a", 2)])
+
+    def test_failed_inp_aborts_everything(self) -> None:
+        """
+        An inp that finds nothing fails the whole request, naming that step: nothing
+        is applied, not even the steps before it.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("old", 1))
+        before = list(space.tuples())
+        steps = [Step.inp(("old", 1)), s_out("new", 1), Step.inp(("missing",))]
+        [answer] = space.atomic(2, 1, steps)
+        self.assertEqual(
+            answer, Completion(2, 1, Status.ABORTED, aborted=(2, AbortReason.NO_MATCH))
+        )
+        self.assertEqual(list(space.tuples()), before)
+        self.assertEqual(space.sequence, 1)
+
+    def test_guards(self) -> None:
+        """An absent guard fails if a tuple matches; a present guard if none does."""
+        space = TupleSpace()
+        space.out(1, 1, ("ftm-epoch", 3, 7))
+        [a] = space.atomic(
+            2,
+            1,
+            [
+                s_out(
+                    "x",
+                ),
+                Step.absent(("ftm-epoch", int, int)),
+            ],
+        )
+        self.assertEqual(a.aborted, (1, AbortReason.MATCHED))
+        [b] = space.atomic(
+            2,
+            2,
+            [
+                Step.present(("ftm-epoch", 4, 7)),
+                s_out(
+                    "x",
+                ),
+            ],
+        )
+        self.assertEqual(b.aborted, (0, AbortReason.NO_MATCH))
+        [c] = space.atomic(2, 3, [Step.rdp(("nothing",))])
+        self.assertEqual(c.aborted, (0, AbortReason.NO_MATCH))
+        self.assertEqual(list(space.tuples()), [("ftm-epoch", 3, 7)])
+
+    def test_steps_see_earlier_steps(self) -> None:
+        """
+        A step sees the space as the earlier steps leave it: an inp takes a tuple an
+        earlier out stored (after the stored ones), and a tuple an earlier inp took is
+        gone for the later steps.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("job", 1))
+        [a] = space.atomic(2, 1, [s_out("job", 2), Step.inp(("job", int)), Step.inp(("job", int))])
+        self.assertEqual(a.results, (None, ("job", 1), ("job", 2)))
+        self.assertEqual(len(space), 0)
+        space.out(1, 2, ("job", 3))
+        [b] = space.atomic(2, 2, [Step.inp(("job", int)), Step.absent(("job", int))])
+        self.assertEqual(b.status, Status.COMMITTED)
+        [c] = space.atomic(2, 3, [s_out("job", 4), Step.inp(("job", 4)), Step.rdp(("job", 4))])
+        self.assertEqual(c.aborted, (2, AbortReason.NO_MATCH))
+        self.assertEqual(len(space), 0)
+
+    def test_move_a_record(self) -> None:
+        """lipsd's move: take the old record and write the new one, in one event."""
+        space = TupleSpace()
+        space.out(1, 1, ("proc", 9, "node-a"))
+        [a] = space.atomic(5, 1, [Step.inp(("proc", 9, str)), s_out("proc", 9, "node-b")])
+        self.assertEqual(a.results, (("proc", 9, "node-a"), None))
+        self.assertEqual(list(space.tuples()), [("proc", 9, "node-b")])
+
+    def test_retry_gets_the_same_answer(self) -> None:
+        """A retried event is answered from the log and never applied twice."""
+        space = TupleSpace()
+        space.out(1, 1, ("token",))
+        steps = [
+            Step.inp(("token",)),
+            s_out(
+                "done",
+            ),
+        ]
+        first = space.atomic(2, 1, steps)
+        space.out(1, 2, ("token",))
+        self.assertEqual(space.atomic(2, 1, steps), first)
+        self.assertEqual(list(space.tuples()), [("done",), ("token",)])
+        aborted = space.atomic(2, 2, [Step.inp(("none",))])
+        space.out(1, 3, ("none",))
+        self.assertEqual(space.atomic(2, 2, [Step.inp(("none",))]), aborted)
+        self.assertEqual(space.answered(2, 2), aborted[0])
+
+    def test_outs_serve_waiters_after_the_request(self) -> None:
+        """
+        The tuples a committed request leaves go to waiters once it is applied, in
+        step order, after the request's own answer; one it took itself never does.
+        """
+        space = TupleSpace()
+        space.take(3, 1, Kind.IN, t("a", int))
+        space.take(4, 1, Kind.RD, t("b", int))
+        answers = space.atomic(
+            2, 1, [s_out("a", 1), Step.inp(("a", int)), s_out("b", 2), s_out("a", 3)]
+        )
+        self.assertEqual(
+            answers,
+            [
+                Completion(2, 1, Status.COMMITTED, results=(None, ("a", 1), None, None)),
+                Completion(4, 1, Status.MATCHED, ("b", 2)),
+                Completion(3, 1, Status.MATCHED, ("a", 3)),
+            ],
+        )
+        self.assertEqual(list(space.tuples()), [("b", 2)])
+
+    def test_aborted_request_serves_no_waiter(self) -> None:
+        """An aborted request's outs never reach a waiter."""
+        space = TupleSpace()
+        space.take(3, 1, Kind.IN, t("a", int))
+        answers = space.atomic(2, 1, [s_out("a", 1), Step.present(("b",))])
+        self.assertEqual([c.status for c in answers], [Status.ABORTED])
+        self.assertTrue(space.is_pending(3, 1))
+
+    def test_answer_size_is_bounded(self) -> None:
+        """
+        Tuples taken and read that together encode past the size limit abort the
+        request at the step that passes it (its answer could not be sent).
+        """
+        space = TupleSpace(Limits(max_size=64))
+        space.out(1, 1, ("a", "x" * 30))
+        space.out(1, 2, ("b", "y" * 30))
+        [a] = space.atomic(2, 1, [Step.rdp(("a", str)), Step.inp(("b", str))])
+        self.assertEqual(a.aborted, (1, AbortReason.TOO_LARGE))
+        self.assertEqual(len(space), 2)
+
+    def test_step_count_is_bounded(self) -> None:
+        """No steps, or more than MAX_STEPS, is refused before anything happens."""
+        space = TupleSpace()
+        self.assertRaises(ValueError, space.atomic, 1, 1, [])
+        self.assertRaises(
+            ValueError,
+            space.atomic,
+            1,
+            1,
+            [
+                s_out(
+                    "x",
+                )
+            ]
+            * (MAX_STEPS + 1),
+        )
+        self.assertEqual(space.processes, 0)
+
+    def test_snapshot_keeps_atomic_answers(self) -> None:
+        """Committed and aborted answers survive a snapshot, so a retry gets them."""
+        space = TupleSpace()
+        space.out(1, 1, ("a",))
+        committed = space.atomic(
+            2,
+            1,
+            [
+                Step.inp(("a",)),
+                s_out(
+                    "b",
+                ),
+            ],
+        )
+        aborted = space.atomic(2, 2, [Step.absent(("b",))])
+        copy = TupleSpace.restore(space.snapshot())
+        self.assertEqual(copy.digest(), space.digest())
+        self.assertEqual(
+            copy.atomic(
+                2,
+                1,
+                [
+                    s_out(
+                        "z",
+                    )
+                ],
+            ),
+            committed,
+        )
+        self.assertEqual(
+            copy.atomic(
+                2,
+                2,
+                [
+                    s_out(
+                        "z",
+                    )
+                ],
+            ),
+            aborted,
+        )
+        self.assertEqual(list(copy.tuples()), [("b",)])
+
+    @given(
+        st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2)), max_size=6),
+        st.lists(
+            st.tuples(
+                st.sampled_from(list(StepOp)),
+                st.sampled_from(["a", "b"]),
+                st.one_of(st.integers(0, 2), st.just(int)),
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_same_as_the_steps_one_by_one(
+        self, stored: list[tuple[str, int]], spec: list[tuple[StepOp, str, Any]]
+    ) -> None:
+        """
+        A request commits exactly when its steps, applied one by one as single
+        operations, would all succeed, and then leaves the same tuples with the same
+        results; when it aborts, at the first step that would fail, nothing changes.
+        """
+        space = TupleSpace()
+        for n, values in enumerate(stored, 1):
+            space.out(1, n, values)
+        steps = [
+            Step(op, (name, 0 if value is int else value))
+            if op is StepOp.OUT
+            else Step(op, make_template((name, value)))
+            for op, name, value in spec
+        ]
+        reference = TupleSpace.restore(space.snapshot())
+        before = space.snapshot()
+        expected: list[LTuple | None] = []
+        failure = None
+        for i, step in enumerate(steps):
+            event = 100 + i
+            if step.op is StepOp.OUT:
+                assert isinstance(step.arg, tuple)
+                reference.out(9, event, step.arg)
+                expected.append(None)
+                continue
+            kind = Kind.INP if step.op is StepOp.INP else Kind.RDP
+            got = reference.take(9, event, kind, step.template).value
+            if step.op is StepOp.ABSENT and got is not None:
+                failure = (i, AbortReason.MATCHED)
+            elif step.op is not StepOp.ABSENT and got is None:
+                failure = (i, AbortReason.NO_MATCH)
+            if failure is not None:
+                break
+            expected.append(got if step.op in (StepOp.INP, StepOp.RDP) else None)
+        [answer] = space.atomic(2, 1, steps)
+        if failure is None:
+            self.assertEqual(answer.results, tuple(expected))
+            self.assertEqual(list(space.tuples()), list(reference.tuples()))
+        else:
+            self.assertEqual(answer.aborted, failure)
+            after = TupleSpace.restore(space.snapshot())
+            after.forget(2)
+            self.assertEqual(after.snapshot(), before)

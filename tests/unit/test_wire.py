@@ -15,14 +15,27 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.space import Kind
-from lips.tuples import ANY, DEFAULT_LIMITS, Limits, make_template, packb
+from lips.tuples import (
+    ANY,
+    DEFAULT_LIMITS,
+    MAX_STEPS,
+    AbortReason,
+    Limits,
+    Step,
+    StepOp,
+    make_template,
+    packb,
+)
 from lips.wire import (
     HEADER,
     MAGIC,
     VERSION,
+    Aborted,
+    Atomic,
     Cancel,
     Cancelled,
     CheckpointRequest,
+    Committed,
     Error,
     ErrorCode,
     Frame,
@@ -113,6 +126,20 @@ EXAMPLES: list[Message] = [
     RecoverRequest(),
     Recovered(7, b"state"),
     Recovered(None, None),
+    Atomic(
+        5,
+        (
+            Step.present(("ftm-epoch", 3, 7)),
+            Step.absent(("lock", ANY)),
+            Step.inp(("table", str, int)),
+            Step.out(("table", "a", 2, (1.5, None))),
+            Step.rdp((bytes,)),
+        ),
+    ),
+    Atomic(2**63 - 1, (Step.out(("x",)),)),
+    Committed((None, ("table", "a", 1), None, (b"x", True))),
+    Aborted(2, AbortReason.NO_MATCH),
+    Aborted(MAX_STEPS - 1, AbortReason.TOO_LARGE),
 ]
 
 
@@ -380,6 +407,9 @@ class MessageTests(SynchronousTestCase):
                 "Welcome": 2,
                 "Goodbye": 4,
                 "Gone": 5,
+                "Atomic": 6,
+                "Committed": 28,
+                "Aborted": 29,
                 "Out": 10,
                 "Cancel": 15,
                 "StatsRequest": 16,
@@ -401,7 +431,7 @@ class MessageTests(SynchronousTestCase):
         takes = {
             k: Take(k, 1, any_template).TYPE
             for k in Kind
-            if k not in (Kind.OUT, Kind.CHECKPOINT, Kind.FORGET)
+            if k not in (Kind.OUT, Kind.CHECKPOINT, Kind.FORGET, Kind.ATOMIC)
         }
         self.assertEqual(takes, {Kind.IN: 11, Kind.RD: 12, Kind.INP: 13, Kind.RDP: 14})
 
@@ -461,7 +491,7 @@ class MessageTests(SynchronousTestCase):
 
     def test_unknown_type(self) -> None:
         """A frame of an unknown type is UNKNOWN_TYPE."""
-        for type_ in (0, 3, 28, 29, 31, 255):
+        for type_ in (0, 3, 7, 31, 255):
             self.assertMessageError(ErrorCode.UNKNOWN_TYPE, frame_of(type_, ()))
 
     def test_not_msgpack(self) -> None:
@@ -619,3 +649,74 @@ class MessageTests(SynchronousTestCase):
     def test_stats_round_trip(self, values: dict[str, int | float | str]) -> None:
         """Every map of counters travels in STATS unchanged."""
         self.assertTrue(same_message(round_trip(Stats(values)), Stats(values)))
+
+
+class AtomicMessageTests(SynchronousTestCase):
+    """The ATOMIC request and its answers, COMMITTED and ABORTED, on the wire."""
+
+    def assertMessageError(
+        self, code: ErrorCode, frame: Frame, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        e = self.assertRaises(MessageError, decode_message, frame, limits)
+        self.assertEqual(e.code, code, e.message)
+
+    def test_codes(self) -> None:
+        """The step ops and abort reasons are the wire contract."""
+        self.assertEqual(
+            {op.name: int(op) for op in StepOp},
+            {"OUT": 1, "INP": 2, "RDP": 3, "ABSENT": 4, "PRESENT": 5},
+        )
+        self.assertEqual(
+            {r.name: int(r) for r in AbortReason}, {"NO_MATCH": 1, "MATCHED": 2, "TOO_LARGE": 3}
+        )
+
+    def test_body(self) -> None:
+        """An ATOMIC body is [event, [[op, tuple or template fields], ...]]."""
+        message = Atomic(3, (Step.inp(("a", int)), Step.out(("b",))))
+        [frame] = feed_all([encode_message(message, 1)])
+        assert isinstance(frame, Frame)
+        self.assertEqual(frame.body, packb([3, [[2, ("a", int)], [1, ("b",)]]]))
+
+    def test_malformed_steps(self) -> None:
+        """Steps of the wrong shape, an unknown op or none at all are MALFORMED."""
+        for steps in (
+            [],
+            "steps",
+            [[1]],
+            [[1, ("a",), 3]],
+            [["out", ("a",)]],
+            [[9, ("a",)]],
+            [[0, ("a",)]],
+            [(True, ("a",))],
+        ):
+            self.assertMessageError(ErrorCode.MALFORMED, frame_of(Atomic.TYPE, [1, steps]))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(Atomic.TYPE, [1]))
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(Atomic.TYPE, [-1, [[1, ("a",)]]]))
+
+    def test_bad_tuples_and_templates(self) -> None:
+        """An out step's tuple and another step's template are validated as ever."""
+        self.assertMessageError(ErrorCode.BAD_TUPLE, frame_of(Atomic.TYPE, [1, [[1, (int,)]]]))
+        self.assertMessageError(ErrorCode.BAD_TUPLE, frame_of(Atomic.TYPE, [1, [[1, ()]]]))
+        self.assertMessageError(ErrorCode.BAD_TEMPLATE, frame_of(Atomic.TYPE, [1, [[2, []]]]))
+        self.assertMessageError(ErrorCode.BAD_TEMPLATE, frame_of(Atomic.TYPE, [1, [[4, 5]]]))
+
+    def test_bounds(self) -> None:
+        """More than MAX_STEPS steps, or steps together past the size limit: TOO_LARGE."""
+        many = [[1, ("a",)]] * (MAX_STEPS + 1)
+        self.assertMessageError(ErrorCode.TOO_LARGE, frame_of(Atomic.TYPE, [1, many]))
+        limits = Limits(max_size=64)
+        halves = [[1, ("x" * 40,)], [1, ("y" * 40,)]]
+        self.assertMessageError(ErrorCode.TOO_LARGE, frame_of(Atomic.TYPE, [1, halves]), limits)
+        [one] = halves[:1]
+        self.assertIsInstance(decode_message(frame_of(Atomic.TYPE, [1, [one]]), limits), Atomic)
+
+    def test_malformed_answers(self) -> None:
+        """COMMITTED and ABORTED bodies are checked like any other."""
+        bad: list[Any] = [[], "x", [1], [[]], [None] * (MAX_STEPS + 1)]
+        for results in bad:
+            e = self.assertRaises(
+                MessageError, decode_message, frame_of(Committed.TYPE, [results])
+            )
+            self.assertIn(e.code, (ErrorCode.MALFORMED, ErrorCode.BAD_TUPLE))
+        for body in ([0, 9], [0, "NO_MATCH"], [-1, 1], [MAX_STEPS, 1], [0]):
+            self.assertMessageError(ErrorCode.MALFORMED, frame_of(Aborted.TYPE, body))

@@ -1,14 +1,15 @@
 """
-The processes of C{bench/runtime.py}: functions lipsd runs with C{eval}
-(C{--pythonpath examples}, so this module is C{bench_runtime}), and the same job worker
-as a plain script for the benchmark's row without fault tolerance.
+The processes of C{bench.runtime}: functions lipsd runs with C{eval} (its
+C{--pythonpath} is the checkout, so they are C{bench._runtime_workers:serve} and
+C{bench._runtime_workers:job_worker}), and the same job worker as a plain process for
+the benchmark's row without fault tolerance.
 
 L{serve} answers requests one at a time and checkpoints every C{every} of them; the
 benchmark kills it and times how long its restarted process takes to answer again.
 L{job_worker} takes tasks of a master/worker job until it takes a stop task.
 
-    python examples/bench_runtime.py job-worker --endpoints '["tcp:host=127.0.0.1:port=7010"]' \\
-        --job j1 --index 0 --rounds 5000
+    python -m bench._runtime_workers job-worker \\
+        --endpoints '["tcp:host=127.0.0.1:port=7010"]' --job j1 --index 0 --rounds 5000
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def job_worker(space: Any, job: str, rounds: int, every: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """A plain job worker: L{job_worker} without checkpoints, then C{("done", ...)}."""
-    p = argparse.ArgumentParser(description="A plain job worker of bench/runtime.py.")
+    p = argparse.ArgumentParser(description="A plain job worker of bench.runtime.")
     p.add_argument("role", choices=["job-worker"])
     p.add_argument("--endpoints", required=True, help="a JSON array of endpoint strings")
     p.add_argument("--job", required=True)

@@ -1,0 +1,780 @@
+"""
+lipsd's daemon duties (Chameleon's daemon): the Twisted service that hosts the daemon
+core (L{lips.armor.Daemon}) on a L{lips.kernel.Driver}, and owns what the core talks to.
+
+  - The local link: a UNIX socket in a runtime directory of mode 0700 (only lipsd's
+    user can connect), where the ARMOR processes connect (L{lips.protocols.LocalLink}).
+  - The daemon link: a listening TCP endpoint (C{--armor-listen}) for the other nodes'
+    daemons, and the links this daemon dials (L{lips.protocols.DaemonLink}), both
+    authenticated with the cluster key.  Where to dial a node is the endpoint its
+    daemon advertises in the System Tuple Space, C{("armor-daemon", node, endpoint)}
+    (L{daemon_template}): written by that node's lipsd when it starts, in the place of
+    the one of its previous run; only the node writes its own.  A wrong endpoint
+    there cannot make a peer believed: the peer must still prove the cluster key and
+    name the node dialed.
+  - The ARMOR processes: started with L{ArmorSpawner}, lipsd's L{ReactorSpawner}
+    with one more kind of child (C{python -m lips.armor.process}).
+  - The ARMOR table, in the System Tuple Space, through lipsd's client: the core's
+    L{Lookup}, L{Register} and L{Unregister} become C{rdp}, C{inp} and C{out} of
+    L{ArmorRow} tuples, one at a time, in order.
+  - The spaces (L{SpacePeer}): a L{SpaceCall} for C{space.system} (a local ARMOR's
+    request, or the core's own: the epoch to join, the FTM's table to sweep against) is
+    carried out on lipsd's System Tuple Space client, in order with the table work.  The
+    client has C{out}, C{inp} and C{rdp} only, and the FixServers apply one operation at
+    a time, so a request of several operations is carried out one by one, and undone
+    (what it took put back, what it wrote taken) if one fails: all or nothing for this
+    daemon, but not atomic against other writers; a C{scan} (a read of every match)
+    fails, lipsd's client having none (L{carry_out}).  An application's space
+    (C{space.<app>}) has no client here: its requests are answered failed at once and
+    counted (C{space.refused}).
+
+Two links between the same two nodes (both dialed at once) are resolved the same way on
+both sides: the one dialed by the node whose name sorts first stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.internet.endpoints import (
+    UNIXServerEndpoint,
+    clientFromString,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.interfaces import IListeningPort, IProcessTransport
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from lips.armor import (
+    TABLE,
+    ArmorHello,
+    ArmorId,
+    ArmorRow,
+    ArmorSpec,
+    Daemon,
+    Dial,
+    LocalPeer,
+    Lookup,
+    Message,
+    NodePeer,
+    Ping,
+    Register,
+    SpaceCall,
+    SpacePeer,
+    Unregister,
+    armor_template,
+    link_key,
+)
+from lips.armor.process import environment as process_environment
+from lips.armor.process import stdin_input
+from lips.armor.space import SYSTEM_SPACE, SpaceReply, SpaceRequest
+from lips.kernel import Driver, Kill, Send, Spawn
+from lips.node._process import IChild, ReactorSpawner, _ChildProtocol
+from lips.node._state import SystemSpace
+from lips.protocols import (
+    DaemonLink,
+    DaemonLinkFactory,
+    IDaemonLinkHost,
+    ILocalLinkHost,
+    LocalLink,
+    LocalLinkFactory,
+)
+from lips.supervisor import Exit
+from lips.tuples import ANY, LTuple
+
+__all__ = [
+    "DAEMON_TAG",
+    "ArmorSpawner",
+    "DaemonService",
+    "IArmorChild",
+    "IArmorSpawner",
+    "daemon_template",
+    "prepare_runtime",
+]
+
+T = TypeVar("T")
+
+#: The first field of the tuple where a node's daemon says where it listens.
+DAEMON_TAG: Final = "armor-daemon"
+#: The name of the local link's socket in the runtime directory.
+SOCKET_NAME: Final = "daemon.sock"
+#: Seconds a dial may take to connect (the handshake has its own deadline).
+DIAL_TIMEOUT: Final = 5.0
+#: Seconds between tries to write this daemon's endpoint while the space is unreachable.
+RETRY_DELAY: Final = 1.0
+
+
+def daemon_template(node: str | None = None) -> tuple[Any, ...]:
+    """The template of the daemons' endpoint tuples: all, or C{node}'s."""
+    return (DAEMON_TAG, str if node is None else node, str)
+
+
+async def carry_out(client: SystemSpace, request: SpaceRequest) -> SpaceReply:
+    """
+    Carry C{request} out on C{client} one operation at a time (see the module
+    docstring): on a failed operation, undo the ones before it (in reverse) and say
+    which failed.  C{delete} takes every match.  C{scan} needs a client with a
+    C{scan(template)} of its own (a read of every match): lipsd's has none, and taking
+    every match to put it back would hide it for a moment from other writers' guards
+    (an FTM's C{rdp} of its epoch tuple), so there a C{scan} fails its request.
+    """
+    undo: list[tuple[str, LTuple]] = []
+    values: list[Any] = []
+    for number, op in enumerate(request.ops):
+        if op.kind == "out":
+            await client.out(op.fields)
+            undo.append(("inp", tuple(op.fields)))
+            values.append(None)
+            continue
+        template = tuple(ANY if i in op.wild else f for i, f in enumerate(op.fields))
+        scan = getattr(client, "scan", None)
+        if op.kind == "delete":
+            taken: list[LTuple] = []
+            while (found := await client.inp(template)) is not None:
+                taken.append(found)
+            undo.extend(("out", t) for t in taken)
+            values.append(len(taken))
+            continue
+        if op.kind == "scan":
+            ok = scan is not None
+            value = tuple(await scan(template)) if scan is not None else None
+        elif op.kind == "absent":
+            ok = await client.rdp(template) is None
+            value = None
+        elif op.kind == "rdp":
+            value = await client.rdp(template)
+            ok = value is not None
+        else:  # inp
+            value = await client.inp(template)
+            ok = value is not None
+            if value is not None:
+                undo.append(("out", value))
+        if not ok:
+            for kind, values_ in reversed(undo):
+                if kind == "out":
+                    await client.out(values_)
+                else:
+                    await client.inp(values_)
+            return SpaceReply(request.request, False, number)
+        values.append(value)
+    return SpaceReply(request.request, True, -1, tuple(values))
+
+
+def prepare_runtime(path: str | os.PathLike[str]) -> Path:
+    """
+    Make the runtime directory C{path} (mode 0700), or check the one there: a directory
+    of this user's that no one else may enter.
+
+    @return: the directory.
+    @raise ValueError: if it is not such a directory.
+    """
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{directory} is not a directory")
+    if info.st_uid != os.getuid():
+        raise ValueError(f"{directory} belongs to another user (uid {info.st_uid})")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ValueError(
+            f"{directory} may be entered by others (mode {stat.S_IMODE(info.st_mode):04o}):"
+            " the ARMOR processes' socket must be lipsd's user's alone; chmod 700 it"
+        )
+    return directory
+
+
+# -- the ARMOR processes --------------------------------------------------------------------
+
+
+class IArmorChild(IChild):
+    """A running ARMOR process."""
+
+    def kill() -> None:
+        """Force it to end (SIGKILL): a stopped or hung process ignores SIGTERM."""
+
+
+class IArmorSpawner(Interface):
+    """Starts ARMOR processes: what carries out the daemon core's L{Spawn} effects."""
+
+    def spawn_armor(spec: ArmorSpec, socket: str, ended: Callable[[Exit], None]) -> IArmorChild:
+        """
+        Start the process of C{spec}, linked to the daemon at C{socket}; call C{ended}
+        once, later, when it ends.
+
+        @raise Exception: if it cannot be started (the core fails its install).
+        """
+
+
+@implementer(IArmorChild)
+class _ArmorChild:
+    def __init__(self, transport: IProcessTransport) -> None:
+        self._transport = transport
+
+    @property
+    def os_pid(self) -> int | None:
+        pid = self._transport.pid
+        return pid if isinstance(pid, int) else None
+
+    def terminate(self) -> None:
+        with contextlib.suppress(error.ProcessExitedAlready):
+            self._transport.signalProcess("TERM")
+
+    def kill(self) -> None:
+        with contextlib.suppress(error.ProcessExitedAlready):
+            self._transport.signalProcess("KILL")
+
+
+@implementer(IArmorSpawner)
+class ArmorSpawner(ReactorSpawner):
+    """
+    lipsd's spawner (L{ReactorSpawner}: its eval children) that also starts ARMOR
+    processes: C{python -m lips.armor.process}, with the same executable, C{PYTHONPATH}
+    and working directory as the eval children, the ARMOR's id, type, manager,
+    incarnation and socket in the environment, its configuration and token on
+    standard input (L{lips.armor.process}).
+    """
+
+    def armor_environment(self, spec: ArmorSpec, socket: str) -> dict[str, str]:
+        """The environment of C{spec}'s process."""
+        env = dict(os.environ)
+        path = [*self._pythonpath, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(path)
+        env.update(process_environment(spec, socket))
+        return env
+
+    def spawn_armor(
+        self, spec: ArmorSpec, socket: str, ended: Callable[[Exit], None]
+    ) -> IArmorChild:
+        exe = self._executable
+        transport = self._reactor.spawnProcess(
+            _ChildProtocol(ended),
+            exe,
+            [exe, "-m", "lips.armor.process"],
+            env=self.armor_environment(spec, socket),
+            path=self._cwd,
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        transport.write(stdin_input(spec))
+        transport.closeStdin()
+        return _ArmorChild(transport)
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+class _Client(SystemSpace, Protocol):
+    @property
+    def state(self) -> str: ...
+
+    def close(self) -> defer.Deferred[None]: ...
+
+
+Connect = Callable[[], defer.Deferred[Any]]
+
+
+def _synchronously(d: defer.Deferred[T]) -> T:
+    """The result of C{d}, which a real reactor's listen fires at once; raise its failure."""
+    result: list[Any] = []
+    d.addBoth(result.append)
+    if not result:
+        raise RuntimeError("the endpoint did not listen at once")
+    if isinstance(result[0], Failure):
+        result[0].raiseException()
+    value: T = result[0]
+    return value
+
+
+@implementer(IDaemonLinkHost, ILocalLinkHost)
+class DaemonService(service.Service):
+    """
+    The daemon of node C{daemon.node} in lipsd (see the module docstring).
+
+    @param daemon: the core.
+    @param spawner: starts the ARMOR processes (L{ArmorSpawner} in lipsd).
+    @param connect: a client of the System Tuple Space (the ARMOR table, the endpoints).
+    @param reactor: the reactor (listening, dialing, the driver's clock).
+    @param key: the cluster key (the links' proofs use a key derived from it).
+    @param runtime: the runtime directory (made or checked: L{prepare_runtime}).
+    @param listen: the daemon link's server endpoint (C{tcp:7301:interface=...}); None
+        to listen for no other daemon (this node then only dials).
+    @param advertise: the client endpoint other daemons dial (C{tcp:host=...:port=...});
+        None to write none (no daemon can dial this one).
+    @ivar counters: the driver's, the links' and the adapter's (C{messages.unsent},
+        C{table.failed}), in one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        spawner: IArmorSpawner,
+        connect: Connect,
+        reactor: Any,
+        *,
+        key: bytes,
+        runtime: str | os.PathLike[str],
+        listen: str | None = None,
+        advertise: str | None = None,
+        max_links: int = 64,
+        max_local: int = 128,
+        handshake_timeout: float = 5.0,
+        dial_timeout: float = DIAL_TIMEOUT,
+    ) -> None:
+        if not isinstance(daemon, Daemon):
+            raise TypeError(f"not a Daemon: {daemon!r}")
+        if not IArmorSpawner.providedBy(spawner):
+            raise TypeError(f"not an IArmorSpawner: {spawner!r}")
+        self.daemon = daemon
+        self.spawner = spawner
+        self.reactor = reactor
+        self.node = daemon.node
+        self.key = link_key(key)
+        self.runtime = Path(runtime)
+        self.socket = str(self.runtime / SOCKET_NAME)
+        self.listen = listen
+        self.advertise = advertise
+        self.dial_timeout = dial_timeout
+        self.counters: Counter[str] = Counter()
+        self.driver = Driver(
+            daemon,
+            reactor,
+            {Send: self._send, Spawn: self._spawn, Kill: self._kill},
+            counters=self.counters,
+        )
+        self.local_factory = LocalLinkFactory(
+            self,
+            self.counters,
+            reactor,
+            max_links=max_local,
+            handshake_timeout=handshake_timeout,
+        )
+        self.link_factory = DaemonLinkFactory(
+            self,
+            self.node,
+            self.key,
+            self.counters,
+            reactor,
+            max_links=max_links,
+            handshake_timeout=handshake_timeout,
+        )
+        self._connect = connect
+        self._client: _Client | None = None
+        self._ports: list[IListeningPort] = []
+        self._children: dict[int, IArmorChild | None] = {}
+        self._killed: set[int] = set()
+        self._locals: dict[tuple[ArmorId, int], LocalLink] = {}
+        self._links: dict[str, DaemonLink] = {}
+        self._dialing: dict[str, DaemonLink | None] = {}
+        self._table: defer.Deferred[None] = defer.succeed(None)
+        self._work: set[defer.Deferred[Any]] = set()
+
+    # -- the service -----------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen (as root, if twistd runs so): the socket in its runtime directory, and
+        the daemon link's endpoint.  A directory that is not lipsd's user's alone, or an
+        endpoint that cannot listen, ends twistd with one line saying so.
+        """
+        service.Service.privilegedStartService(self)
+        self._listen()
+
+    def _listen(self) -> None:
+        what = self.socket
+        try:
+            prepare_runtime(self.runtime)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(self.socket).st_mode):
+                    os.unlink(self.socket)  # a previous run's
+            local = UNIXServerEndpoint(self.reactor, self.socket, mode=0o600)
+            self._ports.append(_synchronously(local.listen(self.local_factory)))
+            if self.listen is not None:
+                what = self.listen
+                endpoint = serverFromString(self.reactor, self.listen)
+                self._ports.append(_synchronously(endpoint.listen(self.link_factory)))
+        except (error.CannotListenError, OverflowError, OSError, ValueError) as e:
+            for port in self._ports:
+                port.stopListening()
+            self._ports = []
+            reason = e.socketError if isinstance(e, error.CannotListenError) else e
+            raise SystemExit(f"daemon {self.node}: cannot listen on {what}: {reason}") from None
+
+    def startService(self) -> None:
+        """Listen (unless it did already), then advertise where."""
+        if not self._ports:
+            self._listen()
+        service.Service.startService(self)
+        self.log.info(
+            "Daemon {daemon} runs: ARMOR processes at {socket}, daemon link at {listen}",
+            daemon=self.daemon.id,
+            socket=self.socket,
+            listen=self.listen or "(none)",
+        )
+        if self.advertise is not None:
+            self._spawn_work(self._advertise(self.advertise))
+        self.driver.input(self.daemon.start)
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.driver.input(self.daemon.stop)
+        deadline = self.reactor.seconds() + self.daemon.policy.kill_grace + 1.0
+        while self._children and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05)
+        for port in self._ports:
+            await defer.maybeDeferred(port.stopListening)
+        self._ports = []
+        for link in [*self._links.values(), *self._locals.values(), *self.link_factory.open]:
+            link.hangup(f"daemon {self.node} stops")
+        with contextlib.suppress(Exception):
+            await _within(self.reactor, self._table, 2.0)
+        self.driver.stop()
+        for d in list(self._work):
+            d.cancel()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+
+    def _spawn_work(self, work: Coroutine[Any, Any, Any]) -> None:
+        d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(work)
+        self._work.add(d)
+
+        def done(result: object) -> None:
+            self._work.discard(d)
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                self.log.failure("Daemon {node}: work failed", result, node=self.node)
+
+        d.addBoth(done)
+
+    async def _client_(self) -> _Client:
+        if self._client is None:
+            self._client = await self._connect()
+        return self._client
+
+    def _dead_client(self) -> None:
+        client = self._client
+        if client is not None and client.state in ("failed", "closed"):
+            self._client = None
+
+    async def _advertise(self, endpoint: str) -> None:
+        """Write this daemon's endpoint, in the place of any older one of this node."""
+        while self.running:
+            try:
+                client = await self._client_()
+                while await client.inp(daemon_template(self.node)) is not None:
+                    pass
+                await client.out((DAEMON_TAG, self.node, endpoint))
+            except defer.CancelledError:
+                return
+            except Exception as e:
+                self.log.warn(
+                    "Daemon {node} could not advertise its endpoint yet: {error}",
+                    node=self.node,
+                    error=str(e),
+                )
+                self._dead_client()
+                await deferLater(self.reactor, RETRY_DELAY)
+                continue
+            self.log.info("Daemon {node} listens at {endpoint}", node=self.node, endpoint=endpoint)
+            return
+
+    # -- the table -------------------------------------------------------------------------
+
+    def _in_table(
+        self, work: Callable[[_Client], Awaitable[T]], answer: Callable[[T], None]
+    ) -> None:
+        """Run C{work} on the space after the table work before it; C{answer} its result."""
+
+        async def run(_: object) -> None:
+            try:
+                client = await self._client_()
+                result = await work(client)
+            except Exception as e:
+                self.counters["table.failed"] += 1
+                self.log.warn("Daemon {node}: ARMOR table: {error}", node=self.node, error=str(e))
+                self._dead_client()
+                return
+            if not self.driver.stopped:
+                answer(result)
+
+        self._table = self._table.addCallback(lambda r: defer.Deferred.fromCoroutine(run(r)))
+
+    def _lookup(self, armor: ArmorId) -> None:
+        async def work(client: _Client) -> str | None:
+            found = await client.rdp(armor_template(armor))
+            if found is None:
+                return None
+            return ArmorRow.from_tuple(found).node
+
+        self._in_table(work, lambda node: self.driver.input(self.daemon.located, armor, node))
+
+    def _register(self, row: ArmorRow) -> None:
+        async def work(client: _Client) -> tuple[bool, str]:
+            taken: list[LTuple] = []
+            while (found := await client.inp(armor_template(row.armor))) is not None:
+                taken.append(found)
+            newer = []
+            for values in taken:
+                try:
+                    other = ArmorRow.from_tuple(values)
+                except ValueError:
+                    continue  # a malformed row: it goes
+                if other.incarnation > row.incarnation:
+                    newer.append(other)
+                    await client.out(values)
+            if newer:
+                return False, f"incarnation {newer[0].incarnation} runs on {newer[0].node}"
+            await client.out(row.as_tuple())
+            return True, ""
+
+        def answer(result: tuple[bool, str]) -> None:
+            ok, reason = result
+            self.driver.input(self.daemon.registered, row.armor, row.incarnation, ok, reason)
+
+        self._in_table(work, answer)
+
+    def _unregister(self, row: ArmorRow) -> None:
+        async def work(client: _Client) -> None:
+            await client.inp(row.as_tuple())
+
+        self._in_table(work, lambda _: None)
+
+    def _space_call(self, peer: SpacePeer, call: SpaceCall) -> None:
+        """Carry out a space request: on the System Tuple Space, or refuse it."""
+        request = call.request
+
+        def answer(reply: SpaceReply) -> None:
+            self.driver.input(self.daemon.space_answered, call.call, reply)
+
+        if peer.id != SYSTEM_SPACE:
+            self.counters["space.refused"] += 1
+            self.log.warn(
+                "Daemon {node}: no client of {space} here (only the System Tuple Space):"
+                " request refused",
+                node=self.node,
+                space=peer.id,
+            )
+            answer(SpaceReply(request.request, False, 0))
+            return
+
+        async def run(_: object) -> None:
+            try:
+                client = await self._client_()
+                reply = await carry_out(client, request)
+            except Exception as e:
+                # The space could not be reached: the request failed as a whole.
+                self.counters["space.failed"] += 1
+                self.log.warn(
+                    "Daemon {node}: {space}: {error}", node=self.node, space=peer.id, error=str(e)
+                )
+                self._dead_client()
+                reply = SpaceReply(request.request, False, 0)
+            if not self.driver.stopped:
+                answer(reply)
+
+        self._table = self._table.addCallback(lambda r: defer.Deferred.fromCoroutine(run(r)))
+
+    # -- the core's effects -------------------------------------------------------------------
+
+    def _send(self, effect: Send[Any]) -> None:
+        to, what = effect.to, effect.message
+        if isinstance(to, LocalPeer):
+            local = self._locals.get((to.armor, to.incarnation))
+            sent = False
+            if local is not None:
+                if isinstance(what, Message):
+                    sent = local.send_message(what)
+                elif isinstance(what, Ping):
+                    sent = local.send_ping(what.seq)
+            if not sent:
+                self.counters["messages.unsent"] += 1
+        elif isinstance(to, NodePeer):
+            if isinstance(what, Dial):
+                self._dial(to.node)
+                return
+            link = self._links.get(to.node)
+            if link is None or not link.send_message(what):
+                self.counters["messages.unsent"] += 1
+        elif isinstance(to, SpacePeer):
+            if not isinstance(what, SpaceCall):
+                raise TypeError(f"not for a space: {what!r}")
+            self._space_call(to, what)
+        elif to is TABLE:
+            if isinstance(what, Lookup):
+                self._lookup(what.armor)
+            elif isinstance(what, Register):
+                self._register(what.row)
+            elif isinstance(what, Unregister):
+                self._unregister(what.row)
+            else:
+                raise TypeError(f"not for the ARMOR table: {what!r}")
+        else:
+            raise TypeError(f"no such peer: {to!r}")
+
+    def _spawn(self, effect: Spawn[ArmorSpec]) -> None:
+        handle = effect.handle
+
+        def ended(exit: Exit) -> None:
+            self._children.pop(handle, None)
+            self._killed.discard(handle)
+            self.driver.input(self.daemon.ended, handle, exit.describe())
+
+        self._children[handle] = None
+        try:
+            child = self.spawner.spawn_armor(effect.spec, self.socket, ended)
+        except Exception as e:
+            self._children.pop(handle, None)
+            ended(Exit(error=f"{type(e).__name__}: {e}"))
+            return
+        if handle in self._children:  # it may have ended already
+            self._children[handle] = child
+
+    def _kill(self, effect: Kill) -> None:
+        child = self._children.get(effect.handle)
+        if child is None:
+            return
+        if effect.handle in self._killed:
+            child.kill()
+        else:
+            self._killed.add(effect.handle)
+            child.terminate()
+
+    # -- dialing --------------------------------------------------------------------------------
+
+    def _dial(self, node: str) -> None:
+        if node in self._links or node in self._dialing:
+            if node in self._links:  # up already (it dialed us): say so again
+                self.driver.input(self.daemon.peer_up, node)
+            return
+        self._dialing[node] = None
+        self._spawn_work(self._dial_(node))
+
+    async def _dial_(self, node: str) -> None:
+        try:
+            client = await self._client_()
+            found = await client.rdp(daemon_template(node))
+            if found is None:
+                raise LookupError(f"node {node} advertises no daemon endpoint")
+            endpoint = clientFromString(self.reactor, found[2])
+            link = DaemonLink(
+                self,
+                self.node,
+                self.key,
+                self.counters,
+                self.reactor,
+                dialer=True,
+                expect=node,
+                handshake_timeout=self.link_factory.handshake_timeout,
+            )
+            self._dialing[node] = link
+            await _within(self.reactor, connectProtocol(endpoint, link), self.dial_timeout)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            self._dial_failed(node, f"{type(e).__name__}: {e}")
+
+    def _dial_failed(self, node: str, reason: str) -> None:
+        self._dialing.pop(node, None)
+        if node not in self._links and not self.driver.stopped:
+            self.driver.input(self.daemon.peer_down, node, reason)
+
+    # -- IDaemonLinkHost ---------------------------------------------------------------------
+
+    def peer_authenticated(self, link: DaemonLink) -> bool:
+        node = link.peer
+        assert node is not None
+        if self._dialing.get(node) is link:
+            del self._dialing[node]
+        current = self._links.get(node)
+        if current is None:
+            self._links[node] = link
+            self.driver.input(self.daemon.peer_up, node)
+            return True
+        first = min(self.node, node)
+        if self._dialer(link) == first and self._dialer(current) != first:
+            self._links[node] = link
+            current.hangup(f"replaced by the link {first} dialed")
+            return True
+        return False
+
+    def _dialer(self, link: DaemonLink) -> str | None:
+        return self.node if link.dialer else link.peer
+
+    def peer_message(self, link: DaemonLink, message: Message) -> None:
+        node = link.peer
+        if node is not None and self._links.get(node) is link:
+            self.driver.input(self.daemon.peer_message, node, message)
+        else:
+            self.counters["messages.stale"] += 1
+
+    def peer_lost(self, link: DaemonLink, reason: str) -> None:
+        node = link.peer
+        if node is not None and self._links.get(node) is link:
+            del self._links[node]
+            if not self.driver.stopped:
+                self.driver.input(self.daemon.peer_down, node, reason)
+            return
+        if link.dialer and link.expect is not None and self._dialing.get(link.expect) is link:
+            self._dial_failed(link.expect, reason)
+
+    # -- ILocalLinkHost ----------------------------------------------------------------------
+
+    def armor_hello(self, link: LocalLink, hello: ArmorHello) -> bool:
+        key = (hello.armor, hello.incarnation)
+        if key in self._locals:
+            return False
+        ok = self.driver.input(
+            self.daemon.local_hello, hello.armor, hello.incarnation, hello.token
+        )
+        if ok:
+            self._locals[key] = link
+        return ok
+
+    def armor_message(self, link: LocalLink, message: Message) -> None:
+        assert link.armor is not None
+        self.driver.input(self.daemon.local_message, link.armor, link.incarnation, message)
+
+    def armor_pong(self, link: LocalLink, seq: int) -> None:
+        assert link.armor is not None
+        self.driver.input(self.daemon.local_pong, link.armor, link.incarnation, seq)
+
+    def armor_failed(self, link: LocalLink, reason: str) -> None:
+        assert link.armor is not None
+        self.driver.input(self.daemon.local_failed, link.armor, link.incarnation, reason)
+
+    def armor_lost(self, link: LocalLink, reason: str) -> None:
+        assert link.armor is not None
+        key = (link.armor, link.incarnation)
+        if self._locals.get(key) is link:
+            del self._locals[key]
+            if not self.driver.stopped:
+                self.driver.input(self.daemon.local_lost, link.armor, link.incarnation)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def linked_nodes(self) -> Sequence[str]:
+        """The nodes a daemon link is up to, sorted."""
+        return sorted(self._links)
+
+
+async def _within(reactor: Any, d: defer.Deferred[T], seconds: float) -> T:
+    d.addTimeout(seconds, reactor)
+    return await d
