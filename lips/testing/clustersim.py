@@ -768,6 +768,13 @@ class ClusterSimulation(RingSimulation):
         s.timer = None
         if self.servers.get(s.node) is not s:
             return
+        # The server's other calls due at this instant may have fed the engine (a
+        # request's timeout withdrawn through the ring submits a payload), and their
+        # effects wait for the drain after the clock has run: carry them out first, so
+        # that the timer table knows what the engine has moved or cancelled.
+        self._drain(s.node)
+        if self.servers.get(s.node) is not s or s.stopped is not None:
+            return
         now = max(s.clock.seconds(), s.timer_at)
         engine = self.engines[s.node]
         for key in self.timers[s.node].due(now):
