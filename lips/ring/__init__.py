@@ -30,12 +30,6 @@ from lips.ring._messages import (
 )
 from lips.ring._seal import MIN_KEY, Dropped, DropReason, Mode, Opened, Sealer
 
-#: The name L{Delivered} had before the engine spoke L{lips.kernel}'s vocabulary (its
-#: payloads now come as C{lips.kernel.Deliver(Delivered(...))}, and L{RingProtocol
-#: <lips.protocols.RingProtocol>} hands the application the L{Delivered} itself).  Kept
-#: for callers that still test for it; not part of the public surface.
-Deliver = Delivered
-
 __all__ = [
     "MAX_COUNT",
     "MAX_NODE",

@@ -30,7 +30,7 @@ from lips.protocols import (
     UnicastTransport,
     listen_ring,
 )
-from lips.ring import Deliver, RingConfig, RingEngine, Sealer, State
+from lips.ring import Delivered, RingConfig, RingEngine, Sealer, State
 from tests.integration._support import eventually
 
 Address = tuple[str, int]
@@ -149,7 +149,7 @@ class Member:
         self.ports: list[IListeningPort] = []
 
     def deliver(self, event: object) -> None:
-        if isinstance(event, Deliver):
+        if isinstance(event, Delivered):
             self.delivered.append(event.payload)
 
     def listen(self) -> None:
