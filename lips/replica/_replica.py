@@ -809,6 +809,12 @@ class Replica:
             else (r, s, c)
             for r, s, c in self._held
         ]
+        # The claims and waiters from before the decision are taken out first: applying
+        # what was kept aside offers tuples to waiters, and a claim it makes in this ring
+        # is in flight, not one to match again.
+        waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
+        self._claiming.clear()
+        self._waiting.clear()
         aside, self._aside = self._aside, []
         for ring, at, index, payload, origin in aside:
             self._apply(ring, at, index, origin, decode(payload))
@@ -817,9 +823,6 @@ class Replica:
         outs, self._outs = self._outs, {}
         for op in outs.values():
             self._submit(op)
-        waits = [(k, w) for k, (w, _) in self._claiming.items()] + list(self._waiting.items())
-        self._claiming.clear()
-        self._waiting.clear()
         withdrawals = self._withdrawals
         for (pid, event), wait in waits:
             if (pid, event) not in withdrawals:
