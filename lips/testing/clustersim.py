@@ -768,20 +768,20 @@ class ClusterSimulation(RingSimulation):
         s.timer = None
         if self.servers.get(s.node) is not s:
             return
+        now = max(s.clock.seconds(), s.timer_at)
         # The server's other calls due at this instant may have fed the engine (a
         # request's timeout withdrawn through the ring submits a payload), and their
         # effects wait for the drain after the clock has run: carry them out first, so
         # that the timer table knows what the engine has moved or cancelled.
         self._drain(s.node)
-        if self.servers.get(s.node) is not s or s.stopped is not None:
-            return
-        now = max(s.clock.seconds(), s.timer_at)
+        if self.servers.get(s.node) is not s:
+            return  # it crashed meanwhile
         engine = self.engines[s.node]
         for key in self.timers[s.node].due(now):
             engine.timer(key, now)
             self._drain(s.node)
-            if self.servers.get(s.node) is not s or s.stopped is not None:
-                return  # it crashed or paused meanwhile: the rest wait
+            if self.servers.get(s.node) is not s:
+                return  # it crashed meanwhile: its timers are gone with it
         self._drain(s.node)
 
     def _handle(self, n: int, effect: EngineEvent) -> None:
