@@ -80,7 +80,7 @@ from lips.armor.process import environment as process_environment
 from lips.armor.process import stdin_input
 from lips.armor.space import SYSTEM_SPACE, SpaceReply, SpaceRequest
 from lips.kernel import Driver, Kill, Send, Spawn
-from lips.node._process import IChild, ReactorSpawner, _ChildProtocol
+from lips.node._process import IChild, ReactorSpawner
 from lips.node._state import SystemSpace
 from lips.protocols import (
     DaemonLink,
@@ -257,17 +257,9 @@ class ArmorSpawner(ReactorSpawner):
     def spawn_armor(
         self, spec: ArmorSpec, socket: str, ended: Callable[[Exit], None]
     ) -> IArmorChild:
-        exe = self._executable
-        transport = self._reactor.spawnProcess(
-            _ChildProtocol(ended),
-            exe,
-            [exe, "-m", "lips.armor.process"],
-            env=self.armor_environment(spec, socket),
-            path=self._cwd,
-            childFDs={0: "w", 1: 1, 2: 2},
+        transport = self.start(
+            ["lips.armor.process"], self.armor_environment(spec, socket), stdin_input(spec), ended
         )
-        transport.write(stdin_input(spec))
-        transport.closeStdin()
         return _ArmorChild(transport)
 
 

@@ -138,18 +138,31 @@ class ReactorSpawner:
         return env
 
     def spawn(self, spec: ProcessSpec, ended: Callable[[Exit], None]) -> IChild:
+        transport = self.start(
+            ["lips.node.child", spec.target], self.environment(spec), child_input(spec), ended
+        )
+        return _Child(transport)
+
+    def start(
+        self,
+        module: Sequence[str],
+        env: dict[str, str],
+        stdin: bytes,
+        ended: Callable[[Exit], None],
+    ) -> IProcessTransport:
+        """Run C{python -m MODULE ARGS...} with C{env}, write C{stdin} and close it."""
         exe = self._executable
-        transport = self._reactor.spawnProcess(
+        transport: IProcessTransport = self._reactor.spawnProcess(
             _ChildProtocol(ended),
             exe,
-            [exe, "-m", "lips.node.child", spec.target],
-            env=self.environment(spec),
+            [exe, "-m", *module],
+            env=env,
             path=self._cwd,
             childFDs={0: "w", 1: 1, 2: 2},
         )
-        transport.write(child_input(spec))
+        transport.write(stdin)
         transport.closeStdin()
-        return _Child(transport)
+        return transport
 
 
 class _Client(SystemSpace, Protocol):
