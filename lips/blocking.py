@@ -24,7 +24,7 @@ from twisted.internet import defer, threads
 
 from lips.client import ATTEMPT_TIMEOUT, FAILOVER_TIMEOUT, KEEPALIVE, TupleSpaceClient
 from lips.client import connect as connect_async
-from lips.tuples import LTuple, Step, Template
+from lips.tuples import LTuple, Step, StepResult, Template
 
 __all__ = ["BlockingSpace", "connect"]
 
@@ -126,9 +126,11 @@ class BlockingSpace:
         """Read the oldest matching tuple, or return C{None} if there is none."""
         return _call(self._client.rdp, template)
 
-    def atomic(self, steps: Sequence[Step]) -> tuple[LTuple | None, ...]:
+    def atomic(self, steps: Sequence[Step]) -> tuple[StepResult, ...]:
         """
-        Apply C{steps} as one event, all or none: each step's result, or
+        Apply C{steps} as one event, all or none: each step's result (a tuple for an
+        C{inp} or C{rdp}, L{Tuples<lips.tuples.Tuples>} for a C{scan} or C{delete},
+        C{None} otherwise), or
         L{AtomicAborted<lips.tuples.AtomicAborted>} naming the step that failed (see
         L{TupleSpaceClient.atomic}).
         """

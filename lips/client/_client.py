@@ -67,6 +67,7 @@ from lips.tuples import (
     Limits,
     LTuple,
     Step,
+    StepResult,
     Template,
     TupleTooLarge,
     make_template,
@@ -390,17 +391,20 @@ class TupleSpaceClient:
         """Read the oldest matching tuple, or fire with C{None} at once if there is none."""
         return self._take(Kind.RDP, template, None)
 
-    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[LTuple | None, ...]]:
+    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[StepResult, ...]]:
         """
         Apply C{steps} (L{Step.out}, L{Step.inp}, L{Step.rdp}, L{Step.absent},
-        L{Step.present}) as one event of this process, all or none, at one point of
-        the space's order.  Fires with each step's result, in order (the tuple an
-        C{inp} or C{rdp} step found, C{None} for the other steps) if every step held
-        and all were applied; fails with L{AtomicAborted}, naming the first step that
+        L{Step.present}, L{Step.scan}, L{Step.delete}) as one event of this process,
+        all or none, at one point of the space's order.  Fires with each step's result,
+        in order (the tuple an C{inp} or C{rdp} step found, the
+        L{Tuples<lips.tuples.Tuples>} a C{scan} or C{delete} step read or took, oldest
+        first and possibly none, C{None} for the other steps) if every step held and
+        all were applied; fails with L{AtomicAborted}, naming the first step that
         failed and why, if one did not (an C{inp}, C{rdp} or C{present} step found no
-        tuple, an C{absent} step found one, or the tuples taken and read would not fit
-        in an answer), and then nothing was applied.  No step waits.  Cancelling the
-        Deferred does not undo a request the space has applied.
+        tuple, an C{absent} step found one, a C{scan} or C{delete} step matched more
+        than L{MAX_SCAN<lips.tuples.MAX_SCAN>} tuples, or the tuples taken and read
+        would not fit in an answer), and then nothing was applied.  No step waits.
+        Cancelling the Deferred does not undo a request the space has applied.
 
         @raise ValueError: at once, for no steps or more than L{MAX_STEPS}.
         @raise TupleTooLarge: at once, if the steps' tuples and templates together
@@ -681,7 +685,7 @@ def _taken(message: Message) -> LTuple | None:
     raise ProtocolViolation(f"unexpected answer {type(message).__name__}")
 
 
-def _committed(message: Message) -> tuple[LTuple | None, ...]:
+def _committed(message: Message) -> tuple[StepResult, ...]:
     if isinstance(message, Committed):
         return message.results
     if isinstance(message, Aborted):

@@ -16,7 +16,8 @@ that none was.
 An atomic request (C{ATOMIC}: steps applied as one event, all or none) is not matched
 here first: its steps go through the order as one payload, and every replica decides it
 at the same point, against the same state (L{TupleSpace.atomic}), so they all commit it
-or all abort it alike.
+or all abort it alike.  Its C{scan} and C{delete} steps read and take every match there
+and then: a claim ordered after a delete that took its tuple loses, as after an C{in}.
 
 Answers are released to the server only once the ring reports them safe (every member
 holds the message that produced them), so an answered operation survives the crash of

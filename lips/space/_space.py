@@ -29,6 +29,7 @@ import attrs
 
 from lips.tuples import (
     DEFAULT_LIMITS,
+    MAX_SCAN,
     MAX_STEPS,
     AbortReason,
     Kind,
@@ -36,8 +37,10 @@ from lips.tuples import (
     LTuple,
     Step,
     StepOp,
+    StepResult,
     Template,
     TupleError,
+    Tuples,
     make_tuple,
     packb,
     tuple_keys,
@@ -99,9 +102,10 @@ class Completion:
     event: int
     status: Status
     value: LTuple | None = None
-    results: tuple[LTuple | None, ...] | None = None
+    results: tuple[StepResult, ...] | None = None
     """For a L{COMMITTED<Status.COMMITTED>} atomic request: each step's result, in
-    order: the tuple an C{inp} or C{rdp} step found, C{None} for the other steps."""
+    order: the tuple an C{inp} or C{rdp} step found, the L{Tuples} a C{scan} or
+    C{delete} step read or took, C{None} for the other steps."""
     aborted: tuple[int, AbortReason] | None = None
     """For an L{ABORTED<Status.ABORTED>} atomic request: the step that failed (its
     index, from 0) and why."""
@@ -251,14 +255,17 @@ class TupleSpace:
 
         The steps are checked in order against the space as the earlier steps leave it
         (an C{inp} can take a tuple an earlier C{out} of the request stored, and a
-        tuple an earlier C{inp} took is no longer there for a later step).  If one
-        fails -- an C{inp}, C{rdp} or C{present} step finds no matching tuple, an
-        C{absent} step finds one, or the tuples taken and read so far would together
+        tuple an earlier C{inp} or C{delete} took is no longer there for a later
+        step).  If one fails -- an C{inp}, C{rdp} or C{present} step finds no matching
+        tuple, an C{absent} step finds one, a C{scan} or C{delete} step matches more
+        than L{MAX_SCAN} tuples, or the tuples taken and read so far would together
         encode to more than C{limits.max_size} (the answer could not be sent) --
         nothing is applied and the answer is C{ABORTED}, naming the first step that
         failed and why.  Otherwise every step is applied and the answer is
         C{COMMITTED}, with each step's result.  Matching is as for single operations:
-        the oldest matching tuple, stored tuples before those the request stores.
+        the oldest matching tuple, stored tuples before those the request stores; a
+        C{scan} reads and a C{delete} takes every matching tuple, in that order
+        (L{Tuples}, possibly empty).
 
         The tuples the request stores and leaves in the space go to waiters only once
         the whole request is applied, as the C{out}s of one event in step order: the
@@ -275,7 +282,7 @@ class TupleSpace:
             return [replay]
         removed: set[int] = set()
         added: list[LTuple | None] = []
-        results: list[LTuple | None] = []
+        results: list[StepResult] = []
         budget = self.limits.max_size
         failure: tuple[int, AbortReason] | None = None
         for i, step in enumerate(steps):
@@ -286,6 +293,25 @@ class TupleSpace:
                 results.append(None)
                 continue
             template = step.template
+            if op.lists:
+                accept = (lambda s: s not in removed) if removed else None
+                seqs = list(self._find_all(template, accept, MAX_SCAN + 1))
+                own = [j for j, v in enumerate(added) if v is not None and template.matches(v)]
+                if len(seqs) + len(own) > MAX_SCAN:
+                    failure = (i, AbortReason.TOO_LARGE)
+                    break
+                listed = [self._store[s][0] for s in seqs]
+                listed += [v for j in own if (v := added[j]) is not None]
+                budget -= sum(len(packb(v)) for v in listed)
+                if budget < 0:
+                    failure = (i, AbortReason.TOO_LARGE)
+                    break
+                if op is StepOp.DELETE:
+                    removed.update(seqs)
+                    for j in own:
+                        added[j] = None
+                results.append(Tuples(tuple(listed)))
+                continue
             seq = self._find(template, (lambda s: s not in removed) if removed else None)
             found = None if seq is None else self._store[seq][0]
             mine = -1
@@ -575,6 +601,31 @@ class TupleSpace:
                 return seq
         return None
 
+    def _find_all(
+        self, template: Template, accept: Callable[[int], bool] | None, limit: int
+    ) -> Iterator[int]:
+        """The sequence numbers of up to C{limit} matching tuples, oldest first."""
+        arity = template.arity
+        best: dict[int, None] | None = None
+        for pos, key in template.index_keys:
+            bucket = self._by_field.get((arity, pos, key))
+            if bucket is None:
+                return
+            if best is None or len(bucket) < len(best):
+                best = bucket
+        if best is None:
+            best = self._by_arity.get(arity)
+            if best is None:
+                return
+        store = self._store
+        for seq in best:
+            if limit <= 0:
+                return
+            values, keys = store[seq]
+            if template.matches(values, keys) and (accept is None or accept(seq)):
+                limit -= 1
+                yield seq
+
     def _wait(self, pid: int, event: int, kind: Kind, template: Template) -> None:
         self._waiter_serial += 1
         w = _Waiter(self._waiter_serial, pid, event, kind, template)
@@ -651,7 +702,7 @@ class TupleSpace:
         connection that made them and are re-sent by their client.
         """
         procs = [
-            [pid, p.last, p.floor, [[e, int(c.status), _logged(c)] for e, c in p.log.items()]]
+            [pid, p.last, p.floor, [[e, int(c.status), *_logged(c)] for e, c in p.log.items()]]
             for pid, p in sorted(self._procs.items())
         ]
         body = [
@@ -727,8 +778,8 @@ class TupleSpace:
                 proc = space._process(pid)
                 proc.last = last
                 proc.floor = floor
-                for e, status, value in log:
-                    proc.log[e] = _completion(pid, e, Status(status), value)
+                for e, status, value, *lists in log:
+                    proc.log[e] = _completion(pid, e, Status(status), value, lists)
                 while len(proc.log) > log_limit:
                     proc.drop_oldest()
                 if n % chunk == 0:
@@ -740,22 +791,49 @@ class TupleSpace:
         return space
 
 
-def _logged(c: Completion) -> Any:
-    """What a snapshot keeps of a logged answer, next to its event and status."""
+def _logged(c: Completion) -> list[Any]:
+    """
+    What a snapshot keeps of a logged answer, after its event and status: its value;
+    for a committed atomic request, its results, C{nil} for a C{scan} or C{delete}
+    step, followed (if it has such steps) by their tuples as C{[[step, [tuple, ...]],
+    ...]}, as COMMITTED carries them (a snapshot without them reads as before).
+    """
     if c.status is Status.COMMITTED:
-        return c.results
+        assert c.results is not None
+        plain = [None if type(r) is Tuples else r for r in c.results]
+        lists = [[i, list(r.tuples)] for i, r in enumerate(c.results) if type(r) is Tuples]
+        return [plain, lists] if lists else [plain]
     if c.status is Status.ABORTED:
         assert c.aborted is not None
-        return [c.aborted[0], int(c.aborted[1])]
-    return c.value
+        return [[c.aborted[0], int(c.aborted[1])]]
+    return [c.value]
 
 
-def _completion(pid: int, event: int, status: Status, value: Any) -> Completion:
+def _completion(
+    pid: int, event: int, status: Status, value: Any, extra: Sequence[Any] = ()
+) -> Completion:
     """A logged answer from a snapshot (the inverse of L{_logged})."""
+    malformed = SnapshotError(f"the answer to event {event} of process {pid} is malformed")
+    if extra and (status is not Status.COMMITTED or len(extra) != 1):
+        raise malformed
     if status is Status.COMMITTED:
         if type(value) is not tuple or not all(v is None or type(v) is tuple for v in value):
-            raise SnapshotError(f"the answer to event {event} of process {pid} is malformed")
-        return Completion(pid, event, status, results=value)
+            raise malformed
+        results: list[StepResult] = list(value)
+        last = -1
+        for pair in extra[0] if extra else ():
+            if type(pair) is not tuple or len(pair) != 2 or type(pair[1]) is not tuple:
+                raise malformed
+            i, tuples = pair
+            if type(i) is not int or not last < i < len(results) or results[i] is not None:
+                raise malformed
+            if not all(type(t) is tuple for t in tuples):
+                raise malformed
+            results[i] = Tuples(tuples)
+            last = i
+        if extra and last < 0:
+            raise malformed
+        return Completion(pid, event, status, results=tuple(results))
     if status is Status.ABORTED:
         if type(value) is not tuple or len(value) != 2 or type(value[0]) is not int:
             raise SnapshotError(f"the answer to event {event} of process {pid} is malformed")

@@ -24,12 +24,15 @@ from lips.tuples._model import (
     tuple_keys,
 )
 from lips.tuples._ops import (
+    MAX_SCAN,
     MAX_STEPS,
     AbortReason,
     AtomicAborted,
     Kind,
     Step,
     StepOp,
+    StepResult,
+    Tuples,
     steps_size,
 )
 
@@ -37,6 +40,7 @@ __all__ = [
     "ANY",
     "DEFAULT_LIMITS",
     "FORMAL_TYPES",
+    "MAX_SCAN",
     "MAX_STEPS",
     "AbortReason",
     "AtomicAborted",
@@ -45,10 +49,12 @@ __all__ = [
     "Limits",
     "Step",
     "StepOp",
+    "StepResult",
     "Template",
     "TemplateError",
     "TupleError",
     "TupleTooLarge",
+    "Tuples",
     "UnknownExtension",
     "Value",
     "field_key",

@@ -6,18 +6,32 @@ codec and the clients (none of which should need another's module to name them).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, TypeAlias
 
 import attrs
 
 from lips.tuples._codec import packb
 from lips.tuples._model import DEFAULT_LIMITS, Limits, LTuple, Template, make_template, make_tuple
 
-__all__ = ["MAX_STEPS", "AbortReason", "AtomicAborted", "Kind", "Step", "StepOp", "steps_size"]
+__all__ = [
+    "MAX_SCAN",
+    "MAX_STEPS",
+    "AbortReason",
+    "AtomicAborted",
+    "Kind",
+    "Step",
+    "StepOp",
+    "StepResult",
+    "Tuples",
+    "steps_size",
+]
 
 #: The most steps one atomic request may have.
 MAX_STEPS: Final = 64
+#: The most tuples one L{StepOp.SCAN} or L{StepOp.DELETE} step may read or take.  The
+#: size limit alone would let a step of small tuples answer with hundreds of thousands.
+MAX_SCAN: Final = 4096
 
 
 class Kind(enum.IntEnum):
@@ -57,6 +71,40 @@ class StepOp(enum.IntEnum):
     """A guard: the request fails if a tuple matches."""
     PRESENT = 5
     """A guard: the request fails if no tuple matches (reads nothing)."""
+    SCAN = 6
+    """Read every matching tuple, oldest first (possibly none); never fails on its own."""
+    DELETE = 7
+    """Take every matching tuple, oldest first (possibly none); never fails on its own."""
+
+    @property
+    def lists(self) -> bool:
+        """Whether the step's result is every matching tuple (L{Tuples})."""
+        return self is StepOp.SCAN or self is StepOp.DELETE
+
+
+@attrs.frozen
+class Tuples:
+    """
+    The result of a L{StepOp.SCAN} or L{StepOp.DELETE} step: the tuples it read or
+    took, oldest first (stored tuples before those the request stored).  A sequence:
+    C{len()}, iteration and indexing work on it as on C{tuples}.
+    """
+
+    tuples: tuple[LTuple, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.tuples)
+
+    def __iter__(self) -> Iterator[LTuple]:
+        return iter(self.tuples)
+
+    def __getitem__(self, index: int) -> LTuple:
+        return self.tuples[index]
+
+
+#: One step's result in a committed atomic request: the tuple an C{inp} or C{rdp} step
+#: found, the L{Tuples} a C{scan} or C{delete} step read or took, C{None} otherwise.
+StepResult: TypeAlias = "LTuple | Tuples | None"
 
 
 @attrs.frozen
@@ -64,7 +112,8 @@ class Step:
     """
     One step of an atomic request: C{op} and its tuple (for L{StepOp.OUT}) or template
     (for every other op).  Build one with L{Step.out}, L{Step.inp}, L{Step.rdp},
-    L{Step.absent} or L{Step.present}, which validate their argument.
+    L{Step.absent}, L{Step.present}, L{Step.scan} or L{Step.delete}, which validate
+    their argument.
     """
 
     op: StepOp
@@ -95,6 +144,16 @@ class Step:
         """Fail the request unless a tuple matches C{template}."""
         return cls(StepOp.PRESENT, make_template(template, limits))
 
+    @classmethod
+    def scan(cls, template: Sequence[Any] | Template, limits: Limits = DEFAULT_LIMITS) -> Step:
+        """Read every tuple matching C{template}, oldest first (L{Tuples}, maybe empty)."""
+        return cls(StepOp.SCAN, make_template(template, limits))
+
+    @classmethod
+    def delete(cls, template: Sequence[Any] | Template, limits: Limits = DEFAULT_LIMITS) -> Step:
+        """Take every tuple matching C{template}, oldest first (L{Tuples}, maybe empty)."""
+        return cls(StepOp.DELETE, make_template(template, limits))
+
     @property
     def template(self) -> Template:
         """The template of a step other than L{StepOp.OUT}."""
@@ -124,8 +183,10 @@ class AbortReason(enum.IntEnum):
     MATCHED = 2
     """An C{absent} step found a matching tuple."""
     TOO_LARGE = 3
-    """The tuples taken and read up to this step would together encode to more than
-    the size limit: the answer could not be sent."""
+    """The tuples taken and read up to this step (by C{inp}, C{rdp}, C{scan} and
+    C{delete} steps) would together encode to more than the size limit, or this
+    C{scan} or C{delete} step matches more than L{MAX_SCAN} tuples: the answer could
+    not be sent."""
 
 
 class AtomicAborted(Exception):

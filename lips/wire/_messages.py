@@ -16,6 +16,7 @@ import attrs
 
 from lips.tuples import (
     DEFAULT_LIMITS,
+    MAX_SCAN,
     MAX_STEPS,
     AbortReason,
     Kind,
@@ -23,9 +24,11 @@ from lips.tuples import (
     LTuple,
     Step,
     StepOp,
+    StepResult,
     Template,
     TemplateError,
     TupleError,
+    Tuples,
     TupleTooLarge,
     make_template,
     make_tuple,
@@ -260,14 +263,23 @@ class NoMatch:
 class Committed:
     """
     An atomic request was applied: C{results} holds each step's result, in order (the
-    tuple an C{inp} or C{rdp} step found, C{None} for the other steps).
+    tuple an C{inp} or C{rdp} step found, the L{Tuples} a C{scan} or C{delete} step
+    read or took, C{None} for the other steps).
+
+    Its body is C{[results]}, C{nil} or a tuple per step, when no result is a
+    L{Tuples}: as it was before C{scan} and C{delete}.  Otherwise it is C{[results,
+    lists]}: such a step's place in C{results} is C{nil}, and C{lists} holds one pair
+    C{[step, [tuple, ...]]} for each of them, in step order.  A tuple of tuples could
+    not be told from a list of them in one place, so the lists travel apart.
     """
 
     TYPE: ClassVar[int] = 28
-    results: tuple[LTuple | None, ...]
+    results: tuple[StepResult, ...]
 
     def fields(self) -> list[Any]:
-        return [list(self.results)]
+        plain = [None if type(r) is Tuples else r for r in self.results]
+        lists = [[i, list(r.tuples)] for i, r in enumerate(self.results) if type(r) is Tuples]
+        return [plain, lists] if lists else [plain]
 
 
 @attrs.frozen
@@ -498,6 +510,40 @@ def _result(v: Any, limits: Limits, body_size: int) -> LTuple | None:
     return None if v is None else _tuple(v, limits, body_size)
 
 
+def _results(body: Any, limits: Limits, body_size: int) -> tuple[StepResult, ...]:
+    """A COMMITTED body's results (see L{Committed}), every part checked."""
+    if type(body) is not tuple or len(body) not in (1, 2):
+        raise _fail(ErrorCode.MALFORMED, "COMMITTED body must be an array of 1 or 2 fields")
+    plain = body[0]
+    if type(plain) is not tuple or not 0 < len(plain) <= MAX_STEPS:
+        raise _fail(ErrorCode.MALFORMED, f"COMMITTED holds 1 to {MAX_STEPS} results")
+    results: list[StepResult] = [_result(r, limits, body_size) for r in plain]
+    if len(body) == 1:
+        return tuple(results)
+    lists = body[1]
+    if type(lists) is not tuple or not lists:
+        raise _fail(ErrorCode.MALFORMED, "COMMITTED lists must be a non-empty array")
+    last = -1
+    for pair in lists:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[1]) is not tuple:
+            raise _fail(ErrorCode.MALFORMED, "a COMMITTED list must be an array [step, tuples]")
+        step, tuples = pair
+        if type(step) is not int or not last < step < len(results):
+            raise _fail(
+                ErrorCode.MALFORMED,
+                f"COMMITTED lists name steps in order, below {len(results)}: not {step!r}",
+            )
+        if results[step] is not None:
+            raise _fail(ErrorCode.MALFORMED, f"COMMITTED step {step} has a tuple and a list")
+        if len(tuples) > MAX_SCAN:
+            raise _fail(
+                ErrorCode.MALFORMED, f"COMMITTED step {step} lists more than {MAX_SCAN} tuples"
+            )
+        results[step] = Tuples(tuple(_tuple(t, limits, body_size) for t in tuples))
+        last = step
+    return tuple(results)
+
+
 def _fields(body: Any, n: int, name: str) -> tuple[Any, ...]:
     if type(body) is not tuple or len(body) != n:
         raise _fail(ErrorCode.MALFORMED, f"{name} body must be an array of {n} fields")
@@ -528,10 +574,7 @@ def decode_message(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
         event, steps = _fields(body, 2, "ATOMIC")
         return Atomic(_int(event, "event"), _steps(steps, limits, len(frame.body)))
     if t == Committed.TYPE:
-        (results,) = _fields(body, 1, "COMMITTED")
-        if type(results) is not tuple or not 0 < len(results) <= MAX_STEPS:
-            raise _fail(ErrorCode.MALFORMED, f"COMMITTED holds 1 to {MAX_STEPS} results")
-        return Committed(tuple(_result(r, limits, len(frame.body)) for r in results))
+        return Committed(_results(body, limits, len(frame.body)))
     if t == Aborted.TYPE:
         step, reason = _fields(body, 2, "ABORTED")
         code = _ABORT_REASONS.get(reason) if type(reason) is int else None

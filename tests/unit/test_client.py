@@ -20,7 +20,17 @@ from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.server import LocalBackend
 from lips.space import TupleSpace
 from lips.testing import memory_client, memory_server
-from lips.tuples import MAX_STEPS, AbortReason, AtomicAborted, Limits, LTuple, Step, packb
+from lips.tuples import (
+    MAX_STEPS,
+    AbortReason,
+    AtomicAborted,
+    Limits,
+    LTuple,
+    Step,
+    StepResult,
+    Tuples,
+    packb,
+)
 from lips.wire import (
     HEADER,
     MAGIC,
@@ -394,7 +404,7 @@ class AtomicClientTests(SynchronousTestCase):
         self.server = memory_server(self.clock, limits=Limits(max_size=1024))
         self.client, self.pump = memory_client(self.server, self.clock)
 
-    def apply(self, steps: list[Step]) -> defer.Deferred[tuple[LTuple | None, ...]]:
+    def apply(self, steps: list[Step]) -> defer.Deferred[tuple[StepResult, ...]]:
         d = self.client.atomic(steps)
         self.pump.flush()
         return d
@@ -422,6 +432,36 @@ class AtomicClientTests(SynchronousTestCase):
         read = self.client.rdp(("table", "a", int))
         self.pump.flush()
         self.assertEqual(self.successResultOf(read), ("table", "a", 2))
+
+    def test_scan_and_delete(self) -> None:
+        """
+        A scan's and a delete's results reach the caller as L{Tuples}, oldest first,
+        an empty one for no match, next to the other steps' results.
+        """
+        self.successResultOf(self.apply([Step.out(("row", 1)), Step.out(("row", 2))]))
+        results = self.successResultOf(
+            self.apply(
+                [
+                    Step.scan(("row", int)),
+                    Step.rdp(("row", 2)),
+                    Step.delete(("row", ANY)),
+                    Step.scan(("row", int)),
+                ]
+            )
+        )
+        rows = Tuples((("row", 1), ("row", 2)))
+        self.assertEqual(results, (rows, ("row", 2), rows, Tuples()))
+        self.assertEqual([list(r or ()) for r in results[2:]], [[("row", 1), ("row", 2)], []])
+
+    def test_scan_past_the_size_limit_aborts(self) -> None:
+        """A scan whose tuples would not fit in the answer aborts the request, TOO_LARGE."""
+        for n in range(3):
+            self.successResultOf(self.apply([Step.out(("big", n, b"0" * 400))]))
+        f = self.failureResultOf(
+            self.apply([Step.out(("x",)), Step.scan(("big", int, bytes))]), AtomicAborted
+        )
+        self.assertEqual((f.value.step, f.value.reason), (1, AbortReason.TOO_LARGE))
+        self.successResultOf(self.apply([Step.absent(("x",))]))
 
     def test_bounds_at_the_caller(self) -> None:
         """No steps, too many, or steps past the size limit raise before anything is sent."""

@@ -27,7 +27,7 @@ from lips.server import Operation, Refusal, Refused
 from lips.space import Completion, Kind, Status, TupleSpace
 from lips.testing._replicahost import carry_out
 from lips.testing.ringsim import InvariantViolation, ReplicatedSimulation
-from lips.tuples import MAX_STEPS, AbortReason, Step, make_template, packb
+from lips.tuples import ANY, MAX_STEPS, AbortReason, Step, Tuples, make_template, packb
 
 SEEDS = int(os.environ.get("LIPS_REPLICA_SEEDS", "60"))
 R = RingId(8, 1)
@@ -911,6 +911,47 @@ class AtomicReplicaTests(_OneReplica):
         self.assertEqual(self.answers, [Refused(5, 1, Refusal.BUSY)])
         self.assertEqual(len(self.replica.space), 0)
 
+    def test_scan_and_delete_through_the_order(self) -> None:
+        """
+        Scan and delete steps travel in the payload as their codes and are decided
+        where the request is applied: a delete takes every match there, and its answer
+        lists what it took.
+        """
+        for n in (1, 2):
+            self.replica.space.out(6, n, ("row", n))
+        steps = (Step.scan(("row", int)), Step.delete(("row", int)), Step.out(("row", 3)))
+        self.assertEqual(decode(encode_atomic(5, 1, steps)), ("atomic", 5, 1, steps))
+        self.feed(self.replica.submit, self.atomic(5, 1, *steps))
+        self.deliver_all()
+        self.feed(self.replica.safe, R, self.seq)
+        rows = Tuples((("row", 1), ("row", 2)))
+        self.assertEqual(
+            self.answers, [Completion(5, 1, Status.COMMITTED, results=(rows, rows, None))]
+        )
+        self.assertEqual(list(self.replica.space.tuples()), [("row", 3)])
+
+    def test_delete_wins_over_a_claim_behind_it(self) -> None:
+        """
+        A local inp's claim of a tuple that another server's delete takes first in the
+        order loses: it matches again, finds nothing, and is answered "none"; the
+        tuple is taken once, by the delete.
+        """
+        self.replica.space.out(6, 1, ("job", 1))
+        self.feed(self.replica.submit, Operation(Kind.INP, 8, 1, make_template(("job", int))))
+        self.assertEqual(len(self.sent), 1)  # the claim of tuple 1, not yet ordered
+        self.seq += 1
+        delete = encode_atomic(5, 1, (Step.delete(("job", ANY)),))
+        self.feed(self.replica.delivered, R, self.seq, delete, 2, 0)
+        self.deliver_all()  # the claim loses; the inp's "none" goes into the order
+        self.deliver_all()
+        self.feed(self.replica.safe, R, self.seq)
+        self.assertEqual(self.answers, [Completion(8, 1, Status.NO_MATCH)])
+        self.assertEqual(
+            self.replica.space.answered(5, 1),
+            Completion(5, 1, Status.COMMITTED, results=(Tuples((("job", 1),)),)),
+        )
+        self.assertEqual(len(self.replica.space), 0)
+
     def test_payload_checked(self) -> None:
         """An ATOMIC payload with bad steps is malformed, and every replica skips it."""
         for steps in (
@@ -955,3 +996,42 @@ class AtomicRingTests(SynchronousTestCase):
         digests = {r.space.digest() for r in ring.replicas.values()}
         self.assertEqual(len(digests), 1)
         self.assertEqual(list(ring.replicas[1].space.tuples()), [("owner", 5)])
+
+    def test_guarded_table_writes_do_not_interleave(self) -> None:
+        """
+        Two FTMs' guarded rewrites of one table at two servers (check the epoch, read
+        the table, delete it, write their row): each is decided whole at its point of
+        the order, so the second sees exactly what the first left, and one row stays,
+        alike at every replica.
+        """
+        ring = _Ring((1, 2, 3))
+        for node in ring.configured:
+            ring.start(node)
+        ring.install(ring.configured)
+        for n, values in enumerate((("epoch", 1), ("table", "a"), ("table", "b")), 1):
+            ring.feed(ring.replicas[1].submit, Operation(Kind.OUT, 9, n, values))
+        ring.run()
+        for node, pid in ((2, 5), (3, 6)):
+            steps = (
+                Step.present(("epoch", 1)),
+                Step.scan(("table", str)),
+                Step.delete(("table", ANY)),
+                Step.out(("table", f"by {pid}")),
+            )
+            ring.feed(ring.replicas[node].submit, Operation(Kind.ATOMIC, pid, 1, steps))
+        ring.run()
+        done = {ring.answers[node][-1].pid: ring.answers[node][-1] for node in (2, 3)}
+        self.assertEqual({c.status for c in done.values()}, {Status.COMMITTED})
+        rows = Tuples((("table", "a"), ("table", "b")))
+        if done[5].results == (None, rows, rows, None):
+            first, second = done[5], done[6]
+        else:
+            first, second = done[6], done[5]
+        self.assertEqual(first.results, (None, rows, rows, None))
+        mine = Tuples((("table", f"by {first.pid}"),))
+        self.assertEqual(second.results, (None, mine, mine, None))
+        digests = {r.space.digest() for r in ring.replicas.values()}
+        self.assertEqual(len(digests), 1)
+        self.assertEqual(
+            list(ring.replicas[1].space.tuples()), [("epoch", 1), ("table", f"by {second.pid}")]
+        )

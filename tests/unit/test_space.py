@@ -25,13 +25,16 @@ from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
 from lips.tuples import (
     ANY,
     FORMAL_TYPES,
+    MAX_SCAN,
     MAX_STEPS,
     AbortReason,
     Limits,
     LTuple,
     Step,
     StepOp,
+    StepResult,
     Template,
+    Tuples,
     make_template,
     make_tuple,
     packb,
@@ -1281,6 +1284,165 @@ class AtomicTests(SynchronousTestCase):
         )
         self.assertEqual(list(copy.tuples()), [("b",)])
 
+    def test_scan_reads_every_match(self) -> None:
+        """
+        A scan reads every matching tuple, oldest first, as the earlier steps leave
+        the space: not one an earlier inp took, and, after the stored ones, those an
+        earlier out stored.  It changes nothing.
+        """
+        space = TupleSpace()
+        for n in range(1, 4):
+            space.out(1, n, ("job", n))
+        space.out(1, 4, ("other", 0))
+        [a] = space.atomic(2, 1, [Step.inp(("job", 2)), s_out("job", 9), Step.scan(("job", int))])
+        self.assertEqual(
+            a.results, (("job", 2), None, Tuples((("job", 1), ("job", 3), ("job", 9))))
+        )
+        self.assertEqual(list(space.tuples()), [("job", 1), ("job", 3), ("other", 0), ("job", 9)])
+        [b] = space.atomic(2, 2, [Step.scan(("job", ANY)), Step.scan(("none",))])
+        self.assertEqual(b.results, (Tuples((("job", 1), ("job", 3), ("job", 9))), Tuples()))
+
+    def test_empty_scan_never_fails(self) -> None:
+        """A scan that matches nothing is an empty result, not a failure."""
+        [a] = TupleSpace().atomic(2, 1, [Step.scan(("nothing", int))])
+        self.assertEqual(a, Completion(2, 1, Status.COMMITTED, results=(Tuples(),)))
+
+    def test_delete_takes_every_match(self) -> None:
+        """
+        A delete takes every matching tuple, stored ones and those the request stored,
+        oldest first; later steps see none of them, and its result is what it took.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("row", "a"))
+        space.out(1, 2, ("keep", "b"))
+        space.out(1, 3, ("row", "c"))
+        [a] = space.atomic(
+            2,
+            1,
+            [
+                s_out("row", "d"),
+                Step.delete(("row", str)),
+                Step.absent(("row", ANY)),
+                Step.scan((str, str)),
+                Step.delete(("none",)),
+            ],
+        )
+        self.assertEqual(
+            a.results,
+            (
+                None,
+                Tuples((("row", "a"), ("row", "c"), ("row", "d"))),
+                None,
+                Tuples((("keep", "b"),)),
+                Tuples(),
+            ),
+        )
+        self.assertEqual(list(space.tuples()), [("keep", "b")])
+        self.assertEqual(space.sequence, 3)
+
+    def test_deleted_outs_serve_no_waiter(self) -> None:
+        """A tuple the request stored and then deleted never reaches a waiter."""
+        space = TupleSpace()
+        space.take(3, 1, Kind.IN, t("a", int))
+        answers = space.atomic(2, 1, [s_out("a", 1), Step.delete(("a", int)), s_out("a", 2)])
+        self.assertEqual(
+            answers,
+            [
+                Completion(2, 1, Status.COMMITTED, results=(None, Tuples((("a", 1),)), None)),
+                Completion(3, 1, Status.MATCHED, ("a", 2)),
+            ],
+        )
+        self.assertEqual(len(space), 0)
+
+    def test_aborted_delete_takes_nothing(self) -> None:
+        """A request that fails after a delete leaves every tuple the delete took."""
+        space = TupleSpace()
+        space.out(1, 1, ("row", 1))
+        space.out(1, 2, ("row", 2))
+        [a] = space.atomic(2, 1, [Step.delete(("row", int)), Step.present(("row", int))])
+        self.assertEqual(a.aborted, (1, AbortReason.NO_MATCH))
+        self.assertEqual(list(space.tuples()), [("row", 1), ("row", 2)])
+
+    def test_scan_and_delete_size_is_bounded(self) -> None:
+        """
+        The tuples a scan reads and a delete takes count against the same size budget
+        as an inp's and an rdp's: past it, the request aborts at that step.
+        """
+        space = TupleSpace(Limits(max_size=64))
+        space.out(1, 1, ("a", "x" * 20))
+        space.out(1, 2, ("a", "y" * 20))
+        space.out(1, 3, ("b", "z" * 20))
+        [a] = space.atomic(2, 1, [Step.scan(("a", str))])
+        self.assertEqual(a.status, Status.COMMITTED)
+        [b] = space.atomic(2, 2, [Step.scan(("a", str)), Step.delete(("b", str))])
+        self.assertEqual(b.aborted, (1, AbortReason.TOO_LARGE))
+        [c] = space.atomic(2, 3, [Step.rdp(("b", str)), Step.delete(("a", str))])
+        self.assertEqual(c.aborted, (1, AbortReason.TOO_LARGE))
+        self.assertEqual(len(space), 3)
+
+    def test_scan_count_is_bounded(self) -> None:
+        """
+        A scan or delete step may read or take at most MAX_SCAN tuples, however small:
+        one more aborts the request there, too large to answer.
+        """
+        space = TupleSpace()
+        for n in range(MAX_SCAN):
+            space.out(1, n + 1, (n,))
+        [a] = space.atomic(2, 1, [Step.scan((int,))])
+        self.assertEqual(a.results is not None and len(a.results[0] or ()), MAX_SCAN)
+        [b] = space.atomic(2, 2, [s_out(-1), Step.delete((int,))])
+        self.assertEqual(b.aborted, (1, AbortReason.TOO_LARGE))
+        [c] = space.atomic(2, 3, [Step.inp((0,)), Step.delete((int,))])
+        self.assertEqual(c.status, Status.COMMITTED)
+        self.assertEqual(len(space), 0)
+
+    def test_snapshot_keeps_scan_results(self) -> None:
+        """
+        A committed answer with scan and delete results survives a snapshot (their
+        tuples kept apart from the other results), so a retry gets it.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("a", 1))
+        space.out(1, 2, ("a", 2))
+        committed = space.atomic(
+            2, 1, [Step.scan(("a", int)), Step.delete(("a", 1)), Step.rdp(("a", 2))]
+        )
+        plain = space.atomic(2, 2, [Step.rdp(("a", 2))])
+        copy = TupleSpace.restore(space.snapshot())
+        self.assertEqual(copy.digest(), space.digest())
+        self.assertEqual(copy.atomic(2, 1, [s_out("z")]), committed)
+        self.assertEqual(copy.atomic(2, 2, [s_out("z")]), plain)
+
+    def test_bad_scan_results_in_snapshot_refused(self) -> None:
+        """
+        A snapshot's committed answer whose list results are out of order, out of
+        range, in the place of a tuple, not tuples, or on another answer is refused.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("a",))
+        space.atomic(2, 1, [Step.rdp(("a",)), Step.scan(("a",))])
+        body = list(unpackb(space.snapshot()))
+        entry = body[3][1][3][0]
+        self.assertEqual(entry, (1, int(Status.COMMITTED), ((("a",)), None), ((1, (("a",),)),)))
+
+        def with_entry(*entry: Any) -> bytes:
+            procs = [list(body[3][0]), [*body[3][1][:3], [list(entry)]]]
+            return packb([*body[:3], procs, *body[4:]])
+
+        good = with_entry(*entry)
+        self.assertEqual(TupleSpace.restore(good).digest(), space.digest())
+        results = entry[2]
+        for bad in [
+            with_entry(1, int(Status.COMMITTED), results, ()),
+            with_entry(1, int(Status.COMMITTED), results, ((2, ()),)),
+            with_entry(1, int(Status.COMMITTED), results, ((0, ()),)),
+            with_entry(1, int(Status.COMMITTED), (None, None), ((1, ()), (0, ()))),
+            with_entry(1, int(Status.COMMITTED), results, ((1, (1,)),)),
+            with_entry(1, int(Status.COMMITTED), results, ((1, ()),), ()),
+            with_entry(1, int(Status.STORED), None, ((1, ()),)),
+        ]:
+            self.assertRaises(SnapshotError, TupleSpace.restore, bad)
+
     @given(
         st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2)), max_size=6),
         st.lists(
@@ -1300,7 +1462,9 @@ class AtomicTests(SynchronousTestCase):
         """
         A request commits exactly when its steps, applied one by one as single
         operations, would all succeed, and then leaves the same tuples with the same
-        results; when it aborts, at the first step that would fail, nothing changes.
+        results (a scan reading every tuple the copy holds then, a delete as inps
+        until none is left); when it aborts, at the first step that would fail,
+        nothing changes.
         """
         space = TupleSpace()
         for n, values in enumerate(stored, 1):
@@ -1313,14 +1477,25 @@ class AtomicTests(SynchronousTestCase):
         ]
         reference = TupleSpace.restore(space.snapshot())
         before = space.snapshot()
-        expected: list[LTuple | None] = []
+        expected: list[StepResult] = []
         failure = None
+        event = 100
         for i, step in enumerate(steps):
-            event = 100 + i
+            event += 1
             if step.op is StepOp.OUT:
                 assert isinstance(step.arg, tuple)
                 reference.out(9, event, step.arg)
                 expected.append(None)
+                continue
+            if step.op is StepOp.SCAN:
+                expected.append(Tuples(tuple(filter(step.template.matches, reference.tuples()))))
+                continue
+            if step.op is StepOp.DELETE:
+                taken = []
+                while (got := reference.take(9, event, Kind.INP, step.template).value) is not None:
+                    taken.append(got)
+                    event += 1
+                expected.append(Tuples(tuple(taken)))
                 continue
             kind = Kind.INP if step.op is StepOp.INP else Kind.RDP
             got = reference.take(9, event, kind, step.template).value

@@ -18,11 +18,13 @@ from lips.space import Kind
 from lips.tuples import (
     ANY,
     DEFAULT_LIMITS,
+    MAX_SCAN,
     MAX_STEPS,
     AbortReason,
     Limits,
     Step,
     StepOp,
+    Tuples,
     make_template,
     packb,
 )
@@ -137,7 +139,10 @@ EXAMPLES: list[Message] = [
         ),
     ),
     Atomic(2**63 - 1, (Step.out(("x",)),)),
+    Atomic(6, (Step.scan(("table", ANY, int)), Step.delete((str,)))),
     Committed((None, ("table", "a", 1), None, (b"x", True))),
+    Committed((Tuples((("a", 1), ("b", (2.5,)))), None, ("c",), Tuples())),
+    Committed((Tuples(),)),
     Aborted(2, AbortReason.NO_MATCH),
     Aborted(MAX_STEPS - 1, AbortReason.TOO_LARGE),
 ]
@@ -664,7 +669,7 @@ class AtomicMessageTests(SynchronousTestCase):
         """The step ops and abort reasons are the wire contract."""
         self.assertEqual(
             {op.name: int(op) for op in StepOp},
-            {"OUT": 1, "INP": 2, "RDP": 3, "ABSENT": 4, "PRESENT": 5},
+            {"OUT": 1, "INP": 2, "RDP": 3, "ABSENT": 4, "PRESENT": 5, "SCAN": 6, "DELETE": 7},
         )
         self.assertEqual(
             {r.name: int(r) for r in AbortReason}, {"NO_MATCH": 1, "MATCHED": 2, "TOO_LARGE": 3}
@@ -720,3 +725,75 @@ class AtomicMessageTests(SynchronousTestCase):
             self.assertIn(e.code, (ErrorCode.MALFORMED, ErrorCode.BAD_TUPLE))
         for body in ([0, 9], [0, "NO_MATCH"], [-1, 1], [MAX_STEPS, 1], [0]):
             self.assertMessageError(ErrorCode.MALFORMED, frame_of(Aborted.TYPE, body))
+
+    def test_committed_body(self) -> None:
+        """
+        COMMITTED without scan or delete results is C{[results]}, as it always was;
+        with them, C{[results, lists]}: their places in C{results} are nil, and their
+        tuples are pairs C{[step, [tuple, ...]]} in step order.
+        """
+        plain = Committed((None, ("a", 1)))
+        [frame] = feed_all([encode_message(plain, 1)])
+        assert isinstance(frame, Frame)
+        self.assertEqual(frame.body, packb([[None, ("a", 1)]]))
+        listed = Committed((Tuples((("a", 1), ("a", 2))), ("b",), Tuples()))
+        [frame] = feed_all([encode_message(listed, 1)])
+        assert isinstance(frame, Frame)
+        self.assertEqual(
+            frame.body, packb([[None, ("b",), None], [[0, [("a", 1), ("a", 2)]], [2, []]]])
+        )
+        self.assertEqual(decode_message(frame), listed)
+
+    def test_malformed_lists(self) -> None:
+        """
+        A COMMITTED list naming no step, a step out of range or out of order, a step
+        that has a tuple, or that is not a pair of a step and an array is MALFORMED;
+        its tuples are validated as any tuple.
+        """
+        results = [None, ("b",), None]
+        for lists in (
+            [],
+            "lists",
+            None,
+            [[0]],
+            [[0, [("a",)], 1]],
+            [["0", []]],
+            [[True, []]],
+            [[-1, []]],
+            [[3, []]],
+            [[1, []]],
+            [[2, []], [0, []]],
+            [[0, []], [0, []]],
+            [[0, "tuples"]],
+        ):
+            self.assertMessageError(
+                ErrorCode.MALFORMED, frame_of(Committed.TYPE, [results, lists])
+            )
+        self.assertMessageError(
+            ErrorCode.MALFORMED, frame_of(Committed.TYPE, [results, [[0, []]], []])
+        )
+        self.assertMessageError(
+            ErrorCode.BAD_TUPLE, frame_of(Committed.TYPE, [results, [[0, [(int,)]]]])
+        )
+        self.assertMessageError(
+            ErrorCode.BAD_TUPLE, frame_of(Committed.TYPE, [results, [[0, [()]]]])
+        )
+        self.assertMessageError(
+            ErrorCode.BAD_TUPLE, frame_of(Committed.TYPE, [results, [[0, [5]]]])
+        )
+
+    def test_list_bounds(self) -> None:
+        """
+        A list of more than MAX_SCAN tuples is MALFORMED (no server sends one); tuples
+        past the size limit are TOO_LARGE, as in any answer.
+        """
+        many = [[0, [(n,) for n in range(MAX_SCAN + 1)]]]
+        self.assertMessageError(ErrorCode.MALFORMED, frame_of(Committed.TYPE, [[None], many]))
+        most = [[0, [(n,) for n in range(MAX_SCAN)]]]
+        decoded = decode_message(frame_of(Committed.TYPE, [[None], most]))
+        assert isinstance(decoded, Committed)
+        self.assertEqual(len(decoded.results[0] or ()), MAX_SCAN)
+        limits = Limits(max_size=64)
+        self.assertMessageError(
+            ErrorCode.TOO_LARGE, frame_of(Committed.TYPE, [[None], [[0, [("x" * 80,)]]]]), limits
+        )
