@@ -10,6 +10,11 @@ The C{lips} command line.
     lips fixserver [options]    run a FixServer in the foreground
     lips sim [--replicated | --served | --armor] [--seeds N | --seed N]
                                 run the deterministic simulators over many seeds
+    lips submit -c CLUSTER.toml --node N JOB.toml
+                                run an application under the FTM, print its result
+    lips job status -c CLUSTER.toml NAME
+                                an application's state and outcome
+    lips armors -c CLUSTER.toml the ARMORs: who manages whom, on which node
 
 Each field is a JSON value (C{1}, C{2.5}, C{true}, C{null}, C{"text"}, C{[1, 2]}); a word
 that is not JSON is taken as a string.  In templates C{?int}, C{?float}, C{?str},
@@ -109,8 +114,10 @@ def parse_fields(texts: Sequence[str], template: bool) -> tuple[Any, ...]:
 def _to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
     return value
 
 
@@ -299,9 +306,201 @@ def _parser() -> argparse.ArgumentParser:
             " ARMORs, daemons and tasks, with seeded kills and hangs of any of them"
         ),
     )
+    _job_parsers(sub)
     for role in _SERVER_ROLES:
         sub.add_parser(role, help=f"run a {role} in the foreground (lips {role} --help)")
     return p
+
+
+def _job_parsers(sub: Any) -> None:
+    """The commands of applications under the FTM: submit, job status, armors."""
+
+    def cluster(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "-c",
+            "--config",
+            required=True,
+            help="the cluster file (TOML): its FixServers, and its key for a submitter",
+        )
+
+    s = sub.add_parser(
+        "submit",
+        help="run an application under the FTM and print its result",
+        description=(
+            "Hand an application to the cluster's Fault Tolerance Manager through this"
+            " node's ARMOR daemon and wait for its result (printed as JSON).  Exit status:"
+            " 0 it succeeded, 1 it failed or was refused, 2 a bad job, 3 the cluster could"
+            " not be reached or no result came within --wait."
+        ),
+    )
+    cluster(s)
+    s.add_argument("job", nargs="?", help="the job file (TOML); or give --target")
+    s.add_argument("--node", required=True, help="this node: whose ARMOR daemon to go through")
+    s.add_argument("--socket", help="that daemon's socket (default: lipsd's default for --node)")
+    s.add_argument("--name", help="the application's name (default: the job file's, or new)")
+    s.add_argument("--target", help="one task: package.module:function, instead of a file")
+    s.add_argument(
+        "--arg", action="append", default=[], help="an argument of --target (JSON); repeat"
+    )
+    s.add_argument("--strategy", help="the strategy of --target's job (default: picked)")
+    s.add_argument("--timeout", type=_seconds, help="seconds the job may take in all")
+    s.add_argument("--task-timeout", type=_seconds, help="--target: livelock timeout")
+    s.add_argument("--checkpoint", action="store_true", help="--target: it checkpoints")
+    s.add_argument(
+        "--detach", action="store_true", help="return once the FTM took it (lips job status)"
+    )
+    s.add_argument("--wait", type=_seconds, help="seconds to wait for the result")
+    j = sub.add_parser("job", help="what became of an application (lips job status NAME)")
+    jsub = j.add_subparsers(dest="job_command", required=True, metavar="command")
+    js = jsub.add_parser("status", help="an application's state and outcome")
+    cluster(js)
+    js.add_argument("name")
+    js.add_argument("--json", action="store_true", help="print one JSON object")
+    a = sub.add_parser("armors", help="the ARMORs of the cluster: who manages whom, where")
+    cluster(a)
+    a.add_argument("--json", action="store_true", help="print one JSON object per ARMOR")
+
+
+def _load_cluster(path: str) -> Any:
+    from lips.cluster import ClusterConfigError, load_cluster
+
+    try:
+        return load_cluster(path)
+    except ClusterConfigError as e:
+        raise FieldError(str(e)) from None
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from lips import jobs
+
+    try:
+        cluster = _load_cluster(args.config)
+        if (args.job is None) == (args.target is None):
+            raise FieldError("give a job file or --target, not both or neither")
+        if args.job is not None:
+            name, job = jobs.load_job(args.job)
+        else:
+            arguments = [_from_json(_json_word(a), False) for a in args.arg]
+            job = jobs.job_from_options(
+                args.target,
+                arguments,
+                strategy=args.strategy,
+                timeout=args.timeout,
+                task_timeout=args.task_timeout,
+                checkpoint=args.checkpoint,
+            )
+            name = jobs.new_app_name()
+        if args.name is not None:
+            name = jobs.check_app_name(args.name, "--name")
+    except (FieldError, jobs.JobFileError) as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 2
+    from twisted.internet import defer
+    from twisted.internet import reactor as global_reactor
+
+    reactor: Any = global_reactor
+    outcome: list[Any] = []
+
+    def accepted(item: Any) -> None:
+        print(f"lips: {name} runs under {item.accepted} ({item.ftm})", file=sys.stderr)
+
+    async def run() -> None:
+        d = defer.Deferred.fromCoroutine(
+            jobs.submit(
+                reactor,
+                cluster,
+                args.node,
+                name,
+                job,
+                socket=args.socket,
+                detach=args.detach,
+                on_accepted=accepted,
+            )
+        )
+        if args.wait is not None:
+            d.addTimeout(args.wait, reactor)
+        try:
+            outcome.append(await d)
+        except defer.TimeoutError:
+            outcome.append(TimeoutError(f"no result within {args.wait:g} s"))
+        except Exception as e:
+            outcome.append(e)
+
+    d = defer.Deferred.fromCoroutine(run())
+    d.addBoth(lambda _: reactor.stop())
+    reactor.run()
+    return _submitted(name, outcome[0] if outcome else RuntimeError("interrupted"))
+
+
+def _json_word(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _submitted(name: str, outcome: Any) -> int:
+    if isinstance(outcome, TimeoutError):
+        print(f"lips: {name}: {outcome}; see lips job status {name}", file=sys.stderr)
+        return 3
+    if isinstance(outcome, Exception):
+        print(f"lips: {name}: {outcome}", file=sys.stderr)
+        return 3
+    if outcome.refused is not None:
+        print(f"lips: {name} was refused: {outcome.refused}", file=sys.stderr)
+        return 1
+    if outcome.result is None:
+        print(f"lips: {name} was taken; see lips job status {name}", file=sys.stderr)
+        return 0
+    result = outcome.result
+    if not result.ok:
+        print(f"lips: {name} failed: {result.reason}", file=sys.stderr)
+        return 1
+    print(json.dumps(_to_json(result.result), ensure_ascii=False))
+    return 0
+
+
+def _job_status(args: argparse.Namespace) -> int:
+    from lips import blocking, jobs
+
+    try:
+        cluster = _load_cluster(args.config)
+    except FieldError as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 2
+    endpoints = cluster.client_endpoints("fixserver")
+    try:
+        space = blocking.connect(endpoints, name="lips job status")
+    except Exception as e:
+        print(f"lips: cannot reach the FixServers: {e}", file=sys.stderr)
+        return 3
+    try:
+        if args.job_command == "status":
+            row = jobs.read_app(space, args.name)
+            if row is None:
+                print(f"lips: no application {args.name!r}", file=sys.stderr)
+                return 1
+            shown = jobs.app_view(row)
+            if args.json:
+                print(json.dumps(_to_json(shown), ensure_ascii=False))
+            else:
+                for k, v in shown.items():
+                    print(f"{k:12} {json.dumps(_to_json(v), ensure_ascii=False)}")
+            return 0
+        views = jobs.read_armors(space)
+        if args.json:
+            for v in views:
+                print(json.dumps(_to_json(jobs.armor_view(v)), ensure_ascii=False))
+        else:
+            for line in jobs.armor_tree(views) or ["no ARMORs"]:
+                print(line)
+        return 0
+    except LipsError as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 3
+    finally:
+        with contextlib.suppress(LipsError):
+            space.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate_armor(args.start, args.seeds, args.seed)
     if command == "sim":
         return _simulate(args.start, args.seeds, args.seed, args.replicated, args.served)
+    if command == "submit":
+        return _submit(args)
+    if command == "armors":
+        args.job_command = "armors"
+        return _job_status(args)
+    if command == "job":
+        return _job_status(args)
     from lips import blocking
 
     try:

@@ -105,7 +105,8 @@ import hmac
 import itertools
 import random
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -146,7 +147,9 @@ from lips.armor.ftm import (
     EPOCH_TAG,
     FENCED,
     FTM_CHANGED,
+    FTM_KIND,
     JOIN,
+    SUBMITTER_KIND,
     WELCOME,
     ArmorEntry,
     EpochFence,
@@ -211,6 +214,13 @@ UNDELIVERABLE: Final = "undeliverable"
 #: The first field of an ARMOR table tuple.
 ARMOR_TAG: Final = "armor"
 
+#: The kinds of ARMOR whose processes may attach themselves to a daemon
+#: (L{Daemon.local_attach}), and the type of each: an FTM (C{twistd lips-ftm}) and a
+#: submitter (C{lips submit}).
+ATTACH_KINDS: Final[Mapping[str, str]] = MappingProxyType(
+    {FTM_KIND: FTM_KIND, SUBMITTER_KIND: "submitter"}
+)
+
 #: The counters a daemon keeps (in L{Daemon.counters}).
 DAEMON_COUNTERS: Final[tuple[str, ...]] = (
     "messages.local",  # from local ARMORs
@@ -232,6 +242,8 @@ DAEMON_COUNTERS: Final[tuple[str, ...]] = (
     "armors.hung",
     "armors.uninstalled",
     "links.refused",  # a local hello that is not the process started
+    "armors.attached",  # processes that attached themselves (an FTM, a submitter)
+    "armors.detached",  # ... and whose links then closed
     "heartbeats.answered",
     "lookups",
     "cache.hits",
@@ -557,9 +569,12 @@ class Resident:
     #: Whom its reports go to: the install's manager, until a newer FTM takes over the
     #: FTM's (None: nobody, an FTM that is the newest itself).
     manager: ArmorId | None = None
+    #: Whether its process attached itself (L{Daemon.local_attach}) rather than being
+    #: started by this daemon.
+    attached: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.manager is None:
+        if self.manager is None and not self.attached:
             self.manager = self.spec.manager
 
     @property
@@ -732,6 +747,52 @@ class Daemon:
         self._outbox.send(TABLE, Register(row))
         return True
 
+    def local_attach(self, armor: ArmorId, incarnation: int, type: str, now: float) -> int | None:
+        """
+        A process this daemon did not start attached itself over the local link as
+        incarnation C{incarnation} of C{armor}, of type C{type}, having proved it holds
+        the cluster key (the adapter checked: L{lips.armor.AttachHello}).  Only the kinds
+        of L{ATTACH_KINDS} may (C{twistd lips-ftm}'s FTM, C{lips submit}'s submitter),
+        and not over a live process of the same id.
+
+        It is then a resident like any other (its row goes in the table, it is pinged, a
+        hung one is ended), with no manager: nobody is told of its end.  Its process is
+        the adapter's to end: a L{Kill} of the handle returned means "hang up on it", and
+        the end of its link is its end (L{ended}).
+
+        @return: its handle, or None if it is refused (the adapter hangs up).
+        """
+        kind = id_labels(armor)[0]
+        known = self._residents.get(armor)
+        reason = None
+        if kind not in ATTACH_KINDS:
+            reason = f"only {sorted(ATTACH_KINDS)} ARMORs attach, not a {kind!r}"
+        elif type != ATTACH_KINDS[kind]:
+            reason = f"a {kind!r} ARMOR is of type {ATTACH_KINDS[kind]!r}, not {type!r}"
+        elif known is not None and known.state is not ResidentState.STOPPING:
+            reason = f"{armor} already runs here (incarnation {known.incarnation})"
+        elif self.stopped:
+            reason = "the daemon is stopping"
+        if reason is not None:
+            self.counters["links.refused"] += 1
+            self._outbox.log(
+                LogLevel.warn,
+                "Refused {armor} attaching itself: {reason}",
+                armor=armor,
+                reason=reason,
+            )
+            return None
+        handle = next(self._handles)
+        spec = ArmorSpec(armor, type, self.id, incarnation, {}, b"")
+        resident = Resident(spec, handle, ResidentState.REGISTERING, now, None, attached=True)
+        self._residents[armor] = resident
+        self._live[handle] = resident
+        self.counters["armors.attached"] += 1
+        row = resident.row(self.node)
+        self._registering[(armor, incarnation)] = row
+        self._outbox.send(TABLE, Register(row))
+        return handle
+
     def local_message(
         self, armor: ArmorId, incarnation: int, message: Message, now: float
     ) -> None:
@@ -795,6 +856,16 @@ class Daemon:
             self._outbox.send(TABLE, Unregister(resident.row(self.node)))
         manager = resident.manager
         ending, reason = resident.ending, resident.reason
+        if resident.attached and ending in (None, _Ending.LOST):
+            self.counters["armors.detached"] += 1
+            self._outbox.log(
+                LogLevel.info,
+                "{armor} (incarnation {incarnation}) detached: {how}",
+                armor=armor,
+                incarnation=incarnation,
+                how=how,
+            )
+            return
         if ending is None:
             if resident.state is ResidentState.STARTING:
                 ending, reason = _Ending.FAILED, f"it exited before it connected: {how}"
@@ -848,8 +919,8 @@ class Daemon:
     def peer_down(self, node: str, reason: str, now: float) -> None:
         """
         The daemon link to C{node} is gone, or could not be made: what waits for it is
-        dropped (and bounced); the next message for C{node} dials again, not before
-        C{redial_delay}.
+        dropped (and bounced), and the cache forgets what it placed on C{node}; the next
+        message for C{node} dials again, not before C{redial_delay}.
         """
         link = self._link(node)
         was = link.state
@@ -866,6 +937,12 @@ class Daemon:
             )
         for message in queue:
             self._bounce(message, f"node {node} is unreachable: {reason}", now)
+        # What the cache placed there is looked up afresh: an ARMOR of a node that went
+        # down is installed elsewhere, and the table says where once it runs.
+        stale = [armor for armor, where in self._cache.items() if where == node]
+        for armor in stale:
+            del self._cache[armor]
+        self.counters["cache.dropped"] += len(stale)
 
     def peer_message(self, node: str, message: Message, now: float) -> None:
         """
@@ -1103,6 +1180,8 @@ class Daemon:
                     continue
                 if is_ftm(armor) and armor not in recorded:
                     continue
+                if resident.attached and not is_ftm(armor):
+                    continue  # a submitter: the FTM's table does not place those
                 self.counters["armors.swept"] += 1
                 self._outbox.log(
                     LogLevel.warn,

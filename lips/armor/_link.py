@@ -56,7 +56,14 @@ import attrs
 import msgpack
 
 from lips.armor._messages import MAX_MESSAGE_SIZE, Message, decode, encode
-from lips.armor._names import MAX_ID_LENGTH, ArmorId, MessageError, armor_id, check_label
+from lips.armor._names import (
+    MAX_ID_LENGTH,
+    ArmorId,
+    MessageError,
+    armor_id,
+    check_label,
+    check_name,
+)
 
 __all__ = [
     "HANDSHAKE_BODY",
@@ -68,6 +75,7 @@ __all__ = [
     "TOKEN_SIZE",
     "VERSION",
     "ArmorHello",
+    "AttachHello",
     "Auth",
     "DaemonHello",
     "Frame",
@@ -79,6 +87,7 @@ __all__ = [
     "LinkError",
     "close_reason",
     "encode_frame",
+    "hello_role",
     "link_key",
     "ping_seq",
     "proof",
@@ -442,6 +451,72 @@ class ArmorHello:
         if type(incarnation) is not int or not 1 <= incarnation < 2**63:
             raise HandshakeError(f"an incarnation is a positive integer, not {incarnation!r}")
         return cls(id, incarnation, _bytes(value["token"], TOKEN_SIZE, "a token"))
+
+
+@attrs.frozen
+class AttachHello:
+    """
+    A local link's hello from a process its daemon did not start, that attaches itself
+    (C{twistd lips-ftm}'s FTM, C{lips submit}'s submitter): incarnation C{incarnation}
+    of ARMOR C{armor}, of type C{type}, with its C{nonce}.  The daemon answers with a
+    L{DaemonHello} of its own nonce, and the process then proves it holds the cluster
+    key with an L{Auth} (L{proof}, as the dialer, its own name the ARMOR id, the peer's
+    the daemon's id).
+    """
+
+    armor: ArmorId
+    incarnation: int
+    type: str
+    nonce: bytes
+
+    _keys: ClassVar[frozenset[str]] = frozenset({"role", "armor", "incarnation", "type", "nonce"})
+
+    def frame(self) -> Frame:
+        return Frame.control(
+            FrameKind.HELLO,
+            {
+                "role": "attach",
+                "armor": self.armor,
+                "incarnation": self.incarnation,
+                "type": self.type,
+                "nonce": self.nonce,
+            },
+        )
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> AttachHello:
+        """
+        The hello C{frame} carries.
+
+        @raise HandshakeError: if it is not an attaching process's hello.
+        """
+        value = _fields(frame, FrameKind.HELLO, "an attaching ARMOR's hello", cls._keys)
+        if value["role"] != "attach":
+            raise HandshakeError(f"expected an attaching ARMOR's hello, not a {value['role']!r}'s")
+        try:
+            id = armor_id(value["armor"])
+            type_ = check_name(value["type"], "an ARMOR type")
+        except MessageError as e:
+            raise HandshakeError(str(e)) from None
+        incarnation = value["incarnation"]
+        if type(incarnation) is not int or not 1 <= incarnation < 2**63:
+            raise HandshakeError(f"an incarnation is a positive integer, not {incarnation!r}")
+        return cls(id, incarnation, type_, _bytes(value["nonce"], NONCE_SIZE, "a nonce"))
+
+
+def hello_role(frame: Frame) -> str:
+    """
+    Who a HELLO frame says it is from: C{"armor"} (a process its daemon started),
+    C{"attach"} (one that attaches itself) or C{"daemon"}.
+
+    @raise HandshakeError: if it says none of them.
+    """
+    value = _unpack(frame, "a hello") if frame.kind is FrameKind.HELLO else None
+    role = value.get("role") if type(value) is dict else None
+    if role not in ("armor", "attach", "daemon"):
+        raise HandshakeError("expected a hello naming its role")
+    assert isinstance(role, str)
+    return role
 
 
 @attrs.frozen

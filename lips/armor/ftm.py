@@ -136,6 +136,7 @@ __all__ = [
     "FTM_CHANGED_ACK",
     "FTM_ERRONEOUS",
     "FTM_KIND",
+    "SUBMITTER_KIND",
     "HEARTBEAT",
     "HEARTBEAT_ACK",
     "HOSTS",
@@ -193,6 +194,8 @@ __all__ = [
 
 #: The kind of every FTM's id (the first C{ftm}; backups C{ftm.b-e<epoch>-<n>}).
 FTM_KIND: Final = "ftm"
+#: The kind of a submitter's id (C{lips submit}'s: C{submit.<host>-<pid>}).
+SUBMITTER_KIND: Final = "submit"
 
 # -- message types ----------------------------------------------------------------------------
 #: Submitter to FTM: run this job (L{Submit}).

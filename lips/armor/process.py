@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -51,16 +52,25 @@ from lips.armor._factory import ArmorFactory
 from lips.armor._link import (
     HANDSHAKE_BODY,
     MAX_FRAME_BODY,
+    NONCE_SIZE,
     ArmorHello,
+    AttachHello,
+    Auth,
+    DaemonHello,
     Frame,
     FrameDecoder,
     FrameError,
     FrameKind,
+    HandshakeError,
     close_reason,
     encode_frame,
+    proof,
 )
 from lips.armor._messages import Message
-from lips.armor._names import MessageError, armor_id
+from lips.armor._names import MessageError, armor_id, daemon_id
+from lips.armor._tasks import TaskHost
+from lips.armor.execution import Execution
+from lips.armor.initialization import InitializationArmor, local_survey
 from lips.kernel import Driver, Send
 
 __all__ = [
@@ -68,10 +78,13 @@ __all__ = [
     "CRASHED",
     "ID_VAR",
     "INCARNATION_VAR",
+    "SOCKET_NAME",
     "MANAGER_VAR",
     "SOCKET_VAR",
     "TYPE_VAR",
     "ArmorHost",
+    "daemon_socket",
+    "default_runtime",
     "environment",
     "main",
     "read_spec",
@@ -95,6 +108,22 @@ CRASHED: Final = 70
 
 #: Seconds it waits for the daemon's socket to accept it.
 CONNECT_TIMEOUT: Final = 10
+#: The name of a daemon's socket in its runtime directory.
+SOCKET_NAME: Final = "daemon.sock"
+
+
+def default_runtime(node: str) -> str:
+    """The runtime directory of node C{node}'s daemon when lipsd is given none."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        tempfile.gettempdir(), f"lips-{os.getuid()}"
+    )
+    return os.path.join(base, "lips-armor", node)
+
+
+def daemon_socket(node: str, runtime: str | None = None) -> str:
+    """The socket of node C{node}'s daemon: in C{runtime}, or in lipsd's default."""
+    return os.path.join(runtime or default_runtime(node), SOCKET_NAME)
+
 
 _log = Logger(namespace="lips.armor.process")
 
@@ -160,11 +189,17 @@ class _ArmorLink(Protocol):
         self.host = host
         self.decoder = FrameDecoder(HANDSHAKE_BODY)
         self.welcomed = False
+        self.proved = False
+        self.nonce = b""
         self.lost: defer.Deferred[str] = defer.Deferred()
 
     def connectionMade(self) -> None:
         host = self.host
         spec = host.spec
+        if host.key is not None:
+            self.nonce = os.urandom(NONCE_SIZE)
+            self.write(AttachHello(spec.armor, spec.incarnation, spec.type, self.nonce).frame())
+            return
         self.write(ArmorHello(spec.armor, spec.incarnation, spec.token).frame())
         if host.failure is not None:
             self.write(Frame.control(FrameKind.CLOSE, host.failure[:1000]))
@@ -189,7 +224,14 @@ class _ArmorLink(Protocol):
                 self.close(abort=True)
                 return
             kind = item.kind
-            if kind is FrameKind.PING:
+            if kind is FrameKind.HELLO and self.host.key is not None and not self.proved:
+                try:
+                    self._prove(DaemonHello.from_frame(item))
+                except HandshakeError as e:
+                    _log.error("The daemon's hello is wrong: {error}; hanging up", error=str(e))
+                    self.close(abort=True)
+                    return
+            elif kind is FrameKind.PING:
                 self.write(Frame(FrameKind.PONG, body=item.body))
             elif kind is FrameKind.WELCOME and not self.welcomed:
                 self.welcomed = True
@@ -206,6 +248,23 @@ class _ArmorLink(Protocol):
                 self.close(abort=True)
                 return
 
+    def _prove(self, hello: DaemonHello) -> None:
+        """Attaching: prove to the daemon of C{hello} that this process holds the key."""
+        host = self.host
+        assert host.key is not None
+        if host.node is not None and hello.node != host.node:
+            raise HandshakeError(f"expected the daemon of {host.node}, not of {hello.node}")
+        self.proved = True
+        mine = proof(
+            host.key,
+            dialer=True,
+            own=host.spec.armor,
+            peer=daemon_id(hello.node),
+            dialer_nonce=self.nonce,
+            acceptor_nonce=hello.nonce,
+        )
+        self.write(Auth(mine).frame())
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.callback(reason.getErrorMessage())
 
@@ -217,7 +276,10 @@ class ArmorHost:
     @param factory: makes the ARMOR (the installed plugins' by default).
     @ivar armor: the ARMOR, unless its type refused to make it (C{failure} says why).
     @ivar code: the exit status, once known.
+    @ivar tasks: the host of its task's children, if it is an Execution ARMOR.
     """
+
+    tasks: TaskHost | None = None
 
     def __init__(
         self, reactor: Any, spec: ArmorSpec, socket: str, factory: ArmorFactory | None = None
@@ -229,6 +291,11 @@ class ArmorHost:
         self.armor: Armor | None = None
         self.driver: Driver[Armor] | None = None
         self.code = 0
+        #: Attaching (L{attaching}): the link key, and the node whose daemon is expected.
+        self.key: bytes | None = None
+        self.node: str | None = None
+        #: Called with each effect the driver has no handler of its own for (attaching).
+        self.handlers: dict[type[Any], Callable[[Any], None]] = {}
         try:
             factory = factory if factory is not None else ArmorFactory()
             self.armor = factory.create(spec.type, spec.armor, spec.manager, spec.config)
@@ -236,11 +303,51 @@ class ArmorHost:
             self.failure = f"{type(e).__name__}: {e}"
         self.link = _ArmorLink(self)
 
+    @classmethod
+    def attaching(
+        cls,
+        reactor: Any,
+        armor: Armor,
+        socket: str,
+        key: bytes,
+        *,
+        type: str,
+        incarnation: int = 1,
+        node: str | None = None,
+        handlers: Mapping[type[Any], Callable[[Any], None]] | None = None,
+    ) -> ArmorHost:
+        """
+        A host of C{armor}, made here rather than by a daemon, that attaches itself to
+        the daemon at C{socket} (L{lips.armor.AttachHello}): it proves it holds C{key}
+        (the cluster's link key, L{lips.armor.link_key}) and, if C{node} is given, that
+        the daemon is C{node}'s.  C{handlers} carry out the ARMOR's effects other than
+        L{Send} and timers (a submitter's L{Deliver}).
+        """
+        host = cls.__new__(cls)
+        host.reactor = reactor
+        host.spec = ArmorSpec(armor.id, type, armor.id, incarnation, {}, b"")
+        host.socket = socket
+        host.failure = None
+        host.armor = armor
+        host.driver = None
+        host.code = 0
+        host.key = key
+        host.node = node
+        host.handlers = dict(handlers or {})
+        host.link = _ArmorLink(host)
+        return host
+
+    def stop(self) -> None:
+        """Hang up on the daemon (the ARMOR ends with its link)."""
+        self.link.close()
+
     async def run(self) -> int:
         """Connect, run until the link is lost; the exit status."""
         endpoint = UNIXClientEndpoint(self.reactor, self.socket, timeout=CONNECT_TIMEOUT)
         await connectProtocol(endpoint, self.link)
         reason = await self.link.lost
+        if self.tasks is not None:  # an Execution ARMOR's task ends with it
+            self.tasks.stop()
         if self.driver is not None:
             self.driver.stop()
         if self.failure is not None:
@@ -261,8 +368,15 @@ class ArmorHost:
         """The daemon accepted this process: start the ARMOR."""
         armor = self.armor
         assert armor is not None
-        self.driver = Driver(armor, self.reactor, {Send: self._send})
+        handlers: dict[type[Any], Callable[[Any], None]] = {Send: self._send}
+        if isinstance(armor, Execution):  # its task runs as a child of this process
+            self.tasks = TaskHost(self.reactor, armor, self._input)
+            handlers.update(self.tasks.handlers)
+        self.driver = Driver(armor, self.reactor, {**handlers, **self.handlers})
         self._input(armor.start)
+        if isinstance(armor, InitializationArmor) and armor.node is not None:
+            # The survey is of the machine this process runs on: its node's.
+            self._input(armor.surveyed, local_survey(armor.node))
 
     def receive(self, message: Message) -> None:
         """A message from the daemon."""

@@ -27,9 +27,11 @@ A template is C{fields} with the positions in C{wild} matching anything (L{ANY
 <lips.tuples.ANY>}); every other field is an actual, matched strictly as the tuple
 space matches.
 
-On the FixServers, a request of more than one operation needs a guarded batch applied
-in the total order as one operation, which they do not offer yet: the simulator's
-L{TableSpace} is the reference for what the host must do.
+On the FixServers a request is one atomic request of the tuple space (lipsd's
+C{carry_out}: each operation one L{Step<lips.tuples.Step>}, C{scan} and C{delete} the
+steps of those names), applied in the total order as one event, so it is all or none
+on every replica.  The simulator's L{TableSpace} is the reference for what a host must
+answer.
 """
 
 from __future__ import annotations

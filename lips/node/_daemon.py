@@ -19,12 +19,9 @@ core (L{lips.armor.Daemon}) on a L{lips.kernel.Driver}, and owns what the core t
     L{ArmorRow} tuples, one at a time, in order.
   - The spaces (L{SpacePeer}): a L{SpaceCall} for C{space.system} (a local ARMOR's
     request, or the core's own: the epoch to join, the FTM's table to sweep against) is
-    carried out on lipsd's System Tuple Space client, in order with the table work.  The
-    client has C{out}, C{inp} and C{rdp} only, and the FixServers apply one operation at
-    a time, so a request of several operations is carried out one by one, and undone
-    (what it took put back, what it wrote taken) if one fails: all or nothing for this
-    daemon, but not atomic against other writers; a C{scan} (a read of every match)
-    fails, lipsd's client having none (L{carry_out}).  An application's space
+    carried out on lipsd's System Tuple Space client, in order with the table work, as
+    one atomic request (L{carry_out}): all or nothing at one point of the space's total
+    order, so two FTMs' guarded writes never interleave.  An application's space
     (C{space.<app>}) has no client here: its requests are answered failed at once and
     counted (C{space.refused}).
 
@@ -62,6 +59,7 @@ from lips.armor import (
     ArmorId,
     ArmorRow,
     ArmorSpec,
+    AttachHello,
     Daemon,
     Dial,
     LocalPeer,
@@ -76,8 +74,8 @@ from lips.armor import (
     armor_template,
     link_key,
 )
+from lips.armor.process import SOCKET_NAME, stdin_input
 from lips.armor.process import environment as process_environment
-from lips.armor.process import stdin_input
 from lips.armor.space import SYSTEM_SPACE, SpaceReply, SpaceRequest
 from lips.kernel import Driver, Kill, Send, Spawn
 from lips.node._process import IChild, ReactorSpawner
@@ -91,7 +89,7 @@ from lips.protocols import (
     LocalLinkFactory,
 )
 from lips.supervisor import Exit
-from lips.tuples import ANY, LTuple
+from lips.tuples import MAX_STEPS, AtomicAborted, LTuple, Step, StepOp, StepResult, TupleError
 
 __all__ = [
     "DAEMON_TAG",
@@ -108,7 +106,6 @@ T = TypeVar("T")
 #: The first field of the tuple where a node's daemon says where it listens.
 DAEMON_TAG: Final = "armor-daemon"
 #: The name of the local link's socket in the runtime directory.
-SOCKET_NAME: Final = "daemon.sock"
 #: Seconds a dial may take to connect (the handshake has its own deadline).
 DIAL_TIMEOUT: Final = 5.0
 #: Seconds between tries to write this daemon's endpoint while the space is unreachable.
@@ -120,55 +117,79 @@ def daemon_template(node: str | None = None) -> tuple[Any, ...]:
     return (DAEMON_TAG, str if node is None else node, str)
 
 
-async def carry_out(client: SystemSpace, request: SpaceRequest) -> SpaceReply:
+#: The step of each kind of space operation (L{lips.armor.space.SpaceOp}).
+_STEP_OF: Final = {
+    "out": StepOp.OUT,
+    "inp": StepOp.INP,
+    "rdp": StepOp.RDP,
+    "absent": StepOp.ABSENT,
+    "scan": StepOp.SCAN,
+    "delete": StepOp.DELETE,
+}
+#: Ends a request that must abort: stores this tuple, then fails on it.
+_ABORT: Final = (Step.out(("lipsd-invalid-operation",)), Step.absent(("lipsd-invalid-operation",)))
+
+
+async def carry_out(client: _Client, request: SpaceRequest) -> SpaceReply:
     """
-    Carry C{request} out on C{client} one operation at a time (see the module
-    docstring): on a failed operation, undo the ones before it (in reverse) and say
-    which failed.  C{delete} takes every match.  C{scan} needs a client with a
-    C{scan(template)} of its own (a read of every match): lipsd's has none, and taking
-    every match to put it back would hide it for a moment from other writers' guards
-    (an FTM's C{rdp} of its epoch tuple), so there a C{scan} fails its request.
+    Carry C{request} out on C{client} as one atomic request (see the module docstring):
+    each operation one step, its template its fields with the positions in C{wild}
+    L{ANY<lips.tuples.ANY>}.  The reply is what the simulator's model
+    (L{TableSpace<lips.armor.space.TableSpace>}) answers: every value in order (the
+    tuple an C{inp} or C{rdp} found, the tuples of a C{scan}, how many a C{delete}
+    took, None otherwise), or, nothing applied, the number of the first operation that
+    failed.  Beyond the model, an operation also fails where the space bounds it (a
+    C{scan} or C{delete} of more than L{MAX_SCAN<lips.tuples.MAX_SCAN>} tuples, or the
+    tuples read and taken past the size limit: its C{TOO_LARGE}), and a request whose
+    tuples and templates together pass the size limit fails at its last operation.
+
+    An operation whose fields are no tuple or template fails there, as in the model,
+    after the ones before it: those are sent with a guard that always aborts, so the
+    space says whether one of them fails first and nothing is applied (but for an
+    invalid operation beyond the first C{MAX_STEPS - 2}, answered failed at once).
+
+    @raise Exception: what the client raises when the space cannot be reached.
     """
-    undo: list[tuple[str, LTuple]] = []
-    values: list[Any] = []
+    steps: list[Step] = []
     for number, op in enumerate(request.ops):
-        if op.kind == "out":
-            await client.out(op.fields)
-            undo.append(("inp", tuple(op.fields)))
-            values.append(None)
-            continue
-        template = tuple(ANY if i in op.wild else f for i, f in enumerate(op.fields))
-        scan = getattr(client, "scan", None)
-        if op.kind == "delete":
-            taken: list[LTuple] = []
-            while (found := await client.inp(template)) is not None:
-                taken.append(found)
-            undo.extend(("out", t) for t in taken)
-            values.append(len(taken))
-            continue
-        if op.kind == "scan":
-            ok = scan is not None
-            value = tuple(await scan(template)) if scan is not None else None
-        elif op.kind == "absent":
-            ok = await client.rdp(template) is None
-            value = None
-        elif op.kind == "rdp":
-            value = await client.rdp(template)
-            ok = value is not None
-        else:  # inp
-            value = await client.inp(template)
-            ok = value is not None
-            if value is not None:
-                undo.append(("out", value))
-        if not ok:
-            for kind, values_ in reversed(undo):
-                if kind == "out":
-                    await client.out(values_)
-                else:
-                    await client.inp(values_)
-            return SpaceReply(request.request, False, number)
-        values.append(value)
-    return SpaceReply(request.request, True, -1, tuple(values))
+        try:
+            step = (
+                Step.out(op.fields) if op.kind == "out" else Step(_STEP_OF[op.kind], op.compiled())
+            )
+        except TupleError:
+            if not steps or number > MAX_STEPS - len(_ABORT):
+                return SpaceReply(request.request, False, number)
+            try:
+                await client.atomic([*steps, *_ABORT])
+            except AtomicAborted as e:
+                return SpaceReply(request.request, False, min(e.step, number))
+            except TupleError:  # the steps before it pass the size limit
+                return SpaceReply(request.request, False, number)
+            raise RuntimeError("a request meant to abort was applied") from None
+        steps.append(step)
+    try:
+        results = await client.atomic(steps)
+    except AtomicAborted as e:
+        return SpaceReply(request.request, False, e.step)
+    except TupleError:  # the steps together pass the size limit: nothing was sent
+        return SpaceReply(request.request, False, len(steps) - 1)
+    return SpaceReply(
+        request.request,
+        True,
+        -1,
+        tuple(
+            _space_value(op.kind, result) for op, result in zip(request.ops, results, strict=True)
+        ),
+    )
+
+
+def _space_value(kind: str, result: StepResult) -> Any:
+    """A reply's value for an operation of C{kind}, from its step's C{result}."""
+    if kind == "scan":
+        return tuple(result or ())
+    if kind == "delete":
+        return len(result or ())
+    return result
 
 
 def prepare_runtime(path: str | os.PathLike[str]) -> Path:
@@ -270,6 +291,8 @@ class _Client(SystemSpace, Protocol):
     @property
     def state(self) -> str: ...
 
+    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[StepResult, ...]]: ...
+
     def close(self) -> defer.Deferred[None]: ...
 
 
@@ -350,6 +373,8 @@ class DaemonService(service.Service):
             self,
             self.counters,
             reactor,
+            node=self.node,
+            key=self.key,
             max_links=max_local,
             handshake_timeout=handshake_timeout,
         )
@@ -368,6 +393,9 @@ class DaemonService(service.Service):
         self._children: dict[int, IArmorChild | None] = {}
         self._killed: set[int] = set()
         self._locals: dict[tuple[ArmorId, int], LocalLink] = {}
+        # The processes that attached themselves: their handles and links, both ways.
+        self._attached: dict[int, LocalLink] = {}
+        self._handles: dict[LocalLink, int] = {}
         self._links: dict[str, DaemonLink] = {}
         self._dialing: dict[str, DaemonLink | None] = {}
         self._table: defer.Deferred[None] = defer.succeed(None)
@@ -640,6 +668,10 @@ class DaemonService(service.Service):
             self._children[handle] = child
 
     def _kill(self, effect: Kill) -> None:
+        link = self._attached.get(effect.handle)
+        if link is not None:  # a process that attached itself: hang up on it
+            link.hangup(f"daemon {self.node} ends it")
+            return
         child = self._children.get(effect.handle)
         if child is None:
             return
@@ -740,6 +772,20 @@ class DaemonService(service.Service):
             self._locals[key] = link
         return ok
 
+    def armor_attach(self, link: LocalLink, hello: AttachHello) -> bool:
+        key = (hello.armor, hello.incarnation)
+        if key in self._locals:
+            return False
+        handle = self.driver.input(
+            self.daemon.local_attach, hello.armor, hello.incarnation, hello.type
+        )
+        if handle is None:
+            return False
+        self._locals[key] = link
+        self._attached[handle] = link
+        self._handles[link] = handle
+        return True
+
     def armor_message(self, link: LocalLink, message: Message) -> None:
         assert link.armor is not None
         self.driver.input(self.daemon.local_message, link.armor, link.incarnation, message)
@@ -757,7 +803,12 @@ class DaemonService(service.Service):
         key = (link.armor, link.incarnation)
         if self._locals.get(key) is link:
             del self._locals[key]
-            if not self.driver.stopped:
+            handle = self._handles.pop(link, None)
+            if handle is not None:  # attached: the end of its link is its end
+                del self._attached[handle]
+                if not self.driver.stopped:
+                    self.driver.input(self.daemon.ended, handle, f"its link closed: {reason}")
+            elif not self.driver.stopped:
                 self.driver.input(self.daemon.local_lost, link.armor, link.incarnation)
 
     # -- queries -----------------------------------------------------------------------------

@@ -19,9 +19,14 @@ dialer names the node it expects; a peer that answers as another node is refused
 
 L{LocalLink}: the ARMOR process sends an L{ArmorHello<lips.armor.ArmorHello>} (ARMOR id,
 incarnation, token); the host says whether it is the process it started, and the link
-answers WELCOME or hangs up.  Then messages both ways, and the daemon's pings.  A CLOSE
-from the process before it runs means its ARMOR could not be made (the reason goes to
-the host).  Who can connect at all is settled by the socket's directory (mode 0700).
+answers WELCOME or hangs up.  A process the daemon did not start (C{twistd lips-ftm}, C{lips
+submit}) sends an L{AttachHello<lips.armor.AttachHello>} instead: the link answers with a
+L{DaemonHello<lips.armor.DaemonHello>} carrying a fresh nonce, the process proves it holds
+the cluster key (an L{Auth<lips.armor.Auth>} over both nonces), and the host says whether
+that ARMOR may attach (L{ILocalLinkHost.armor_attach}).  Then messages both ways, and
+the daemon's pings.  A CLOSE from the process before it runs means its ARMOR could not
+be made (the reason goes to the host).  Who can connect at all is settled by the
+socket's directory (mode 0700).
 
 Bounds: a handshake must end within C{handshake_timeout} seconds; the factories accept
 at most C{max_links} connections at once; a peer that does not read is paused, then
@@ -49,6 +54,7 @@ from lips.armor import (
     NONCE_SIZE,
     ArmorHello,
     ArmorId,
+    AttachHello,
     Auth,
     DaemonHello,
     Frame,
@@ -59,7 +65,9 @@ from lips.armor import (
     Message,
     check_proof,
     close_reason,
+    daemon_id,
     encode_frame,
+    hello_role,
     ping_seq,
     proof,
 )
@@ -128,6 +136,12 @@ class ILocalLinkHost(Interface):
 
     def armor_hello(link: LocalLink, hello: ArmorHello) -> bool:
         """An ARMOR process named itself: is it the one started?  False: hang up."""
+
+    def armor_attach(link: LocalLink, hello: AttachHello) -> bool:
+        """
+        A process the daemon did not start proved it holds the cluster key and attaches
+        itself as C{hello} says: may it?  False: hang up.
+        """
 
     def armor_message(link: LocalLink, message: Message) -> None:
         """A message from the ARMOR process of C{link}."""
@@ -503,6 +517,8 @@ class LocalLink(_Link):
         counters: Counter[str],
         clock: IReactorTime,
         *,
+        node: str | None = None,
+        key: bytes | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_unsent: int = MAX_UNSENT,
         max_body: int = MAX_FRAME_BODY,
@@ -516,23 +532,53 @@ class LocalLink(_Link):
         )
         if not ILocalLinkHost.providedBy(host):
             raise TypeError(f"not an ILocalLinkHost: {host!r}")
+        if (node is None) != (key is None):
+            raise ValueError("a local link takes attaching processes with both node and key")
         self.host = host
+        self.node = node
+        self.key = key
         self.armor: ArmorId | None = None
         self.incarnation = 0
+        #: Whether the process attached itself (L{AttachHello}) rather than being started.
+        self.attached = False
+        self._attach: AttachHello | None = None
+        self._nonce = b""
 
     def __repr__(self) -> str:
         return f"<LocalLink {self.armor}#{self.incarnation} {self.phase.value}>"
 
+    def _welcome(self, armor: ArmorId, incarnation: int) -> None:
+        self.armor = armor
+        self.incarnation = incarnation
+        self.authenticated()
+        self.counters["links.authenticated"] += 1
+        self.write_frame(Frame(FrameKind.WELCOME))
+
     def frame_received(self, frame: Frame) -> None:
         if self.phase is LinkPhase.HELLO:
+            if hello_role(frame) == "attach":
+                self._attach_hello(frame)
+                return
             hello = ArmorHello.from_frame(frame)
             if not self.host.armor_hello(self, hello):
                 raise LinkError(f"{hello.armor} (incarnation {hello.incarnation}) is not expected")
-            self.armor = hello.armor
-            self.incarnation = hello.incarnation
-            self.authenticated()
-            self.counters["links.authenticated"] += 1
-            self.write_frame(Frame(FrameKind.WELCOME))
+            self._welcome(hello.armor, hello.incarnation)
+        elif self.phase is LinkPhase.AUTH:
+            attach = self._attach
+            assert attach is not None and self.key is not None and self.node is not None
+            check_proof(
+                self.key,
+                Auth.from_frame(frame),
+                dialer=True,
+                own=attach.armor,
+                peer=daemon_id(self.node),
+                dialer_nonce=attach.nonce,
+                acceptor_nonce=self._nonce,
+            )
+            self.attached = True
+            if not self.host.armor_attach(self, attach):
+                raise LinkError(f"{attach.armor} may not attach itself here")
+            self._welcome(attach.armor, attach.incarnation)
         elif frame.kind is FrameKind.MESSAGE:
             self.host.armor_message(self, frame.message())
         elif frame.kind is FrameKind.PONG:
@@ -545,6 +591,15 @@ class LocalLink(_Link):
             self.transport.loseConnection()
         else:
             raise LinkError(f"a {frame.kind.name} frame from an ARMOR process")
+
+    def _attach_hello(self, frame: Frame) -> None:
+        """A process attaching itself: answer with a nonce; its proof comes next."""
+        if self.key is None or self.node is None:
+            raise LinkError("this daemon takes no attaching processes (it has no cluster key)")
+        self._attach = AttachHello.from_frame(frame)
+        self._nonce = os.urandom(NONCE_SIZE)
+        self.phase = LinkPhase.AUTH
+        self.write_frame(DaemonHello(self.node, self._nonce).frame())
 
     def send_ping(self, seq: int) -> bool:
         """Ping it with C{seq}; whether it was written."""
@@ -566,6 +621,8 @@ class LocalLinkFactory(Factory):
         counters: Counter[str],
         clock: IReactorTime,
         *,
+        node: str | None = None,
+        key: bytes | None = None,
         max_links: int = 128,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_unsent: int = MAX_UNSENT,
@@ -573,6 +630,8 @@ class LocalLinkFactory(Factory):
         self.host = host
         self.counters = counters
         self.clock = clock
+        self.node = node
+        self.key = key
         self.max_links = max_links
         self.handshake_timeout = handshake_timeout
         self.max_unsent = max_unsent
@@ -586,6 +645,8 @@ class LocalLinkFactory(Factory):
             self.host,
             self.counters,
             self.clock,
+            node=self.node,
+            key=self.key,
             handshake_timeout=self.handshake_timeout,
             max_unsent=self.max_unsent,
         )

@@ -7,12 +7,12 @@ it runs and lipsd does what it did before.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Final
 
 from twisted.python import usage
 
 from lips.armor import ArmorFactory, Daemon, DaemonPolicy, MessageError, check_label
+from lips.armor.process import default_runtime
 from lips.cluster import ClusterConfig, check_client_endpoint
 from lips.node import ArmorSpawner, DaemonService
 from lips.tap._server import integer_option, number_option
@@ -22,7 +22,6 @@ __all__ = [
     "advertised_endpoint",
     "armor_service",
     "check_armor_options",
-    "default_runtime",
 ]
 
 #: The longest path of a UNIX socket that binds everywhere (sun_path: 108 bytes on
@@ -132,14 +131,6 @@ def advertised_endpoint(listen: str) -> str | None:
         return None
     host = interface.replace(":", "\\:")
     return f"tcp:host={host}:port={int(port)}"
-
-
-def default_runtime(name: str) -> str:
-    """The runtime directory of node C{name}'s daemon when none is given."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
-        tempfile.gettempdir(), f"lips-{os.getuid()}"
-    )
-    return os.path.join(base, "lips-armor", name)
 
 
 def check_armor_options(options: usage.Options, name: str) -> None:

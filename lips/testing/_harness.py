@@ -105,7 +105,7 @@ run()
 """
 
 #: The twistd plugins of LiPS, one per role.
-ROLES: Final = ("lips-msgserver", "lips-fixserver", "lips-node")
+ROLES: Final = ("lips-msgserver", "lips-fixserver", "lips-node", "lips-ftm")
 
 #: lipsd options that count a node idle however loaded the machine is (it runs the
 #: servers and the workers too).

@@ -552,6 +552,23 @@ class RoutingTests(SynchronousTestCase):
         self.assertIsNone(d.cached(c))
         self.assertEqual(d.counters["cache.dropped"], 1)
 
+    def test_a_node_going_down_drops_its_cache_entries(self) -> None:
+        """
+        What the cache placed on a node whose link went down is looked up afresh: an
+        ARMOR of a node that died runs elsewhere once its manager reinstalled it.
+        """
+        d, node = self.d, self.node
+        c, e = armor_id("echo.app.c"), armor_id("echo.app.e")
+        node.feed(d.local_message, A, 1, msg("hello", A, c), 1.0)
+        node.feed(d.located, c, "n2", 1.1)
+        node.feed(d.local_message, A, 1, msg("hello", A, e), 1.2)
+        node.feed(d.located, e, "n3", 1.3)
+        self.assertEqual((d.cached(c), d.cached(e)), ("n2", "n3"))
+        node.feed(d.peer_down, "n2", "connection refused", 2.0)
+        self.assertEqual((d.cached(c), d.cached(e)), (None, "n3"))
+        effects = node.feed(d.local_message, A, 1, msg("hello", A, c), 2.1)
+        self.assertIn(Lookup(c), [e.message for e in effects if isinstance(e, Send)])
+
     def test_spoofing(self) -> None:
         """A link speaks only for its own: local ARMORs as themselves, peers not as ours."""
         d, node = self.d, self.node

@@ -13,7 +13,7 @@ import shutil
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from lips.armor import (
     ArmorHello,
     ArmorSpec,
     ArmorType,
+    AttachHello,
     Block,
     BlockFactory,
     BlockType,
@@ -60,6 +61,7 @@ from lips.armor.space import (
     SpaceOp,
     SpaceReply,
     SpaceRequest,
+    TableSpace,
     space_id,
 )
 from lips.node import (
@@ -85,8 +87,8 @@ from lips.protocols import (
 )
 from lips.space import TupleSpace
 from lips.tap import node as node_tap
-from lips.testing import ClusterMember, write_cluster
-from lips.tuples import ANY
+from lips.testing import ClusterMember, memory_client, memory_server, write_cluster
+from lips.tuples import ANY, LTuple, Step, StepResult
 from tests.unit.test_node import FakeClient, matching
 
 KEY = link_key(b"k" * 32)
@@ -182,6 +184,10 @@ class ArmorsHost:
     def armor_hello(self, link: LocalLink, hello: ArmorHello) -> bool:
         self.events.append(("hello", hello.armor))
         return hello.token == self.token
+
+    def armor_attach(self, link: LocalLink, hello: AttachHello) -> bool:
+        self.events.append(("attach", hello.armor))
+        return False
 
     def armor_message(self, link: LocalLink, message: Message) -> None:
         self.events.append(("message", message))
@@ -501,6 +507,27 @@ class ArmorProcessTests(SynchronousTestCase):
 # -- lipsd's daemon service ------------------------------------------------------------------
 
 
+class RecordingClient(FakeClient):
+    """A client of a shared space that records its atomic requests and does nothing else."""
+
+    def __init__(self, space: TupleSpace) -> None:
+        super().__init__(space)
+        self.calls: list[list[Step]] = []
+
+    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[StepResult, ...]]:
+        self.calls.append(list(steps))
+        return super().atomic(steps)
+
+    def out(self, values: Sequence[Any]) -> defer.Deferred[None]:
+        raise AssertionError("an out of its own")
+
+    def inp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]:
+        raise AssertionError("an inp of its own")
+
+    def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]:
+        raise AssertionError("an rdp of its own")
+
+
 @implementer(IArmorChild)
 class FakeChild:
     def __init__(self, spec: ArmorSpec, socket: str, ended: Callable[[Exit], None]) -> None:
@@ -734,17 +761,13 @@ class DaemonServiceTests(SynchronousTestCase):
 
     def test_carry_out(self) -> None:
         """
-        carry_out applies a request one operation at a time and undoes it all when one
-        fails: what it wrote is taken again, what it took is put back.  A scan needs a
-        client that reads every match; with one that has none, it fails.
+        carry_out makes a request one atomic request of the space, each operation a
+        step, and answers as the model (TableSpace) does: the values of every
+        operation (a scan's tuples, how many a delete took), or, nothing applied, the
+        first operation that failed.
         """
         space = TupleSpace()
-
-        class ScanningClient(FakeClient):
-            def scan(self, template: Any) -> defer.Deferred[list[Any]]:
-                return defer.succeed(matching(space, template))
-
-        client = ScanningClient(space)
+        client = RecordingClient(space)
         space.out(1, 1, ("y", 1))
         space.out(1, 2, ("y", 2))
         ok = SpaceRequest(
@@ -754,28 +777,129 @@ class DaemonServiceTests(SynchronousTestCase):
                 SpaceOp.template("scan", "y", ANY),
                 SpaceOp.template("absent", "z", ANY),
                 SpaceOp.template("delete", "x", ANY),
+                SpaceOp.template("rdp", "y", 2),
+                SpaceOp.template("inp", "y", ANY),
             ),
         )
+        model = TableSpace()
+        for values in (("y", 1), ("y", 2)):
+            model.apply(SpaceRequest(9, (SpaceOp.out(*values),)))
         reply = self.successResultOf(defer.Deferred.fromCoroutine(carry_out(client, ok)))
-        self.assertEqual(reply, SpaceReply(1, True, -1, (None, (("y", 1), ("y", 2)), None, 1)))
+        self.assertEqual(reply, model.apply(ok))
+        self.assertEqual(
+            reply,
+            SpaceReply(1, True, -1, (None, (("y", 1), ("y", 2)), None, 1, ("y", 2), ("y", 1))),
+        )
+        self.assertEqual(
+            client.calls,
+            [
+                [
+                    Step.out(("x", 1)),
+                    Step.scan(("y", ANY)),
+                    Step.absent(("z", ANY)),
+                    Step.delete(("x", ANY)),
+                    Step.rdp(("y", 2)),
+                    Step.inp(("y", ANY)),
+                ]
+            ],
+        )
+        self.assertEqual(list(space.tuples()), [("y", 2)])
         failing = SpaceRequest(
             2,
             (
                 SpaceOp.out("x", 2),
-                SpaceOp.template("inp", "y", 1),
                 SpaceOp.template("delete", "y", ANY),
                 SpaceOp.template("rdp", "z", ANY),
             ),
         )
+        before = space.snapshot()
         reply = self.successResultOf(defer.Deferred.fromCoroutine(carry_out(client, failing)))
-        self.assertEqual(reply, SpaceReply(2, False, 3))
-        self.assertEqual(matching(space, ("x", int)), [])
-        self.assertEqual(sorted(matching(space, ("y", int))), [("y", 1), ("y", 2)])
-        scan = SpaceRequest(3, (SpaceOp.out("x", 3), SpaceOp.template("scan", "y", ANY)))
-        plain = FakeClient(space)
-        reply = self.successResultOf(defer.Deferred.fromCoroutine(carry_out(plain, scan)))
-        self.assertEqual(reply, SpaceReply(3, False, 1))
-        self.assertEqual(matching(space, ("x", int)), [])
+        self.assertEqual(reply, SpaceReply(2, False, 2))
+        self.assertEqual(reply, model.apply(failing))
+        self.assertEqual(len(client.calls), 2)
+        self.assertEqual(list(space.tuples()), [("y", 2)])
+        self.assertEqual(space.sequence, TupleSpace.restore(before).sequence)
+
+    def test_carry_out_invalid_operation(self) -> None:
+        """
+        An operation that is no tuple or template fails its request as in the model:
+        at it, unless one before it fails first (the space says, applying nothing).
+        """
+        space = TupleSpace()
+        client = RecordingClient(space)
+        model = TableSpace()
+        for ops in (
+            (SpaceOp.out("x", {"not": "a field"}),),
+            (SpaceOp.out("x", 1), SpaceOp.out("x", {"not": "a field"})),
+            (SpaceOp.template("inp", "none"), SpaceOp.out("x", {"not": "a field"})),
+        ):
+            request = SpaceRequest(1, ops)
+            reply = self.successResultOf(defer.Deferred.fromCoroutine(carry_out(client, request)))
+            self.assertEqual(reply, model.apply(request))
+            self.assertFalse(reply.ok)
+        self.assertEqual(len(space), 0)
+        self.assertEqual(len(client.calls), 2)
+
+    def test_carry_out_is_one_request(self) -> None:
+        """
+        Two FTMs' guarded writes do not interleave: each is one atomic request, so
+        the one the space applies second sees all of the first (its guard fails on
+        the epoch the first took), whichever order their operations were sent in.
+        """
+        space = TupleSpace()
+        space.out(1, 1, ("epoch", 1))
+        space.out(1, 2, ("row", "old"))
+        first, second = FakeClient(space, hold=True), FakeClient(space, hold=True)
+
+        def write(me: str) -> SpaceRequest:
+            return SpaceRequest(
+                1,
+                (
+                    SpaceOp.template("inp", "epoch", 1),
+                    SpaceOp.out("epoch", 2),
+                    SpaceOp.template("delete", "row", ANY),
+                    SpaceOp.out("row", me),
+                ),
+            )
+
+        a = defer.Deferred.fromCoroutine(carry_out(first, write("a")))
+        b = defer.Deferred.fromCoroutine(carry_out(second, write("b")))
+        self.assertEqual((len(first.held), len(second.held)), (1, 1))
+        second.release()
+        first.release()
+        self.assertEqual(
+            self.successResultOf(b), SpaceReply(1, True, -1, (("epoch", 1), None, 1, None))
+        )
+        self.assertEqual(self.successResultOf(a), SpaceReply(1, False, 0))
+        self.assertEqual(list(space.tuples()), [("epoch", 2), ("row", "b")])
+
+    def test_carry_out_on_lipsd_client(self) -> None:
+        """
+        On lipsd's own client (lips.client, here on a memory server), a request is
+        one ATOMIC message: the server applies no other operation for it.
+        """
+        clock = Clock()
+        server = memory_server(clock)
+        client, pump = memory_client(server, clock)
+        request = SpaceRequest(
+            1,
+            (
+                SpaceOp.out("t", 1),
+                SpaceOp.out("t", 2),
+                SpaceOp.template("scan", "t", ANY),
+                SpaceOp.template("delete", "t", 1),
+                SpaceOp.template("absent", "t", 1),
+            ),
+        )
+        before = dict(server.counters)
+        d = defer.Deferred.fromCoroutine(carry_out(client, request))
+        pump.flush()
+        self.assertEqual(
+            self.successResultOf(d),
+            SpaceReply(1, True, -1, (None, None, (("t", 1), ("t", 2)), 1, None)),
+        )
+        ops = {k: v - before.get(k, 0) for k, v in server.counters.items() if k.startswith("ops.")}
+        self.assertEqual({k: v for k, v in ops.items() if v}, {"ops.atomic": 1})
 
     def test_stop(self) -> None:
         """Stopping kills its ARMORs and removes its socket."""

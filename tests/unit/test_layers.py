@@ -88,7 +88,23 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
             "validate",
         }
     ),
-    "cli": frozenset({"lips", "errors", "testing", "tuples", "client", "blocking", "validate"}),
+    # applications under the FTM, the user's side: job files, submitting, the tables.
+    "jobs": frozenset(
+        {"armor", "strategy", "cluster", "client", "blocking", "kernel", "tuples", "validate"}
+    ),
+    "cli": frozenset(
+        {
+            "lips",
+            "errors",
+            "testing",
+            "tuples",
+            "client",
+            "blocking",
+            "validate",
+            "jobs",
+            "cluster",
+        }
+    ),
     "lips": frozenset({"errors", "tuples", "client", "blocking"}),
 }
 

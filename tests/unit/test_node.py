@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -39,7 +40,16 @@ from lips.node import (
 from lips.space import Kind, Status, TupleSpace
 from lips.tap import node as node_tap
 from lips.testing import ClusterMember, write_cluster
-from lips.tuples import LTuple, make_template, make_tuple, packb, unpackb
+from lips.tuples import (
+    AtomicAborted,
+    LTuple,
+    Step,
+    StepResult,
+    make_template,
+    make_tuple,
+    packb,
+    unpackb,
+)
 
 IDLE = Sample(load1=0.2, cpu_idle=90.0, free_memory=4 << 30, processes=0)
 BUSY = Sample(load1=3.5, cpu_idle=10.0, free_memory=4 << 30, processes=2)
@@ -106,6 +116,18 @@ class FakeClient:
 
     def rdp(self, template: Sequence[Any]) -> defer.Deferred[LTuple | None]:
         return self._take(Kind.RDP, template)
+
+    def atomic(self, steps: Sequence[Step]) -> defer.Deferred[tuple[StepResult, ...]]:
+        """As the real client: each step's result, or L{AtomicAborted}."""
+
+        def apply(event: int) -> tuple[StepResult, ...] | Failure:
+            [done, *_] = self.space.atomic(self.pid, event, steps)
+            if done.aborted is not None:
+                return Failure(AtomicAborted(*done.aborted))
+            assert done.results is not None
+            return done.results
+
+        return self._op(apply)
 
     def checkpoint(self, state: Any) -> defer.Deferred[None]:
         def apply(event: int) -> None:

@@ -13,9 +13,10 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from lips.armor import IArmorType, IBlockType
+from lips.armor import IArmorType, IBlockType, armor_id
+from lips.armor.ftm import FTM, ArmorEntry, Role
 from lips.ring import Join, Opened, State, decode
-from lips.tap import fixserver, msgserver, node
+from lips.tap import fixserver, ftm, msgserver, node
 from lips.tap._server import RingService, ServerOptions, make_server_service
 from tests.unit.test_ring_protocol import FakeReactor
 
@@ -24,7 +25,7 @@ class PluginTests(SynchronousTestCase):
     def test_plugins_listed(self) -> None:
         """getPlugins(IServiceMaker) lists exactly the LiPS roles that work."""
         names = {p.tapname for p in getPlugins(IServiceMaker) if p.tapname.startswith("lips-")}
-        self.assertEqual(names, {"lips-msgserver", "lips-fixserver", "lips-node"})
+        self.assertEqual(names, {"lips-msgserver", "lips-fixserver", "lips-node", "lips-ftm"})
 
     def test_armor_plugins_listed(self) -> None:
         """twisted/plugins/lips_armor.py registers LiPS's ARMOR and block types."""
@@ -39,6 +40,73 @@ class PluginTests(SynchronousTestCase):
         self.assertIs(by_name["lips-msgserver"].options, msgserver.Options)
         self.assertIs(by_name["lips-fixserver"].options, fixserver.Options)
         self.assertIs(by_name["lips-node"].options, node.Options)
+        self.assertIs(by_name["lips-ftm"].options, ftm.Options)
+
+
+class FtmOptionsTests(SynchronousTestCase):
+    """C{twistd lips-ftm}'s options: what it needs, and its clear refusals."""
+
+    def cluster(self) -> str:
+        from lips.testing import Cluster
+
+        return str(Cluster.create(Path(self.mktemp()), fixservers=2).path)
+
+    def parse(self, *argv: str) -> ftm.Options:
+        o = ftm.Options()
+        o.parseOptions(list(argv))
+        return o
+
+    def test_good(self) -> None:
+        o = self.parse("--config", self.cluster(), "--node", "n1", "--tick", "0.2")
+        self.assertEqual(o["tick"], 0.2)
+        self.assertTrue(o["socket"].endswith("/lips-armor/n1/daemon.sock"), o["socket"])
+        service = ftm.makeService(o, MemoryReactorClock())
+        self.assertIsInstance(service, ftm.FtmService)
+        self.assertEqual(service.node, "n1")
+
+    def test_refusals(self) -> None:
+        path = self.cluster()
+        for argv, words in (
+            ((), "--config"),
+            (("--config", path), "--node"),
+            (("--config", path, "--node", "N 1"), "--node"),
+            (("--config", "/nonexistent.toml", "--node", "n1"), "nonexistent"),
+            (("--config", path, "--node", "n1", "--tick", "0"), "tick"),
+            (("--config", path, "--node", "n1", "--socket", "/" + "x" * 120), "too long"),
+        ):
+            with self.assertRaises(UsageError) as e:
+                self.parse(*argv)
+            self.assertIn(words, str(e.exception), argv)
+
+    def test_standby_ids(self) -> None:
+        self.assertEqual(ftm.standby_id("n2"), "ftm.s-n2")
+
+    def choose(self, tuples: list[tuple[object, ...]], node: str = "n1") -> FTM:
+        from twisted.internet import defer
+
+        from lips.tuples import make_template
+
+        class Space:
+            def rdp(self, template: tuple[object, ...]) -> defer.Deferred[object]:
+                t = make_template(template)
+                return defer.succeed(next((v for v in tuples if t.matches(v)), None))
+
+        o = self.parse("--config", self.cluster(), "--node", node)
+        service = ftm.FtmService(
+            MemoryReactorClock(), o["cluster"], node, o["socket"], lambda: defer.succeed(Space())
+        )
+        return self.successResultOf(defer.Deferred.fromCoroutine(service.choose()))
+
+    def test_which_ftm_it_runs(self) -> None:
+        """The first FTM; this node's own again (over its epoch); else a standby."""
+        first = self.choose([])
+        self.assertEqual((first.id, first.role, first.epoch), ("ftm", Role.STARTING, 0))
+        again = self.choose([("ftm-epoch", 3, "ftm")])
+        self.assertEqual((again.id, again.role, again.epoch), ("ftm", Role.STARTING, 3))
+        row = ArmorEntry(armor_id("ftm.b-e1-4"), "ftm", "", "n2").to_tuple()
+        standby = self.choose([("ftm-epoch", 2, "ftm.b-e1-4"), row])
+        self.assertEqual((standby.id, standby.role), ("ftm.s-n1", Role.BACKUP))
+        self.assertEqual((standby.primary, standby.primary_node), ("ftm.b-e1-4", "n2"))
 
 
 class OptionsTests(SynchronousTestCase):

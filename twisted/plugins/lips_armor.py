@@ -40,6 +40,11 @@ lipsInitialization = ArmorType(
     "lips.armor.initialization:InitializationArmor.from_config",
     "Surveys a node into the FTM's host table.",
 )
+lipsSubmitter = ArmorType(
+    "submitter",
+    "lips.armor.submit:SubmitterArmor.from_config",
+    "Hands one application to the FTM and waits for its result (lips submit's).",
+)
 
 # -- block types ----------------------------------------------------------------------------
 
@@ -77,6 +82,11 @@ lipsInitializationBlock = BlockType(
     "initialization",
     "lips.armor.initialization:NodeSurvey.from_config",
     "Sends the node's survey to the FTM until acknowledged.",
+)
+lipsSubmitBlock = BlockType(
+    "submit",
+    "lips.armor.submit:SubmitBlock.from_config",
+    "Submits the application to the FTM the space names until it answers for good.",
 )
 
 # -- execution strategies -------------------------------------------------------------------

@@ -16,3 +16,9 @@ lipsNode = ServiceMaker(
     "lipsd: node state, watchdog, eval'd processes, failover.",
     "lips-node",
 )
+lipsFtm = ServiceMaker(
+    "LiPS Fault Tolerance Manager",
+    "lips.tap.ftm",
+    "Chameleon's FTM: runs applications under their strategies (or stands by as a backup).",
+    "lips-ftm",
+)
