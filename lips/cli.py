@@ -492,7 +492,7 @@ def _job_status(args: argparse.Namespace) -> int:
             for v in views:
                 print(json.dumps(_to_json(jobs.armor_view(v)), ensure_ascii=False))
         else:
-            for line in jobs.armor_tree(views) or ["no ARMORs"]:
+            for line in jobs.armor_tree(views, jobs.epoch_holder(space)) or ["no ARMORs"]:
                 print(line)
         return 0
     except LipsError as e:

@@ -41,13 +41,13 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from lips.armor import ArmorRow, armor_template, link_key
-from lips.armor.ftm import AppRow, ArmorEntry
+from lips.armor.ftm import AppRow, ArmorEntry, current_ftm
 from lips.armor.process import ArmorHost, daemon_socket
 from lips.armor.submit import SUBMITTER_TYPE, Submission, SubmitterArmor, submitter_id
 from lips.cluster import ClusterConfig
 from lips.kernel import Deliver
 from lips.strategy import Job, JobError
-from lips.tuples import Step
+from lips.tuples import ANY, Step
 
 __all__ = [
     "ArmorView",
@@ -57,6 +57,7 @@ __all__ = [
     "check_app_name",
     "new_app_name",
     "armor_tree",
+    "epoch_holder",
     "daemon_socket",
     "job_from_options",
     "load_job",
@@ -280,33 +281,52 @@ def read_armors(space: Any) -> list[ArmorView]:
     return sorted(views, key=lambda v: v.armor)
 
 
-def armor_tree(views: Iterable[ArmorView]) -> list[str]:
-    """The lines of the tree of who manages whom (roots: ARMORs with no manager here)."""
-    views = list(views)
+def armor_tree(views: Iterable[ArmorView], root: str | None = None) -> list[str]:
+    """
+    The lines of the tree of who manages whom.  Its roots: C{root} (the FTM that holds
+    the epoch: its own manager is its backup, which it manages), the ARMORs whose
+    manager is not in the table, and then any ARMOR not shown yet (a cycle).
+    """
+    views = sorted(views, key=lambda v: v.armor)
     by_id = {v.armor: v for v in views}
     children: dict[str, list[ArmorView]] = {}
-    roots = []
+    roots = [by_id[root]] if root in by_id else []
     for v in views:
+        if v.armor == root:
+            continue
         if v.manager and v.manager in by_id and v.manager != v.armor:
             children.setdefault(v.manager, []).append(v)
         else:
             roots.append(v)
     lines: list[str] = []
+    shown: set[str] = set()
 
-    def show(v: ArmorView, depth: int, seen: frozenset[str]) -> None:
+    def show(v: ArmorView, depth: int) -> None:
+        shown.add(v.armor)
         runs = ", ".join(f"{n}#{i}" for n, i in v.running) or "not running"
         app = f" [{v.application}]" if v.application else ""
         lines.append(
             f"{'  ' * depth}{v.armor} ({v.type}{app}) on {v.node}, incarnation"
             f" {v.incarnation}: {runs}"
         )
-        for c in sorted(children.get(v.armor, []), key=lambda c: c.armor):
-            if c.armor not in seen:
-                show(c, depth + 1, seen | {c.armor})
+        for c in children.get(v.armor, []):
+            if c.armor not in shown:
+                show(c, depth + 1)
 
-    for v in sorted(roots, key=lambda v: v.armor):
-        show(v, 0, frozenset({v.armor}))
+    for v in roots:
+        if v.armor not in shown:
+            show(v, 0)
+    for v in views:
+        if v.armor not in shown:
+            show(v, 0)
     return lines
+
+
+def epoch_holder(space: Any) -> str | None:
+    """The FTM that holds the epoch, read with the blocking client C{space}."""
+    found = space.rdp(("ftm-epoch", ANY, ANY))
+    holder = current_ftm([found]) if found is not None else None
+    return None if holder is None else holder[1]
 
 
 def app_view(row: AppRow) -> dict[str, Any]:

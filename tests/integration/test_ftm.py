@@ -9,7 +9,9 @@ simplex strategy and ends with its result reported once.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,20 @@ from tests.integration._support import ServerFarm, eventually, spawn_lipsd, star
 
 ROOT = Path(__file__).resolve().parents[2]
 TICK = 0.2
+
+
+APP = "tests.integration._ftmapp"
+
+
+async def lips_cli(*args: str) -> tuple[int, str]:
+    """Run the lips command line to completion: its exit status and its stdout."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await within(
+        getProcessOutputAndValue(sys.executable, ["-m", "lips.cli", *args], env=dict(os.environ)),
+        60,
+    )
+    return code, out.decode() + (err.decode() if code else "")
 
 
 def _reactor() -> Any:
@@ -106,6 +122,33 @@ async def test_a_job_under_the_ftm(
         assert found is not None
         row = AppRow.from_tuple(found)
         assert row.state in (AppState.DONE, AppState.REPORTED)
+
+        # -- the command line sees it: lips job status, lips armors, lips submit ----------
+        code, out = await lips_cli("job", "status", "-c", str(rings.path), "itest", "--json")
+        assert code == 0, out
+        status = json.loads(out)
+        assert (status["state"], status["result"]) in (
+            ("reported", {"main": 144}),
+            ("done", {"main": 144}),
+        )
+        code, out = await lips_cli("armors", "-c", str(rings.path))
+        assert code == 0, out
+        assert out.splitlines()[0].startswith("ftm (ftm) on n1"), out
+        assert "heartbeat." in out, out
+        code, out = await lips_cli(
+            "submit",
+            "-c",
+            str(rings.path),
+            "--node",
+            "n2",
+            "--socket",
+            str(runtime / "n2" / "daemon.sock"),
+            "--target",
+            f"{APP}:square",
+            "--arg",
+            "5",
+        )
+        assert (code, out.strip().splitlines()[-1]) == (0, '{"main": 25}'), out
 
         # -- the FTM crashes: its backup (on n2) takes epoch 2 and runs the next job -------
         backup = await within(client.rd(("ftm-backup", 1, ANY), timeout=10), 15)

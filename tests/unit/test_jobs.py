@@ -137,6 +137,27 @@ class TableViewTests(SynchronousTestCase):
         self.assertIn("not running", lines[1])
         self.assertEqual(jobs.armor_view(views[0])["running"], [["n1", 1]])
 
+    def test_the_ftm_and_its_backup_manage_each_other(self) -> None:
+        """The epoch holder is the root; a cycle without it still shows every ARMOR."""
+        views = jobs.read_armors(
+            FakeSpace(
+                [
+                    ArmorEntry(armor_id("ftm"), "ftm", "ftm.b-e1-2", "n1").to_tuple(),
+                    ArmorEntry(armor_id("ftm.b-e1-2"), "ftm", "ftm", "n2").to_tuple(),
+                    ArmorEntry(armor_id("heartbeat.e1-1"), "heartbeat", "ftm", "n1").to_tuple(),
+                ]
+            )
+        )
+        lines = jobs.armor_tree(views, "ftm")
+        self.assertEqual(
+            [line.split(" (")[0] for line in lines], ["ftm", "  ftm.b-e1-2", "  heartbeat.e1-1"]
+        )
+        self.assertEqual(len(jobs.armor_tree(views)), 3)
+        self.assertEqual(
+            jobs.epoch_holder(FakeSpace([("ftm-epoch", 2, "ftm.b-e1-2")])), "ftm.b-e1-2"
+        )
+        self.assertIsNone(jobs.epoch_holder(FakeSpace([])))
+
     def test_an_app_row(self) -> None:
         row = AppRow(
             "app",
