@@ -45,7 +45,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import psutil
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
@@ -54,7 +53,7 @@ from lips import jobs
 from lips.armor import armor_template
 from lips.armor.ftm import ArmorEntry, HostRow
 from lips.cluster import load_cluster
-from lips.testing import Cluster, Process, free_port
+from lips.testing import Cluster, Process, armor_process, free_port
 from lips.tuples import ANY
 
 #: The paper's figures (ms), section 6.2 and Table 4.
@@ -166,13 +165,10 @@ class Bench:
         return None
 
     def armor_pid(self, node: str, armor: str) -> int:
-        for child in psutil.Process(self.nodes[node].pid).children(recursive=True):
-            try:
-                if child.environ().get("LIPS_ARMOR_ID") == armor:
-                    return int(child.pid)
-            except psutil.Error:
-                continue
-        raise LookupError(f"no process of {armor} on {node}")
+        found = armor_process(self.nodes[node].pid, armor)
+        if found is None:
+            raise LookupError(f"no process of {armor} on {node}")
+        return int(found.pid)
 
     def submit(self, target: str, args: list[Any], via: str = "n2") -> defer.Deferred[Any]:
         self._jobs += 1

@@ -32,6 +32,7 @@ L{twisted.internet.task.react}, and imports no reactor itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -79,6 +80,7 @@ __all__ = [
     "ID_VAR",
     "INCARNATION_VAR",
     "SOCKET_NAME",
+    "TITLE_PREFIX",
     "MANAGER_VAR",
     "SOCKET_VAR",
     "TYPE_VAR",
@@ -88,7 +90,9 @@ __all__ = [
     "environment",
     "main",
     "read_spec",
+    "run",
     "stdin_input",
+    "title",
 ]
 
 ID_VAR: Final = "LIPS_ARMOR_ID"
@@ -108,6 +112,8 @@ CRASHED: Final = 70
 
 #: Seconds it waits for the daemon's socket to accept it.
 CONNECT_TIMEOUT: Final = 10
+#: How an ARMOR process's title starts (L{title}).
+TITLE_PREFIX: Final = "lips-armor"
 #: The name of a daemon's socket in its runtime directory.
 SOCKET_NAME: Final = "daemon.sock"
 
@@ -399,24 +405,51 @@ class ArmorHost:
         self.link.write(Frame.of_message(effect.message))
 
 
+def title(spec: ArmorSpec) -> str:
+    """The process title of C{spec}'s process, as C{ps} shows it."""
+    return f"{TITLE_PREFIX} {spec.armor}#{spec.incarnation} ({spec.type})"
+
+
+def set_title(spec: ArmorSpec) -> None:
+    """Name this process C{title(spec)} (a forked one's argv is its zygote's)."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; ps then shows the argv
+        return
+    setproctitle.setproctitle(title(spec))
+
+
+def run(environ: Mapping[str, str], data: bytes) -> int:
+    """
+    Be the ARMOR process that C{environ} and the standard-input bytes C{data} describe
+    (logging to standard error), until its link is lost; its exit status.  What
+    C{main} does, and what a process forked by the zygote (L{lips.armor.zygote}) does.
+    """
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    try:
+        spec, socket = read_spec(environ, data)
+    except ValueError as e:
+        print(f"lips.armor.process: {e}", file=sys.stderr)
+        return USAGE
+    set_title(spec)
+    status: list[int] = []
+
+    async def body(reactor: Any) -> None:
+        host = ArmorHost(reactor, spec, socket)
+        status.append(await host.run())
+
+    with contextlib.suppress(SystemExit):  # react ends with sys.exit
+        react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
+    return status[0] if status else CRASHED
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ARMOR process the environment and standard input describe, then exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     if argv:
         print("usage: python -m lips.armor.process (started by a daemon)", file=sys.stderr)
         raise SystemExit(USAGE)
-    try:
-        spec, socket = read_spec(os.environ, sys.stdin.buffer.read())
-    except ValueError as e:
-        print(f"lips.armor.process: {e}", file=sys.stderr)
-        raise SystemExit(USAGE) from None
-
-    async def run(reactor: Any) -> None:
-        host = ArmorHost(reactor, spec, socket)
-        raise SystemExit(await host.run())
-
-    react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    raise SystemExit(run(os.environ, sys.stdin.buffer.read()))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from lips.node._daemon import (
     DaemonService,
     IArmorChild,
     IArmorSpawner,
+    ZygoteSpawner,
     daemon_template,
     prepare_runtime,
 )
@@ -93,6 +94,7 @@ from lips.supervisor import (
 __all__ = [
     "DAEMON_TAG",
     "ArmorSpawner",
+    "ZygoteSpawner",
     "DaemonService",
     "IArmorChild",
     "IArmorSpawner",

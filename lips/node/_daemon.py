@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -48,6 +49,7 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IListeningPort, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -77,6 +79,8 @@ from lips.armor import (
 from lips.armor.process import SOCKET_NAME, stdin_input
 from lips.armor.process import environment as process_environment
 from lips.armor.space import SYSTEM_SPACE, SpaceReply, SpaceRequest
+from lips.armor.zygote import FrameBuffer
+from lips.armor.zygote import encode_frame as encode_zygote_frame
 from lips.kernel import Driver, Kill, Send, Spawn
 from lips.node._process import IChild, ReactorSpawner
 from lips.node._state import SystemSpace
@@ -95,6 +99,7 @@ __all__ = [
     "DAEMON_TAG",
     "ArmorSpawner",
     "DaemonService",
+    "ZygoteSpawner",
     "IArmorChild",
     "IArmorSpawner",
     "daemon_template",
@@ -105,7 +110,8 @@ T = TypeVar("T")
 
 #: The first field of the tuple where a node's daemon says where it listens.
 DAEMON_TAG: Final = "armor-daemon"
-#: The name of the local link's socket in the runtime directory.
+#: Zygote ends within a minute after which lipsd starts ARMOR processes without one.
+MAX_ZYGOTE_DEATHS: Final = 3
 #: Seconds a dial may take to connect (the handshake has its own deadline).
 DIAL_TIMEOUT: Final = 5.0
 #: Seconds between tries to write this daemon's endpoint while the space is unreachable.
@@ -282,6 +288,194 @@ class ArmorSpawner(ReactorSpawner):
             ["lips.armor.process"], self.armor_environment(spec, socket), stdin_input(spec), ended
         )
         return _ArmorChild(transport)
+
+
+class _Zygote(ProcessProtocol):
+    """lipsd's end of one zygote (L{lips.armor.zygote}): its requests and its news."""
+
+    log = Logger()
+
+    def __init__(self, spawner: ZygoteSpawner) -> None:
+        self.spawner = spawner
+        self.children: dict[int, _ZygoteChild] = {}
+        self.alive = True
+        #: Fires when the zygote process has ended.
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._frames = FrameBuffer()
+        self._handles = iter(range(1, 1 << 62))
+
+    def fork(
+        self, env: dict[str, str], stdin: bytes, ended: Callable[[Exit], None]
+    ) -> _ZygoteChild:
+        assert self.transport is not None
+        handle = next(self._handles)
+        child = self.children[handle] = _ZygoteChild(ended)
+        self.transport.write(encode_zygote_frame("fork", handle, env, stdin))
+        return child
+
+    def outReceived(self, data: bytes) -> None:
+        try:
+            for frame in self._frames.feed(data):
+                self._news(frame)
+        except (ValueError, TypeError) as e:
+            self.log.error("The ARMOR zygote said something wrong ({error}): ending it", error=e)
+            self.stop()
+
+    def _news(self, frame: list[Any]) -> None:
+        kind, handle = frame[0], frame[1] if len(frame) > 1 else None
+        if type(handle) is not int or handle not in self.children:
+            raise ValueError(f"news of no child: {frame[:2]!r}")
+        child = self.children[handle]
+        if kind == "forked" and len(frame) == 3 and type(frame[2]) is int:
+            child.forked(frame[2])
+        elif kind == "failed" and len(frame) == 3:
+            del self.children[handle]
+            child.end(Exit(error=f"the zygote could not fork: {frame[2]}"))
+        elif kind == "ended" and len(frame) == 4:
+            del self.children[handle]
+            code, sig = frame[2], frame[3]
+            child.end(Exit(code=code, signal=sig))
+        else:
+            raise ValueError(f"unknown news {kind!r}")
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(error.ProcessExitedAlready):
+                self.transport.signalProcess("KILL")
+
+    def processEnded(self, reason: Failure) -> None:
+        self.alive = False
+        self.spawner.zygote_ended(self, reason.getErrorMessage())
+        children, self.children = self.children, {}
+        for child in children.values():
+            child.kill()  # one it forked and can no longer report on
+            child.end(Exit(error="its zygote ended"))
+        self.ended.callback(None)
+
+
+@implementer(IArmorChild)
+class _ZygoteChild:
+    """An ARMOR process a zygote forked (or is forking: signals wait for its pid)."""
+
+    def __init__(self, ended: Callable[[Exit], None]) -> None:
+        self._ended = ended
+        self.pid: int | None = None
+        self._pending: int | None = None
+        self._done = False
+
+    @property
+    def os_pid(self) -> int | None:
+        return self.pid
+
+    def forked(self, pid: int) -> None:
+        self.pid = pid
+        if self._pending is not None:
+            self._signal(self._pending)
+
+    def end(self, exit: Exit) -> None:
+        if not self._done:
+            self._done = True
+            self._ended(exit)
+
+    def _signal(self, number: int) -> None:
+        if self._done:
+            return
+        if self.pid is None:
+            self._pending = number if self._pending != signal.SIGKILL else self._pending
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+@implementer(IArmorSpawner)
+class ZygoteSpawner(ArmorSpawner):
+    """
+    lipsd's spawner whose ARMOR processes are forked by a zygote
+    (C{python -m lips.armor.zygote}), which has imported what they run: an install costs
+    a fork instead of an interpreter's start and its imports.  The zygote is started
+    with the first install and again after it ends (what it had forked is then killed
+    and reported ended); after L{MAX_ZYGOTE_DEATHS} ends within a minute, or when it
+    cannot be started at all, ARMOR processes are started as L{ArmorSpawner} starts
+    them.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, **kwargs: Any) -> None:
+        super().__init__(reactor, **kwargs)
+        self._zygote: _Zygote | None = None
+        self._deaths: list[float] = []
+        self.disabled = False
+
+    def _zygote_(self) -> _Zygote | None:
+        if self.disabled:
+            return None
+        if self._zygote is None or not self._zygote.alive:
+            zygote = _Zygote(self)
+            env = self.armor_environment_base()
+            exe = self._executable
+            try:
+                self._reactor.spawnProcess(
+                    zygote,
+                    exe,
+                    [exe, "-m", "lips.armor.zygote"],
+                    env=env,
+                    path=self._cwd,
+                    childFDs={0: "w", 1: "r", 2: 2},
+                )
+            except OSError as e:
+                self.log.warn("Cannot start the ARMOR zygote ({error})", error=e)
+                self.disabled = True
+                return None
+            self._zygote = zygote
+        return self._zygote
+
+    def armor_environment_base(self) -> dict[str, str]:
+        """The environment of the zygote: lipsd's, with the ARMORs' C{PYTHONPATH}."""
+        env = dict(os.environ)
+        path = [*self._pythonpath, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(path)
+        return env
+
+    def zygote_ended(self, zygote: _Zygote, reason: str) -> None:
+        now = self._reactor.seconds()
+        self._deaths = [t for t in self._deaths if now - t < 60.0] + [now]
+        if self._zygote is zygote:
+            self._zygote = None
+        if len(self._deaths) >= MAX_ZYGOTE_DEATHS and not self.disabled:
+            self.disabled = True
+            self.log.warn(
+                "The ARMOR zygote ended {count} times within a minute ({reason}):"
+                " ARMOR processes are started without it from now on",
+                count=len(self._deaths),
+                reason=reason,
+            )
+
+    def spawn_armor(
+        self, spec: ArmorSpec, socket: str, ended: Callable[[Exit], None]
+    ) -> IArmorChild:
+        zygote = self._zygote_()
+        if zygote is None:
+            return super().spawn_armor(spec, socket, ended)
+        return zygote.fork(self.armor_environment(spec, socket), stdin_input(spec), ended)
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        End the zygote: it exits at the end of its input (the processes it forked are
+        not touched: they end with their links).  Fires once it has ended.
+        """
+        zygote, self._zygote = self._zygote, None
+        if zygote is None or not zygote.alive or zygote.transport is None:
+            return defer.succeed(None)
+        zygote.transport.closeStdin()
+        return zygote.ended
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -472,6 +666,9 @@ class DaemonService(service.Service):
                 await client.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
+        stop = getattr(self.spawner, "stop", None)
+        if callable(stop):  # a ZygoteSpawner's zygote
+            stop()
 
     def _spawn_work(self, work: Coroutine[Any, Any, Any]) -> None:
         d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(work)

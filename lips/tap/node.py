@@ -32,6 +32,7 @@ from lips.node import (
     RestartPolicy,
     Supervisor,
     Watchdog,
+    ZygoteSpawner,
     say_goodbye,
 )
 from lips.tap._armor import ARMOR_PARAMETERS, armor_service, check_armor_options
@@ -231,7 +232,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     supervisor = Supervisor(name, policy=options["restart"])
     # One spawner for every child of lipsd: its eval'd processes and its ARMOR processes.
     armor = options["armor"] is not None
-    spawner = (ArmorSpawner if armor else ReactorSpawner)(
+    spawner = (ZygoteSpawner if armor else ReactorSpawner)(
         reactor, pythonpath=options["pythonpath"]
     )
 

@@ -31,6 +31,7 @@ from lips.client import ClientProtocol, TupleSpaceClient
 from lips.protocols import MessageServerProtocol
 from lips.server import LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
+from lips.testing._armors import armor_process
 from lips.testing._cluster import ClusterMember, write_cluster
 from lips.testing._harness import (
     ANY_LOAD,
@@ -56,6 +57,7 @@ from lips.tuples import DEFAULT_LIMITS, Limits
 from lips.wire import Hello, Welcome
 
 __all__ = [
+    "armor_process",
     "ANY_LOAD",
     "MEMORY_BOUNDS",
     "ROLES",

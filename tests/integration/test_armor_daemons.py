@@ -47,6 +47,7 @@ from lips.armor import (
 from lips.cluster import load_cluster
 from lips.node import daemon_template
 from lips.protocols import DaemonLink, IDaemonLinkHost, LinkPhase
+from lips.testing import armor_process as find_armor_process
 from lips.testing import free_port
 from tests.integration import _armorapp
 from tests.integration._support import (
@@ -121,14 +122,11 @@ class ManagerSide:
 
 
 def armor_process(lipsd: TwistdServer, armor: str) -> psutil.Process:
-    """The ARMOR process of C{armor} among C{lipsd}'s children."""
-    for child in psutil.Process(lipsd.pid).children(recursive=True):
-        try:
-            if child.environ().get("LIPS_ARMOR_ID") == armor:
-                return child
-        except psutil.Error:
-            continue
-    raise AssertionError(f"no ARMOR process of {armor} under {lipsd.name}")
+    """The ARMOR process of C{armor} under C{lipsd} (forked by its zygote)."""
+    found = find_armor_process(lipsd.pid, armor)
+    if found is None:
+        raise AssertionError(f"no ARMOR process of {armor} under {lipsd.name}")
+    return found
 
 
 @pytest_twisted.ensureDeferred
@@ -204,7 +202,8 @@ async def test_armor_daemons(
         assert row == ("armor", A, "test-echo", SM, "n1", 1, "itest")
         process_a = armor_process(lipsd["n1"], A)
         process_b = armor_process(lipsd["n2"], B)
-        assert process_a.environ()["LIPS_ARMOR_INCARNATION"] == "1"
+        title = " ".join(process_a.cmdline()).strip()
+        assert title == f"lips-armor {A}#1 (test-echo)", title
 
         # -- routing: n1 -> n2 -> n1 -> the manager ----------------------------------------
         tester.send(n1, "relay", A, {"to": B, "body": "ping-7"})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psutil
 import pytest
 import pytest_twisted
 
@@ -39,7 +40,7 @@ from lips import jobs
 from lips.armor import armor_template
 from lips.armor.ftm import AppRow, AppState, ArmorEntry, HostRow
 from lips.cluster import load_cluster
-from lips.testing import free_port
+from lips.testing import armor_process, free_port
 from lips.tuples import ANY, Step
 from tests.integration._support import (
     ServerFarm,
@@ -59,17 +60,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def armor_process(lipsd: TwistdServer, armor: str) -> psutil.Process | None:
-    """The ARMOR process of C{armor} among C{lipsd}'s children, if there is one."""
-    for child in psutil.Process(lipsd.pid).children(recursive=True):
-        try:
-            if child.environ().get("LIPS_ARMOR_ID") == armor:
-                return child
-        except psutil.Error:
-            continue
-    return None
 
 
 class Bed:
@@ -128,11 +118,18 @@ class Bed:
         found: list[psutil.Process] = []
 
         async def running() -> bool:
-            p = armor_process(self.lipsd[node], armor)
+            p = armor_process(self.lipsd[node].pid, armor)
             found[:] = [p] if p is not None else []
             return bool(found)
 
-        await eventually(running, seconds=30, what=f"the process of {armor} on {node}")
+        try:
+            await eventually(running, seconds=30, what=f"the process of {armor} on {node}")
+        except AssertionError:
+            seen = [
+                (c.pid, " ".join(c.cmdline()))
+                for c in psutil.Process(self.lipsd[node].pid).children(recursive=True)
+            ]
+            raise AssertionError(f"no process of {armor} under {node}: {seen}") from None
         return found[0]
 
     async def run(
