@@ -15,8 +15,8 @@ core (L{lips.armor.Daemon}) on a L{lips.kernel.Driver}, and owns what the core t
   - The ARMOR processes: started with L{ArmorSpawner}, lipsd's L{ReactorSpawner}
     with one more kind of child (C{python -m lips.armor.process}).
   - The ARMOR table, in the System Tuple Space, through lipsd's client: the core's
-    L{Lookup}, L{Register} and L{Unregister} become C{rdp}, C{inp} and C{out} of
-    L{ArmorRow} tuples, one at a time, in order.
+    L{Lookup}, L{Register} and L{Unregister} become an C{rdp}, one atomic request
+    (L{register}) and an C{inp} of L{ArmorRow} tuples, in order.
   - The spaces (L{SpacePeer}): a L{SpaceCall} for C{space.system} (a local ARMOR's
     request, or the core's own: the epoch to join, the FTM's table to sweep against) is
     carried out on lipsd's System Tuple Space client, in order with the table work, as
@@ -93,7 +93,7 @@ from lips.protocols import (
     LocalLinkFactory,
 )
 from lips.supervisor import Exit
-from lips.tuples import MAX_STEPS, AtomicAborted, LTuple, Step, StepOp, StepResult, TupleError
+from lips.tuples import MAX_STEPS, AtomicAborted, Step, StepOp, StepResult, TupleError, Tuples
 
 __all__ = [
     "DAEMON_TAG",
@@ -104,6 +104,7 @@ __all__ = [
     "IArmorSpawner",
     "daemon_template",
     "prepare_runtime",
+    "register",
 ]
 
 T = TypeVar("T")
@@ -134,6 +135,30 @@ _STEP_OF: Final = {
 }
 #: Ends a request that must abort: stores this tuple, then fails on it.
 _ABORT: Final = (Step.out(("lipsd-invalid-operation",)), Step.absent(("lipsd-invalid-operation",)))
+
+
+async def register(client: _Client, row: ArmorRow) -> tuple[bool, str]:
+    """
+    Put C{row} in the ARMOR table in the place of the rows of its ARMOR, in one atomic
+    request (delete them, put it); whether it went in, and if not why: a row of a newer
+    incarnation was there, and is put back in the place of C{row} (a second request,
+    which only a registration racing a newer one needs).  Malformed rows of the ARMOR go.
+    """
+    deleted, _ = await client.atomic(
+        [Step.delete(armor_template(row.armor)), Step.out(row.as_tuple())]
+    )
+    assert isinstance(deleted, Tuples)
+    newer = []
+    for values in deleted:
+        with contextlib.suppress(ValueError):  # a malformed row: it goes
+            other = ArmorRow.from_tuple(values)
+            if other.incarnation > row.incarnation:
+                newer.append(values)
+    if not newer:
+        return True, ""
+    await client.atomic([Step.inp(row.as_tuple()), *(Step.out(values) for values in newer)])
+    best = max(map(ArmorRow.from_tuple, newer), key=lambda r: r.incarnation)
+    return False, f"incarnation {best.incarnation} runs on {best.node}"
 
 
 async def carry_out(client: _Client, request: SpaceRequest) -> SpaceReply:
@@ -744,29 +769,12 @@ class DaemonService(service.Service):
         self._in_table(work, lambda node: self.driver.input(self.daemon.located, armor, node))
 
     def _register(self, row: ArmorRow) -> None:
-        async def work(client: _Client) -> tuple[bool, str]:
-            taken: list[LTuple] = []
-            while (found := await client.inp(armor_template(row.armor))) is not None:
-                taken.append(found)
-            newer = []
-            for values in taken:
-                try:
-                    other = ArmorRow.from_tuple(values)
-                except ValueError:
-                    continue  # a malformed row: it goes
-                if other.incarnation > row.incarnation:
-                    newer.append(other)
-                    await client.out(values)
-            if newer:
-                return False, f"incarnation {newer[0].incarnation} runs on {newer[0].node}"
-            await client.out(row.as_tuple())
-            return True, ""
-
-        def answer(result: tuple[bool, str]) -> None:
-            ok, reason = result
-            self.driver.input(self.daemon.registered, row.armor, row.incarnation, ok, reason)
-
-        self._in_table(work, answer)
+        self._in_table(
+            lambda client: register(client, row),
+            lambda result: self.driver.input(
+                self.daemon.registered, row.armor, row.incarnation, *result
+            ),
+        )
 
     def _unregister(self, row: ArmorRow) -> None:
         async def work(client: _Client) -> None:

@@ -35,6 +35,7 @@ from lips.armor import (
     Armor,
     ArmorFactory,
     ArmorHello,
+    ArmorRow,
     ArmorSpec,
     ArmorType,
     AttachHello,
@@ -51,6 +52,7 @@ from lips.armor import (
     Installed,
     Message,
     armor_id,
+    armor_template,
     encode_frame,
     link_key,
 )
@@ -75,7 +77,7 @@ from lips.node import (
     daemon_template,
     prepare_runtime,
 )
-from lips.node._daemon import carry_out
+from lips.node._daemon import carry_out, register
 from lips.protocols import (
     DaemonLink,
     DaemonLinkFactory,
@@ -88,7 +90,7 @@ from lips.protocols import (
 from lips.space import TupleSpace
 from lips.tap import node as node_tap
 from lips.testing import ClusterMember, memory_client, memory_server, write_cluster
-from lips.tuples import ANY, LTuple, Step, StepResult
+from lips.tuples import ANY, LTuple, Step, StepResult, Tuples
 from tests.unit.test_node import FakeClient, matching
 
 KEY = link_key(b"k" * 32)
@@ -951,6 +953,33 @@ def short_directory(case: SynchronousTestCase) -> str:
     directory = tempfile.mkdtemp(prefix="lips-test-")
     case.addCleanup(shutil.rmtree, directory, True)
     return directory
+
+
+class RegisterTests(SynchronousTestCase):
+    """L{register}: a row in the place of its ARMOR's, in one atomic request."""
+
+    def row(self, incarnation: int, node: str = "n1") -> ArmorRow:
+        return ArmorRow(armor_id("echo.app.a"), "echo", armor_id("sm.app"), node, incarnation)
+
+    def test_in_the_place_of_older_rows(self) -> None:
+        space = TupleSpace()
+        client = RecordingClient(space)
+        self.successResultOf(client.atomic([Step.out(self.row(1).as_tuple())]))
+        client.calls.clear()
+        ok = self.successResultOf(defer.ensureDeferred(register(client, self.row(2, "n2"))))
+        self.assertEqual(ok, (True, ""))
+        self.assertEqual(len(client.calls), 1)
+        rows = self.successResultOf(client.atomic([Step.scan(armor_template("echo.app.a"))]))
+        self.assertEqual(rows[0], Tuples((self.row(2, "n2").as_tuple(),)))
+
+    def test_a_newer_incarnation_stays(self) -> None:
+        space = TupleSpace()
+        client = RecordingClient(space)
+        self.successResultOf(client.atomic([Step.out(self.row(3, "n3").as_tuple())]))
+        ok = self.successResultOf(defer.ensureDeferred(register(client, self.row(2))))
+        self.assertEqual(ok, (False, "incarnation 3 runs on n3"))
+        rows = self.successResultOf(client.atomic([Step.scan(armor_template("echo.app.a"))]))
+        self.assertEqual(rows[0], Tuples((self.row(3, "n3").as_tuple(),)))
 
 
 class ArmorOptionsTests(SynchronousTestCase):
