@@ -637,8 +637,9 @@ class Daemon:
     @param types: the ARMOR types it may install (the registered ones); None: any.
     @param allow: fnmatch patterns of the C{target} an install's configuration may name.
     @param rng: where the processes' tokens come from (L{random.SystemRandom} in lipsd).
-    @param boot: which run of this node's daemon this is (1 for the first), said in its
-        heartbeat answers.
+    @param boot: this run of the node's daemon, a positive number that differs from
+        its earlier runs' (lipsd: its start time in microseconds), said in its joins
+        and heartbeat answers: a new one tells the FTM the node restarted.
     @ivar counters: see L{DAEMON_COUNTERS}.
     @ivar absent: messages for ARMORs that do not live here, by the node that sent them.
     @ivar stopped: whether L{stop} was called.

@@ -7,6 +7,7 @@ it runs and lipsd does what it did before.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Final
 
 from twisted.python import usage
@@ -22,6 +23,7 @@ __all__ = [
     "advertised_endpoint",
     "armor_service",
     "check_armor_options",
+    "run_number",
 ]
 
 #: The longest path of a UNIX socket that binds everywhere (sun_path: 108 bytes on
@@ -133,6 +135,15 @@ def advertised_endpoint(listen: str) -> str | None:
     return f"tcp:host={host}:port={int(port)}"
 
 
+def run_number() -> int:
+    """
+    This run of lipsd's daemon, as its boot number: its start time in microseconds, so
+    that a lipsd started again says a new number (the FTM then knows that what ran
+    there before is gone, however soon it came back) with nothing kept between runs.
+    """
+    return max(1, time.time_ns() // 1000)
+
+
 def check_armor_options(options: usage.Options, name: str) -> None:
     """
     Check the ARMOR options of C{options} (lips-node's, node C{name}); set
@@ -204,7 +215,13 @@ def armor_service(
     def connect() -> Any:
         return lips.client.connect(reactor, endpoints, name=f"lipsd-{name}-armor", reconnect=True)
 
-    daemon = Daemon(name, policy=policy, types=ArmorFactory().names(), allow=options["allow"])
+    daemon = Daemon(
+        name,
+        policy=policy,
+        types=ArmorFactory().names(),
+        allow=options["allow"],
+        boot=run_number(),
+    )
     return DaemonService(
         daemon,
         spawner,

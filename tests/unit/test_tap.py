@@ -78,6 +78,16 @@ class FtmOptionsTests(SynchronousTestCase):
                 self.parse(*argv)
             self.assertIn(words, str(e.exception), argv)
 
+    def test_each_run_of_a_daemon_has_its_own_boot(self) -> None:
+        """lipsd's daemon says a new boot number each run: the FTM sees a restart."""
+        from lips.tap._armor import run_number
+
+        first = run_number()
+        second = run_number()
+        self.assertGreaterEqual(first, 1)
+        self.assertGreater(second, first - 1)
+        self.assertNotEqual(run_number(), 1)
+
     def test_standby_ids(self) -> None:
         self.assertEqual(ftm.standby_id("n2"), "ftm.s-n2")
 
