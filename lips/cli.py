@@ -279,7 +279,16 @@ def _parser() -> argparse.ArgumentParser:
                 "-t", "--timeout", type=_seconds, default=None, help="seconds to wait (0 or more)"
             )
         c.add_argument("fields", nargs="+")
-    sub.add_parser("status", aliases=["stats"], help="print a running server's counters")
+    st = sub.add_parser(
+        "status",
+        aliases=["stats"],
+        help="print a running server's counters (with -c: a FixServer's and the FTM's)",
+    )
+    st.add_argument(
+        "-c",
+        "--config",
+        help="a cluster file: ask its FixServers, and show the FTM's status too",
+    )
     sim = sub.add_parser("sim", help="run the ring simulator over many seeds")
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     sim.add_argument("--start", type=int, default=0, help="first seed (default 0)")
@@ -532,6 +541,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[str] = (
         args.server or os.environ.get("LIPS_SERVER", "").split() or [DEFAULT_SERVER]
     )
+    config = getattr(args, "config", None)
+    if config is not None:
+        try:
+            servers = _load_cluster(config).client_endpoints("fixserver")
+        except FieldError as e:
+            print(f"lips: {e}", file=sys.stderr)
+            return 2
     try:
         space = blocking.connect(servers, name=f"lips {command}")
     except Exception as e:
@@ -544,6 +560,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in ("status", "stats"):
             for k, v in sorted(space.stats().items()):
                 print(f"{k:32} {v}")
+            if config is not None:
+                from lips import jobs
+
+                ftm = jobs.read_ftm_status(space)
+                if ftm is None:
+                    print("ftm                              (no FTM has written its status)")
+                for k, v in (ftm or {}).items():
+                    print(f"{'ftm.' + k:32} {v}")
             return 0
         if command in ("in", "rd"):
             op = space.in_ if command == "in" else space.rd

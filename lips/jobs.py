@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import msgpack
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from lips.armor import ArmorRow, armor_template, link_key
-from lips.armor.ftm import AppRow, ArmorEntry, current_ftm
+from lips.armor.ftm import STATS_TAG, AppRow, ArmorEntry, current_ftm
 from lips.armor.process import ArmorHost, daemon_socket
 from lips.armor.submit import SUBMITTER_TYPE, Submission, SubmitterArmor, submitter_id
 from lips.cluster import ClusterConfig
@@ -63,6 +64,7 @@ __all__ = [
     "load_job",
     "read_app",
     "read_armors",
+    "read_ftm_status",
     "submit",
 ]
 
@@ -349,3 +351,19 @@ def armor_view(view: ArmorView) -> dict[str, Any]:
     value = attrs.asdict(view)
     value["running"] = [list(r) for r in view.running]
     return value
+
+
+def read_ftm_status(space: Any) -> dict[str, Any] | None:
+    """
+    The status the FTM last wrote (L{lips.armor.ftm.STATS_TAG}: its epoch, backup,
+    tables' sizes, applications by state and counters), read with the blocking client
+    C{space}; None if none was written or it cannot be read.
+    """
+    found = space.rdp((STATS_TAG, ANY, ANY))
+    if found is None or type(found[2]) is not bytes:
+        return None
+    try:
+        value = msgpack.unpackb(found[2], raw=False, strict_map_key=True, max_ext_len=0)
+    except Exception:
+        return None
+    return value if isinstance(value, dict) else None

@@ -121,6 +121,8 @@ __all__ = [
     "BACKUP_TAG",
     "EPOCH_TAG",
     "FAILURE_TAG",
+    "STATS_EVERY",
+    "STATS_TAG",
     "FTM_TYPE",
     "HEARTBEAT_TYPE",
     "INITIALIZATION_TYPE",
@@ -694,6 +696,10 @@ class HostRow:
 EPOCH_TAG: Final = "ftm-epoch"
 BACKUP_TAG: Final = "ftm-backup"
 FAILURE_TAG: Final = "failure"
+#: The FTM's status, C{("ftm-stats", id, map)}: written every L{STATS_EVERY} rounds.
+STATS_TAG: Final = "ftm-stats"
+#: Rounds between two writes of the FTM's status.
+STATS_EVERY: Final = 10
 
 
 def epoch_guard(epoch: int, holder: str) -> SpaceOp:
@@ -931,6 +937,7 @@ class FTM(FaultToleranceManager):
         self._reported: dict[str, float] = {}
         self._busy: set[tuple[str, str]] = set()
         self._seq = 0
+        self._rounds = 0
         self._unanswered = 0
         self._unanswered_daemon = 0
         if "role" not in self.slots():
@@ -1698,11 +1705,41 @@ class FTM(FaultToleranceManager):
             self._beat(now)
         elif self.role is Role.PRIMARY:
             self._reconcile(now)
+            self._rounds += 1
+            if self._rounds % STATS_EVERY == 1:
+                self._publish(now)
         else:
             return
         if self.role in (Role.BACKUP, Role.PRIMARY):
             assert self._block is not None
             self._block.context.start_timer(_TICK, now + self.tick)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What C{lips status} shows of this FTM (a plain map)."""
+        states = Counter(app.state.value for app in self.apps.values())
+        return {
+            "id": self.id,
+            "epoch": self.epoch,
+            "node": self.node or "",
+            "backup": self.backup or "",
+            "time": now,
+            "armors": len(self.armors),
+            "hosts.up": sum(1 for h in self.hosts.values() if h.up),
+            "hosts.down": sum(1 for h in self.hosts.values() if not h.up),
+            "failures": sum(self.failures.values()),
+            **{f"apps.{state}": n for state, n in sorted(states.items())},
+            **{f"counters.{k}": v for k, v in sorted(self.counters.items())},
+        }
+
+    def _publish(self, now: float) -> None:
+        """Write this FTM's status in the place of the last one (guarded, as any write)."""
+        self._write(
+            [
+                SpaceOp.template("delete", STATS_TAG, ANY, ANY),
+                SpaceOp.out(STATS_TAG, self.id, msgpack.packb(self.status(now))),
+            ],
+            None,
+        )
 
     def _beat(self, now: float) -> None:
         """A backup's round: heartbeat the FTM and its daemon; promote past the misses."""

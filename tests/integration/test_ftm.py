@@ -131,6 +131,11 @@ async def test_a_job_under_the_ftm(
             ("reported", {"main": 144}),
             ("done", {"main": 144}),
         )
+        code, out = await lips_cli("status", "-c", str(rings.path))
+        assert code == 0, out
+        shown = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+        assert (shown.get("ftm.id"), shown.get("ftm.epoch")) == ("ftm", "1"), out
+        assert int(shown["ftm.hosts.up"]) == 2, out
         code, out = await lips_cli("armors", "-c", str(rings.path))
         assert code == 0, out
         assert out.splitlines()[0].startswith("ftm (ftm) on n1"), out

@@ -176,6 +176,21 @@ class TableViewTests(SynchronousTestCase):
         self.assertIsNone(jobs.read_app(space, "other"))
 
 
+class FtmStatusTests(SynchronousTestCase):
+    def test_the_ftms_status(self) -> None:
+        import msgpack
+
+        from lips.armor.ftm import FTM
+
+        ftm = FTM(node="n1")
+        value = ftm.status(3.0)
+        self.assertEqual((value["id"], value["epoch"], value["node"]), ("ftm", 0, "n1"))
+        space = FakeSpace([("ftm-stats", "ftm", msgpack.packb(value))])
+        self.assertEqual(jobs.read_ftm_status(space), value)
+        self.assertIsNone(jobs.read_ftm_status(FakeSpace([("ftm-stats", "ftm", b"\xc1")])))
+        self.assertIsNone(jobs.read_ftm_status(FakeSpace([])))
+
+
 class CommandLineTests(SynchronousTestCase):
     def run_cli(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
