@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import psutil
 import pytest
 import pytest_twisted
 
