@@ -121,7 +121,7 @@ class ReplicaNode:
         values: dict[str, int | float | str] = {
             "ring.node": e.node,
             "ring.state": e.state.value,
-            "ring.id": f"{e.ring.seq}.{e.ring.rep}",
+            "ring.id": str(e.ring),
             "ring.members": ",".join(map(str, e.members)),
             "ring.backlog": e.backlog,
             "ring.safe": e.safe,
@@ -156,7 +156,7 @@ class ReplicaNode:
             if not event.transitional:
                 self.log.info(
                     "Ring {ring} installed with members {members}",
-                    ring=f"{event.ring.seq}.{event.ring.rep}",
+                    ring=str(event.ring),
                     members=list(event.members),
                 )
             self.driver.input(

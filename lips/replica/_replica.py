@@ -504,9 +504,9 @@ class Replica:
     def gauges(self) -> dict[str, int | float | str]:
         return {
             "mode": self.mode.value,
-            "ring": f"{self.ring.seq}.{self.ring.rep}",
+            "ring": str(self.ring),
             "members": len(self.members),
-            "last_primary": f"{self.last_primary.seq}.{self.last_primary.rep}",
+            "last_primary": str(self.last_primary),
             "applied": self.applied,
             "fingerprint": self.fingerprint.hex(),
             "tuples": len(self.space),
@@ -1033,8 +1033,8 @@ class Replica:
             "Replica {mode} in ring {ring} (last primary {primary}, {applied} applied,"
             " {tuples} tuples, {restored} snapshots restored)",
             mode=self.mode.value,
-            ring=f"{self.ring.seq}.{self.ring.rep}",
-            primary=f"{self.last_primary.seq}.{self.last_primary.rep}",
+            ring=str(self.ring),
+            primary=str(self.last_primary),
             applied=self.applied,
             tuples=len(self.space),
             restored=self.counters["snapshots.restored"],

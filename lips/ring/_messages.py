@@ -34,7 +34,8 @@ class RingId:
     rep: int
 
     def __str__(self) -> str:
-        return f"{self.rep}.{self.seq}"
+        """C{SEQ.REP} (C{8.1}): how every log line, status and display names a ring."""
+        return f"{self.seq}.{self.rep}"
 
 
 #: The ring id of "no ring yet".
