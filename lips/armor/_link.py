@@ -378,6 +378,18 @@ def _bytes(value: object, size: int, what: str) -> bytes:
     return value
 
 
+def _armor_and_incarnation(value: dict[str, Any]) -> tuple[ArmorId, int]:
+    """The ARMOR id and the incarnation a process's hello names."""
+    try:
+        id = armor_id(value["armor"])
+    except MessageError as e:
+        raise HandshakeError(str(e)) from None
+    incarnation = value["incarnation"]
+    if type(incarnation) is not int or not 1 <= incarnation < 2**63:
+        raise HandshakeError(f"an incarnation is a positive integer, not {incarnation!r}")
+    return id, incarnation
+
+
 @attrs.frozen
 class DaemonHello:
     """A daemon link's hello: the daemon of node C{node}, with its C{nonce}."""
@@ -443,13 +455,7 @@ class ArmorHello:
         value = _fields(frame, FrameKind.HELLO, "an ARMOR's hello", cls._keys)
         if value["role"] != "armor":
             raise HandshakeError(f"expected an ARMOR's hello, not a {value['role']!r}'s")
-        try:
-            id = armor_id(value["armor"])
-        except MessageError as e:
-            raise HandshakeError(str(e)) from None
-        incarnation = value["incarnation"]
-        if type(incarnation) is not int or not 1 <= incarnation < 2**63:
-            raise HandshakeError(f"an incarnation is a positive integer, not {incarnation!r}")
+        id, incarnation = _armor_and_incarnation(value)
         return cls(id, incarnation, _bytes(value["token"], TOKEN_SIZE, "a token"))
 
 
@@ -493,14 +499,11 @@ class AttachHello:
         value = _fields(frame, FrameKind.HELLO, "an attaching ARMOR's hello", cls._keys)
         if value["role"] != "attach":
             raise HandshakeError(f"expected an attaching ARMOR's hello, not a {value['role']!r}'s")
+        id, incarnation = _armor_and_incarnation(value)
         try:
-            id = armor_id(value["armor"])
             type_ = check_name(value["type"], "an ARMOR type")
         except MessageError as e:
             raise HandshakeError(str(e)) from None
-        incarnation = value["incarnation"]
-        if type(incarnation) is not int or not 1 <= incarnation < 2**63:
-            raise HandshakeError(f"an incarnation is a positive integer, not {incarnation!r}")
         return cls(id, incarnation, type_, _bytes(value["nonce"], NONCE_SIZE, "a nonce"))
 
 

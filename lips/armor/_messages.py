@@ -166,7 +166,12 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise MessageError(f"msgpack extension type {code} is not allowed")
 
 
-def _unpack(data: bytes, what: str) -> Any:
+def unpack(data: bytes, what: str) -> Any:
+    """
+    One msgpack value of C{data}, arrays as tuples, no extension types.
+
+    @raise MessageError: naming C{what}, if it is not that.
+    """
     try:
         return msgpack.unpackb(
             data,
@@ -193,7 +198,7 @@ def unpack_body(data: bytes) -> Any:
         raise MessageError(f"a body is bytes, not {type(data).__name__}")
     if len(data) > MAX_BODY_SIZE:
         raise MessageError(f"a body of {len(data)} bytes is over {MAX_BODY_SIZE}")
-    value = _unpack(data, "the body")
+    value = unpack(data, "the body")
     check_value(value)
     return value
 
@@ -284,7 +289,7 @@ def decode(data: bytes) -> Message:
         raise MessageError(f"a message is bytes, not {type(data).__name__}")
     if len(data) > MAX_MESSAGE_SIZE:
         raise MessageError(f"a message of {len(data)} bytes is over {MAX_MESSAGE_SIZE}")
-    fields = _unpack(data, "the message")
+    fields = unpack(data, "the message")
     if type(fields) is not tuple or len(fields) != 6:
         raise MessageError("a message is an array of 6 fields")
     format, type_, source, destination, id, body = fields

@@ -48,6 +48,7 @@ from lips.armor.ftm import (
     JobRefused,
     JobResult,
     Submit,
+    admit_fenced,
     current_ftm,
 )
 from lips.armor.space import SPACE_REPLY, SYSTEM_SPACE, SpaceCalls, SpaceOp, SpaceReply
@@ -211,15 +212,9 @@ class SubmitterArmor(Armor):
         return kwargs
 
     def receive(self, message: Message, now: float) -> None:
-        try:
-            inner, _ = self.fence.admit(message)
-        except MessageError:
-            self.counters["messages.refused"] += 1
-            return
-        if inner is None:
-            self.counters["messages.fenced"] += 1
-            return
-        super().receive(inner, now)
+        inner = admit_fenced(self, self.fence, message)
+        if inner is not None:
+            super().receive(inner, now)
 
     def delivered(self, submission: Submission) -> None:
         """Hand C{submission} to the host."""

@@ -53,7 +53,7 @@ from typing import Any, Final
 
 import msgpack
 
-from lips.armor._messages import MAX_MESSAGE_SIZE, check_value
+from lips.armor._messages import MAX_MESSAGE_SIZE, check_value, unpack
 from lips.armor._names import MessageError
 from lips.supervisor import check_target
 
@@ -131,10 +131,6 @@ def encode_control(*message: object) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ControlError(f"msgpack extension type {code} is not allowed")
-
-
 def _check(message: object, expected: dict[str, tuple[Any, ...]]) -> tuple[Any, ...]:
     if type(message) is not tuple or not message or type(message[0]) is not str:
         raise ControlError("a control message is an array that starts with its name")
@@ -199,18 +195,9 @@ class ControlDecoder:
 
 def _unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=False,
-            strict_map_key=True,
-            ext_hook=_refuse_ext,
-            max_ext_len=0,
-        )
-    except ControlError:
-        raise
-    except Exception as e:
-        raise ControlError(f"a control message is not msgpack: {e}") from None
+        return unpack(data, "a control message")
+    except MessageError as e:
+        raise ControlError(str(e)) from None
 
 
 # -- the child's input ------------------------------------------------------------------------
