@@ -55,7 +55,7 @@ import msgpack
 
 from lips.armor._messages import MAX_MESSAGE_SIZE, check_value, unpack
 from lips.armor._names import MessageError
-from lips.supervisor import check_target
+from lips.supervisor import check_target, load_target
 
 __all__ = [
     "BAD_CONTROL",
@@ -237,20 +237,8 @@ def read_input(data: bytes) -> tuple[str, tuple[Any, ...]]:
 
 
 def load(target: str) -> Callable[..., Any]:
-    """
-    The callable named C{target} (C{"package.module:function"}; the function may be an
-    attribute path).
-
-    @raise ValueError: if C{target} is malformed or does not name a callable.
-    @raise ImportError: if its module cannot be imported.
-    """
-    module_name, _, path = check_target(target).partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{target} is not callable")
-    return obj  # type: ignore[no-any-return]
+    """The callable named C{target} (L{lips.supervisor.load_target})."""
+    return load_target(target)
 
 
 # -- the channel, in the child ----------------------------------------------------------------

@@ -21,7 +21,6 @@ node elsewhere with the same ids, and two runs of one process must not overlap.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -41,22 +40,10 @@ ORPHANED: Final = 75
 
 
 def load(target: str) -> Callable[..., Any]:
-    """
-    The callable named C{target} (C{"package.module:function"}, the function may be
-    an attribute path).
+    """The callable named C{target} (L{lips.supervisor.load_target})."""
+    from lips.supervisor import load_target
 
-    @raise ValueError: if C{target} is malformed or does not name a callable.
-    @raise ImportError: if its module cannot be imported.
-    """
-    from lips.supervisor import check_target
-
-    module_name, _, path = check_target(target).partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{target} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return load_target(target)
 
 
 def read_input(data: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...]]:

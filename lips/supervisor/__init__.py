@@ -18,6 +18,7 @@ from lips.supervisor._supervisor import (
     Supervisor,
     SupervisorTimer,
     check_target,
+    load_target,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "Supervisor",
     "SupervisorTimer",
     "check_target",
+    "load_target",
 ]

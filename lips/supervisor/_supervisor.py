@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import collections
 import enum
+import importlib
 import itertools
 import re
 import signal as signals
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
@@ -97,6 +99,24 @@ def check_target(target: object) -> str:
     if not isinstance(target, str) or not _TARGET.fullmatch(target):
         raise ValueError(f"not a 'package.module:function' name: {target!r}")
     return target
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """
+    The callable named C{target} (C{"package.module:function"}, the function may be an
+    attribute path): what an eval'd process and an Execution ARMOR's task call.  Only
+    importable callables run: nothing is unpickled or evaluated.
+
+    @raise ValueError: if C{target} is malformed or does not name a callable.
+    @raise ImportError: if its module cannot be imported.
+    """
+    module_name, _, path = check_target(target).partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{target} is not callable")
+    return obj  # type: ignore[no-any-return]
 
 
 def _target(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
