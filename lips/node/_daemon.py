@@ -491,6 +491,10 @@ class ZygoteSpawner(ArmorSpawner):
             return super().spawn_armor(spec, socket, ended)
         return zygote.fork(self.armor_environment(spec, socket), stdin_input(spec), ended)
 
+    def warm(self) -> None:
+        """Start the zygote now, so that it has imported everything by the first install."""
+        self._zygote_()
+
     def stop(self) -> defer.Deferred[None]:
         """
         End the zygote: it exits at the end of its input (the processes it forked are
@@ -662,6 +666,9 @@ class DaemonService(service.Service):
             socket=self.socket,
             listen=self.listen or "(none)",
         )
+        warm = getattr(self.spawner, "warm", None)
+        if callable(warm):  # a ZygoteSpawner: its zygote imports while lipsd joins
+            warm()
         if self.advertise is not None:
             self._spawn_work(self._advertise(self.advertise))
         self.driver.input(self.daemon.start)

@@ -106,6 +106,18 @@ class ZygoteSpawnerTests(TestCase):
         child2.kill()
         self.assertEqual((await ended2).signal, signal.SIGKILL)
 
+    async def test_warmed_before_the_first_install(self) -> None:
+        """warm() starts the zygote at once; the first install is forked by it."""
+        path, hellos = await self.socket()
+        spawner = self.spawner()
+        spawner.warm()
+        zygote = spawner._zygote
+        self.assertIsNotNone(zygote)
+        ended: defer.Deferred[Exit] = defer.Deferred()
+        spawner.spawn_armor(self.spec(), path, ended.callback).kill()
+        await ended
+        self.assertIs(spawner._zygote, zygote)
+
     async def test_a_process_that_cannot_connect_ends_with_a_status(self) -> None:
         spawner = self.spawner()
         ended: defer.Deferred[Exit] = defer.Deferred()
