@@ -108,7 +108,7 @@ class ZygoteSpawnerTests(TestCase):
 
     async def test_warmed_before_the_first_install(self) -> None:
         """warm() starts the zygote at once; the first install is forked by it."""
-        path, hellos = await self.socket()
+        path, _ = await self.socket()
         spawner = self.spawner()
         spawner.warm()
         zygote = spawner._zygote
