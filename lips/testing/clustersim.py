@@ -10,7 +10,12 @@ its own clock too.  Endpoints make in-memory connections (the client's protocol 
 side, L{MessageServerProtocol} on the other) whose bytes travel through the simulator's
 event queue with a seeded delay, in order; a connection to a server that is down is
 refused.  Ring datagrams travel through L{RingSimulation}'s network, with its loss,
-duplication, delay and partitions.  Everything is drawn from the one seed.
+duplication, delay and partitions.  Everything is drawn from the one seed.  It all runs
+in the simulated world (L{lips.testing.world}): its agenda carries the connections'
+bytes and the faults, its L{Datagrams<lips.testing.world.Datagrams>} the ring's
+datagrams, each engine sits on a L{Host<lips.testing.world.Host>} (fired by its
+server's clock, not by the world), and the servers' and the processes' clocks are the
+world's outside clocks (L{World.add_clock<lips.testing.world.World.add_clock>}).
 
 Faults: loss, duplication and delay of datagrams; partitions of the ring; crashes and
 restarts of servers (their connections are reset); and I{paused} servers (SIGSTOP, then
@@ -25,7 +30,10 @@ starts syncing (it has installed a configuration and waits for the others' statu
 when a server's clients have the most to lose.  Clients' C{in_} and C{rd} have short
 timeouts, some shorter than a failover (0 to 1.5 s), so requests are sent again with
 what is left of their timeout, often nothing; processes also C{inp} and C{out}, and one
-may checkpoint as it goes.  A scenario can also be scripted (L{ClusterScenario.script},
+may checkpoint as it goes, and processes may say goodbye and be replaced by new ones
+(L{ClusterScenario.goodbye}).  A broadcast is carried out as L{lips.protocols.RingProtocol}
+does it: a server that holds an idle ring's token delivers its own payload to itself
+before the broadcast returns.  A scenario can also be scripted (L{ClusterScenario.script},
 L{ClusterScenario.faults}) to replay a known history.
 
 The checker reads the requests servers receive and the answers they write and clients
@@ -37,14 +45,15 @@ receive, and what every caller is finally told:
     a tuple given that no process ever put;
   - at the end, after the faults stop and the cluster is calm: every server serves in
     one ring with one digest; every caller has its answer; every answered C{out}'s tuple
-    is still in the space or was taken by a take that the space's log records; every
-    take told a tuple is the one the log records, and a removing one left no copy in
-    the space; every answered checkpoint is the process's latest or older; and every
-    tuple a take removed (the log says which event took what: C{TupleSpace.answered})
-    reached its caller, except when the caller was told L{lips.OutcomeUnknown} (before
-    that class existed, L{lips.ConnectionLost}) or put the tuple back: then it may be
-    gone.  A take that ended in L{lips.Timeout} (or any answer but the tuple) must have
-    taken nothing.
+    is still in the space or was taken by a take that the space's log records (for a
+    process that said goodbye, the log as it was when the space forgot it); no tuple is
+    stored and taken more often than it was put; every take told a tuple is the one the
+    log records, and a removing one left no copy in the space; every answered checkpoint
+    is the process's latest or older; and every tuple a take removed (the log says which
+    event took what: C{TupleSpace.answered}) reached its caller, except when the caller
+    was told L{lips.OutcomeUnknown} (before that class existed, L{lips.ConnectionLost})
+    or put the tuple back: then it may be gone.  A take that ended in L{lips.Timeout} (or
+    any answer but the tuple) must have taken nothing.
 
 As in L{ReplicatedSimulation}, answers given before a moment when no live server held
 the latest primary's state (every holder had crashed) are exempt from the end checks.
@@ -54,7 +63,6 @@ trace of the events around the request or tuple at fault.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -84,10 +92,10 @@ from lips.client import TupleSpaceClient, _checkpoint, connect
 from lips.errors import RequestError, Timeout
 from lips.protocols import MessageServerFactory, MessageServerProtocol
 from lips.replica import Mode, Replica, ReplicaPayloadError, decode_payload
-from lips.ring import Configuration, Delivered, RingMessage, Safe
+from lips.ring import Configuration, Delivered, RingEngine, RingMessage, Safe
 from lips.server import MessageServer
 from lips.space import Completion, Kind, Status
-from lips.testing._replicahost import ReplicaBackend, carry_out
+from lips.testing._replicahost import ReplicaBackend
 from lips.testing.ringsim import (
     EngineEvent,
     Faults,
@@ -95,6 +103,7 @@ from lips.testing.ringsim import (
     RingSimulation,
     Scenario,
 )
+from lips.testing.world import Host
 from lips.tuples import DEFAULT_LIMITS, LTuple
 from lips.wire import (
     CheckpointRequest,
@@ -210,6 +219,12 @@ class ClusterScenario:
     failover_timeout: float = 10.0
     keepalive: float | None = None
     """The clients' keepalive interval; None: the client library's default."""
+    goodbye: float = 0.0
+    """The chance that a process, its last operation answered, says goodbye instead of
+    making its next one (the space forgets its log; a new process takes its place).
+    Not drawn by L{random} yet: a request that reaches a server after its process said
+    goodbye elsewhere (it waited in a paused server's socket) is applied as new, since
+    nothing is left to dedupe it."""
     fault_time: float = 5.0
     heal_time: float = 7.0
     traffic: float = 6.5
@@ -300,6 +315,26 @@ class _Answer:
 # -- servers ----------------------------------------------------------------------------
 
 
+class _Backend(ReplicaBackend):
+    """
+    The replica behind a server's core, its effects carried out as a
+    L{Driver<lips.kernel.Driver>} does: fed again while it is at it (the ring delivered
+    a payload before the broadcast that handed it over returned), it returns at once,
+    and the new effects are carried out after the ones already taken.
+    """
+
+    _carrying = False
+
+    def carry_out(self) -> None:
+        if self._carrying:
+            return
+        self._carrying = True
+        try:
+            super().carry_out()
+        finally:
+            self._carrying = False
+
+
 @attrs.define(eq=False)
 class _Server:
     """One incarnation of a server: its replica, its core, its clock."""
@@ -309,6 +344,7 @@ class _Server:
     replica: Replica
     core: MessageServer
     factory: MessageServerFactory
+    backend: _Backend
     timer: IDelayedCall | None = None
     timer_at: float = 0.0
     stopped: tuple[float, bool] | None = None
@@ -609,6 +645,11 @@ class ClusterSimulation(RingSimulation):
         self._taken: dict[LTuple, list[tuple[tuple[int, int], float]]] = {}
         self._sent_to: dict[tuple[int, int], int] = {}
         self._checkpoints: dict[int, tuple[int, Any]] = {}
+        # The logs of processes that said goodbye, as they were when the space forgot
+        # them (their events' answers), and when.
+        self._forgotten: dict[int, tuple[float, dict[int, Completion | None]]] = {}
+        self._unknown_forgotten_takes = False
+        self.world.add_clock(self._next_call, self._catch_up)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -646,21 +687,18 @@ class ClusterSimulation(RingSimulation):
         """Run on until every operation has its answer (or fail for lack of progress)."""
         limit = self.now + SETTLE_LIMIT
         while any(op.ended is None for op in self.ops.values()) or self._busy():
-            when = self._next_time()
+            when = self.world.next_time()
             if when is None or when > limit:
                 waiting = [op.key for op in self.ops.values() if op.ended is None]
                 self._fail(f"progress: operations never answered: {waiting[:5]}", *waiting)
-            self._step(when)
+            self.world.step()
 
     def _busy(self) -> bool:
         return any(p.connecting for p in self.processes)
 
-    def _next_time(self) -> float | None:
+    def _next_call(self) -> float | None:
+        """When the next call on a running server's or a process's clock is due."""
         candidates = []
-        if self._actions:
-            candidates.append(self._actions[0][0])
-        if self._net:
-            candidates.append(self._net[0][0])
         for clock in self._clocks():
             calls = clock.getDelayedCalls()
             if calls:
@@ -674,21 +712,21 @@ class ClusterSimulation(RingSimulation):
         for p in self.processes:
             yield p.clock
 
-    def _step(self, t: float) -> None:
-        self.now = max(self.now, t)
-        self.steps += 1
+    def _catch_up(self) -> None:
+        """At every step, first: the running servers' and the processes' clocks run."""
         for s in list(self.servers.values()):
             if s.stopped is None and self.servers.get(s.node) is s:
                 self._run_clock(s)
         for p in self.processes:
             _advance(p.clock, self.now)
-        if self._actions and self._actions[0][0] <= self.now:
-            _, _, action, arg = heapq.heappop(self._actions)
-            getattr(self, f"_do_{action}")(arg)
-        elif self._net and self._net[0][0] <= self.now:
-            _, _, dest, message = heapq.heappop(self._net)
-            self._datagram(dest, message)
-        self._check_step()
+
+    def _host(self, n: int, engine: RingEngine) -> Host[RingEngine]:
+        """
+        A host for the engine of server C{n}'s new incarnation, not added to the world:
+        its timers fire by a call on the server's clock (L{_rearm}, L{_tick}), as a
+        L{Driver<lips.kernel.Driver>} on the server's reactor fires them.
+        """
+        return Host(self.world, n, engine, self._handlers(n), queue_nested=True)
 
     def _run_clock(self, s: _Server) -> None:
         if _advance(s.clock, self.now):
@@ -712,14 +750,11 @@ class ClusterSimulation(RingSimulation):
         clock = Clock()
         clock.rightNow = self.now
         replica = Replica(n, self.ids)
-        backend = ReplicaBackend(replica, lambda: self.now, lambda p: self._broadcast(n, p))
+        backend = _Backend(replica, lambda: self.now, lambda p: self._broadcast(n, p))
         core = MessageServer(backend, clock, name=f"m{n}", rng=self.rng)
-        self.servers[n] = _Server(n, clock, replica, core, MessageServerFactory(core))
+        self.servers[n] = _Server(n, clock, replica, core, MessageServerFactory(core), backend)
         self._note(f"m{n} starts")
         super()._do_start(n)
-
-    def _broadcast(self, n: int, payload: bytes) -> bool:
-        return self.engines[n].submit(payload, self.now)
 
     def _drain(self, n: int) -> None:
         super()._drain(n)
@@ -732,7 +767,7 @@ class ClusterSimulation(RingSimulation):
         if changed:
             s.mode = mode
             r = s.replica
-            self._note(f"m{n} {mode.value} in ring {r.ring.seq}.{r.ring.rep} {r.members}")
+            self._note(f"m{n} {mode.value} in ring {r.ring} {r.members}")
         armed = s.armed
         if armed is None or s.stopped is not None:
             return
@@ -749,7 +784,7 @@ class ClusterSimulation(RingSimulation):
         Keep one call on the server's clock, due no later than the earliest of its
         engine's timers (its L{TimerTable<lips.kernel.TimerTable>}).
         """
-        deadline = self.timers[s.node].next_deadline()
+        deadline = self.hosts[s.node].timers.next_deadline()
         timer = s.timer
         if deadline is None:
             if timer is not None and timer.active():
@@ -777,7 +812,7 @@ class ClusterSimulation(RingSimulation):
         if self.servers.get(s.node) is not s:
             return  # it crashed meanwhile
         engine = self.engines[s.node]
-        for key in self.timers[s.node].due(now):
+        for key in self.hosts[s.node].timers.due(now):
             engine.timer(key, now)
             self._drain(s.node)
             if self.servers.get(s.node) is not s:
@@ -794,14 +829,14 @@ class ClusterSimulation(RingSimulation):
                 replica.delivered(
                     effect.ring, effect.seq, effect.payload, effect.origin, effect.index, now
                 )
-                carry_out(replica, now, lambda p: self._broadcast(n, p), s.core.completed)
+                s.backend.carry_out()
                 if applied is not None:
                     self._applied(s, *applied)
             elif isinstance(effect, Safe):
                 replica.safe(effect.ring, effect.upto, now)
             elif isinstance(effect, Configuration):
                 replica.configuration(effect.ring, effect.members, effect.transitional, now)
-            carry_out(replica, now, lambda p: self._broadcast(n, p), s.core.completed)
+            s.backend.carry_out()
         super()._handle(n, effect)
 
     def _applying(self, s: _Server, payload: bytes) -> tuple[Any, ...] | None:
@@ -812,6 +847,9 @@ class ClusterSimulation(RingSimulation):
             return None
         if s.replica.mode is not Mode.SERVING:
             return None
+        if op[0] == "forget":
+            self._remember_log(op[1], s)
+            self._note(f"m{s.node} forgets c{op[1]}")
         if op[0] == "claim":
             return (op[0], (op[1], op[2]), op[3], s.replica.space.stored(op[4]))
         if op[0] in ("out", "withdraw"):
@@ -836,6 +874,13 @@ class ClusterSimulation(RingSimulation):
             self._note(f"m{s.node} applies the out {key} of {args[0]}", key, args[0])
         else:
             self._note(f"m{s.node} applies the {args[0].name} of {key}: {result}", key)
+
+    def _remember_log(self, pid: int, s: _Server) -> None:
+        """Keep what server C{s}'s space logs of process C{pid}, if anything, for the end."""
+        space = s.replica.space
+        log = {k[1]: space.answered(*k) for k in self.ops if k[0] == pid}
+        if any(c is not None for c in log.values()):
+            self._forgotten[pid] = (self.now, log)
 
     def _datagram(self, dest: int, message: RingMessage) -> None:
         s = self.servers.get(dest)
@@ -954,7 +999,7 @@ class ClusterSimulation(RingSimulation):
 
     def _do_partition(self, arg: None) -> None:
         super()._do_partition(arg)
-        self._note(f"partition {self._groups}")
+        self._note(f"partition {self.net.groups}")
 
     def _do_heal(self, arg: None) -> None:
         super()._do_heal(arg)
@@ -1081,6 +1126,21 @@ class ClusterSimulation(RingSimulation):
             self._note(f"c{old} gave up; it starts again as {p.name}")
             self._do_begin(p)
             return
+        goodbye = self.cluster.goodbye
+        if goodbye and not p.checkpointer and p.made and self.rng.random() < goodbye:
+            # It is done: it says goodbye (the space forgets its log) and a new process
+            # takes its place.
+            p.client = None
+            p.failovers += client.failovers
+            p.connecting = True  # busy until it is back
+            self._note(f"{p.name} says goodbye")
+            # Its answers are all safe, so every serving server logs them now; kept
+            # again when the goodbye is applied (see _applying).
+            serving = [x for x in self.servers.values() if x.replica.mode is Mode.SERVING]
+            if serving:
+                self._remember_log(p.pid, serving[0])
+            client.close(goodbye=True).addBoth(self._said_goodbye, p)
+            return
         r = self.rng.random()
         p.made += 1
         if p.checkpointer:
@@ -1096,6 +1156,16 @@ class ClusterSimulation(RingSimulation):
             self._issue(p, kind, None, timeout)
         else:
             self._issue(p, Kind.INP, None, None)
+
+    def _said_goodbye(self, result: object, p: _Process) -> None:
+        p.connecting = False
+        if self.now >= self.cluster.traffic:
+            p.done = True
+            return
+        self._next_pid += 1
+        old, p.pid, p.made = p.pid, self._next_pid, 0
+        self._note(f"c{old} is gone; {p.name} takes its place")
+        self._do_begin(p)
 
     def _do_scripted(self, arg: tuple[_Process, Call]) -> None:
         p, call = arg
@@ -1253,20 +1323,44 @@ class ClusterSimulation(RingSimulation):
             self._fail(f"determinism: replica digests differ: {digests}")
         space = self.servers[min(self.servers)].replica.space
         held: Counter[LTuple] = Counter(space.tuples())
-        # What the log says every take did.
+        # What the log says every take did (for a process that said goodbye, the log
+        # as it was when the space forgot it).
         took: dict[tuple[int, int], Completion] = {}
         removed: dict[LTuple, list[tuple[int, int]]] = {}
+        # Removals that a state served later may not hold (logs forgotten before the
+        # last moment no live server held the latest state).
+        unsure: Counter[LTuple] = Counter()
         for key, op in self.ops.items():
             if op.kind in (Kind.OUT, Kind.CHECKPOINT):
                 continue
             logged = space.answered(*key)
+            forgot_at = -1.0
+            if logged is None and key[0] in self._forgotten:
+                forgot_at, log = self._forgotten[key[0]]
+                logged = log.get(key[1])
             if logged is not None and logged.status is Status.MATCHED:
                 took[key] = logged
                 if op.kind.removes:
                     assert logged.value is not None
                     removed.setdefault(logged.value, []).append(key)
+                    if forgot_at >= 0 and forgot_at < self.wiped_at:
+                        unsure[logged.value] += 1
+        self._unknown_forgotten_takes = any(
+            op.outcome == "unknown" and op.kind.removes and op.key[0] in self._forgotten
+            for op in self.ops.values()
+        )
         for key, op in sorted(self.ops.items()):
             self._check_op(op, took.get(key), held, removed)
+        # Each tuple is stored and taken at most as often as it was put.
+        for values, times in self._put.items():
+            found = held[values] + len(removed.get(values, [])) - unsure[values]
+            if found > times:
+                self._fail(
+                    f"exactly once: {values} put {times} time(s), but the space holds"
+                    f" {held[values]} and its log says {removed.get(values, [])} took it",
+                    values,
+                    *removed.get(values, []),
+                )
         for pid, (event, state) in sorted(self._checkpoints.items()):
             op = self.ops[(pid, event)]
             if op.ended is None or op.ended < self.wiped_at:
@@ -1290,6 +1384,11 @@ class ClusterSimulation(RingSimulation):
             values = op.values
             assert values is not None
             gone = not held[values] and values not in removed
+            if gone and self._unknown_forgotten_takes:
+                # A take of unknown outcome by a process the space has forgotten may
+                # have taken it, with no log left to say so.
+                self.counts["outs gone, maybe taken by a forgotten take"] += 1
+                return
             if op.outcome == "stored" and not exempt and gone:
                 self._fail(f"no loss: the answered {op.describe()} is gone", key, values)
             return

@@ -1,6 +1,8 @@
 """
-A deterministic simulator for the token ring: engines on an in-memory datagram network
-under a fake clock and one seeded random.
+A deterministic simulator for the token ring: engines in the simulated world
+(L{lips.testing.world}), each on a L{Host} under the world's clock, their datagrams on
+its L{Datagrams} network with this simulator's fault model, every choice from its one
+seeded random.
 
 Faults: loss, duplication, delay with jitter (hence reordering), partitions, crashes and
 restarts, graceful leaves, nodes deaf to broadcasts (they fail to receive), and paused
@@ -16,16 +18,15 @@ with at most one new configuration each (see L{Return}).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from lips.kernel import CancelTimer, Deliver, Log, Persist, Send, StartTimer, TimerTable
+from lips.kernel import Deliver, Effect, Log, Persist, Send
 from lips.ring import (
     NO_RING,
     Configuration,
@@ -38,6 +39,7 @@ from lips.ring import (
     Safe,
     State,
 )
+from lips.testing.world import Handler, Host, Name, World
 
 __all__ = [
     "BACKLOG_MAX",
@@ -189,46 +191,73 @@ class _NodeRecord:
 
 
 class RingSimulation:
-    """Runs one L{Scenario} from one seed."""
+    """
+    Runs one L{Scenario} from one seed, in a L{World}: the world's clock, its seeded
+    random, its agenda for the scenario's actions, its L{Datagrams} for the ring's
+    network (with this simulator's fault model, L{_fault}), and one L{Host} per engine,
+    which keeps the engine's timers in its L{TimerTable} and hands its other effects to
+    L{_handle}.
+    """
 
     replicated = False
+    #: Whether a broadcast is carried out as L{lips.protocols.RingProtocol.submit} does
+    #: it, the engine's effects before it returns (L{_broadcast}): a server holding an
+    #: idle ring's token then delivers its own payload before its broadcast returns.
+    #: Off, the payload waits in the engine until the server's next drain.
+    reentrant = True
     #: Whether a return that makes a serving member install more than one configuration
     #: on a calm network fails the run (off: only measured, in L{returns}).
     check_returns = True
 
     def __init__(self, seed: int, scenario: Scenario | None = None) -> None:
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.world = World(seed, backlog=BACKLOG_MAX)
+        self.rng = self.world.rng
         self.scenario = scenario if scenario is not None else Scenario.random(self.rng)
         # Simulated hops take up to 10 ms, far longer than on loopback, so the ring turns
         # fewer times a second: fail a deaf node after fewer rotations, within its episode.
         self.config = attrs.evolve(RingConfig.loopback(), fail_recv_rotations=50)
         self.ids = list(range(1, self.scenario.nodes + 1))
-        self.now = 0.0
         self.engines: dict[int, RingEngine] = {}
-        #: Each engine's pending timers (its L{StartTimer} and L{CancelTimer} effects),
-        #: fired under the virtual clock; a departed engine's stay, to check it is silent.
-        self.timers: dict[int, TimerTable] = {}
+        #: Each live engine's host: its pending timers (its L{StartTimer} and
+        #: L{CancelTimer} effects) in C{host.timers}, fired under the world's clock.
+        self.hosts: dict[int, Host[RingEngine]] = {}
         self.persisted: dict[int, int] = defaultdict(int)
         self.records: dict[int, _NodeRecord] = {n: _NodeRecord() for n in self.ids}
-        self._net: list[tuple[float, int, int, RingMessage]] = []
-        self._counter = 0
-        self._groups: list[set[int]] | None = None
         self._faults_on = True
-        # Engines that left, kept to check that they stay silent; nodes deaf to broadcasts.
-        self._left: dict[int, RingEngine] = {}
-        self._deaf: set[int] = set()
-        self._actions: list[tuple[float, int, str, Any]] = []
+        # Engines that left, with their hosts, kept to check that they stay silent.
+        self._left: dict[int, Host[RingEngine]] = {}
         # What was delivered where: (ring, seq) -> payload, for agreement.
         self._at: dict[tuple[RingId, tuple[int, int]], bytes] = {}
         self.submitted: dict[bytes, tuple[int, float]] = {}
-        self.steps = 0
-        # Paused nodes, with the datagrams their socket buffer keeps meanwhile.
-        self._paused: dict[int, list[RingMessage]] = {}
-        self.backlog_dropped = 0
         #: Every return so far (see L{Return}); the ones in progress are in C{_open}.
         self.returns: list[Return] = []
         self._open: list[Return] = []
+        self.net = self.world.datagrams
+        self.net.fault = self._fault
+        self.world.check(self._check_step)
+
+    @property
+    def now(self) -> float:
+        """The world's time."""
+        return self.world.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.world.now = value
+
+    @property
+    def steps(self) -> int:
+        return self.world.steps
+
+    @property
+    def backlog_dropped(self) -> int:
+        """Datagrams dropped by the full socket buffers of paused nodes."""
+        return self.net.counts["backlog.dropped"]
+
+    def _paused(self, n: int) -> bool:
+        """Whether node C{n} is paused (a stopped process)."""
+        return self.net.paused(n)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -268,56 +297,18 @@ class RingSimulation:
             resume = min(t + self.rng.uniform(0.5, 4.0), sc.fault_time + sc.heal_time - 1.5)
             self._plan(resume, "resume", n)
         self._plan(sc.fault_time, "calm", None)
-        end = sc.fault_time + sc.heal_time
-        while (when := self._next_time()) is not None and when <= end:
-            self._step(when)
-        self.now = end
+        self.world.run(until=sc.fault_time + sc.heal_time)
         self._check_end()
         return self
 
     def _plan(self, t: float, action: str, arg: Any) -> None:
-        self._counter += 1
-        heapq.heappush(self._actions, (t, self._counter, action, arg))
+        """Do C{action} (a C{_do_} method) with C{arg} at C{t}, on the world's agenda."""
+        self.world.plan(t, lambda: self._act(action, arg))
 
-    def _next_time(self) -> float | None:
-        times = [self.timers[n].next_deadline() for n in self.engines if n not in self._paused]
-        candidates = [t for t in times if t is not None]
-        if self._net:
-            candidates.append(self._net[0][0])
-        if self._actions:
-            candidates.append(self._actions[0][0])
-        return min(candidates) if candidates else None
-
-    def _step(self, t: float) -> None:
-        self.now = max(self.now, t)
-        self.steps += 1
-        if self._actions and self._actions[0][0] <= t:
-            _, _, action, arg = heapq.heappop(self._actions)
-            if action in _FAULT_ACTIONS:
-                self._interrupt_returns(f"{action} {arg}")
-            getattr(self, f"_do_{action}")(arg)
-        elif self._net and self._net[0][0] <= t:
-            _, _, dest, message = heapq.heappop(self._net)
-            engine = self.engines.get(dest)
-            if dest in self._paused:
-                backlog = self._paused[dest]
-                if len(backlog) < BACKLOG_MAX:
-                    backlog.append(message)
-                else:
-                    self.backlog_dropped += 1
-            elif engine is not None:
-                engine.received(message, self.now)
-                self._drain(dest)
-            elif dest in self._left:
-                self._check_left(dest, message)
-        else:
-            for n in list(self.engines):
-                if n in self._paused:
-                    continue
-                deadline = self.timers[n].next_deadline()
-                if deadline is not None and deadline <= t:
-                    self._fire(n)
-        self._check_step()
+    def _act(self, action: str, arg: Any) -> None:
+        if action in _FAULT_ACTIONS:
+            self._interrupt_returns(f"{action} {arg}")
+        getattr(self, f"_do_{action}")(arg)
 
     def _fire(self, n: int) -> None:
         """
@@ -325,14 +316,22 @@ class RingSimulation:
         before the next (L{TimerTable.due}: a timer started meanwhile waits for the next
         step, even if due).
         """
-        engine = self.engines[n]
-        for key in self.timers[n].due(self.now):
-            engine.timer(key, self.now)
-            self._drain(n)
-            if self.engines.get(n) is not engine:
-                return
+        self.hosts[n].fire()
 
     # -- actions ----------------------------------------------------------------------------
+
+    def _host(self, n: int, engine: RingEngine) -> Host[RingEngine]:
+        """A host for node C{n}'s new incarnation C{engine}, its timers fired by the world."""
+        return self.world.host(n, engine, self._handlers(n), queue_nested=True)
+
+    def _handlers(self, n: int) -> dict[type[Effect], Handler]:
+        def handle(host: Host[Any], effect: Send[RingMessage] | Persist[int]) -> None:
+            self._handle(n, effect)
+
+        def deliver(host: Host[Any], effect: Deliver[Delivery]) -> None:
+            self._handle(n, effect.item)
+
+        return {Send: handle, Persist: handle, Deliver: deliver, Log: lambda host, effect: None}
 
     def _do_start(self, n: int) -> None:
         # A restarted node is a new incarnation: it brings no ring from before.
@@ -340,12 +339,18 @@ class RingSimulation:
         self.records[n].last_installed = NO_RING
         engine = RingEngine(n, self.ids, self.config, ring_seq=self.persisted[n])
         self.engines[n] = engine
-        self.timers[n] = TimerTable()
+        self.hosts[n] = self._host(n, engine)
+        self.net.attach(n, lambda src, message: self._datagram(n, message))
         engine.start(self.now)
         self._drain(n)
 
+    def _datagram(self, n: int, message: RingMessage) -> None:
+        """A datagram reaches live node C{n}."""
+        self.engines[n].received(message, self.now)
+        self._drain(n)
+
     def _do_submit(self, i: int) -> None:
-        alive = sorted(n for n in self.engines if n not in self._paused)
+        alive = sorted(n for n in self.engines if not self._paused(n))
         if not alive:
             return
         n = self.rng.choice(alive)
@@ -357,11 +362,28 @@ class RingSimulation:
             self.submitted[payload] = (n, self.now)
         self._drain(n)
 
+    def _broadcast(self, n: int, payload: bytes) -> bool:
+        """
+        Submit C{payload} at node C{n} as L{lips.protocols.RingProtocol.submit} does: the
+        engine's effects are carried out before it returns, so a node that holds an idle
+        ring's token delivers its own payload to itself before its broadcast returns.
+        Called while node C{n}'s effects are being carried out (a delivery that makes a
+        broadcast), its effects come after the ones already taken (L{Host}'s
+        C{queue_nested}).  Without L{reentrant}, they wait for the next drain.
+        """
+        engine = self.engines.get(n)
+        if engine is None:
+            return False  # it crashed while carrying out what it did before
+        accepted = engine.submit(payload, self.now)
+        if self.reentrant:
+            self._drain(n)
+        return accepted
+
     def _do_crash(self, n: int) -> None:
         if n in self.engines:
             del self.engines[n]
-            del self.timers[n]
-            self._paused.pop(n, None)
+            del self.hosts[n]
+            self.world.remove(n)
             self.records[n].crashed_ever = True
 
     def _do_restart(self, n: int) -> None:
@@ -371,50 +393,53 @@ class RingSimulation:
 
     def _do_leave(self, n: int) -> None:
         engine = self.engines.get(n)
-        if engine is None or n in self._paused:
+        if engine is None or self._paused(n):
             # A stopped process says no goodbye.
             return
         engine.leave(self.now)
         self._drain(n)
         del self.engines[n]
-        self._left[n] = engine
+        self._left[n] = self.hosts.pop(n)
+        self.world.remove(n)
+        self.net.attach(n, lambda src, message: self._check_left(n, message))
         self.records[n].left_ever = True
 
     def _do_deafen(self, n: int) -> None:
-        self._deaf.add(n)
+        self.net.deaf.add(n)
 
     def _do_hear(self, n: int) -> None:
-        self._deaf.discard(n)
+        self.net.deaf.discard(n)
 
     def _do_partition(self, _: None) -> None:
         ids = list(self.ids)
         self.rng.shuffle(ids)
         cut = self.rng.randint(1, len(ids) - 1) if len(ids) > 1 else 1
-        self._groups = [set(ids[:cut]), set(ids[cut:])]
+        self.net.groups = [set(ids[:cut]), set(ids[cut:])]
 
     def _do_heal(self, _: None) -> None:
-        if self._groups is not None:
-            self._groups = None
-            self._open_return("heal", set(self.engines) - set(self._paused), set())
+        if self.net.groups is not None:
+            self.net.groups = None
+            self._open_return("heal", {n for n in self.engines if not self._paused(n)}, set())
 
     def _do_calm(self, _: None) -> None:
-        changed = self._groups is not None or bool(self._deaf)
+        changed = self.net.groups is not None or bool(self.net.deaf)
         back = {n for n in self.ids if n not in self.engines}
         if changed or back:
             self._interrupt_returns("calm")
         self._faults_on = False
-        self._groups = None
-        self._deaf.clear()
+        self.net.groups = None
+        self.net.deaf.clear()
         for n in sorted(back):
             self._do_start(n)
         if changed:
-            self._open_return("calm", set(self.engines) - set(self._paused), back)
+            self._open_return("calm", {n for n in self.engines if not self._paused(n)}, back)
         elif back:
             self._open_return("calm", back)
 
     def _do_pause(self, n: int) -> None:
-        if n in self.engines and n not in self._paused:
-            self._paused[n] = []
+        if n in self.engines and not self._paused(n):
+            self.net.pause(n)
+            self.hosts[n].paused = True
 
     def _do_resume(self, n: int) -> None:
         """
@@ -422,14 +447,16 @@ class RingSimulation:
         and its socket buffer is read, all at one instant; the timers first or the
         backlog first (a real process sees either, depending on where it was stopped).
         """
-        backlog = self._paused.pop(n, None)
-        if backlog is None:
+        if not self._paused(n):
             return
+        backlog = self.net.resume(n)
+        host = self.hosts[n]
+        host.paused = False
         engine = self.engines[n]
         timers_first = self.rng.random() < 0.5
         if timers_first:
             self._fire(n)
-        for message in backlog:
+        for _, message in backlog:
             engine.received(message, self.now)
             self._drain(n)
         if not timers_first:
@@ -438,45 +465,27 @@ class RingSimulation:
 
     # -- the network ------------------------------------------------------------------------
 
-    def _reachable(self, a: int, b: int) -> bool:
-        if self._groups is None:
-            return True
-        return any(a in g and b in g for g in self._groups)
-
-    def _transmit(
-        self, src: int, dest: int, message: RingMessage, broadcast: bool = False
-    ) -> None:
+    def _fault(self, src: Name, dest: Name, message: Any) -> list[float]:
+        """
+        The ring network's fault model (L{Datagrams.fault}): while the faults are on, a
+        datagram is lost or duplicated as the scenario says and delayed within its
+        range; once they stop, it arrives once within 0.1 to 0.5 ms.
+        """
         f = self.scenario.faults
-        if not self._reachable(src, dest) or (broadcast and dest in self._deaf):
-            return
         copies = 1
         if self._faults_on:
             if self.rng.random() < f.loss:
-                return
+                return []
             if self.rng.random() < f.duplicate:
                 copies = 2
-        for _ in range(copies):
-            lo, hi = f.delay if self._faults_on else (0.0001, 0.0005)
-            self._counter += 1
-            heapq.heappush(
-                self._net, (self.now + self.rng.uniform(lo, hi), self._counter, dest, message)
-            )
+        lo, hi = f.delay if self._faults_on else (0.0001, 0.0005)
+        return [self.rng.uniform(lo, hi) for _ in range(copies)]
 
     def _drain(self, n: int) -> None:
         """Carry out node C{n}'s effects, and any effects that carrying them out causes."""
-        engine = self.engines.get(n)
-        if engine is None:
-            return
-        while effects := engine.drain():
-            for effect in effects:
-                if isinstance(effect, StartTimer | CancelTimer):
-                    self.timers[n].apply(effect)
-                elif isinstance(effect, Deliver):
-                    self._handle(n, effect.item)
-                elif isinstance(effect, Send | Persist):
-                    self._handle(n, effect)
-                elif not isinstance(effect, Log):
-                    raise TypeError(f"node {n}'s engine emitted {effect!r}")
+        host = self.hosts.get(n)
+        if host is not None:
+            host.carry_out()
 
     def _handle(self, n: int, effect: EngineEvent) -> None:
         record = self.records[n]
@@ -485,7 +494,7 @@ class RingSimulation:
             assert to is None or isinstance(to, int)
             dests = [to] if to is not None else [d for d in self.ids if d != n]
             for d in dests:
-                self._transmit(n, d, effect.message, broadcast=effect.to is None)
+                self.net.send(n, d, effect.message, broadcast=effect.to is None)
         elif isinstance(effect, Delivered):
             self._delivered(n, effect)
         elif isinstance(effect, Configuration):
@@ -521,10 +530,10 @@ class RingSimulation:
         e = self.engines.get(n)
         return (
             e is not None
-            and n not in self._paused
+            and not self._paused(n)
             and e.state is State.OPERATIONAL
             and e.installed == e.ring
-            and all(m in self.engines and m not in self._paused for m in e.members)
+            and all(m in self.engines and not self._paused(m) for m in e.members)
         )
 
     def _open_return(self, kind: str, nodes: set[int], back: set[int] | None = None) -> None:
@@ -535,8 +544,8 @@ class RingSimulation:
         anyway, or the return cannot complete).
         """
         fresh = set(nodes) if back is None else back
-        up = {n for n in self.engines if n not in self._paused}
-        if self._groups is not None or self._deaf:
+        up = {n for n in self.engines if not self._paused(n)}
+        if self.net.groups is not None or self.net.deaf:
             return
         if not all(self._serving(n) for n in up - fresh):
             return
@@ -602,9 +611,9 @@ class RingSimulation:
 
     def _check_left(self, n: int, message: RingMessage) -> None:
         """A node that left ignores what still reaches it: it sends and delivers nothing."""
-        engine = self._left[n]
-        engine.received(message, self.now)
-        if engine.drain() or len(self.timers[n]):
+        host = self._left[n]
+        host.core.received(message, self.now)
+        if host.core.drain() or len(host.timers):
             self._fail(f"leave: node {n} acted on {message!r} after it left")
 
     def _check_step(self) -> None:
@@ -683,6 +692,11 @@ class RingSimulation:
 
 
 _CHECKPOINTER = 7
+#: Processes making random operations at once; one that says goodbye is replaced.
+_PROCESSES = 6
+#: The chance, in L{ReplicatedSimulation.random}'s runs, that a process told every
+#: answer says goodbye instead of making its next operation.
+GOODBYE = 0.15
 
 #: How long a byte takes between a client and a server, at least and at most.
 _TCP_DELAY = (0.0001, 0.001)
@@ -713,28 +727,33 @@ class _Pipe:
 @attrs.define(eq=False)
 class _SimClient:
     """
-    One process's client: the real client core (L{lips.client._core.ClientCore}), its
-    timers under the simulation's clock, and what the process waits for: C{handles}
-    (the core's request handles, to operation keys) and C{held} (operations made while
-    it connects).
+    One process's client: the real client core (L{lips.client._core.ClientCore}) on its
+    L{Host}, which keeps its timers (fired by a planned C{wake}, not by the world), and
+    what the process waits for: C{handles} (the core's request handles, to operation
+    keys) and C{held} (operations made while it connects).
     """
 
     pid: int
-    core: ClientCore
-    timers: TimerTable = attrs.Factory(TimerTable)
+    host: Host[ClientCore]
     links: dict[Link, _Pipe] = attrs.Factory(dict)
     handles: dict[int, tuple[int, int]] = attrs.Factory(dict)
     held: list[tuple[int, int]] = attrs.Factory(list)
     wake: float | None = None
 
+    @property
+    def core(self) -> ClientCore:
+        return self.host.core
+
 
 def _request_message(op: Any) -> Any:
     """The request a client sends for the operation C{op}."""
     from lips.space import Kind
-    from lips.wire import CheckpointRequest, Out, Take
+    from lips.wire import CheckpointRequest, Goodbye, Out, Take
 
     if op.kind is Kind.OUT:
         return Out(op.event, op.payload)
+    if op.kind is Kind.FORGET:
+        return Goodbye(op.event)
     if op.kind is Kind.CHECKPOINT:
         return CheckpointRequest(op.event, op.payload)
     return Take(op.kind, op.event, op.payload)
@@ -744,20 +763,25 @@ def _operation(pid: int, message: Any) -> Any:
     """The operation a server makes of a client's request (as a MessageServer does)."""
     from lips.server import Operation
     from lips.space import Kind
-    from lips.wire import CheckpointRequest, Out
+    from lips.wire import CheckpointRequest, Goodbye, Out
 
     if isinstance(message, Out):
         return Operation(Kind.OUT, pid, message.event, message.tuple)
+    if isinstance(message, Goodbye):
+        return Operation(Kind.FORGET, pid, message.event, b"")
     if isinstance(message, CheckpointRequest):
         return Operation(Kind.CHECKPOINT, pid, message.event, message.state)
     return Operation(message.kind, pid, message.event, message.template)
 
 
-def _answer_message(c: Any) -> Any:
-    """The answer a server writes for the completion C{c} (as a MessageServer does)."""
+def _answer_message(c: Any, goodbye: bool = False) -> Any:
+    """
+    The answer a server writes for the completion C{c} (as a MessageServer does), of a
+    C{goodbye} or of another request.
+    """
     from lips.server import Refusal, Refused
     from lips.space import Status
-    from lips.wire import Cancelled, Error, ErrorCode, Matched, NoMatch, Stored, TimedOut
+    from lips.wire import Cancelled, Error, ErrorCode, Gone, Matched, NoMatch, Stored, TimedOut
 
     if isinstance(c, Refused):
         if c.reason is Refusal.BUSY:
@@ -767,7 +791,7 @@ def _answer_message(c: Any) -> Any:
     if status is Status.MATCHED:
         return Matched(c.value)
     if status is Status.STORED:
-        return Stored()
+        return Gone() if goodbye else Stored()
     if status is Status.NO_MATCH:
         return NoMatch()
     if status is Status.TIMED_OUT:
@@ -786,19 +810,23 @@ class ReplicatedSimulation(RingSimulation):
     over by its own rules (same process id and event number) when its server crashes,
     answers UNAVAILABLE or falls silent, and a server reading a connection's end
     withdraws what waits there, as a MessageServer does.  A BUSY answer, or a client
-    that gave up, reaches the process, which makes the same operation again later.
+    that gave up, reaches the process, which makes the same operation again later.  A
+    process told every answer may say goodbye (C{goodbye}, its chance each time; its
+    log is forgotten everywhere: nothing can dedupe its events from then on) and a new
+    process takes its place.  A broadcast is delivered before it returns when its
+    server holds the token, as through L{lips.protocols.RingProtocol} (L{reentrant}).
 
     Crashed servers restart empty and receive the state by transfer; partitions leave
     only a primary component serving; paused servers (C{pauses}, which L{random} does
     not draw) refuse new connections and read nothing while stopped.  After every step:
     no operation gets two different answers, what a process is told is what the servers
     answered, no tuple is taken by two answered operations.  At the end: every server
-    serves in one ring with one digest, every out and inp was answered and its answer
-    told to its process, every
-    answered out is stored or was taken, and every answered take is in the surviving
-    log.  Answers given before a moment when no live server held a state (every holder
-    had crashed: "the last server") are exempt from the end checks: they are lost by
-    design of an in-memory space.
+    serves in one ring with one digest, every out, inp, checkpoint and goodbye was
+    answered and its answer told to its process, no tuple is stored twice (each is put
+    by one out), every answered out is stored or was taken, and every answered take of
+    a process still known is in the surviving log.  Answers given before a moment when
+    no live server held a state (every holder had crashed: "the last server") are
+    exempt from the end checks: they are lost by design of an in-memory space.
     """
 
     replicated = True
@@ -813,6 +841,7 @@ class ReplicatedSimulation(RingSimulation):
         crashes: int = 0,
         partitions: int = 0,
         pauses: int = 0,
+        goodbye: float = 0.0,
     ) -> None:
         faults = Faults(
             loss=loss,
@@ -824,6 +853,13 @@ class ReplicatedSimulation(RingSimulation):
         )
         super().__init__(seed, Scenario(nodes=nodes, messages=0, faults=faults))
         self.operations = operations
+        #: The chance that a process, told every answer, says goodbye instead of making
+        #: its next operation (its log is forgotten everywhere: nothing can dedupe its
+        #: events from then on), a new process taking its place.
+        self.goodbye = goodbye
+        # The process in each of the _PROCESSES places, and the next new process id.
+        self._pids = list(range(1, _PROCESSES + 1))
+        self._next_pid = 100
         self.replicas: dict[int, Any] = {}
         self.answers: dict[tuple[int, int], tuple[Any, float]] = {}
         self.ops: dict[tuple[int, int], Any] = {}
@@ -840,6 +876,10 @@ class ReplicatedSimulation(RingSimulation):
         self._pipes: dict[int, list[_Pipe]] = defaultdict(list)
         self._routes: dict[tuple[int, tuple[int, int]], tuple[_Pipe, int]] = {}
         self._unread: dict[int, list[Any]] = defaultdict(list)
+        #: Goodbyes whose client gave up on them (their outcome unknown).
+        self.given_up: set[tuple[int, int]] = set()
+        # Replicas whose effects are being carried out (see L{_carry_out}).
+        self._carrying: set[int] = set()
 
     @classmethod
     def random(cls, seed: int) -> ReplicatedSimulation:
@@ -852,6 +892,7 @@ class ReplicatedSimulation(RingSimulation):
             loss=rng.choice([0.0, 0.0, 0.02, 0.1]),
             crashes=rng.choice([0, 1, 2, 3]),
             partitions=rng.choice([0, 0, 1, 2]),
+            goodbye=GOODBYE,
         )
 
     def run(self) -> ReplicatedSimulation:
@@ -874,13 +915,20 @@ class ReplicatedSimulation(RingSimulation):
         """Carry out what replica C{n} emitted: to its engine, answers to its clients."""
         from lips.testing._replicahost import carry_out
 
-        engine = self.engines[n]
-        carry_out(
-            self.replicas[n],
-            self.now,
-            lambda payload: engine.submit(payload, self.now),
-            lambda c: self._answered(n, c),
-        )
+        # As a Driver: fed again while at it (the ring delivered its broadcast before it
+        # returned), the replica's new effects come after the ones already taken.
+        if n in self._carrying:
+            return
+        self._carrying.add(n)
+        try:
+            carry_out(
+                self.replicas[n],
+                self.now,
+                lambda payload: self._broadcast(n, payload),
+                lambda c: self._answered(n, c),
+            )
+        finally:
+            self._carrying.discard(n)
 
     def _do_crash(self, n: int) -> None:
         had = n in self.engines
@@ -934,7 +982,24 @@ class ReplicatedSimulation(RingSimulation):
             self.ops[key] = op
             self._do_send(key)
             return
-        pid = self.rng.randint(1, 6)
+        place = self.rng.randint(1, _PROCESSES) - 1
+        pid = self._pids[place]
+        made = self._events[pid]
+        if (
+            self.goodbye
+            and made
+            and all((pid, e) in self.told for e in range(1, made + 1))
+            and self.rng.random() < self.goodbye
+        ):
+            # It is done: a goodbye (every replica forgets its log), and a new process
+            # takes its place.
+            self._pids[place] = self._next_pid
+            self._next_pid += 1
+            self._events[pid] += 1
+            key = (pid, self._events[pid])
+            self.ops[key] = Operation(Kind.FORGET, *key, b"")
+            self._do_send(key)
+            return
         self._events[pid] += 1
         key = (pid, self._events[pid])
         choice = self.rng.random()
@@ -961,6 +1026,13 @@ class ReplicatedSimulation(RingSimulation):
         client.handles[handle] = key
         self._feed(client, client.core.request, handle, _request_message(self.ops[key]))
 
+    def _goodbye(self, key: tuple[int, int]) -> bool:
+        """Whether the operation C{key} is its process's goodbye."""
+        from lips.space import Kind
+
+        op = self.ops.get(key)
+        return op is not None and op.kind is Kind.FORGET
+
     def _retry(self, key: tuple[int, int]) -> None:
         """The process makes C{key} again a little later (BUSY, or its client gave up)."""
         self.retries += 1
@@ -980,7 +1052,8 @@ class ReplicatedSimulation(RingSimulation):
             reconnect=True,
             start=self.rng.randrange(len(self.ids)),
         )
-        client = self.clients[pid] = _SimClient(pid, core)
+        host = Host(self.world, f"c{pid}", core, self._client_handlers(pid))
+        client = self.clients[pid] = _SimClient(pid, host)
         self._feed(client, core.start)
         return client
 
@@ -989,26 +1062,31 @@ class ReplicatedSimulation(RingSimulation):
         method(*args, self.now)
         self._carry_out_client(client)
 
-    def _carry_out_client(self, client: _SimClient) -> None:
+    def _client_handlers(self, pid: int) -> dict[type[Effect], Handler]:
         """
-        Carry out C{client}'s effects: timers to its table (woken by a planned event),
-        what it says to its links over the simulated connections, what it delivers to
-        the process.  None of them feeds the core at once: whatever comes back is planned.
+        What carrying out process C{pid}'s client's effects does: what it says to its
+        links goes over the simulated connections, what it delivers to the process.
+        None of them feeds the core at once: whatever comes back is planned.
         """
-        from lips import kernel
         from lips.client import Link
 
-        while effects := client.core.drain():
-            for effect in effects:
-                if isinstance(effect, kernel.StartTimer | kernel.CancelTimer):
-                    client.timers.apply(effect)
-                elif isinstance(effect, kernel.Send) and isinstance(effect.to, Link):
-                    self._client_says(client, effect.to, effect.message)
-                elif isinstance(effect, kernel.Deliver):
-                    self._client_tells(client, effect.item)
-                elif not isinstance(effect, kernel.Log):
-                    raise TypeError(f"client {client.pid} emitted {effect!r}")
-        deadline = client.timers.next_deadline()
+        def says(host: Host[Any], effect: Send[Any]) -> None:
+            if not isinstance(effect.to, Link):
+                raise TypeError(f"client {pid} emitted {effect!r}")
+            self._client_says(self.clients[pid], effect.to, effect.message)
+
+        def tells(host: Host[Any], effect: Deliver[Any]) -> None:
+            self._client_tells(self.clients[pid], effect.item)
+
+        return {Send: says, Deliver: tells, Log: lambda host, effect: None}
+
+    def _carry_out_client(self, client: _SimClient) -> None:
+        """
+        Carry out C{client}'s effects (its host's handlers, L{_client_handlers}), its
+        timers to its table, woken by a planned event.
+        """
+        client.host.carry_out()
+        deadline = client.host.timers.next_deadline()
         if deadline is not None and (client.wake is None or deadline < client.wake):
             client.wake = deadline
             self._plan(deadline, "wake", client)
@@ -1017,7 +1095,7 @@ class ReplicatedSimulation(RingSimulation):
         """C{client}'s timers that are due fire."""
         if client.wake is not None and client.wake <= self.now:
             client.wake = None
-        for key in client.timers.due(self.now):
+        for key in client.host.timers.due(self.now):
             client.core.timer(key, self.now)
             self._carry_out_client(client)
         self._carry_out_client(client)
@@ -1050,7 +1128,14 @@ class ReplicatedSimulation(RingSimulation):
                 else:
                     self._retry(key)
         elif isinstance(item, Failed):
-            self._retry(client.handles.pop(item.handle))
+            key = client.handles.pop(item.handle)
+            if self._goodbye(key):
+                # Its client gave up on the goodbye (no answer in time): the process is
+                # gone all the same, and whether the space forgot it is unknown.
+                self.told[key] = (item.error, self.now)
+                self.given_up.add(key)
+                return
+            self._retry(key)
         elif isinstance(item, Answered):
             key = client.handles.pop(item.handle)
             message = item.message
@@ -1061,7 +1146,7 @@ class ReplicatedSimulation(RingSimulation):
                 return
             self.told[key] = (message, self.now)
             first = self.answers.get(key)
-            if first is None or _answer_message(first[0]) != message:
+            if first is None or _answer_message(first[0], self._goodbye(key)) != message:
                 self._fail(f"exactly once: {key} told {message}, the servers answered {first}")
         elif isinstance(item, PutBack):
             self._events[client.pid] += 1
@@ -1090,7 +1175,7 @@ class ReplicatedSimulation(RingSimulation):
         n = pipe.node
         if not self._client_open(pipe):
             return
-        if n in self.replicas and n not in self._paused:
+        if n in self.replicas and not self._paused(n):
             pipe.accepted = True
             self._pipes[n].append(pipe)
         else:
@@ -1115,7 +1200,7 @@ class ReplicatedSimulation(RingSimulation):
         n, pid = pipe.node, pipe.client.pid
         if pipe.dead or not pipe.accepted:
             return
-        if n in self._paused:
+        if self._paused(n):
             self._unread[n].append(lambda: self._server_reads(pipe, rid, message))
             return
         if isinstance(message, Hello):
@@ -1151,7 +1236,7 @@ class ReplicatedSimulation(RingSimulation):
         n = pipe.node
         if pipe.dead or not pipe.accepted:
             return
-        if n in self._paused:
+        if self._paused(n):
             self._unread[n].append(lambda: self._server_closes(pipe))
             return
         pipe.dead = True
@@ -1189,7 +1274,7 @@ class ReplicatedSimulation(RingSimulation):
         if route is not None:
             pipe, rid = route
             pipe.requests.pop(rid, None)
-            answer = _answer_message(c)
+            answer = _answer_message(c, self._goodbye(key))
             self._to_client(pipe, lambda: self._arrive(pipe, rid, answer))
         if key not in self.ops or isinstance(c, Refused) or c.status is Status.CANCELLED:
             return
@@ -1216,12 +1301,28 @@ class ReplicatedSimulation(RingSimulation):
         if len(set(digests.values())) != 1:
             self._fail(f"determinism: replica digests differ: {digests}")
         space = next(iter(self.replicas.values())).space
-        remaining = set(space.tuples())
+        held = Counter(space.tuples())
+        twice = sorted(t for t, k in held.items() if k > 1)
+        if twice:
+            self._fail(f"exactly once: {twice[:5]} stored twice (each was put once)")
+        remaining = set(held)
+        final = (Kind.OUT, Kind.INP, Kind.CHECKPOINT, Kind.FORGET)
         for key, op in self.ops.items():
-            if key not in self.answers and op.kind in (Kind.OUT, Kind.INP, Kind.CHECKPOINT):
+            if key not in self.answers and op.kind in final and key not in self.given_up:
                 self._fail(f"progress: {op.kind.name} {key} was never answered")
-            if key not in self.told and op.kind in (Kind.OUT, Kind.INP, Kind.CHECKPOINT):
+            if key not in self.told and op.kind in final:
                 self._fail(f"progress: {op.kind.name} {key} was never told to its process")
+        # Processes that said goodbye: the space has no log of them any more (or may
+        # have none, if their client gave up on the goodbye).
+        gone = {
+            k[0]
+            for k, op in self.ops.items()
+            if op.kind is Kind.FORGET
+            and (
+                k in self.given_up
+                or (k in self.answers and self.answers[k][0].status is Status.STORED)
+            )
+        }
         stored = [
             key[1]
             for key, (c, when) in self.answers.items()
@@ -1234,6 +1335,9 @@ class ReplicatedSimulation(RingSimulation):
         taken = set()
         for key, op in self.ops.items():
             logged = space.answered(*key)
+            if key[0] in gone:
+                # What its takes took, as they were answered.
+                logged = self.answers.get(key, (None, 0.0))[0]
             if op.kind is not Kind.OUT and logged is not None and logged.status is Status.MATCHED:
                 taken.add(logged.value)
         for key, (c, when) in self.answers.items():
@@ -1242,7 +1346,7 @@ class ReplicatedSimulation(RingSimulation):
             op = self.ops[key]
             if op.kind is Kind.OUT and op.payload not in remaining | taken:
                 self._fail(f"no loss: the answered out {key} {op.payload} is gone")
-            if c.status is Status.MATCHED and space.answered(*key) != c:
+            if c.status is Status.MATCHED and key[0] not in gone and space.answered(*key) != c:
                 self._fail(f"no loss: {key} was answered {c}, the log says {space.answered(*key)}")
         both = remaining & taken
         if both:

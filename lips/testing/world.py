@@ -26,9 +26,23 @@ the simulator, and raises).  A paused host (a stopped process) fires no timers a
 datagrams wait in a bounded backlog until it resumes; a host that crashed is removed,
 and what is sent to it is lost.
 
-The ring simulator (L{lips.testing.ringsim}) and the recovery simulator
-(L{lips.testing.appsim}) are configurations of this world; the ARMOR and MDCD
-simulators are meant to be further ones.
+Simulators that need more than that have it here too, each off unless asked for:
+
+  - a per-datagram fault model of their own (L{Datagrams.fault}) in place of the
+    L{Link}'s;
+  - hosts that carry out their core's effects as the L{Driver<lips.kernel.Driver>}
+    does (C{queue_nested}): an input fed while the effects of an earlier one are being
+    carried out has its effects carried out after those, never before (a ring that
+    delivers a payload before the broadcast that handed it over returns);
+  - hosts whose timers an outside clock fires (a host made with C{Host(world, ...)}
+    and not added with L{World.host} is never fired by the world; L{Host.fire} takes
+    the time the timers were armed for);
+  - outside clocks (L{World.add_clock}): a Twisted C{Clock} behind a real core that
+    needs an C{IReactorTime}, run to the world's time at the start of every step.
+
+The ring simulator (L{lips.testing.ringsim}), the served-cluster simulator
+(L{lips.testing.clustersim}), the recovery simulator (L{lips.testing.appsim}) and the
+ARMOR simulator (L{lips.testing.armorsim}) are configurations of this world.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -86,10 +100,22 @@ class Host(Generic[C]):
 
     Feed it inputs with L{feed}, which calls the input at the world's time and carries
     out what the core emitted, and what carrying that out caused, before it returns.
+
+    With C{queue_nested}, a L{carry_out} called while one is under way (a handler that
+    feeds the core again) returns at once, and the one under way carries out the new
+    effects after those it has already taken, in order, as the
+    L{Driver<lips.kernel.Driver>} does.  Without it (the default) the nested call
+    carries them out itself, before the rest of the batch under way.
     """
 
     def __init__(
-        self, world: World, name: Name, core: C, handlers: Mapping[type[Effect], Handler]
+        self,
+        world: World,
+        name: Name,
+        core: C,
+        handlers: Mapping[type[Effect], Handler],
+        *,
+        queue_nested: bool = False,
     ) -> None:
         for kind in handlers:
             if kind in (StartTimer, CancelTimer):
@@ -101,6 +127,8 @@ class Host(Generic[C]):
         self.timers = TimerTable()
         self.paused = False
         self.effects = 0
+        self.queue_nested = queue_nested
+        self._carrying = False
 
     def __repr__(self) -> str:
         return f"<Host {self.name!r}>"
@@ -113,6 +141,18 @@ class Host(Generic[C]):
 
     def carry_out(self) -> None:
         """Carry out the core's effects until it has none left."""
+        if not self.queue_nested:
+            self._carry_out()
+            return
+        if self._carrying:
+            return  # the carry_out under way takes them, after what it already took
+        self._carrying = True
+        try:
+            self._carry_out()
+        finally:
+            self._carrying = False
+
+    def _carry_out(self) -> None:
         drain: Callable[[], list[Effect]] = self.core.drain  # type: ignore[attr-defined]
         while effects := drain():
             for effect in effects:
@@ -130,13 +170,18 @@ class Host(Generic[C]):
     def next_deadline(self) -> float | None:
         return None if self.paused else self.timers.next_deadline()
 
-    def fire(self) -> bool:
-        """Fire the timers due at the world's time; whether any was."""
+    def fire(self, now: float | None = None) -> bool:
+        """
+        Fire the timers due at C{now} (by default the world's time), each at C{now},
+        carrying out what each caused before the next; whether any was due.
+        """
         fired = False
+        if now is None:
+            now = self.world.now
         timer = self.core.timer  # type: ignore[attr-defined]
-        for key in self.timers.due(self.world.now):
+        for key in self.timers.due(now):
             fired = True
-            timer(key, self.world.now)
+            timer(key, now)
             self.carry_out()
         return fired
 
@@ -163,6 +208,12 @@ class Datagrams:
     split the endpoints into groups that hear only each other; C{deaf} endpoints miss
     broadcasts; a paused endpoint's datagrams wait in a backlog of at most C{backlog}
     (more are dropped and counted) and are handed over, in order, on L{resume}.
+
+    @ivar fault: a simulator's own fault model, or None for the L{Link}'s.  For each
+        datagram that is not partitioned away or missed by a deaf endpoint, it is called
+        as C{fault(src, dst, message)} and answers the delays of the copies to send: none
+        (the datagram is lost), one, or more (duplicates).  It takes its chances from
+        C{world.rng}, and L{faults} does not apply to it.
     """
 
     def __init__(self, world: World, link: Link | None = None, backlog: int = 256) -> None:
@@ -170,6 +221,7 @@ class Datagrams:
         self.link = link if link is not None else Link()
         self.backlog = backlog
         self.faults = True
+        self.fault: Callable[[Name, Name, Any], Sequence[float]] | None = None
         self.groups: list[set[Name]] | None = None
         self.deaf: set[Name] = set()
         self._endpoints: dict[Name, Callable[[Name, Any], None]] = {}
@@ -224,6 +276,18 @@ class Datagrams:
             return
         if broadcast and dst in self.deaf:
             self.counts["lost"] += 1
+            return
+        if self.fault is not None:
+            delays = self.fault(src, dst, message)
+            if not delays:
+                self.counts["lost"] += 1
+            elif len(delays) > 1:
+                self.counts["duplicated"] += 1
+            for delay in delays:
+                self._counter += 1
+                heapq.heappush(
+                    self._flight, (self.world.now + delay, self._counter, src, dst, message)
+                )
             return
         link = self.link
         if self.faults and link.loss and rng.random() < link.loss:
@@ -352,12 +416,20 @@ class World:
         self.datagrams = Datagrams(self, link, backlog)
         self.streams = Streams(self)
         self._checks: list[Callable[[], None]] = []
+        self._clocks: list[tuple[Callable[[], float | None], Callable[[], None]]] = []
 
     # -- populating -------------------------------------------------------------------------
 
-    def host(self, name: Name, core: C, handlers: Mapping[type[Effect], Handler]) -> Host[C]:
-        """Add (or replace, for a restart) the host C{name} running C{core}."""
-        host: Host[C] = Host(self, name, core, handlers)
+    def host(
+        self,
+        name: Name,
+        core: C,
+        handlers: Mapping[type[Effect], Handler],
+        *,
+        queue_nested: bool = False,
+    ) -> Host[C]:
+        """Add (or replace, for a restart) the host C{name} running C{core} (see L{Host})."""
+        host: Host[C] = Host(self, name, core, handlers, queue_nested=queue_nested)
         self.hosts.pop(name, None)
         self.hosts[name] = host
         return host
@@ -371,6 +443,18 @@ class World:
         """Call C{check} after every step."""
         self._checks.append(check)
 
+    def add_clock(
+        self, next_time: Callable[[], float | None], catch_up: Callable[[], None]
+    ) -> None:
+        """
+        Run an outside clock at the world's time: the world steps to C{next_time()}
+        (when its next call is due, None for never) like to any other deadline, and
+        every step, once the world's time has moved, starts with C{catch_up()} (which
+        runs the clock to C{world.now}) before the step's own event, if one is due.
+        Clocks are caught up in the order they were added.
+        """
+        self._clocks.append((next_time, catch_up))
+
     def plan(self, at: float, event: Callable[[], None]) -> None:
         """Run C{event} at C{at} (or now, if that is past)."""
         self.agenda.add(max(at, self.now), event)
@@ -383,6 +467,7 @@ class World:
     def next_time(self) -> float | None:
         times = [h.next_deadline() for h in self.hosts.values()]
         times += [self.agenda.next_time(), self.datagrams.next_time()]
+        times += [next_time() for next_time, _ in self._clocks]
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
@@ -391,8 +476,15 @@ class World:
         t = self.next_time()
         if t is None:
             return False
+        self._step(t)
+        return True
+
+    def _step(self, t: float) -> None:
+        """The step due at C{t}, the earliest time anything is due."""
         self.now = max(self.now, t)
         self.steps += 1
+        for _, catch_up in self._clocks:
+            catch_up()
         planned = self.agenda.next_time()
         arriving = self.datagrams.next_time()
         if planned is not None and planned <= t:
@@ -406,7 +498,6 @@ class World:
                     host.fire()
         for check in self._checks:
             check()
-        return True
 
     def run(self, until: float | None = None) -> None:
         """
@@ -418,5 +509,5 @@ class World:
                 pass
             return
         while (t := self.next_time()) is not None and t <= until:
-            self.step()
+            self._step(t)
         self.now = max(self.now, until)

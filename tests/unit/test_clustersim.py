@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 from collections import Counter
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips import cli
@@ -57,6 +59,11 @@ def incident() -> ClusterScenario:
     )
 
 
+def with_goodbyes(seed: int, goodbye: float = 0.05) -> ClusterScenario:
+    """Seed C{seed}'s scenario (as L{ClusterSimulation} draws it), its processes saying goodbye."""
+    return attrs.evolve(ClusterScenario.random(random.Random(seed ^ 0xC1A5)), goodbye=goodbye)
+
+
 class ClusterSimulationTests(SynchronousTestCase):
     def tearDown(self) -> None:
         # A client logs (with its failure) a tuple it could not put back to a space it
@@ -79,6 +86,34 @@ class ClusterSimulationTests(SynchronousTestCase):
         self.assertGreater(counts["eager pauses struck (unsafe)"], 0)
         self.assertGreater(counts["requests sent again"], 0)
         self.assertGreater(counts["sent again with no time left"], 0)
+
+    def test_seeds_with_goodbyes(self) -> None:
+        """
+        The same runs with processes that say goodbye as they go (and new ones in their
+        place): the space forgets a process's log, so from then on nothing dedupes its
+        events, and a request a server sends again after the goodbye is stored or takes
+        a tuple twice.  Seeds 2, 3, 4, 6 and 8 caught it (an out the survivors stored
+        again after a crash; an in that took a second tuple) while the replica recorded
+        a request in flight only after its broadcast returned.
+        """
+        goodbyes = 0
+        for seed in range(SEEDS):
+            sim = ClusterSimulation(seed, with_goodbyes(seed)).run()
+            goodbyes += sum(1 for _, text, _ in sim.trace if text.endswith("says goodbye"))
+        self.assertGreater(goodbyes, 0)
+
+    def test_request_after_its_goodbye(self) -> None:
+        """
+        A request that waited in a paused server's socket while its client failed over,
+        was answered elsewhere and said goodbye, is applied as new when the server
+        resumes (seed 61: an out stored twice).  Not prevented yet: the space keeps
+        nothing of a forgotten process to refuse it with.
+        """
+        ClusterSimulation(61, with_goodbyes(61)).run()
+
+    test_request_after_its_goodbye.todo = (  # type: ignore[attr-defined]
+        "a forgotten process's late request is applied afresh (no tombstone)"
+    )
 
     def test_paused_server_and_no_time_left(self) -> None:
         """

@@ -62,6 +62,7 @@ from lips.ring import (
     Token,
 )
 from lips.ring._codec import JOIN, MERGE_DETECT, encode
+from lips.testing.world import World
 
 KEY = b"k" * 32
 CLUSTER = 7
@@ -106,7 +107,7 @@ class FakeDatagramTransport:
     def write(self, packet: bytes, addr: Address | None = None) -> None:
         self.written.append((packet, addr))
         if self.network is not None and addr is not None:
-            self.network.queue.append((self.host, addr, packet))
+            self.network.send(self.host, addr, packet)
 
     def connect(self, host: str, port: int) -> None:
         raise NotImplementedError("the ring never connects its UDP port")
@@ -172,29 +173,47 @@ class FakeMulticastTransport(FakeDatagramTransport):
 
 class Network:
     """
-    An in-memory datagram network: what is written in one hop arrives at the next
-    (L{hop}), at whatever protocol listens on the destination address, or, for a
-    multicast group or broadcast address, at every listener there (the sender's own
-    included, as the kernel loops it back); unless either end is cut off.
+    An in-memory datagram network, on the simulated world's L{Datagrams}: what is
+    written in one hop arrives at the next (L{hop}: every datagram takes one hop of the
+    world's clock, and a hop runs the world one hop on), in the order it was written, at
+    whatever protocol listens on the destination address, or, for a multicast group or
+    broadcast address, at every listener there (the sender's own included, as the
+    kernel loops it back); unless either end is cut off when it arrives.
     """
 
+    HOP = 0.001
+
     def __init__(self) -> None:
+        self.world = World(0)
+        self.datagrams = self.world.datagrams
+        self.datagrams.fault = lambda source, destination, packet: [self.HOP]
         self.nodes: dict[Address, RingProtocol] = {}
         self.groups: dict[Address, list[tuple[Address, Callable[[bytes, Any], None]]]] = {}
-        self.queue: list[tuple[Address, Address, bytes]] = []
         self.cut: set[Address] = set()
 
+    def send(self, source: Address, destination: Address, packet: bytes) -> None:
+        """Write C{packet} from C{source} to C{destination}: it arrives at the next hop."""
+        if not self.datagrams.attached(destination):
+
+            def arrive(src: object, packet: Any) -> None:
+                self._arrive(src, destination, packet)
+
+            self.datagrams.attach(destination, arrive)
+        self.datagrams.send(source, destination, packet)
+
+    def _arrive(self, source: Any, destination: Address, packet: bytes) -> None:
+        if source in self.cut:
+            return
+        protocol = self.nodes.get(destination)
+        if protocol is not None and destination not in self.cut:
+            protocol.datagramReceived(packet, source)
+        for member, received in self.groups.get(destination, []):
+            if member not in self.cut:
+                received(packet, source)
+
     def hop(self) -> None:
-        batch, self.queue = self.queue, []
-        for source, destination, packet in batch:
-            if source in self.cut:
-                continue
-            protocol = self.nodes.get(destination)
-            if protocol is not None and destination not in self.cut:
-                protocol.datagramReceived(packet, source)
-            for member, received in self.groups.get(destination, []):
-                if member not in self.cut:
-                    received(packet, source)
+        """Hand over every datagram written since the last hop, in the order written."""
+        self.world.run(until=self.world.now + self.HOP)
 
 
 class Node:

@@ -185,3 +185,123 @@ class WorldTests(SynchronousTestCase):
         world.run(until=1.0)
         self.assertEqual(got, [])
         self.assertFalse(out.open)
+
+
+class Echo:
+    """A toy core: each C{said} input delivers its word; a word in C{again} says more."""
+
+    emits: ClassVar[frozenset[type[Effect]]] = frozenset({Deliver, StartTimer})
+
+    def __init__(self) -> None:
+        self.again: dict[str, list[str]] = {}
+        self.fired: list[tuple[TimerKey, float]] = []
+        self._outbox = Outbox(self.emits)
+
+    def drain(self) -> list[Effect]:
+        return self._outbox.drain()
+
+    def said(self, words: list[str], now: float) -> None:
+        for word in words:
+            self._outbox.deliver(word)
+
+    def arm(self, at: float, now: float) -> None:
+        self._outbox.start_timer(Tick.PING, at)
+
+    def timer(self, key: TimerKey, now: float) -> None:
+        self.fired.append((key, now))
+
+
+class WorldOptionTests(SynchronousTestCase):
+    """What the world offers simulators that need more (the ring's among them)."""
+
+    def test_fault_model(self) -> None:
+        """
+        A simulator's own fault model decides each datagram's copies and their delays;
+        partitions and deaf endpoints still come first, without asking it.
+        """
+        world = World(0)
+        asked: list[tuple[object, object, object]] = []
+
+        def fault(src: object, dst: object, message: object) -> list[float]:
+            asked.append((src, dst, message))
+            return {"lost": [], "once": [0.5], "twice": [0.25, 0.75]}[str(message)]
+
+        world.datagrams.fault = fault
+        got: list[tuple[float, object]] = []
+        world.datagrams.attach("b", lambda src, m: got.append((world.now, m)))
+        for message in ["lost", "once", "twice"]:
+            world.datagrams.send("a", "b", message)
+        world.datagrams.deaf.add("b")
+        world.datagrams.send("a", "b", "once", broadcast=True)
+        world.datagrams.groups = [{"a"}, {"b"}]
+        world.datagrams.send("a", "b", "once")
+        world.run()
+        self.assertEqual(got, [(0.25, "twice"), (0.5, "once"), (0.75, "twice")])
+        self.assertEqual(len(asked), 3)
+        counts = world.datagrams.counts
+        self.assertEqual((counts["lost"], counts["duplicated"], counts["partitioned"]), (2, 1, 1))
+
+    def test_nested_carry_out(self) -> None:
+        """
+        By default a handler that feeds its core again has the new effects carried out
+        at once, before the rest of its batch; with C{queue_nested}, after it, as the
+        Driver does it.
+        """
+        self.assertEqual(self.nested(queue_nested=False), ["a", "x", "y", "b"])
+        self.assertEqual(self.nested(queue_nested=True), ["a", "b", "x", "y"])
+
+    def nested(self, queue_nested: bool) -> list[str]:
+        """What an L{Echo} delivers, in order, when saying C{a} makes it say more."""
+        world = World(0)
+        done: list[str] = []
+
+        def deliver(host: Host[Any], e: Deliver[str]) -> None:
+            done.append(e.item)
+            more = host.core.again.pop(e.item, None)
+            if more:
+                host.feed(host.core.said, more)
+
+        host = world.host("e", Echo(), {Deliver: deliver}, queue_nested=queue_nested)
+        host.core.again["a"] = ["x", "y"]
+        host.feed(host.core.said, ["a", "b"])
+        return done
+
+    def test_host_outside_the_world(self) -> None:
+        """
+        A host made but not added is never fired by the world; L{Host.fire} fires its
+        due timers at the time it is given.
+        """
+        world = World(0)
+        host = Host(world, "e", Echo(), {})
+        host.feed(host.core.arm, 0.5)
+        world.run(until=1.0)
+        self.assertEqual(host.core.fired, [])
+        self.assertFalse(host.fire(now=0.25))
+        self.assertTrue(host.fire(now=0.5))
+        self.assertEqual(host.core.fired, [(Tick.PING, 0.5)])
+
+    def test_outside_clock(self) -> None:
+        """
+        The world steps to an outside clock's calls and catches the clock up first at
+        every step, before the step's own event.
+        """
+        from twisted.internet.task import Clock
+
+        world = World(0)
+        clock = Clock()
+        seen: list[tuple[str, float]] = []
+
+        def next_call() -> float | None:
+            calls = clock.getDelayedCalls()
+            return min(c.getTime() for c in calls) if calls else None
+
+        def catch_up() -> None:
+            clock.advance(world.now - clock.seconds())
+
+        world.add_clock(next_call, catch_up)
+        clock.callLater(0.3, lambda: seen.append(("clock", clock.seconds())))
+        clock.callLater(0.5, lambda: seen.append(("clock", clock.seconds())))
+        world.plan(0.5, lambda: seen.append(("agenda", world.now)))
+        world.run()
+        self.assertEqual(seen, [("clock", 0.3), ("clock", 0.5), ("agenda", 0.5)])
+        self.assertEqual(world.steps, 2)
