@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from zope.interface import Attribute, Interface, implementer
 
 from lips.armor._bodies import Subscription
-from lips.armor._messages import SUBSCRIBE, UNSUBSCRIBE, Message
+from lips.armor._messages import SUBSCRIBE, TIMER, UNSUBSCRIBE, Message
 from lips.armor._names import ArmorId, MessageError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "IBlock",
     "MessageDispatch",
     "MessageSend",
+    "OwnBlock",
 ]
 
 #: The slot of every ARMOR's MessageDispatch.
@@ -116,6 +117,33 @@ class Block:
 
     def process_message(self, message: Message, now: float) -> None:
         raise NotImplementedError(f"{type(self).__name__} handles no messages")
+
+
+class OwnBlock(Block):
+    """
+    An ARMOR type's own block, whose logic is the ARMOR's: it tells its ARMOR it is
+    attached (C{_attached(block, now)}), and hands it its tick (C{_tick(now)}) and every
+    other message it is subscribed to (C{_handle(message, now)}).  It works only in an
+    ARMOR of C{armor_type}.
+    """
+
+    armor_type: ClassVar[type[Any]] = object
+
+    def attach(self, context: Any, now: float) -> None:
+        armor = context.armor
+        if not isinstance(armor, self.armor_type):
+            raise TypeError(
+                f"a {type(self).__name__} block works in a {self.armor_type.__name__} only"
+            )
+        super().attach(context, now)
+        armor._attached(self, now)
+
+    def process_message(self, message: Message, now: float) -> None:
+        armor: Any = self.context.armor
+        if message.type == TIMER:
+            armor._tick(now)
+        else:
+            armor._handle(message, now)
 
 
 class MessageDispatch(Block):

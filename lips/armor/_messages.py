@@ -30,6 +30,7 @@ map; L{Body.from_message} checks a message's body as strictly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Self, cast
 
@@ -374,6 +375,17 @@ def optional_name(instance: object, attribute: attrs.Attribute[Any], value: obje
     """A name or None."""
     if value is not None:
         check_name(value, attribute.name)
+
+
+def seconds(value: object, what: str) -> float:
+    """
+    C{value} as a positive number of seconds (an ARMOR type's option).
+
+    @raise MessageError: naming C{what}, if it is not one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise MessageError(f"{what} is a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def plain_map(value: object) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from twisted.logger import LogLevel
 from lips.armor._armor import Armor
 from lips.armor._blocks import Block
 from lips.armor._factory import BlockFactory
-from lips.armor._messages import TIMER, Body, Message, check_value
+from lips.armor._messages import TIMER, Body, Message, check_value, seconds
 from lips.armor._names import MessageError, check_label
 from lips.armor.checkpoint import (
     CHECKPOINT_TAKEN,
@@ -217,12 +217,6 @@ class TaskRunner(Block):
         armor._handle(message, now)
 
 
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise MessageError(f"{what} is a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 class Execution(Armor):
     """
     The Execution ARMOR of task C{task} of application C{application} (see the module
@@ -312,7 +306,7 @@ class Execution(Armor):
             kwargs["args"] = tuple(args)
         for key in ("timeout", "window", "delay", "retry"):
             if key in config:
-                kwargs[key] = _seconds(config.pop(key), key)
+                kwargs[key] = seconds(config.pop(key), key)
         if "restarts" in config:
             restarts = config.pop("restarts")
             if type(restarts) is not int or restarts < 0:

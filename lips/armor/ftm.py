@@ -72,7 +72,7 @@ import msgpack
 from twisted.logger import LogLevel
 
 from lips.armor._armor import Armor
-from lips.armor._blocks import Block
+from lips.armor._blocks import OwnBlock
 from lips.armor._bodies import Uninstall
 from lips.armor._factory import BlockFactory
 from lips.armor._manager import (
@@ -84,7 +84,6 @@ from lips.armor._manager import (
 )
 from lips.armor._messages import (
     ARMOR_FAILED,
-    TIMER,
     UNINSTALL,
     Body,
     Message,
@@ -92,6 +91,7 @@ from lips.armor._messages import (
     name,
     pack_body,
     plain_map,
+    seconds,
     text,
     unpack_body,
 )
@@ -833,30 +833,10 @@ _SUBSCRIPTIONS: Final = frozenset(
 _TICK: Final = "tick"
 
 
-class _Role(Block):
+class _Role(OwnBlock):
     """The FTM's own block: hands its messages and its tick to the FTM."""
 
     subscriptions = _SUBSCRIPTIONS
-
-    def attach(self, context: Any, now: float) -> None:
-        if not isinstance(context.armor, FTM):
-            raise TypeError("the FTM's role block works in an FTM only")
-        super().attach(context, now)
-        context.armor._attached(self, now)
-
-    def process_message(self, message: Message, now: float) -> None:
-        ftm = self.context.armor
-        assert isinstance(ftm, FTM)
-        if message.type == TIMER:
-            ftm._tick(now)
-        else:
-            ftm._handle(message, now)
-
-
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise MessageError(f"{what} is a positive number, not {value!r}")
-    return float(value)
 
 
 class FTM(FaultToleranceManager):
@@ -972,7 +952,7 @@ class FTM(FaultToleranceManager):
                 kwargs[key] = value
         for key in ("tick", "verify"):
             if key in config:
-                kwargs[key] = _number(config.pop(key), key)
+                kwargs[key] = seconds(config.pop(key), key)
         for key in ("heartbeat", "surrogate"):
             if key in config:
                 kwargs[key] = plain_map(config.pop(key))
@@ -1868,3 +1848,6 @@ class FTM(FaultToleranceManager):
     def acting(self) -> bool:
         """Whether it acts as the FTM now."""
         return self.role is Role.PRIMARY
+
+
+_Role.armor_type = FTM

@@ -27,7 +27,7 @@ from twisted.logger import LogLevel
 from lips.armor._armor import Armor
 from lips.armor._blocks import Block
 from lips.armor._factory import BlockFactory
-from lips.armor._messages import TIMER, Message
+from lips.armor._messages import TIMER, Message, seconds
 from lips.armor._names import MessageError, check_label, daemon_id
 from lips.armor.ftm import (
     HEARTBEAT,
@@ -114,12 +114,6 @@ class HeartbeatMonitor(Block):
             context.send(HEARTBEAT, daemon_id(node), Heartbeat(self._seq))
 
 
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise MessageError(f"{what} is a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 class HeartbeatArmor(Armor):
     """
     The Heartbeat ARMOR.
@@ -170,7 +164,7 @@ class HeartbeatArmor(Armor):
                 raise MessageError(f"nodes is a list of nodes, not {nodes!r}")
             kwargs["nodes"] = tuple(nodes)
         if "interval" in config:
-            kwargs["interval"] = _seconds(config.pop("interval"), "interval")
+            kwargs["interval"] = seconds(config.pop("interval"), "interval")
         if "misses" in config:
             misses = config.pop("misses")
             if type(misses) is not int or misses < 1:

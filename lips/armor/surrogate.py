@@ -44,11 +44,11 @@ from typing import Any, Final
 
 from twisted.logger import LogLevel
 
-from lips.armor._blocks import Block
+from lips.armor._blocks import OwnBlock
 from lips.armor._bodies import Uninstall
 from lips.armor._factory import BlockFactory
 from lips.armor._manager import Recovery, Subordinate, SubordinateState, SurrogateManager
-from lips.armor._messages import TIMER, UNINSTALL, Message, plain_map
+from lips.armor._messages import UNINSTALL, Message, plain_map, seconds
 from lips.armor._names import ArmorId, MessageError, armor_id, check_name, daemon_id
 from lips.armor.execution import (
     EXEC_FAILED,
@@ -144,30 +144,10 @@ _SUBSCRIPTIONS: Final = frozenset(
 )
 
 
-class _Application(Block):
+class _Application(OwnBlock):
     """The surrogate manager's own block: hands it its messages and its tick."""
 
     subscriptions = _SUBSCRIPTIONS
-
-    def attach(self, context: Any, now: float) -> None:
-        if not isinstance(context.armor, Surrogate):
-            raise TypeError("an application block works in a Surrogate only")
-        super().attach(context, now)
-        context.armor._attached(self, now)
-
-    def process_message(self, message: Message, now: float) -> None:
-        armor = self.context.armor
-        assert isinstance(armor, Surrogate)
-        if message.type == TIMER:
-            armor._tick(now)
-        else:
-            armor._handle(message, now)
-
-
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise MessageError(f"{what} is a positive number of seconds, not {value!r}")
-    return float(value)
 
 
 class Surrogate(SurrogateManager):
@@ -262,7 +242,7 @@ class Surrogate(SurrogateManager):
                 kwargs[key] = value
         for key in ("retry", "verify", "linger"):
             if key in config:
-                kwargs[key] = _seconds(config.pop(key), key)
+                kwargs[key] = seconds(config.pop(key), key)
         return kwargs
 
     # -- the FTM's epoch ------------------------------------------------------------------
@@ -613,3 +593,6 @@ class Surrogate(SurrogateManager):
                 )
 
         self.space.call(SYSTEM_SPACE, [SpaceOp.template("scan", BACKUP_TAG, ANY, ANY)], found)
+
+
+_Application.armor_type = Surrogate
