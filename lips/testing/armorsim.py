@@ -6,24 +6,39 @@ simulated world (L{lips.testing.world}), with seeded kills and hangs of any of t
 What is real: every ARMOR (L{FTM}, L{Surrogate}, L{Execution}, L{HeartbeatArmor},
 L{InitializationArmor}, the checkpoint service), made by name by an L{ArmorFactory}
 from the installs their managers send, every message encoded and decoded on the way
-between nodes, the simplex strategy.  What is modelled:
+between nodes, the simplex strategy, and each node's daemon: the core lipsd runs,
+L{lips.armor.Daemon}, as a world host (L{SimNode}) whose effects are carried out as
+lipsd's adapter (L{lips.node.DaemonService}) and the ARMOR processes would:
 
-  - B{Daemons} (L{SimDaemon}, one per node; small, and kept here so that the real
-    daemon core can replace it): they route ARMOR messages, locally or over the world's
-    streams to the destination's node (found in the directory of where each ARMOR was
-    last installed: the simulator's rendering of the ARMOR table lookup); install and
-    uninstall ARMORs as world hosts; report an ARMOR's death to its manager
-    (C{armor-dead}), a hung one after C{HANG_MISSES} missed pings (and kill it); answer
-    heartbeats; join the FTM (again after long silence); take FTM commands only in the
-    FTM's current epoch; answer C{space.*} from the tuple-space models; and sweep their
-    ARMORs against the FTM's ARMOR table (one the table places elsewhere, or no longer
-    holds, is a superseded incarnation, and is stopped), and refuse an install the
-    table does not place here (a stale one).
+  - a L{Spawn} is an ARMOR process: it makes its ARMOR with the factory after
+    C{SPAWN_DELAY} and says hello with its token (or that it cannot run); a L{Kill}
+    is SIGTERM the first time (a stopped process keeps it until it runs again) and
+    SIGKILL the second; every end is fed back as C{ended}.  The boot FTM and the
+    submitter (C{submit.c1}, on a client node whose daemon does not join) attach
+    themselves (C{local_attach}), as C{twistd lips-ftm} and C{lips submit} do;
+  - C{LocalPeer}: a message goes to the process, a ping is answered with
+    C{local_pong}, both after C{LOCAL_DELAY} and only while it runs (a hung process's
+    link keeps them until it runs again: so the core finds hangs by missed pings);
+  - C{NodePeer}: a message goes, encoded, over the world's streams to that node's
+    daemon (C{peer_message}); a L{Dial} is answered C{peer_up} (on both sides) if that
+    node's daemon runs and can be reached, else C{peer_down}; a link is reset (and
+    C{peer_down} said) when either end's node dies;
+  - C{TABLE}: the location rows (L{ArmorRow}) in the simulated System Tuple Space,
+    read (C{Lookup}), replaced (C{Register}: a newer incarnation's row refuses it) and
+    taken (C{Unregister}) as lipsd does, answered after C{SPACE_DELAY};
+  - C{SpacePeer}: the request is carried out on the space's L{TableSpace} model and
+    answered (C{space_answered}) after C{SPACE_DELAY}.
+
+What the daemon is fed while its node is hung waits, in order, until it runs again.
+What is modelled:
+
   - B{The System Tuple Space} and the applications' spaces: L{TableSpace} models, which
     survive everything (the replicated space's own faults are the ring simulator's).
-  - B{Tasks}: a fake task sums C{i * i + salt} over C{n} steps, signalling progress at
-    each and checkpointing every third step when it checkpoints; killed, it is
-    restarted by its Execution ARMOR; hung, it stops signalling.
+  - B{What an ARMOR process feeds its ARMOR}: an Initialization ARMOR's survey, and an
+    Execution ARMOR's tasks: a fake task sums C{i * i + salt} over C{n} steps,
+    signalling progress at each and checkpointing every third step when it
+    checkpoints; killed, it is restarted by its Execution ARMOR; hung, it stops
+    signalling.
   - B{The submitter}: submits the applications to whichever FTM holds the epoch (read
     from the space) until accepted, and takes each result.
 
@@ -42,10 +57,13 @@ faults have stopped and every result is in, within a settling time: every applic
 reported exactly once, with its correct result; every live component has exactly one
 live manager (the FTM's is its backup; a daemon's is the FTM, which holds its node up);
 exactly one FTM acts, in the space's epoch; the FTM's ARMOR table in the space is
-exactly what runs (id, node, incarnation); every application row is C{reported}.  A
-superseded incarnation (the directory names a newer one) and an FTM of an older epoch
-are not live: they cannot be reached, and their commands are refused.  Any failure
-raises L{InvariantViolation} naming the seed (C{lips sim --armor --seed N} replays it).
+exactly what runs (id, node, incarnation), every process runs where the daemons'
+location table says, and each daemon core's residents are the processes of its node,
+each running, its links up the ones that are; every application row is C{reported}.
+A superseded incarnation (the location table names a newer one, or none) and an FTM of
+an older epoch are not live: they cannot be reached, and their commands are refused.
+Any failure raises L{InvariantViolation} naming the seed (C{lips sim --armor --seed N}
+replays it).
 """
 
 from __future__ import annotations
@@ -53,35 +71,40 @@ from __future__ import annotations
 import collections
 import enum
 import functools
+import random
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
 
 from lips.armor import (
-    ARMOR_DEAD,
-    INSTALL,
-    INSTALL_FAILED,
-    INSTALLED,
+    TABLE,
     UNINSTALL,
-    UNINSTALLED,
     Armor,
-    ArmorDead,
     ArmorFactory,
     ArmorId,
+    ArmorRow,
+    ArmorSpec,
     ArmorType,
     BlockFactory,
     BlockType,
-    Install,
-    Installed,
-    InstallFailed,
+    Daemon,
+    DaemonPolicy,
+    Dial,
+    LinkState,
+    LocalPeer,
+    Lookup,
     Manager,
     Message,
     MessageError,
+    NodePeer,
+    Ping,
+    Register,
+    SpaceCall,
+    SpacePeer,
     SubordinateState,
-    Uninstall,
-    Uninstalled,
-    daemon_id,
+    Unregister,
+    armor_template,
     decode,
     encode,
 )
@@ -93,35 +116,27 @@ from lips.armor.ftm import (
     FTM,
     FTM_CHANGED,
     FTM_ERRONEOUS,
-    HEARTBEAT,
-    HEARTBEAT_ACK,
     JOB_ACCEPTED,
     JOB_REFUSED,
     JOB_RESULT,
     JOB_RESULT_ACK,
-    JOIN,
     NODE_DOWN,
     SUBMIT,
-    WELCOME,
     AppRow,
     ArmorEntry,
     EpochFence,
     Fenced,
-    Heartbeat,
-    HeartbeatAck,
     JobRef,
     JobRefused,
     JobResult,
-    Join,
     Role,
     Submit,
     Survey,
-    Welcome,
     current_ftm,
     is_ftm,
 )
 from lips.armor.initialization import InitializationArmor
-from lips.armor.space import SPACE_KIND, SPACE_REPLY, SpaceRequest, TableSpace
+from lips.armor.space import SpaceOp, SpaceRequest, TableSpace
 from lips.armor.surrogate import Surrogate
 from lips.kernel import (
     CancelTimer,
@@ -142,18 +157,30 @@ from lips.testing.ringsim import InvariantViolation
 from lips.testing.world import Host, Stream, World
 from lips.tuples import ANY, make_template, packb, unpackb
 
-__all__ = ["ArmorSimulation", "SimDaemon", "Submitter", "expected_result"]
+__all__ = ["ArmorSimulation", "SimNode", "Submitter", "expected_result"]
 
-#: Seconds a message takes from an ARMOR to its daemon and back.
+#: Seconds a message takes from an ARMOR process to its daemon, or back.
 LOCAL_DELAY: Final = 0.0002
-#: The daemons' round: hang checks, joins, sweeps.
-DAEMON_TICK: Final = 1.0
-#: Missed pings (rounds) before a daemon kills a hung ARMOR.
-HANG_MISSES: Final = 3
-#: Seconds without a heartbeat before a daemon joins again.
-REJOIN_AFTER: Final = 3.0
-#: Rounds between sweeps against the ARMOR table.
-SWEEP_EVERY: Final = 2
+#: Seconds an ARMOR process takes to start and connect to its daemon.
+SPAWN_DELAY: Final = 0.01
+#: Seconds the System Tuple Space takes to answer a daemon (the table, a request).
+SPACE_DELAY: Final = 0.002
+#: How the daemons watch their ARMORs: pings every half second, three missed and it is
+#: hung (so most of the hangs injected are found); joins, rejoins and sweeps as lipsd's
+#: defaults.
+DAEMON_POLICY: Final = DaemonPolicy(
+    ping_interval=0.5,
+    ping_misses=3,
+    start_timeout=5.0,
+    kill_grace=1.0,
+    lookup_timeout=2.0,
+    redial_delay=0.5,
+    join_interval=1.0,
+    rejoin_after=3.0,
+    sweep_interval=2.0,
+)
+#: The application code a daemon may install (the fake tasks' target).
+ALLOW: Final = ("lips.testing.armorsim:*",)
 #: A fake task's step; its livelock timeout.
 STEP: Final = 1.0
 LIVELOCK: Final = 2.5
@@ -193,7 +220,26 @@ _COUNTED: Final = frozenset(
 )
 _EPOCHS: Final = make_template((EPOCH_TAG, ANY, ANY))
 _ROWS: Final = make_template(ArmorEntry.template())
-_SUBMITTER: Final = "submitter.c1"
+_LOCATIONS: Final = make_template(armor_template())
+#: The daemon counters a run adds up in its figures.
+_DAEMON_STATS: Final = frozenset(
+    {
+        "armors.hung",
+        "armors.dead",
+        "armors.swept",
+        "armors.detached",
+        "installs.stale",
+        "installs.failed",
+        "commands.fenced",
+        "commands.unfenced",
+        "ftm.changes",
+        "joins.welcomed",
+        "messages.absent",
+        "messages.dropped",
+        "lookups",
+    }
+)
+_SUBMITTER: Final = "submit.c1"
 
 
 def expected_result(n: int, salt: int) -> int:
@@ -324,7 +370,7 @@ class FakeTask:
     """A fake task run by an Execution ARMOR (see the module docstring)."""
 
     sim: ArmorSimulation
-    daemon: SimDaemon
+    node: SimNode
     hosted: Hosted
     handle: int
     n: int
@@ -336,7 +382,7 @@ class FakeTask:
     waiting: bool = False
 
     def start(self) -> None:
-        if (self.daemon.node, self.execution.id) in self.sim.poisoned:
+        if (self.node.node, self.execution.id) in self.sim.poisoned:
             self.sim.world.after(0.05, lambda: self.end(Exit(code=1)))
             return
         if self.checkpoint:
@@ -374,7 +420,7 @@ class FakeTask:
     def _step(self) -> None:
         if self.state != "running" or not self.hosted.alive:
             return
-        if self.hosted.paused or self.daemon.paused:
+        if self.hosted.stopped:
             self.waiting = True
             return
         self.acc += self.step * self.step + self.salt
@@ -403,31 +449,59 @@ class FakeTask:
         self.feed(self.execution.ended, self.handle, exit)
 
 
-# -- daemons ------------------------------------------------------------------------------------
+# -- nodes: the real daemon core, and the ARMOR processes it runs ------------------------------
 
 
 @attrs.define(eq=False)
 class Hosted:
-    """An ARMOR a daemon runs: its core, its world host, what the install said."""
+    """
+    An ARMOR process of a node: its core (an ARMOR, or the submitter), its world host,
+    the handle its daemon knows it by, and what the install said.
 
-    armor: Armor
+    @ivar paused: whether it is stopped (SIGSTOP: a hang); its host is paused too while
+        its node is.
+    @ivar terminating: a SIGTERM waits for it to run again.
+    @ivar backlog: what its daemon sent it while it was stopped (its socket's buffer).
+    """
+
+    core: Armor | Submitter
     host: Host[Any]
     type: str
-    manager: ArmorId | None
     incarnation: int
     node: str
     name: str
+    handle: int
+    attached: bool = False
     paused: bool = False
     alive: bool = True
-    misses: int = 0
-    backlog: list[Message] = attrs.Factory(list)
+    terminating: bool = False
+    backlog: list[Message | Ping] = attrs.Factory(list)
     tasks: dict[int, FakeTask] = attrs.Factory(dict)
 
+    @property
+    def id(self) -> ArmorId:
+        return self.core.id
 
-class SimDaemon:
+    @property
+    def armor(self) -> Armor:
+        """Its ARMOR (every process but the submitter's)."""
+        assert isinstance(self.core, Armor)
+        return self.core
+
+    @property
+    def stopped(self) -> bool:
+        """Whether it runs nothing now: hung, or its node is."""
+        return self.host.paused
+
+
+class SimNode:
     """
-    The simulator's daemon of one node (see the module docstring): not a kernel core,
-    a model driven by the world's agenda.
+    One node of the simulation: its daemon, the real core L{lips.armor.Daemon}, as a
+    world host whose effects are carried out here (see the module docstring), and the
+    ARMOR processes it started or that attached themselves to it.
+
+    What the daemon core is fed while the node is hung waits, in order, until it runs
+    again (a stopped process's sockets keep what arrives).
     """
 
     def __init__(
@@ -436,91 +510,84 @@ class SimDaemon:
         self.sim = sim
         self.world = sim.world
         self.node = node
-        self.id = daemon_id(node)
         self.boot = boot
         self.worker = worker
         self.alive = True
         self.paused = False
-        self.joined = not worker
-        self.fence = EpochFence()
-        self.armors: dict[ArmorId, Hosted] = {}
+        self.catching_up = False
+        self.daemon = Daemon(
+            node,
+            policy=DAEMON_POLICY,
+            types=[t.name for t in _ARMOR_TYPES],
+            allow=ALLOW,
+            rng=random.Random(sim.rng.getrandbits(64)),
+            boot=boot,
+        )
+        self.name = f"{node}/daemon#{boot}"
+        self.host: Host[Daemon] = self.world.host(
+            self.name,
+            self.daemon,
+            {Send: self._send, Spawn: self._spawn, Kill: self._kill, Log: lambda h, e: None},
+            queue_nested=True,
+        )
+        self.processes: dict[int, Hosted] = {}
+        self.starting: dict[int, ArmorSpec] = {}
         self.streams: dict[str, Stream] = {}
         self.backlog: list[Callable[[], None]] = []
-        self.last_heartbeat = self.world.now
-        self.refused = 0
-        self.client: tuple[ArmorId, Host[Any]] | None = None
-        self.catching_up = False
-        self._gen = 0
-        self._round = 0
-        self._ids = iter(range(1, 2**62))
         self._serial = 0
 
     def __repr__(self) -> str:
-        return f"<SimDaemon {self.node} boot {self.boot}>"
+        return f"<SimNode {self.node} boot {self.boot}>"
+
+    @property
+    def id(self) -> ArmorId:
+        return self.daemon.id
+
+    def input(self, method: Callable[..., Any], *args: Any) -> None:
+        """Feed the daemon core C{method(*args)}, now or once its node runs again."""
+        if not self.alive:
+            return
+        if self.paused or self.catching_up:
+            self.backlog.append(lambda: self.input(method, *args))
+            return
+        self.host.feed(method, *args)
+
+    def later(self, method: Callable[..., Any], *args: Any, delay: float = LOCAL_DELAY) -> None:
+        self.world.after(delay, lambda: self.input(method, *args))
 
     # -- life -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._gen += 1
-        self._schedule(0.01)
-
-    def _schedule(self, delay: float) -> None:
-        gen = self._gen
-        self.world.after(delay, lambda: self._tick(gen))
-
-    def _tick(self, gen: int) -> None:
-        if gen != self._gen or not self.alive or self.paused:
-            return
-        self._round += 1
-        for hosted in list(self.armors.values()):
-            if hosted.paused:
-                hosted.misses += 1
-                if hosted.misses >= HANG_MISSES:
-                    self.sim.stats["hung ARMORs killed"] += 1
-                    self.crash_armor(hosted, "it hung: killed by its daemon")
+        """lipsd runs: a worker's daemon joins the FTM (a client's does not)."""
         if self.worker:
-            silent = self.world.now - self.last_heartbeat >= REJOIN_AFTER
-            if not self.joined or silent:
-                self._join()
-            if self._round % SWEEP_EVERY == 0:
-                self.sweep()
-        self._schedule(DAEMON_TICK)
-
-    def _join(self) -> None:
-        ftm = self.sim.current_ftm()
-        if ftm is not None:
-            self.send(Message.of(JOIN, self.id, ftm, next(self._ids), Join(self.node, self.boot)))
+            self.input(self.daemon.start)
 
     def kill(self) -> None:
-        """The node (or its daemon) dies: every ARMOR on it with it."""
+        """The node (or its daemon) dies: every ARMOR process on it with it."""
         self.alive = False
-        self._gen += 1
-        for hosted in list(self.armors.values()):
-            self._remove(hosted)
-        for stream in self.streams.values():
-            stream.cut("node down")
-        self.streams.clear()
+        self.backlog.clear()
+        self.world.remove(self.name)
+        for hosted in list(self.processes.values()):
+            self._gone(hosted)
+        self.starting.clear()
         self.sim.cut(self.node)
 
     def pause(self) -> None:
         self.paused = True
-        self._gen += 1
-        for hosted in self.armors.values():
+        self.host.paused = True
+        for hosted in self.processes.values():
             hosted.host.paused = True
 
     def resume(self) -> None:
         """
         The node runs again.  Its daemon and its ARMORs go on in an order the seed picks:
-        the daemon first (it sweeps, then hands on what waited for it), or the ARMORs
-        first (a zombie acts on what it knew a moment before its daemon catches up: the
-        case fencing is for).
+        the daemon first (its timers and what waited for it), or the ARMORs first (a
+        zombie acts on what it knew a moment before its daemon catches up: the case
+        fencing is for).
         """
         if not self.alive:
             return
         self.paused = False
-        self.start()
-        for hosted in self.armors.values():
-            hosted.misses = 0
         if self.sim.rng.random() < 0.5:
             self._catch_up()
             self._wake()
@@ -530,21 +597,143 @@ class SimDaemon:
             self.world.after(0.05, self._catch_up)
 
     def _catch_up(self) -> None:
-        if not self.alive:
+        if not self.alive or self.paused:
             return
         self.catching_up = False
-        self.sweep()
+        self.host.paused = False
         backlog, self.backlog = self.backlog, []
         for event in backlog:
             event()
 
     def _wake(self) -> None:
-        for hosted in list(self.armors.values()):
-            if not hosted.paused and hosted.alive:
-                hosted.host.paused = False
-                self._flush(hosted)
-                for task in list(hosted.tasks.values()):
-                    task.resume()
+        for hosted in list(self.processes.values()):
+            if not hosted.paused:
+                self._run_again(hosted)
+
+    # -- ARMOR processes --------------------------------------------------------------------
+
+    def host_armor(
+        self,
+        core: Armor | Submitter,
+        kind: str,
+        incarnation: int,
+        handle: int,
+        attached: bool = False,
+    ) -> Hosted:
+        """Run C{core} as a process of this node, its daemon's C{handle}."""
+        self._serial += 1
+        name = f"{self.node}/{core.id}#{incarnation}.{self._serial}"
+        handlers: dict[type[Effect], Callable[[Host[Any], Any], None]] = {
+            Send: lambda h, e: self._out(hosted, e.message),
+            Log: lambda h, e: None,
+        }
+        if isinstance(core, Execution):
+            handlers[Spawn] = lambda h, e: self._spawn_task(hosted, e)
+            handlers[Kill] = lambda h, e: self._kill_task(hosted, e)
+            handlers[Deliver] = lambda h, e: self._deliver_task(hosted, e)
+        host = self.world.host(name, core, handlers)
+        hosted = Hosted(core, host, kind, incarnation, self.node, name, handle, attached)
+        self.processes[handle] = hosted
+        if isinstance(core, Armor):
+            self.sim.hosted[name] = hosted
+            if isinstance(core, Manager):
+                self.sim.managers[name] = hosted
+        if self.paused:
+            host.paused = True
+        return hosted
+
+    def attach(self, core: Armor | Submitter, kind: str) -> Hosted:
+        """A process that attaches itself (the boot FTM, the submitter): C{local_attach}."""
+        handle = self.host.feed(self.daemon.local_attach, core.id, 1, kind)
+        assert handle is not None, f"{self.id} refused {core.id} attaching itself"
+        hosted = self.host_armor(core, kind, 1, handle, attached=True)
+        if isinstance(core, Armor):
+            hosted.host.feed(core.start)
+        return hosted
+
+    def _spawn(self, host: Host[Daemon], effect: Spawn[ArmorSpec]) -> None:
+        """Start an ARMOR process: it makes its ARMOR and says hello with its token."""
+        self.starting[effect.handle] = effect.spec
+        self.world.after(SPAWN_DELAY, functools.partial(self._started, effect.handle))
+
+    def _started(self, handle: int) -> None:
+        spec = self.starting.pop(handle, None)
+        if spec is None or not self.alive:
+            return  # killed (or its node gone) before it ran
+        self.sim.stats["ARMOR processes started"] += 1
+        try:
+            armor = ARMORS.create(spec.type, spec.armor, spec.manager, spec.config)
+        except Exception as e:
+            # It connects, says it cannot run (CLOSE with the reason), and exits.
+            self.input(self.daemon.local_hello, spec.armor, spec.incarnation, spec.token)
+            self.input(self.daemon.local_failed, spec.armor, spec.incarnation, str(e)[:900])
+            self.later(self.daemon.ended, handle, Exit(code=1).describe())
+            return
+        hosted = self.host_armor(armor, spec.type, spec.incarnation, handle)
+
+        def hello() -> None:
+            if not hosted.alive:
+                return
+            daemon = self.daemon
+            if not self.host.feed(daemon.local_hello, spec.armor, spec.incarnation, spec.token):
+                self.end(hosted, Exit(code=1))  # hung up on: it exits
+                return
+            self._started_armor(hosted)
+
+        if self.paused or self.catching_up:
+            self.backlog.append(hello)
+        else:
+            hello()
+
+    def _started_armor(self, hosted: Hosted) -> None:
+        """It connected: it runs (as its process does once its daemon took its hello)."""
+        armor = hosted.armor
+        hosted.host.feed(armor.start)
+        if isinstance(armor, InitializationArmor):
+            node = self.node
+            survey = Survey(node, "SimOS 1", "sim64", 2 + len(node) % 3, 1 << 30)
+            hosted.host.feed(armor.surveyed, survey)
+
+    def _kill(self, host: Host[Daemon], effect: Kill) -> None:
+        """
+        The daemon ends a process: SIGTERM the first time (which a stopped process keeps
+        until it runs again), SIGKILL the second; hang up on one that attached itself.
+        """
+        handle = effect.handle
+        if self.starting.pop(handle, None) is not None:
+            self.later(self.daemon.ended, handle, Exit(signal=15).describe())
+            return
+        hosted = self.processes.get(handle)
+        if hosted is None or not hosted.alive:
+            return
+        if hosted.attached:
+            self.end(hosted, None)
+        elif hosted.terminating or not hosted.stopped:
+            self.end(hosted, Exit(signal=9 if hosted.terminating else 15))
+        else:
+            hosted.terminating = True
+
+    def _gone(self, hosted: Hosted) -> None:
+        hosted.alive = False
+        for task in list(hosted.tasks.values()):
+            task.state = "ended"
+        hosted.tasks.clear()
+        hosted.backlog.clear()
+        self.world.remove(hosted.name)
+        self.sim.hosted.pop(hosted.name, None)
+        self.sim.managers.pop(hosted.name, None)
+        self.processes.pop(hosted.handle, None)
+
+    def end(self, hosted: Hosted, exit: Exit | None) -> None:
+        """
+        Process C{hosted} ends, as C{exit} says (None: the link of one that attached
+        itself was closed); its daemon learns of it.
+        """
+        if not hosted.alive:
+            return
+        self._gone(hosted)
+        how = "its link was closed" if exit is None else exit.describe()
+        self.later(self.daemon.ended, hosted.handle, how)
 
     def pause_armor(self, hosted: Hosted) -> None:
         hosted.paused = True
@@ -554,120 +743,161 @@ class SimDaemon:
         if not hosted.alive:
             return
         hosted.paused = False
-        hosted.misses = 0
         if not self.paused:
-            hosted.host.paused = False
-            self._flush(hosted)
-            for task in list(hosted.tasks.values()):
-                task.resume()
+            self._run_again(hosted)
 
-    def _flush(self, hosted: Hosted) -> None:
+    def _run_again(self, hosted: Hosted) -> None:
+        """A stopped process runs again: a pending SIGTERM ends it, else it reads on."""
+        if not hosted.alive:
+            return
+        hosted.host.paused = False
+        if hosted.terminating:
+            self.end(hosted, Exit(signal=15))
+            return
         backlog, hosted.backlog = hosted.backlog, []
-        for message in backlog:
-            self._feed(hosted, message)
-
-    # -- ARMORs -----------------------------------------------------------------------------
-
-    def install(self, install: Install, now: float) -> None:
-        if self.sim.rows().get(install.armor) != (self.node, install.incarnation):
-            # A stale request (the table places that ARMOR elsewhere now, or gone).
-            self.sim.stats["stale installs refused"] += 1
-            self.report(
-                install.manager,
-                INSTALL_FAILED,
-                InstallFailed(install.armor, self.node, install.incarnation, "not in the table"),
-            )
-            return
-        old = self.armors.get(install.armor)
-        if old is not None:
-            self._remove(old)
-        try:
-            armor = ARMORS.create(install.type, install.armor, install.manager, install.config)
-        except Exception as e:
-            self.report(
-                install.manager,
-                INSTALL_FAILED,
-                InstallFailed(install.armor, self.node, install.incarnation, str(e)[:900]),
-            )
-            return
-        self.host_armor(armor, install.type, install.manager, install.incarnation)
-        self.report(
-            install.manager, INSTALLED, Installed(install.armor, self.node, install.incarnation)
-        )
-
-    def host_armor(
-        self, armor: Armor, kind: str, manager: ArmorId | None, incarnation: int
-    ) -> Hosted:
-        self._serial += 1
-        name = f"{self.node}/{armor.id}#{incarnation}.{self._serial}"
-        handlers: dict[type[Effect], Callable[[Host[Any], Any], None]] = {
-            Send: lambda h, e: self._out(hosted, e.message),
-            Log: lambda h, e: None,
-        }
-        if isinstance(armor, Execution):
-            handlers[Spawn] = lambda h, e: self._spawn(hosted, e)
-            handlers[Kill] = lambda h, e: self._kill_task(hosted, e)
-            handlers[Deliver] = lambda h, e: self._deliver_task(hosted, e)
-        host = self.world.host(name, armor, handlers)
-        hosted = Hosted(armor, host, kind, manager, incarnation, self.node, name)
-        self.armors[armor.id] = hosted
-        known = self.sim.directory.get(armor.id)
-        if known is None or known[1] <= incarnation:
-            self.sim.directory[armor.id] = (self.node, incarnation)
-        self.sim.hosted[name] = hosted
-        if isinstance(armor, Manager):
-            self.sim.managers[name] = hosted
-        if self.paused:
-            host.paused = True
-        host.feed(armor.start)
-        if isinstance(armor, InitializationArmor):
-            survey = Survey(self.node, "SimOS 1", "sim64", 2 + len(self.node) % 3, 1 << 30)
-            host.feed(armor.surveyed, survey)
-        return hosted
-
-    def _remove(self, hosted: Hosted) -> None:
-        hosted.alive = False
+        for item in backlog:
+            self._take(hosted, item)
         for task in list(hosted.tasks.values()):
-            task.state = "ended"
-        hosted.tasks.clear()
-        self.world.remove(hosted.name)
-        self.sim.hosted.pop(hosted.name, None)
-        self.sim.managers.pop(hosted.name, None)
-        if self.armors.get(hosted.armor.id) is hosted:
-            del self.armors[hosted.armor.id]
-        if self.sim.directory.get(hosted.armor.id) == (self.node, hosted.incarnation):
-            del self.sim.directory[hosted.armor.id]
+            task.resume()
 
-    def crash_armor(self, hosted: Hosted, reason: str) -> None:
-        """An ARMOR died (or hung and was killed): its manager is told."""
-        self._remove(hosted)
-        if hosted.manager is not None:
-            self.report(
-                hosted.manager,
-                ARMOR_DEAD,
-                ArmorDead(hosted.armor.id, self.node, hosted.incarnation, reason),
+    def problems(self) -> list[str]:
+        """
+        Where the daemon core and what runs on this node differ (empty: nowhere): its
+        residents are the processes here, each running; its links up are the streams.
+        """
+        problems = []
+        residents = {
+            (armor, r.incarnation): r.state.value for armor, r in self.daemon.residents.items()
+        }
+        running = {(h.id, h.incarnation): "running" for h in self.processes.values()}
+        if residents != running:
+            problems.append(
+                f"{self.id} has residents {sorted(residents.items())}, but runs {sorted(running)}"
             )
+        for node in self.sim.nodes:
+            up = self.daemon.link_state(node) is LinkState.UP
+            stream = self.streams.get(node)
+            if up and (stream is None or not stream.open):
+                problems.append(f"{self.id} holds its link to {node} up, but it is gone")
+        return problems
 
-    def sweep(self) -> None:
-        """Stop every ARMOR the ARMOR table does not place here, as this incarnation."""
-        if not self.worker:
+    # -- the local links --------------------------------------------------------------------
+
+    def _to_process(self, hosted: Hosted, item: Message | Ping) -> None:
+        def arrive() -> None:
+            if not hosted.alive:
+                return
+            if hosted.stopped:
+                hosted.backlog.append(item)
+            else:
+                self._take(hosted, item)
+
+        self.world.after(LOCAL_DELAY, arrive)
+
+    def _take(self, hosted: Hosted, item: Message | Ping) -> None:
+        """A process reads C{item} from its link: a ping it answers at once."""
+        if isinstance(item, Ping):
+            self.later(self.daemon.local_pong, hosted.id, hosted.incarnation, item.seq)
+        else:
+            hosted.host.feed(hosted.core.receive, item)
+
+    def _out(self, hosted: Hosted, message: Message) -> None:
+        """A process of this node sends C{message}, over its link to its daemon."""
+        if not hosted.alive:
             return
-        rows = self.sim.rows()
-        for hosted in list(self.armors.values()):
-            row = rows.get(hosted.armor.id)
-            if row is None and is_ftm(hosted.armor.id):
-                continue  # an FTM records itself once it holds its epoch
-            if row != (self.node, hosted.incarnation):
-                self.sim.stats["superseded ARMORs swept"] += 1
-                self._remove(hosted)
+        kind = message.type
+        if kind == FENCED and is_ftm(message.source):
+            kind = self.sim.acted(message)
+        if kind in _COUNTED:
+            self.sim.stats[f"{kind} sent"] += 1
+        if kind == UNINSTALL and message.value() == {"armor": message.source}:
+            self.sim.stats["fenced FTMs"] += 1
+        self.later(self.daemon.local_message, hosted.id, hosted.incarnation, message)
 
-    def report(self, manager: ArmorId | None, type: str, body: object) -> None:
-        if manager is not None:
-            self.send(Message.of(type, self.id, manager, next(self._ids), body))
+    # -- what the daemon core sends ---------------------------------------------------------
+
+    def _send(self, host: Host[Daemon], effect: Send[Any]) -> None:
+        to, what = effect.to, effect.message
+        if isinstance(to, LocalPeer):
+            hosted = self._process(to)
+            if hosted is not None:
+                self._to_process(hosted, what)
+        elif isinstance(to, NodePeer):
+            if isinstance(what, Dial):
+                self._dial(to.node)
+            else:
+                stream = self.streams.get(to.node)
+                if stream is not None and stream.open:
+                    stream.write(encode(what))
+        elif to is TABLE:
+            self._table(what)
+        elif isinstance(to, SpacePeer):
+            assert isinstance(what, SpaceCall)
+            reply = self.sim.space_of(to.id).apply(what.request)
+            self.later(self.daemon.space_answered, what.call, reply, delay=SPACE_DELAY)
+        else:
+            raise TypeError(f"{self.id} sends to no such peer: {to!r}")
+
+    def _process(self, peer: LocalPeer) -> Hosted | None:
+        for hosted in self.processes.values():
+            if hosted.id == peer.armor and hosted.incarnation == peer.incarnation:
+                return hosted
+        return None
+
+    def _table(self, what: object) -> None:
+        """The ARMOR table, as lipsd keeps it in the System Tuple Space (one request each)."""
+        space = self.sim.space
+        if isinstance(what, Lookup):
+            found = space.matching(make_template(armor_template(what.armor)))
+            node = ArmorRow.from_tuple(found[0]).node if found else None
+            self.later(self.daemon.located, what.armor, node, delay=SPACE_DELAY)
+        elif isinstance(what, Register):
+            row = what.row
+            rows = space.matching(make_template(armor_template(row.armor)))
+            newer = [r for r in rows if r[5] > row.incarnation]
+            ok, reason = not newer, ""
+            if ok:
+                ops = [SpaceOp.template("inp", *r) for r in rows]
+                space.apply(SpaceRequest(1, (*ops, SpaceOp.out(*row.as_tuple()))))
+            else:
+                reason = f"incarnation {max(r[5] for r in newer)} runs"
+            self.later(
+                self.daemon.registered, row.armor, row.incarnation, ok, reason, delay=SPACE_DELAY
+            )
+        elif isinstance(what, Unregister):
+            space.apply(SpaceRequest(1, (SpaceOp.template("inp", *what.row.as_tuple()),)))
+        else:
+            raise TypeError(f"not for the ARMOR table: {what!r}")
+
+    # -- the daemon links -------------------------------------------------------------------
+
+    def _dial(self, node: str) -> None:
+        def answer() -> None:
+            if not self.alive:
+                return
+            peer = self.sim.nodes.get(node)
+            if peer is None or not peer.alive or not self.world.streams.reachable(self.node, node):
+                self.input(self.daemon.peer_down, node, "connection refused")
+                return
+            stream = self.streams.get(node)
+            if stream is None or not stream.open:
+                self.sim.connect(self, peer)
+            self.input(self.daemon.peer_up, node)
+
+        self.world.after(2 * self.world.streams.delay(), answer)
+
+    def frame(self, node: str, data: bytes) -> None:
+        """Bytes from the daemon of C{node}."""
+        self.input(self.daemon.peer_message, node, decode(data))
+
+    def link_closed(self, node: str, stream: Stream, why: str) -> None:
+        if self.streams.get(node) is stream:
+            del self.streams[node]
+            self.input(self.daemon.peer_down, node, why)
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def _spawn(self, hosted: Hosted, effect: Spawn[ProcessSpec]) -> None:
+    def _spawn_task(self, hosted: Hosted, effect: Spawn[ProcessSpec]) -> None:
         armor = hosted.armor
         assert isinstance(armor, Execution)
         n, salt = unpackb(effect.spec.args)
@@ -688,152 +918,6 @@ class SimDaemon:
             if task is not None:
                 state = item.state
                 self.world.after(0.001, lambda: task.recovered(state))
-
-    # -- messages ---------------------------------------------------------------------------
-
-    def _out(self, hosted: Hosted, message: Message) -> None:
-        """An ARMOR of this node sends C{message}."""
-        if not hosted.alive:
-            return
-        kind = message.type
-        if kind == FENCED and is_ftm(message.source):
-            kind = self.sim.acted(message)
-        if kind in _COUNTED:
-            self.sim.stats[f"{kind} sent"] += 1
-        if kind == UNINSTALL and message.value() == {"armor": message.source}:
-            self.sim.stats["fenced FTMs"] += 1
-        self.send(message)
-
-    def send(self, message: Message) -> None:
-        destination = message.destination
-        kind = destination.split(".", 1)[0]
-        if kind == SPACE_KIND:
-            self._space(message)
-        elif destination == self.id:
-            self.world.after(LOCAL_DELAY, lambda: self._arrive(message))
-        elif kind == "daemon":
-            self._to_node(destination.split(".", 1)[1], message)
-        else:
-            where = self.sim.directory.get(ArmorId(destination))
-            if where is None:
-                self.sim.stats["messages for no ARMOR"] += 1
-            elif where[0] == self.node:
-                self.world.after(LOCAL_DELAY, lambda: self._arrive(message))
-            else:
-                self._to_node(where[0], message)
-
-    def _to_node(self, node: str, message: Message) -> None:
-        peer = self.sim.daemons.get(node)
-        if peer is None or not peer.alive:
-            self.sim.stats["messages to a dead node"] += 1
-            return
-        stream = self.streams.get(node)
-        if stream is None or not stream.open:
-            stream = self.sim.connect(self, peer)
-        stream.write(encode(message))
-
-    def frame(self, data: bytes) -> None:
-        """Bytes from another daemon."""
-        if not self.alive:
-            return
-        if self.paused or self.catching_up:
-            self.backlog.append(lambda: self.frame(data))
-            return
-        self._arrive(decode(data))
-
-    def _space(self, message: Message) -> None:
-        request = SpaceRequest.from_message(message)
-        space = self.sim.space_of(message.destination)
-        reply = space.apply(request)
-        answer = Message.of(
-            SPACE_REPLY, message.destination, message.source, next(self._ids), reply
-        )
-        self.world.after(LOCAL_DELAY, lambda: self._arrive(answer))
-
-    def _arrive(self, message: Message) -> None:
-        if not self.alive:
-            return
-        if self.paused or self.catching_up:
-            self.backlog.append(lambda: self._arrive(message))
-            return
-        if message.destination == self.id:
-            self._handle(message)
-            return
-        hosted = self.armors.get(message.destination)
-        if hosted is None and self.client is not None and message.destination == self.client[0]:
-            self.client[1].feed(self.client[1].core.receive, message)
-            return
-        if hosted is None:
-            self.sim.stats["frames for an absent ARMOR"] += 1
-            return
-        if hosted.paused:
-            hosted.backlog.append(message)
-            return
-        self._feed(hosted, message)
-
-    def _feed(self, hosted: Hosted, message: Message) -> None:
-        if hosted.alive:
-            hosted.host.feed(hosted.armor.receive, message)
-
-    def _handle(self, message: Message) -> None:
-        """A message for this daemon."""
-        fenced = False
-        if message.type == FENCED:
-            try:
-                inner, newer = self.fence.admit(message)
-            except MessageError:
-                return
-            if inner is None:
-                self.refused += 1
-                self.sim.stats["commands refused: older epoch"] += 1
-                return
-            if newer:
-                self._redirect(message.source)
-            message, fenced = inner, True
-        elif is_ftm(message.source) and message.type == INSTALL:
-            self.refused += 1
-            return
-        if message.type == HEARTBEAT:
-            self.last_heartbeat = self.world.now
-            seq = Heartbeat.from_message(message).seq
-            self.send(
-                Message.of(
-                    HEARTBEAT_ACK,
-                    self.id,
-                    message.source,
-                    next(self._ids),
-                    HeartbeatAck(seq, self.node, self.boot),
-                )
-            )
-        elif message.type == WELCOME and fenced:
-            if Welcome.from_message(message).boot == self.boot:
-                self.sweep()
-                self.joined = True
-                self.last_heartbeat = self.world.now
-        elif message.type == INSTALL:
-            self.install(Install.from_message(message), self.world.now)
-        elif message.type == UNINSTALL:
-            armor = Uninstall.from_message(message).armor
-            hosted = self.armors.get(armor)
-            if hosted is None:
-                return
-            if not (
-                fenced
-                or message.source == armor
-                or (message.source == hosted.manager and not is_ftm(message.source))
-            ):
-                self.refused += 1
-                return
-            self._remove(hosted)
-            self.report(hosted.manager, UNINSTALLED, Uninstalled(armor, self.node))
-
-    def _redirect(self, ftm: ArmorId) -> None:
-        """A newer FTM: the reports of what older ones managed go to it."""
-        for hosted in self.armors.values():
-            if hosted.armor.id == ftm:
-                hosted.manager = None
-            elif hosted.manager is not None and is_ftm(hosted.manager):
-                hosted.manager = ftm
 
 
 # -- the simulation -----------------------------------------------------------------------------
@@ -868,9 +952,10 @@ class ArmorSimulation:
         self.rng = self.world.rng
         self.space = TableSpace()
         self.app_spaces: dict[str, TableSpace] = {}
-        self.directory: dict[ArmorId, tuple[str, int]] = {}
         self.hosted: dict[str, Hosted] = {}
-        self.daemons: dict[str, SimDaemon] = {}
+        self.nodes: dict[str, SimNode] = {}
+        #: Every node's daemon that ever ran, in the order they booted.
+        self.booted: list[SimNode] = []
         self.boots: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self.acts: dict[int, set[ArmorId]] = {}
@@ -878,6 +963,7 @@ class ArmorSimulation:
         self.managers: dict[str, Hosted] = {}
         self._epoch: tuple[int, tuple[int, ArmorId] | None] = (-1, None)
         self._rows: tuple[int, dict[ArmorId, tuple[str, int]]] = (-1, {})
+        self._located: tuple[int, dict[ArmorId, tuple[str, int]]] = (-1, {})
         rng = self.rng
         count = rng.randint(1, 3) if apps is None else apps
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -944,25 +1030,49 @@ class ArmorSimulation:
             self._rows = (self.space.version, rows)
         return rows
 
+    def locations(self) -> dict[ArmorId, tuple[str, int]]:
+        """
+        The daemons' ARMOR table (the location rows): where each ARMOR runs, as which
+        incarnation.  The incarnation it names is the current one; an older one still
+        running somewhere is superseded.
+        """
+        version, rows = self._located
+        if version != self.space.version:
+            rows = {t[1]: (t[4], t[5]) for t in self.space.matching(_LOCATIONS)}
+            self._located = (self.space.version, rows)
+        return rows
+
     def space_of(self, destination: str) -> TableSpace:
         name = destination.split(".", 1)[1]
         if name == "system":
             return self.space
         return self.app_spaces.setdefault(name, TableSpace())
 
-    def connect(self, a: SimDaemon, b: SimDaemon) -> Stream:
+    def connect(self, a: SimNode, b: SimNode) -> None:
+        """A daemon link from C{a} to C{b}: up on both sides (C{b} accepted it)."""
         ab, ba = self.world.streams.connect(a.node, b.node)
-        ab.receive = b.frame
-        ba.receive = a.frame
-        a.streams[b.node] = ab
-        b.streams[a.node] = ba
-        return ab
+        ab.receive = functools.partial(b.frame, a.node)
+        ba.receive = functools.partial(a.frame, b.node)
+        ab.closed = functools.partial(a.link_closed, b.node, ab)
+        ba.closed = functools.partial(b.link_closed, a.node, ba)
+        for side, peer, stream in ((a, b.node, ab), (b, a.node, ba)):
+            old = side.streams.get(peer)
+            side.streams[peer] = stream
+            if old is not None:
+                old.cut("replaced")
+        b.input(b.daemon.peer_up, a.node)
 
     def cut(self, node: str) -> None:
-        for daemon in self.daemons.values():
-            stream = daemon.streams.pop(node, None)
-            if stream is not None:
-                stream.cut("peer down")
+        """C{node} is gone: every daemon link to it is reset."""
+        gone = self.nodes.get(node)
+        if gone is not None:
+            for stream in list(gone.streams.values()):
+                stream.cut("node down")
+            gone.streams.clear()
+        for other in self.nodes.values():
+            link = other.streams.get(node)
+            if link is not None:
+                link.cut("peer down")
 
     def acted(self, message: Message) -> str:
         """An FTM sent a command: no two FTMs act in one epoch.  Its type."""
@@ -979,13 +1089,8 @@ class ArmorSimulation:
         world = self.world
         for node in self.node_names:
             self._boot(node)
-        client = SimDaemon(self, _CLIENT, worker=False)
-        self.daemons[_CLIENT] = client
-        submitter_host = world.host(
-            _SUBMITTER, self.submitter, {Send: lambda h, e: client.send(e.message)}
-        )
-        self.directory[self.submitter.id] = (_CLIENT, 1)
-        client.client = (self.submitter.id, submitter_host)
+        client = self._boot(_CLIENT, worker=False)
+        submitter_host = client.attach(self.submitter, "submitter").host
         boot_ftm = FTM(
             "ftm",
             None,
@@ -1000,7 +1105,8 @@ class ArmorSimulation:
             strategies=STRATEGIES,
             blocks=BLOCKS,
         )
-        self.daemons[self.node_names[0]].host_armor(boot_ftm, "ftm", None, 1)
+        # The boot FTM attaches itself to its node's daemon, as twistd lips-ftm does.
+        self.nodes[self.node_names[0]].attach(boot_ftm, "ftm")
         for i, name in enumerate(self.jobs):
             at = 0.5 + i * self.rng.uniform(0.5, 5.0)
             self.submitter.submit_at(name, at)
@@ -1025,17 +1131,22 @@ class ArmorSimulation:
             missing = sorted(set(self.jobs) - set(self.submitter.results))
             self._fail(f"no result for {missing} by {HORIZON:g} s")
         self.steps = world.steps
+        for booted in self.booted:
+            for key, value in booted.daemon.counters.items():
+                if value and key in _DAEMON_STATS:
+                    self.stats[f"daemons: {key}"] += value
         return self
 
     def _reboot(self, node: str) -> None:
         self._boot(node)
 
-    def _boot(self, node: str) -> SimDaemon:
+    def _boot(self, node: str, worker: bool = True) -> SimNode:
         self.boots[node] += 1
-        daemon = SimDaemon(self, node, self.boots[node])
-        self.daemons[node] = daemon
-        daemon.start()
-        return daemon
+        booted = SimNode(self, node, self.boots[node], worker)
+        self.nodes[node] = booted
+        self.booted.append(booted)
+        booted.start()
+        return booted
 
     def _result(self, result: JobResult) -> None:
         expected = self.expected.get(result.name)
@@ -1057,7 +1168,7 @@ class ArmorSimulation:
         return [
             h
             for h in self.hosted.values()
-            if h.alive and not h.paused and predicate(h) and not self.daemons[h.node].paused
+            if h.alive and not h.stopped and predicate(h) and not self.nodes[h.node].paused
         ]
 
     def _primary(self) -> Hosted | None:
@@ -1097,7 +1208,7 @@ class ArmorSimulation:
                 task.state = "hung"
             else:
                 # The task crashes on this node from now on: local restarts cannot help.
-                self.poisoned.add((task.daemon.node, task.execution.id))
+                self.poisoned.add((task.node.node, task.execution.id))
                 self.poisoned_tasks.add(task.execution.id)
                 task.end(Exit(code=1))
             return
@@ -1128,7 +1239,7 @@ class ArmorSimulation:
                 return
             target = choices[0]
         elif kind in ("node-kill", "node-hang", "daemon-kill"):
-            up = [d for d in self.daemons.values() if d.worker and d.alive and not d.paused]
+            up = [d for d in self.nodes.values() if d.worker and d.alive and not d.paused]
             primary = self._primary()
             if primary is not None and not self._backup_ready():
                 up = [d for d in up if d.node != primary.node]
@@ -1147,9 +1258,9 @@ class ArmorSimulation:
         if target is None:
             return
         self.injected[kind] += 1
-        daemon = self.daemons[target.node]
+        daemon = self.nodes[target.node]
         if kind.endswith("-kill"):
-            daemon.crash_armor(target, "killed")
+            daemon.end(target, Exit(signal=9))
         else:
             daemon.pause_armor(target)
             hosted = target
@@ -1164,14 +1275,13 @@ class ArmorSimulation:
         )
 
     def live_armors(self) -> Iterator[Hosted]:
-        """The ARMORs that run and are current: unpaused, the incarnation the directory names."""
+        """
+        The ARMORs that run and are current: not stopped, the incarnation the location
+        table names.
+        """
+        located = self.locations()
         for h in self.hosted.values():
-            if (
-                h.alive
-                and not h.paused
-                and not self.daemons[h.node].paused
-                and self.directory.get(h.armor.id) == (h.node, h.incarnation)
-            ):
+            if h.alive and not h.stopped and located.get(h.armor.id) == (h.node, h.incarnation):
                 yield h
 
     def _acting(self, h: Hosted, epoch: int) -> bool:
@@ -1184,9 +1294,9 @@ class ArmorSimulation:
         epoch = self.current_epoch()
         claims: dict[ArmorId, ArmorId] = {}
         primaries: dict[int, ArmorId] = {}
-        directory = self.directory
+        located = self.locations()
         for h in self.managers.values():
-            if h.host.paused or directory.get(h.armor.id) != (h.node, h.incarnation):
+            if h.stopped or located.get(h.armor.id) != (h.node, h.incarnation):
                 continue
             armor = h.armor
             if isinstance(armor, FTM) and armor.role is Role.PRIMARY:
@@ -1244,11 +1354,13 @@ class ArmorSimulation:
                     f"{armor.id} has live managers {managers.get(armor.id, [])}"
                     f" (it answers to {armor.manager})"
                 )
-        for node, daemon in self.daemons.items():
+        for node, daemon in self.nodes.items():
             if daemon.worker and daemon.alive and not daemon.paused:
                 host = primary.hosts.get(node)
                 if host is None or not host.up or host.boot != daemon.boot:
                     problems.append(f"the FTM does not hold {node} (boot {daemon.boot}) up")
+            if daemon.alive and not daemon.paused:
+                problems += daemon.problems()
         # The ARMOR table is what runs.
         rows = {(t[1], t[4], t[5]) for t in self.space.scan(*ArmorEntry.template())}
         running = {(h.armor.id, h.node, h.incarnation) for h in self.hosted.values() if h.alive}
@@ -1257,6 +1369,11 @@ class ArmorSimulation:
                 f"the ARMOR table is not what runs: only in the table {sorted(rows - running)},"
                 f" only running {sorted(running - rows)}"
             )
+        # ... and every process runs as the daemons' location table says.
+        located = self.locations()
+        unlocated = sorted(r for r in running if located.get(r[0]) != r[1:])
+        if unlocated:
+            problems.append(f"running, but not where the location table says: {unlocated}")
         for t in self.space.scan(*AppRow.template()):
             app = AppRow.from_tuple(t)
             if app.state.value != "reported":
