@@ -500,6 +500,9 @@ class ArmorEntry(Body):
     node: str = attrs.field(validator=_label)
     application: str = attrs.field(default="", validator=_label_or_empty)
     incarnation: int = attrs.field(default=1, validator=at_least(1))
+    #: In an L{ARMOR_UPDATE}: the incarnation of the manager that sends it (0: not
+    #: said), so that a superseded one still running is not believed.  Not in the row.
+    by: int = attrs.field(default=0, validator=at_least(0), eq=False)
 
     def to_tuple(self) -> LTuple:
         return (
@@ -1393,6 +1396,13 @@ class FTM(FaultToleranceManager):
         if row.manager != message.source or is_ftm(row.armor):
             self.counters["messages.refused"] += 1
             return
+        sender = self.subordinates.get(message.source)
+        if sender is not None and row.by and row.by != sender.incarnation:
+            # From an incarnation of the manager this FTM replaced, still running until
+            # its daemon sweeps it: its word would move ARMORs the current one manages.
+            self.counters["updates.superseded"] += 1
+            return
+        row = attrs.evolve(row, by=0)
         if self.armors.get(row.armor) == row:
             self._send(ARMOR_UPDATED, message.source, ArmorRef(row.armor, row.incarnation))
             return
@@ -1541,6 +1551,11 @@ class FTM(FaultToleranceManager):
             self._node_down(join.node, "it restarted", now)
         if self._joining.get(join.node) == join.boot:
             return
+        # An Initialization ARMOR still pending for an earlier run of this node's daemon
+        # went with that run: it is forgotten (its row goes), and the new run surveyed.
+        for record in list(self.subordinates.values()):
+            if record.type == INITIALIZATION_TYPE and record.node == join.node:
+                self.forget(record.id, now)
         self._joining[join.node] = join.boot
         self.install(
             INITIALIZATION_TYPE,

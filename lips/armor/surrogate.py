@@ -263,7 +263,13 @@ class Surrogate(SurrogateManager):
     def _register(self, record: Subordinate) -> None:
         assert self.manager is not None
         row = ArmorEntry(
-            record.id, record.type, self.id, record.node, self.application, record.incarnation
+            record.id,
+            record.type,
+            self.id,
+            record.node,
+            self.application,
+            record.incarnation,
+            by=self.incarnation,
         )
         self._send(ARMOR_UPDATE, self.manager, row)
 

@@ -54,6 +54,15 @@ class SeedTests(SynchronousTestCase):
                 injected += sim.injected[kind]
             self.assertGreater(injected, 0, kind)
 
+    def test_seeds_that_found_bugs(self) -> None:
+        """
+        Seeds that failed once the simulator ran the real daemon core: an Initialization
+        ARMOR left in the table by a node that restarted before its survey (550, 796,
+        1218, 1527), a superseded surrogate manager's updates believed (372, 1338, 1671).
+        """
+        for seed in (550, 796, 1218, 1527, 372, 1338, 1671):
+            ArmorSimulation(seed).run()
+
     def test_replays(self) -> None:
         """A seed replays exactly."""
         one, two = ArmorSimulation(17).run(), ArmorSimulation(17).run()

@@ -424,6 +424,25 @@ class JobTests(SynchronousTestCase):
         forged = ArmorEntry("exec.job1.t2", "execution", "sm.job9", "n2", "job1", 1)
         self.assertEqual(host.receive(msg(ARMOR_UPDATE, "sm.job1", "ftm", forged), 1.0), [])
 
+    def test_armor_update_of_a_superseded_manager(self) -> None:
+        """
+        An update from an incarnation of a surrogate manager the FTM has replaced (a
+        zombie its daemon has not swept yet) is not believed (seeds 372, 1338, 1671 of
+        the ARMOR simulator: the zombie moved the current one's ARMORs).
+        """
+        host = self._running()
+        sm = host.armor.subordinates[armor_id("sm.job1")]
+        self.assertEqual(sm.incarnation, 1)
+        sm.incarnation = 2  # as after a reinstall
+        before = list(host.space.tuples())
+        stale = ArmorEntry("exec.job1.t1", "execution", "sm.job1", "n2", "job1", 2, by=1)
+        self.assertEqual(host.receive(msg(ARMOR_UPDATE, "sm.job1", "ftm", stale), 2.0), [])
+        self.assertEqual(host.armor.counters["updates.superseded"], 1)
+        self.assertEqual(list(host.space.tuples()), before)
+        current = ArmorEntry("exec.job1.t1", "execution", "sm.job1", "n2", "job1", 2, by=2)
+        out = host.receive(msg(ARMOR_UPDATE, "sm.job1", "ftm", current), 2.1)
+        self.assertEqual(opened(one(out, ARMOR_UPDATED)).value()["incarnation"], 2)
+
     def _running(self) -> Host:
         host = primary()
         up(host, "n2", "n3")
