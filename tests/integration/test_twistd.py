@@ -29,11 +29,11 @@ from tests.integration._support import (
 
 @pytest_twisted.ensureDeferred
 async def test_help_lists_the_lips_plugins(tmp_path: Path) -> None:
-    """C{twistd --help} exits 0 and lists lips-msgserver, lips-fixserver and lips-node."""
+    """C{twistd --help} exits 0 and lists lips-msgserver, lips-fixserver, lips-node, lips-ftm."""
     code, output = await run_twistd("--help", cwd=tmp_path)
     assert code == 0, output
     listed = {line.split()[0] for line in output.splitlines() if line.startswith("    lips-")}
-    assert listed == {"lips-msgserver", "lips-fixserver", "lips-node"}, output
+    assert listed == {"lips-msgserver", "lips-fixserver", "lips-node", "lips-ftm"}, output
 
 
 @pytest.mark.parametrize(
