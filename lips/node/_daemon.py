@@ -47,6 +47,8 @@ from twisted.internet.endpoints import (
     clientFromString,
     connectProtocol,
     serverFromString,
+    wrapClientTLS,
+    wrapServerTLS,
 )
 from twisted.internet.interfaces import IListeningPort, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
@@ -549,6 +551,9 @@ class DaemonService(service.Service):
         to listen for no other daemon (this node then only dials).
     @param advertise: the client endpoint other daemons dial (C{tcp:host=...:port=...});
         None to write none (no daemon can dial this one).
+    @param tls: TLS for the daemon links, both the listening and the dialed ones (a
+        L{twisted.internet.ssl.CertificateOptions} that requires the peer's
+        certificate), or None for plain TCP; every daemon of a cluster must agree.
     @ivar counters: the driver's, the links' and the adapter's (C{messages.unsent},
         C{table.failed}), in one.
     """
@@ -566,6 +571,7 @@ class DaemonService(service.Service):
         runtime: str | os.PathLike[str],
         listen: str | None = None,
         advertise: str | None = None,
+        tls: Any = None,
         max_links: int = 64,
         max_local: int = 128,
         handshake_timeout: float = 5.0,
@@ -584,6 +590,7 @@ class DaemonService(service.Service):
         self.socket = str(self.runtime / SOCKET_NAME)
         self.listen = listen
         self.advertise = advertise
+        self.tls = tls
         self.dial_timeout = dial_timeout
         self.counters: Counter[str] = Counter()
         self.driver = Driver(
@@ -647,6 +654,8 @@ class DaemonService(service.Service):
             if self.listen is not None:
                 what = self.listen
                 endpoint = serverFromString(self.reactor, self.listen)
+                if self.tls is not None:
+                    endpoint = wrapServerTLS(self.tls, endpoint)
                 self._ports.append(_synchronously(endpoint.listen(self.link_factory)))
         except (error.CannotListenError, OverflowError, OSError, ValueError) as e:
             for port in self._ports:
@@ -910,6 +919,8 @@ class DaemonService(service.Service):
             if found is None:
                 raise LookupError(f"node {node} advertises no daemon endpoint")
             endpoint = clientFromString(self.reactor, found[2])
+            if self.tls is not None:  # this daemon's own TLS, never the advertiser's
+                endpoint = wrapClientTLS(self.tls, endpoint)
             link = DaemonLink(
                 self,
                 self.node,

@@ -185,6 +185,7 @@ class _Link(Protocol):
         self.on_close: Callable[[_Link], None] | None = None
         self._deadline: IDelayedCall | None = None
         self._paused = False
+        self._reading_paused = False
         self._unsent = 0
 
     def connectionMade(self) -> None:
@@ -208,6 +209,8 @@ class _Link(Protocol):
         """The handshake is over: lift the body bound, forget the deadline."""
         self.phase = LinkPhase.UP
         self.up = True
+        if self._paused:  # the peer was already slow to read during the handshake
+            self._stop_reading()
         self.decoder.limit(self.max_body)
         deadline, self._deadline = self._deadline, None
         if deadline is not None and deadline.active():
@@ -298,9 +301,19 @@ class _Link(Protocol):
     # -- IPushProducer ------------------------------------------------------------------------
 
     def pauseProducing(self) -> None:
-        """The peer reads too slowly: stop reading from it too."""
+        """
+        The peer reads too slowly: stop reading from it too, once the link is up.
+        Before, reading goes on (a handshake's bodies are bounded): TLS pauses its
+        producer until its own handshake is done, which needs reading.
+        """
         if not self._paused:
             self._paused = True
+            if self.phase is LinkPhase.UP:
+                self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
             assert self.transport is not None
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
@@ -308,6 +321,8 @@ class _Link(Protocol):
         if self._paused:
             self._paused = False
             self._unsent = 0
+        if self._reading_paused:
+            self._reading_paused = False
             assert self.transport is not None
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 

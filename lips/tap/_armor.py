@@ -16,7 +16,7 @@ from lips.armor import ArmorFactory, Daemon, DaemonPolicy, MessageError, check_l
 from lips.armor.process import default_runtime
 from lips.cluster import ClusterConfig, check_client_endpoint
 from lips.node import ArmorSpawner, DaemonService
-from lips.tap._server import integer_option, number_option
+from lips.tap._server import integer_option, number_option, tls_options
 
 __all__ = [
     "ARMOR_PARAMETERS",
@@ -40,6 +40,9 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "armor-max": 64,
 }
 
+#: The options of TLS on the daemon links: all three, or none.
+_TLS: Final = ("armor-tls-cert", "armor-tls-key", "armor-tls-ca")
+
 #: lips-node's ARMOR options, for its C{optParameters}.
 ARMOR_PARAMETERS: Final[list[Any]] = [
     [
@@ -61,6 +64,20 @@ ARMOR_PARAMETERS: Final[list[Any]] = [
         None,
         "Directory (mode 0700) of the ARMOR processes' socket (default:"
         " $XDG_RUNTIME_DIR/lips-armor/NODE, else $TMPDIR/lips-UID/lips-armor/NODE).",
+    ],
+    [
+        "armor-tls-cert",
+        None,
+        None,
+        "PEM certificate of this node's daemon: daemon links run over TLS (with"
+        " --armor-tls-key and --armor-tls-ca; every daemon of the cluster must).",
+    ],
+    ["armor-tls-key", None, None, "PEM private key of --armor-tls-cert."],
+    [
+        "armor-tls-ca",
+        None,
+        None,
+        "PEM certificate of the CA that signed every daemon's: a peer must present one.",
     ],
     [
         "armor-ping-interval",
@@ -155,7 +172,7 @@ def check_armor_options(options: usage.Options, name: str) -> None:
     options["armor"] = None
     listen = options["armor-listen"]
     if listen is None:
-        for option in ("armor-advertise", "armor-runtime", *_DEFAULTS):
+        for option in ("armor-advertise", "armor-runtime", *_TLS, *_DEFAULTS):
             if options[option] is not None:
                 raise usage.UsageError(f"--{option} needs --armor-listen")
         return
@@ -192,6 +209,10 @@ def check_armor_options(options: usage.Options, name: str) -> None:
             f" {len(socket.encode())} bytes, and at most {MAX_SOCKET_PATH} can be bound"
         )
     options["armor-runtime"] = runtime
+    tls = [options[o] for o in _TLS]
+    if any(t is not None for t in tls) and not all(t is not None for t in tls):
+        raise usage.UsageError("--armor-tls-cert, --armor-tls-key and --armor-tls-ca go together")
+    options["armor-tls"] = None if tls[0] is None else tls_options(*tls)
     value = {k: v if options[k] is None else options[k] for k, v in _DEFAULTS.items()}
     options["armor"] = DaemonPolicy(
         ping_interval=value["armor-ping-interval"],
@@ -231,4 +252,5 @@ def armor_service(
         runtime=options["armor-runtime"],
         listen=options["armor-listen"],
         advertise=options["armor-advertise"],
+        tls=options["armor-tls"],
     )

@@ -174,7 +174,7 @@ class ServerOptions(usage.Options):
         for path in (cert, key, ca):
             if path is not None and not os.path.isfile(path):
                 raise usage.UsageError(f"no such file: {path}")
-        self["tls"] = _tls_options(cert, key, ca) if cert is not None else None
+        self["tls"] = tls_options(cert, key, ca) if cert is not None else None
         from twisted.internet import reactor
 
         try:
@@ -231,7 +231,13 @@ class ServerOptions(usage.Options):
         self["cluster"], self["entry"], self["listen"] = cluster, entry, entry.listen
 
 
-def _tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
+def tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
+    """
+    TLS with C{cert} and C{key}; with C{ca}, the peer must present a certificate it
+    signed.
+
+    @raise usage.UsageError: if the PEM files cannot be loaded.
+    """
     try:
         with open(cert, "rb") as f:
             certificate = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
@@ -243,6 +249,8 @@ def _tls_options(cert: str, key: str, ca: str | None) -> ssl.CertificateOptions:
                 ca_certs.append(crypto.load_certificate(crypto.FILETYPE_PEM, f.read()))
     except crypto.Error as e:
         raise usage.UsageError(f"cannot load TLS material: {e}") from None
+    except OSError as e:
+        raise usage.UsageError(f"cannot read TLS material {e.filename}: {e.strerror}") from None
     return ssl.CertificateOptions(
         privateKey=private_key,
         certificate=certificate,

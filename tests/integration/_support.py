@@ -407,6 +407,9 @@ class PKI:
     rogue_trust_dir: Path
     rogue_client_cert: Path
     rogue_client_key: Path
+    peer_cert: Path
+    peer_key: Path
+    """A certificate for both ends of a link (server and client use): a daemon's."""
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -457,7 +460,7 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 def _leaf(
     common_name: str,
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
     names: list[x509.GeneralName],
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_cert, ca_key = ca
@@ -472,7 +475,9 @@ def _leaf(
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
@@ -516,6 +521,8 @@ def make_pki(directory: Path) -> PKI:
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))],
     )
     client = _leaf("client", ca, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    peer = _leaf("daemon", ca, both, [x509.DNSName("localhost")])
     rogue_client = _leaf("rogue client", rogue, ExtendedKeyUsageOID.CLIENT_AUTH, [])
     trust_dir = directory / "trust"
     rogue_trust_dir = directory / "rogue-trust"
@@ -527,6 +534,7 @@ def make_pki(directory: Path) -> PKI:
     (rogue_trust_dir / "rogue-ca.pem").write_bytes(rogue_ca_cert.read_bytes())
     server_cert, server_key = _write(directory, "server", server)
     client_cert, client_key = _write(directory, "client", client)
+    peer_cert, peer_key = _write(directory, "peer", peer)
     rogue_client_cert, rogue_client_key = _write(directory, "rogue-client", rogue_client)
     return PKI(
         directory=directory,
@@ -539,4 +547,6 @@ def make_pki(directory: Path) -> PKI:
         rogue_trust_dir=rogue_trust_dir,
         rogue_client_cert=rogue_client_cert,
         rogue_client_key=rogue_client_key,
+        peer_cert=peer_cert,
+        peer_key=peer_key,
     )

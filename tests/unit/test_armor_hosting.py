@@ -1002,6 +1002,32 @@ class ArmorOptionsTests(SynchronousTestCase):
         services = list(node_tap.makeService(o, reactor=Clock()))
         self.assertEqual([s for s in services if isinstance(s, DaemonService)], [])
 
+    def test_tls_options(self) -> None:
+        """The three --armor-tls-* go together, need --armor-listen, and must load."""
+        listen = ("--armor-listen", "tcp:7301:interface=127.0.0.1")
+        runtime = ("--armor-runtime", short_directory(self))
+        for argv, words in (
+            ((*listen, *runtime, "--armor-tls-cert", "c.pem"), "go together"),
+            (("--armor-tls-ca", "ca.pem"), "needs --armor-listen"),
+            (
+                (
+                    *listen,
+                    *runtime,
+                    "--armor-tls-cert",
+                    "/nonexistent.pem",
+                    "--armor-tls-key",
+                    "/nonexistent.key",
+                    "--armor-tls-ca",
+                    "/nonexistent.ca",
+                ),
+                "nonexistent",
+            ),
+        ):
+            with self.assertRaises(UsageError) as e:
+                self.parse(*argv)
+            self.assertIn(words, str(e.exception))
+        self.assertIsNone(self.parse(*listen, *runtime)["armor-tls"])
+
     def test_with(self) -> None:
         """--armor-listen adds the daemon, sharing lipsd's spawner with its eval processes."""
         o = self.parse(
