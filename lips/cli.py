@@ -389,7 +389,7 @@ def _submit(args: argparse.Namespace) -> int:
         if args.job is not None:
             name, job = jobs.load_job(args.job)
         else:
-            arguments = [_from_json(_json_word(a), False) for a in args.arg]
+            arguments = list(parse_fields(args.arg, template=False))
             job = jobs.job_from_options(
                 args.target,
                 arguments,
@@ -439,13 +439,6 @@ def _submit(args: argparse.Namespace) -> int:
     d.addBoth(lambda _: reactor.stop())
     reactor.run()
     return _submitted(name, outcome[0] if outcome else RuntimeError("interrupted"))
-
-
-def _json_word(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _submitted(name: str, outcome: Any) -> int:

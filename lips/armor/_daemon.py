@@ -1347,15 +1347,7 @@ class Daemon:
             return
         if reason is not None:
             self.counters["installs.refused"] += 1
-            self._outbox.log(
-                LogLevel.warn,
-                "Refused to install {armor} for {manager}: {reason}",
-                armor=install.armor,
-                manager=message.source,
-                reason=reason,
-            )
-            failed = InstallFailed(install.armor, self.node, install.incarnation, reason)
-            self._reply(self._message(INSTALL_FAILED, message.source, failed), node, now)
+            self._refuse(message, install, node, reason, now)
             return
         if current is not None:  # an older incarnation: its manager moved on
             self._stop(current, _Ending.SUPERSEDED, "a newer incarnation was installed", now)
@@ -1417,17 +1409,23 @@ class Daemon:
                 f"the FTM's ARMOR table does not place incarnation {install.incarnation}"
                 f" of {install.armor} on {self.node}"
             )
-            self._outbox.log(
-                LogLevel.warn,
-                "Refused to install {armor} for {manager}: {reason}",
-                armor=install.armor,
-                manager=message.source,
-                reason=reason,
-            )
-            failed = InstallFailed(install.armor, self.node, install.incarnation, reason)
-            self._reply(self._message(INSTALL_FAILED, message.source, failed), node, now)
+            self._refuse(message, install, node, reason, now)
 
         self._own_call([placed], then, now)
+
+    def _refuse(
+        self, message: Message, install: Install, node: str | None, reason: str, now: float
+    ) -> None:
+        """Say why C{install} is not done, and answer its manager INSTALL_FAILED."""
+        self._outbox.log(
+            LogLevel.warn,
+            "Refused to install {armor} for {manager}: {reason}",
+            armor=install.armor,
+            manager=message.source,
+            reason=reason,
+        )
+        failed = InstallFailed(install.armor, self.node, install.incarnation, reason)
+        self._reply(self._message(INSTALL_FAILED, message.source, failed), node, now)
 
     def _welcome(self, welcome: Welcome, now: float) -> None:
         if welcome.node != self.node or welcome.boot != self.boot:

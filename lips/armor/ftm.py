@@ -191,6 +191,7 @@ __all__ = [
     "current_ftm",
     "epoch_guard",
     "is_ftm",
+    "fenced_options",
     "placed_options",
 ]
 
@@ -732,6 +733,20 @@ def placed_options(config: dict[str, object]) -> dict[str, Any]:
         if type(incarnation) is not int or incarnation < 1:
             raise MessageError(f"incarnation is a positive integer, not {incarnation!r}")
         kwargs["incarnation"] = incarnation
+    return kwargs
+
+
+def fenced_options(config: dict[str, object]) -> dict[str, Any]:
+    """
+    L{placed_options}, and C{epoch}: the FTM's epoch a common ARMOR under it starts
+    fenced at.
+    """
+    kwargs = placed_options(config)
+    if "epoch" in config:
+        epoch = config.pop("epoch")
+        if type(epoch) is not int or epoch < 0:
+            raise MessageError(f"epoch is an integer >= 0, not {epoch!r}")
+        kwargs["epoch"] = epoch
     return kwargs
 
 

@@ -40,7 +40,7 @@ from lips.armor.ftm import (
     NodeDown,
     Watch,
     admit_fenced,
-    placed_options,
+    fenced_options,
 )
 
 __all__ = ["HeartbeatArmor", "HeartbeatMonitor"]
@@ -152,12 +152,7 @@ class HeartbeatArmor(Armor):
     def options(cls, config: dict[str, object]) -> dict[str, Any]:
         """Besides C{blocks}: C{nodes}, C{interval}, C{misses}, C{node}, C{incarnation}."""
         kwargs = super().options(config)
-        kwargs.update(placed_options(config))
-        if "epoch" in config:
-            epoch = config.pop("epoch")
-            if type(epoch) is not int or epoch < 0:
-                raise MessageError(f"epoch is an integer >= 0, not {epoch!r}")
-            kwargs["epoch"] = epoch
+        kwargs.update(fenced_options(config))
         if "nodes" in config:
             nodes = config.pop("nodes")
             if isinstance(nodes, str) or not isinstance(nodes, Iterable):

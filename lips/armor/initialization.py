@@ -21,8 +21,7 @@ from typing import Any, Final
 from lips.armor._armor import Armor
 from lips.armor._blocks import Block
 from lips.armor._factory import BlockFactory
-from lips.armor._messages import TIMER, Message
-from lips.armor._names import MessageError
+from lips.armor._messages import TIMER, Message, seconds
 from lips.armor.ftm import (
     SURVEY,
     SURVEY_ACK,
@@ -30,7 +29,7 @@ from lips.armor.ftm import (
     NodeRef,
     Survey,
     admit_fenced,
-    placed_options,
+    fenced_options,
 )
 
 __all__ = ["InitializationArmor", "NodeSurvey", "local_survey"]
@@ -122,17 +121,9 @@ class InitializationArmor(Armor):
     def options(cls, config: dict[str, object]) -> dict[str, Any]:
         """Besides C{blocks}: C{retry}, C{node}, C{incarnation}."""
         kwargs = super().options(config)
-        kwargs.update(placed_options(config))
-        if "epoch" in config:
-            epoch = config.pop("epoch")
-            if type(epoch) is not int or epoch < 0:
-                raise MessageError(f"epoch is an integer >= 0, not {epoch!r}")
-            kwargs["epoch"] = epoch
+        kwargs.update(fenced_options(config))
         if "retry" in config:
-            retry = config.pop("retry")
-            if isinstance(retry, bool) or not isinstance(retry, int | float) or retry <= 0:
-                raise MessageError(f"retry is a positive number of seconds, not {retry!r}")
-            kwargs["retry"] = float(retry)
+            kwargs["retry"] = seconds(config.pop("retry"), "retry")
         return kwargs
 
     @property

@@ -40,7 +40,7 @@ import enum
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -493,8 +493,7 @@ class DaemonLinkFactory(Factory):
         self.open: set[DaemonLink] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> DaemonLink | None:
-        if len(self.open) >= self.max_links:
-            self.counters["links.busy"] += 1
+        if not _room(self):
             return None
         link = DaemonLink(
             self.host,
@@ -507,13 +506,7 @@ class DaemonLinkFactory(Factory):
             handshake_timeout=self.handshake_timeout,
             max_unsent=self.max_unsent,
         )
-        link.factory = self
-        link.on_close = self._closed
-        self.open.add(link)
-        return link
-
-    def _closed(self, link: object) -> None:
-        self.open.discard(link)
+        return _opened(self, link)
 
 
 class LocalLink(_Link):
@@ -653,8 +646,7 @@ class LocalLinkFactory(Factory):
         self.open: set[LocalLink] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> LocalLink | None:
-        if len(self.open) >= self.max_links:
-            self.counters["links.busy"] += 1
+        if not _room(self):
             return None
         link = LocalLink(
             self.host,
@@ -665,13 +657,27 @@ class LocalLinkFactory(Factory):
             handshake_timeout=self.handshake_timeout,
             max_unsent=self.max_unsent,
         )
-        link.factory = self
-        link.on_close = self._closed
-        self.open.add(link)
-        return link
+        return _opened(self, link)
 
-    def _closed(self, link: object) -> None:
-        self.open.discard(link)
+
+_L = TypeVar("_L", bound=_Link)
+
+
+def _room(factory: DaemonLinkFactory | LocalLinkFactory) -> bool:
+    """Whether C{factory} may take one more link (else it is counted C{links.busy})."""
+    if len(factory.open) >= factory.max_links:
+        factory.counters["links.busy"] += 1
+        return False
+    return True
+
+
+def _opened(factory: DaemonLinkFactory | LocalLinkFactory, link: _L) -> _L:
+    """C{link}, one of C{factory}'s open links until it closes."""
+    open_links: set[Any] = factory.open
+    link.factory = factory
+    link.on_close = open_links.discard
+    open_links.add(link)
+    return link
 
 
 def _describe(address: IAddress) -> str:
