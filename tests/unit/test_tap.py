@@ -79,14 +79,15 @@ class FtmOptionsTests(SynchronousTestCase):
             self.assertIn(words, str(e.exception), argv)
 
     def test_each_run_of_a_daemon_has_its_own_boot(self) -> None:
-        """lipsd's daemon says a new boot number each run: the FTM sees a restart."""
-        from lips.tap._armor import run_number
+        """lipsd's daemon says its start time in microseconds: a new number each run."""
+        from unittest import mock
 
-        first = run_number()
-        second = run_number()
-        self.assertGreaterEqual(first, 1)
-        self.assertGreater(second, first - 1)
-        self.assertNotEqual(run_number(), 1)
+        from lips.tap import _armor
+
+        with mock.patch.object(_armor.time, "time_ns", side_effect=[5_000_123, 9_000_456, 0]):
+            self.assertEqual(
+                [_armor.run_number(), _armor.run_number(), _armor.run_number()], [5000, 9000, 1]
+            )
 
     def test_standby_ids(self) -> None:
         self.assertEqual(ftm.standby_id("n2"), "ftm.s-n2")
