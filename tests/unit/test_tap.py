@@ -84,7 +84,7 @@ class FtmOptionsTests(SynchronousTestCase):
 
         from lips.tap import _armor
 
-        with mock.patch.object(_armor.time, "time_ns", side_effect=[5_000_123, 9_000_456, 0]):
+        with mock.patch("time.time_ns", side_effect=[5_000_123, 9_000_456, 0]):
             self.assertEqual(
                 [_armor.run_number(), _armor.run_number(), _armor.run_number()], [5000, 9000, 1]
             )
