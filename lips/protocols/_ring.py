@@ -31,7 +31,14 @@ the names are stable, see L{COUNTERS}):
   - C{dropped.<reason>}: datagrams dropped, by reason.  From the sealer:
     C{dropped.truncated}, C{dropped.bad_magic}, C{dropped.bad_version},
     C{dropped.other_cluster} (another cluster on the same network), C{dropped.wrong_mode},
-    C{dropped.bad_auth} (tampered, or sealed with another key).  Then C{dropped.own}
+    C{dropped.bad_auth} (tampered, or sealed with another key), and, for authentic
+    datagrams that are not fresh (L{lips.ring._seal}'s anti-replay window),
+    C{dropped.stale_boot} (of an earlier boot of its sender: replayed from a member
+    that died or restarted), C{dropped.replayed} (a counter already accepted: a replay,
+    or the network duplicated it), C{dropped.too_old} (a counter below the window) and
+    C{dropped.too_many_senders} (more sender ids than the sealer tracks).  Then
+    C{dropped.misdirected} (authentic, but written to another member alone: a token or
+    commit token replayed here), C{dropped.own}
     (this member's own one-to-many datagram, looped back by the host: expected with
     multicast and broadcast, not logged), C{dropped.unknown_sender} (authentic, but the
     claimed sender is not a peer, or wrote from another address than its own),
@@ -100,6 +107,7 @@ COUNTERS: Final[tuple[str, ...]] = (
     "bytes.received",
     "datagrams.received.group",
     *(f"dropped.{reason.value}" for reason in DropReason),
+    "dropped.misdirected",
     "dropped.own",
     "dropped.unknown_sender",
     "dropped.malformed",
@@ -271,6 +279,10 @@ class RingProtocol(DatagramProtocol):
             self.log.debug("Dropped a datagram from {addr}: {reason}", addr=addr, reason=reason)
             return
         sender = opened.sender
+        if opened.to not in (0, self.node):
+            # Written to one other member (a token, a commit token): a replay here.
+            self.counters["dropped.misdirected"] += 1
+            return
         source = (addr[0], addr[1]) if isinstance(addr, tuple) and len(addr) >= 2 else None
         if sender == self.node and source is not None and source == self._own:
             self.counters["dropped.own"] += 1
@@ -365,7 +377,8 @@ class RingProtocol(DatagramProtocol):
             targets = [addr]
         try:
             type_code, body = encode(effect.message)
-            datagram = self.sealer.seal(type_code, self.node, body)
+            to = effect.to if isinstance(effect.to, int) else 0
+            datagram = self.sealer.seal(type_code, self.node, body, to)
         except Exception:
             self.counters["errors.internal"] += 1
             self.log.failure("Could not encode {message!r}", message=effect.message)

@@ -86,11 +86,23 @@ def one_to_many_address(ring_transport: IRingTransport) -> Address | None:
     return None
 
 
-def sealed(message: RingMessage, sender: int, sealer: Sealer | None = None) -> bytes:
-    """C{message} as node C{sender} would send it."""
-    s = sealer if sealer is not None else Sealer(KEY, CLUSTER)
+#: The boot of the adapters whose datagrams the tests compare byte for byte.
+BOOT = 1_000_000
+
+#: Seals what the tests send as a peer: boot 1, earlier than any real member's (a
+#: member that heard the real node drops it as stale), and a fresh counter each time,
+#: so that no two datagrams it seals are replays of each other.
+PEER = Sealer(KEY, CLUSTER, boot=1)
+
+
+def sealed(message: RingMessage, sender: int, sealer: Sealer | None = None, to: int = 0) -> bytes:
+    """
+    C{message} as node C{sender} would send it to node C{to} (0: to every member),
+    sealed by L{PEER} by default.
+    """
+    s = sealer if sealer is not None else PEER
     type_code, body = encode(message)
-    return s.seal(type_code, sender, body)
+    return s.seal(type_code, sender, body, to)
 
 
 @implementer(IUDPTransport)
@@ -333,7 +345,7 @@ class ScriptedTests(SynchronousTestCase):
         self.counters: Counter[str] = Counter()
         self.protocol = RingProtocol(
             self.engine,
-            Sealer(KEY, CLUSTER),
+            Sealer(KEY, CLUSTER, boot=BOOT),
             {n: address(n) for n in (1, 2, 3)},
             self.clock,
             self.events.append,
@@ -366,15 +378,16 @@ class ScriptedTests(SynchronousTestCase):
         """A broadcast is one sealed datagram written to every peer but this node."""
         join = Join(1, frozenset({1, 2, 3}), frozenset(), 4)
         self.start(Send(None, join))
-        datagram = sealed(join, 1)
+        datagram = sealed(join, 1, Sealer(KEY, CLUSTER, boot=BOOT))
         self.assertEqual(self.transport.written, [(datagram, address(2)), (datagram, address(3))])
         self.assertEqual(self.counters["datagrams.sent"], 2)
         self.assertEqual(self.counters["bytes.sent"], 2 * len(datagram))
 
     def test_unicast(self) -> None:
-        """A send to one peer is written to that peer's address only."""
+        """A send to one peer is written to that peer's address only, sealed for it."""
         self.start(Send(3, TOKEN))
-        self.assertEqual(self.transport.written, [(sealed(TOKEN, 1), address(3))])
+        expected = sealed(TOKEN, 1, Sealer(KEY, CLUSTER, boot=BOOT), to=3)
+        self.assertEqual(self.transport.written, [(expected, address(3))])
 
     def test_unknown_destination(self) -> None:
         """A send to a node with no address is counted and written nowhere."""
@@ -602,7 +615,7 @@ class OneToManyTests(SynchronousTestCase):
         engine = engine if engine is not None else ScriptedEngine()
         protocol = RingProtocol(
             engine,
-            Sealer(KEY, CLUSTER),
+            Sealer(KEY, CLUSTER, boot=BOOT),
             {n: address(n) for n in engine.peers | {engine.node}},
             self.clock,
             self.events.append,
@@ -628,12 +641,13 @@ class OneToManyTests(SynchronousTestCase):
         join = Join(1, frozenset({1, 2, 3}), frozenset(), 4)
         engine.script = [Send(None, join), Send(2, TOKEN), Send(None, MergeDetect(RING, 1))]
         protocol.makeConnection(transport)
+        s = Sealer(KEY, CLUSTER, boot=BOOT)
         self.assertEqual(
             transport.written,
             [
-                (sealed(join, 1), GROUP),
-                (sealed(TOKEN, 1), address(2)),
-                (sealed(MergeDetect(RING, 1), 1), GROUP),
+                (sealed(join, 1, s), GROUP),
+                (sealed(TOKEN, 1, s, to=2), address(2)),
+                (sealed(MergeDetect(RING, 1), 1, s), GROUP),
             ],
         )
         self.assertEqual(self.counters["datagrams.sent"], 3)
@@ -648,9 +662,10 @@ class OneToManyTests(SynchronousTestCase):
         engine.script = [Send(None, join), Send(3, TOKEN)]
         protocol.makeConnection(transport)
         self.assertTrue(transport.broadcast_allowed)
+        s = Sealer(KEY, CLUSTER, boot=BOOT)
         self.assertEqual(
             transport.written,
-            [(sealed(join, 1), SUBNET_BROADCAST), (sealed(TOKEN, 1), address(3))],
+            [(sealed(join, 1, s), SUBNET_BROADCAST), (sealed(TOKEN, 1, s, to=3), address(3))],
         )
 
     def test_unicast_leaves_the_socket_alone(self) -> None:
@@ -738,9 +753,9 @@ class OneToManyTests(SynchronousTestCase):
         for ring_transport in (MULTICAST, BROADCAST, UnicastTransport()):
             protocol, engine, transport = self.protocol(ring_transport)
             protocol.makeConnection(transport)
-            own = sealed(MergeDetect(RING, 1), 1)
-            protocol.one_to_many_received(own, address(1))
-            protocol.datagramReceived(own, address(1))
+            own = MergeDetect(RING, 1)
+            protocol.one_to_many_received(sealed(own, 1), address(1))
+            protocol.datagramReceived(sealed(own, 1), address(1))
             self.assertEqual(engine.inputs, [("start", None, 100.0)])
         self.assertEqual(self.counters["dropped.own"], 6)
         self.assertEqual(self.counters["datagrams.received"], 6)
@@ -755,9 +770,9 @@ class OneToManyTests(SynchronousTestCase):
         """
         protocol, _, transport = self.protocol(MULTICAST)
         protocol.makeConnection(transport)
-        own = sealed(MergeDetect(RING, 1), 1)
-        protocol.one_to_many_received(own, ("10.0.0.1", 5405))
-        protocol.one_to_many_received(own, address(2))
+        own = MergeDetect(RING, 1)
+        protocol.one_to_many_received(sealed(own, 1), ("10.0.0.1", 5405))
+        protocol.one_to_many_received(sealed(own, 1), address(2))
         self.assertEqual(self.counters["dropped.unknown_sender"], 2)
         self.assertEqual(self.counters["dropped.own"], 0)
         self.assertEqual(len(self.logged.warnings()), 2)
@@ -1131,21 +1146,26 @@ class BadDatagramTests(SynchronousTestCase):
         self.assertTrue(self.ring.formed())
         self.node = self.ring.nodes[1]
         self.merge = MergeDetect(self.node.engine.ring, 2)
-        self.good = sealed(self.merge, 2)
+        self.peer = self.ring.nodes[2].protocol.sealer
+        self.good = sealed(self.merge, 2, self.peer)
 
     def inject(self, datagram: bytes, source: Any) -> None:
         self.node.protocol.datagramReceived(datagram, source)
 
     def test_counted_and_dropped(self) -> None:
         """
-        Tampered, unauthenticated, foreign, truncated, misaddressed and malformed
-        datagrams are each counted under their reason and never reach the engine.
+        Tampered, unauthenticated, foreign, truncated, misaddressed, malformed,
+        replayed and misdirected datagrams are each counted under their reason and never reach the
+        engine.  (Each authentic datagram is sealed afresh by node 2's own sealer: once
+        opened, the same datagram again would be a replay.)
         """
         flipped = bytearray(self.good)
         flipped[-1] ^= 1
-        malformed_body = Sealer(KEY, CLUSTER).seal(MERGE_DETECT, 2, b"\x93\x01\x02\x03")
-        not_msgpack = Sealer(KEY, CLUSTER).seal(JOIN, 2, b"\xc1")
-        unknown_type = Sealer(KEY, CLUSTER).seal(77, 2, encode(self.merge)[1])
+        malformed_body = self.peer.seal(MERGE_DETECT, 2, b"\x93\x01\x02\x03")
+        not_msgpack = self.peer.seal(JOIN, 2, b"\xc1")
+        unknown_type = self.peer.seal(77, 2, encode(self.merge)[1])
+        earlier = Sealer(KEY, CLUSTER, boot=self.peer.boot - 1)
+        own = self.node.protocol.sealer
         cases: list[tuple[str, bytes, Any]] = [
             ("dropped.bad_auth", bytes(flipped), address(2)),
             ("dropped.bad_auth", sealed(self.merge, 2, Sealer(b"q" * 32, CLUSTER)), address(2)),
@@ -1157,14 +1177,17 @@ class BadDatagramTests(SynchronousTestCase):
             ("dropped.bad_version", self.good[:2] + b"\x09" + self.good[3:], address(2)),
             ("dropped.unknown_sender", sealed(MergeDetect(RING, 9), 9), address(2)),
             ("dropped.unknown_sender", self.good, address(3)),
-            ("dropped.unknown_sender", self.good, ("10.0.0.2", 9999)),
-            ("dropped.unknown_sender", self.good, None),
-            ("dropped.unknown_sender", sealed(MergeDetect(RING, 1), 1), address(2)),
-            ("dropped.own", sealed(MergeDetect(RING, 1), 1), address(1)),
+            ("dropped.unknown_sender", sealed(self.merge, 2, self.peer), ("10.0.0.2", 9999)),
+            ("dropped.unknown_sender", sealed(self.merge, 2, self.peer), None),
+            ("dropped.unknown_sender", sealed(MergeDetect(RING, 1), 1, own), address(2)),
+            ("dropped.own", sealed(MergeDetect(RING, 1), 1, own), address(1)),
             ("dropped.malformed", malformed_body, address(2)),
             ("dropped.malformed", not_msgpack, address(2)),
             ("dropped.malformed", unknown_type, address(2)),
-            ("dropped.sender_mismatch", sealed(MergeDetect(RING, 3), 2), address(2)),
+            ("dropped.sender_mismatch", sealed(MergeDetect(RING, 3), 2, self.peer), address(2)),
+            ("dropped.replayed", self.good, address(2)),
+            ("dropped.stale_boot", sealed(self.merge, 2, earlier), address(2)),
+            ("dropped.misdirected", sealed(TOKEN, 2, self.peer, to=3), address(2)),
         ]
         received: list[RingMessage] = []
         real = self.node.engine.received
@@ -1184,7 +1207,7 @@ class BadDatagramTests(SynchronousTestCase):
         )
         self.assertEqual(+dropped, Counter(counter for counter, _, _ in cases))
         self.assertEqual(
-            self.node.counters["datagrams.received"] - before["datagrams.received"], 18
+            self.node.counters["datagrams.received"] - before["datagrams.received"], len(cases)
         )
         self.assertEqual(received, [])
         self.assertEqual(self.node.counters["errors.internal"], 0)
@@ -1193,11 +1216,12 @@ class BadDatagramTests(SynchronousTestCase):
         """After a burst of bad datagrams at every member, the ring still delivers."""
         for n, node in self.ring.nodes.items():
             peer = 1 + n % 3
-            good = sealed(MergeDetect(node.engine.ring, peer), peer)
+            peer_sealer = self.ring.nodes[peer].protocol.sealer
+            good = sealed(MergeDetect(node.engine.ring, peer), peer, peer_sealer)
             for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:7], b"\xff" * 40):
                 node.protocol.datagramReceived(bad, address(peer))
             node.protocol.datagramReceived(
-                Sealer(KEY, CLUSTER).seal(MERGE_DETECT, peer, b"junk"), address(peer)
+                peer_sealer.seal(MERGE_DETECT, peer, b"junk"), address(peer)
             )
             node.protocol.datagramReceived(good, address(n))
         self.assertTrue(self.ring.nodes[2].protocol.submit(b"after"))
@@ -1370,5 +1394,7 @@ class MessageKindsTests(SynchronousTestCase):
         got: list[RingMessage] = []
         self.patch(engine, "received", lambda m, now: got.append(m))
         m = Mcast(RingId(99, 2), 1, 2, Kind.RECOVERED, b"p", RingId(50, 1), 3, 1)
-        ring.nodes[1].protocol.datagramReceived(sealed(m, 2), address(2))
+        ring.nodes[1].protocol.datagramReceived(
+            sealed(m, 2, ring.nodes[2].protocol.sealer), address(2)
+        )
         self.assertEqual(got, [m])
