@@ -100,11 +100,18 @@ class Outbox:
 
     # -- shorthands, one per effect -------------------------------------------------------
 
+    # (The two effects of every request and answer are queued without the call of
+    # emit: they are on every core's hot path.)
+
     def send(self, to: Hashable | None, message: object) -> None:
-        self.emit(Send(to, message))
+        if Send not in self._allowed:
+            raise TypeError(f"this core does not emit Send: {message!r} to {to!r}")
+        self._effects.append(Send(to, message))
 
     def deliver(self, item: object) -> None:
-        self.emit(Deliver(item))
+        if Deliver not in self._allowed:
+            raise TypeError(f"this core does not emit Deliver: {item!r}")
+        self._effects.append(Deliver(item))
 
     def start_timer(self, key: TimerKey, at: float) -> None:
         self.emit(StartTimer(key, at))

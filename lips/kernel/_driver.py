@@ -121,6 +121,10 @@ class Driver(Generic[C]):
         self._call: IDelayedCall | None = None
         self._armed = 0.0
         self._flushing = False
+        # Whether a timer effect was carried out since the reactor timer was last set,
+        # and whether the core was given an input since its effects were last drained.
+        self._retimed = False
+        self._fed = False
         self.stopped = False
 
     # -- what the adapter calls -----------------------------------------------------------
@@ -137,7 +141,13 @@ class Driver(Generic[C]):
         try:
             return method(*args, self.clock.seconds())
         finally:
-            self._flush()
+            self._fed = True
+            if not self._flushing:  # else a handler fed the core: its loop goes on
+                self._run()
+                if self._retimed:
+                    # Only a timer effect moves a deadline: an input without one (most
+                    # of them) leaves the reactor timer as it is.
+                    self._rearm()
 
     def stop(self) -> None:
         """
@@ -158,20 +168,14 @@ class Driver(Generic[C]):
 
     # -- the effect loop ------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        if self._flushing:
-            return  # a handler fed the core: the running loop picks its effects up
-        self._run()
-        self._rearm()
-
     def _run(self) -> None:
         """Drain and carry out until the core has nothing more to say."""
         self._flushing = True
         try:
-            while True:
+            # Drained again only if a handler fed the core (an input from within it).
+            while self._fed:
+                self._fed = False
                 effects = self._drain()
-                if not effects:
-                    return
                 for i, effect in enumerate(effects):
                     if self.stopped:
                         self.counters["effects.dropped"] += len(effects) - i
@@ -189,10 +193,11 @@ class Driver(Generic[C]):
             return []
 
     def _carry_out(self, effect: Effect) -> None:
-        if isinstance(effect, StartTimer | CancelTimer):
-            self.timers.apply(effect)
-            return
         kind = type(effect)
+        if kind in _TIMER_EFFECTS:
+            self.timers.apply(effect)  # type: ignore[arg-type]
+            self._retimed = True
+            return
         handler = self._handlers.get(kind)
         if handler is None:
             self.counters["errors.unhandled"] += 1
@@ -222,6 +227,7 @@ class Driver(Generic[C]):
         set again for the new deadline (moving a reactor timer at every input would cost
         more than the early wake-ups do).
         """
+        self._retimed = False
         if self.stopped:
             return
         deadline = self.timers.next_deadline()
@@ -249,6 +255,7 @@ class Driver(Generic[C]):
             if self.stopped:
                 break
             self.counters["timers.fired"] += 1
+            self._fed = True
             try:
                 self.core.timer(key, now)
             except Exception:

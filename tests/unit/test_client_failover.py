@@ -30,6 +30,7 @@ from lips.client import TupleSpaceClient, connect
 from lips.client._core import (
     ATTEMPT_TIMEOUT,
     FAILOVER_TIMEOUT,
+    KEEPALIVE,
     MAX_RETRY_DELAY,
     RETRY_DELAY,
     SETTLE_TIME,
@@ -273,7 +274,14 @@ class FailoverTests(SynchronousTestCase):
         self.a, self.b, self.c = (self.cluster.endpoints[n] for n in "ABC")
         self.flush = self.cluster.flush
 
-    def assertNoDelayedCalls(self) -> None:
+    def assertNoDelayedCalls(self, keepalive: float = 0.0) -> None:
+        """
+        Nothing is scheduled (after C{keepalive} seconds, when a keepalive timer left
+        armed past the last answer is to fire first and find nothing waiting).
+        """
+        if keepalive:
+            self.clock.advance(keepalive)
+            self.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_connects_to_first_reachable(self) -> None:
@@ -373,7 +381,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(self.cluster.servers["B"].operations(), [(client.pid, 1, "OUT")])
         self.assertEqual(list(self.cluster.space.tuples()), [("job", 1)])
         self.assertFalse(self.a.links[0].open)
-        self.assertNoDelayedCalls()
+        self.assertNoDelayedCalls(keepalive=KEEPALIVE)
 
     def test_unavailable_everywhere(self) -> None:
         """
@@ -512,7 +520,7 @@ class FailoverTests(SynchronousTestCase):
         self.flush()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(client.endpoint, "memory:B")
-        self.assertNoDelayedCalls()
+        self.assertNoDelayedCalls(keepalive=KEEPALIVE)
 
     def test_attempt_timeout(self) -> None:
         """An endpoint that never answers is given up after ATTEMPT_TIMEOUT; C is next."""
@@ -610,7 +618,7 @@ class FailoverTests(SynchronousTestCase):
         self.flush()
         self.failureResultOf(d, Timeout)
         self.assertEqual(self.cluster.space.waiting, 0)
-        self.assertNoDelayedCalls()
+        self.assertNoDelayedCalls(keepalive=KEEPALIVE)
 
     def test_events_continue_after_failover(self) -> None:
         """
@@ -674,13 +682,18 @@ class FailoverTests(SynchronousTestCase):
         self.assertTrue(self.a.link.open)
 
     def test_no_keepalive_without_requests(self) -> None:
-        """A connection with nothing waiting keeps no timer."""
+        """
+        A connection with nothing waiting keeps no timer: the keepalive of the last
+        request fires once, finds nothing waiting, probes nobody and stops.
+        """
         client = self.cluster.connect("AB", keepalive=2.0)
         self.assertNoDelayedCalls()
         d = client.out(("job", 1))
         self.flush()
         self.successResultOf(d)
-        self.assertNoDelayedCalls()
+        self.assertNoDelayedCalls(keepalive=2.0)
+        self.assertEqual((client.failovers, client.endpoint), (0, "memory:A"))
+        self.assertTrue(self.a.link.open)
 
     def test_withdrawal_by_the_old_server_is_not_seen(self) -> None:
         """

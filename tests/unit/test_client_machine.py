@@ -454,10 +454,29 @@ class ConnectedTests(SynchronousTestCase):
             ],
         )
         core.received(self.link, 2, Stored(), 1.1)
-        self.assertEqual(
-            core.drain(), [CancelTimer(ClientTimer.KEEPALIVE), Deliver(Answered(5, Stored()))]
-        )
+        self.assertEqual(core.drain(), [Deliver(Answered(5, Stored()))])
         self.assertEqual(core.waiting, 0)
+
+    def test_keepalive_left_armed_stops_when_nothing_waits(self) -> None:
+        """
+        The keepalive timer outlives the last answer (a request and its answer do not
+        start and cancel a timer each); when it fires with nothing waiting it sends no
+        probe and is not armed again, and the next request arms it afresh.
+        """
+        core = self.core
+        core.request(5, Out(1, ("job", 1)), 1.0)
+        core.received(self.link, 2, Stored(), 1.1)
+        core.drain()
+        core.timer(ClientTimer.KEEPALIVE, 1.0 + KEEPALIVE)
+        self.assertEqual(core.drain(), [])
+        core.request(6, Out(2, ("job", 2)), 3.0)
+        self.assertEqual(
+            core.drain(),
+            [
+                Send(self.link, Outgoing(3, Out(2, ("job", 2)))),
+                StartTimer(ClientTimer.KEEPALIVE, 3.0 + KEEPALIVE),
+            ],
+        )
 
     def test_no_keepalive_without_failover(self) -> None:
         """Without failover, nothing watches the server."""
@@ -483,7 +502,7 @@ class ConnectedTests(SynchronousTestCase):
         self.assertEqual(sends(effects), [(self.link, Outgoing(0, Cancel(2)))])
         self.assertEqual(core.waiting, 1)  # until its answer comes
         core.received(self.link, 2, Cancelled(), 8.1)
-        self.assertEqual(quiet(core.drain()), [CancelTimer(ClientTimer.KEEPALIVE)])
+        self.assertEqual(quiet(core.drain()), [])
         self.assertEqual(core.waiting, 0)
 
     def test_goodbye_is_guarded(self) -> None:
@@ -538,8 +557,8 @@ class ConnectedTests(SynchronousTestCase):
         self.assertEqual(
             quiet(core.drain()),
             [
-                CancelTimer(ClientTimer.KEEPALIVE),
                 Send(self.link, Hangup()),
+                CancelTimer(ClientTimer.KEEPALIVE),
                 StartTimer(ClientTimer.GIVE_UP, 4.1 + FAILOVER_TIMEOUT),
                 *hello(Link(1, 2)),
                 StartTimer(ClientTimer.ATTEMPT, 4.1 + ATTEMPT_TIMEOUT),
