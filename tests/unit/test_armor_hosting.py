@@ -95,6 +95,9 @@ from tests.unit.test_node import FakeClient, matching
 
 KEY = link_key(b"k" * 32)
 SM = armor_id("sm.app")
+#: The process id of what the tests write into the table themselves: outside the fake
+#: clients' ids (test_node's FakeClient hands those out from 1 across the whole run).
+WRITER = 1 << 30
 A = armor_id("echo.app.a")
 
 
@@ -621,7 +624,7 @@ class DaemonServiceTests(SynchronousTestCase):
 
     def install(self) -> tuple[DaemonLink, StringTransport, PeerHost, DaemonLink, StringTransport]:
         """Install A from n2, where its manager lives (as the table says)."""
-        self.space.out(1, 1, ("armor", SM, "surrogate-manager", "ftm", "n2", 1, "app"))
+        self.space.out(WRITER, 1, ("armor", SM, "surrogate-manager", "ftm", "n2", 1, "app"))
         link, tl, host, peer, tp = self.peer()
         install = Message.of(INSTALL, SM, "daemon.n1", 1, Install(A, "echo", SM, 1, {}))
         peer.send_message(install)
@@ -688,8 +691,8 @@ class DaemonServiceTests(SynchronousTestCase):
         self.install()
         (child,) = self.spawner.children
         local, _ = self.local(child)
-        self.space.out(1, 2, (DAEMON_TAG, "n3", "tcp:host=127.0.0.1:port=7303"))
-        self.space.out(1, 3, ("armor", "echo.app.c", "echo", SM, "n3", 1, "app"))
+        self.space.out(WRITER, 2, (DAEMON_TAG, "n3", "tcp:host=127.0.0.1:port=7303"))
+        self.space.out(WRITER, 3, ("armor", "echo.app.c", "echo", SM, "n3", 1, "app"))
         m = Message.of("echo", A, "echo.app.c", 1, "x")
         local.dataReceived(encode_frame(Frame.of_message(m)))
         ((host, _, factory, *_),) = [c for c in self.reactor.tcpClients if c[1] == 7303]

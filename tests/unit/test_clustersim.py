@@ -106,10 +106,10 @@ class ClusterSimulationTests(SynchronousTestCase):
         """
         A request that waited in a paused server's socket while its client failed over,
         was answered elsewhere and said goodbye, is applied as new when the server
-        resumes (seed 61: an out stored twice).  Not prevented yet: the space keeps
-        nothing of a forgotten process to refuse it with.
+        resumes (seed 65: an out stored twice, and both copies taken).  Not prevented
+        yet: the space keeps nothing of a forgotten process to refuse it with.
         """
-        ClusterSimulation(61, with_goodbyes(61)).run()
+        ClusterSimulation(65, with_goodbyes(65)).run()
 
     test_request_after_its_goodbye.todo = (  # type: ignore[attr-defined]
         "a forgotten process's late request is applied afresh (no tombstone)"
