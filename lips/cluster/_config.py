@@ -79,6 +79,7 @@ _CLUSTER_KEYS: Final = (
     "state_dir",
     "interface",
     "require_tls",
+    "durable",
 )
 _RINGS_KEYS: Final = ("group", "broadcast", "ttl")
 _SERVER_KEYS: Final = ("role", "id", "ring", "listen", "connect")
@@ -169,6 +170,9 @@ class ClusterConfig:
     @ivar timings: the timing preset C{ring_config} starts from.
     @ivar ring_config: the ring's timings and limits, with the file's overrides.
     @ivar state_dir: where servers keep their persistent state (absolute).
+    @ivar durable: every server keeps a journal of what it applies in the state
+        directory and comes back with its state after a restart, the whole cluster's
+        too (L{journal_dir}); the ring config's C{durable} is set with it.
     @ivar interface: the local interface for multicast, or C{None}.
     @ivar servers: every server by name, in file order.
     @ivar one_to_many: each role's C{[rings.ROLE]} table, or C{None} without one.
@@ -191,6 +195,7 @@ class ClusterConfig:
     servers: Mapping[str, ServerEntry]
     one_to_many: Mapping[Role, OneToMany | None]
     require_tls: frozenset[Role] = frozenset()
+    durable: bool = False
     warnings: tuple[str, ...] = ()
 
     def server(self, name: str) -> ServerEntry:
@@ -244,6 +249,10 @@ class ClusterConfig:
     def ring_seq_store(self, name: str) -> RingSeqStore:
         """The store of server C{name}'s ring sequence number."""
         return RingSeqStore(self.state_dir / f"{self.server(name).name}.ringseq")
+
+    def journal_dir(self, name: str) -> Path:
+        """The directory of server C{name}'s journal (see L{lips.replica.Journal})."""
+        return self.state_dir / f"{self.server(name).name}.journal"
 
     def _check_role(self, role: str) -> None:
         if role not in ROLES:
@@ -533,8 +542,11 @@ class _Loader:
         state_dir = self.state_dir(cluster, given)
         interface = self.interface(cluster)
         require_tls = self.require_tls(cluster)
+        durable = bool(self.get(cluster, "durable", "cluster", bool))
 
         ring_config = self.ring_config(document, timings)
+        if ring_config is not None and durable:
+            ring_config = attrs.evolve(ring_config, durable=True)
         one_to_many = self.rings(document)
         servers = self.servers(document)
         self.cross_check(servers, transport, one_to_many)
@@ -557,6 +569,7 @@ class _Loader:
             servers=MappingProxyType({s.entry.name: s.entry for s in servers}),
             one_to_many=MappingProxyType(one_to_many),
             require_tls=require_tls,
+            durable=durable,
             warnings=tuple(self.warnings),
         )
 
@@ -639,7 +652,8 @@ class _Loader:
         if table is None:
             return base
         hints = typing.get_type_hints(RingConfig)
-        names = [f.name for f in attrs.fields(RingConfig)]
+        # Whether the ring stores what it delivers is the cluster's (cluster.durable).
+        names = [f.name for f in attrs.fields(RingConfig) if f.name != "durable"]
         self.known_keys(table, "ring", names)
         overrides: dict[str, typing.Any] = {}
         good = True

@@ -3,7 +3,29 @@ The replicated tuple space: a sans-IO core over the token ring (its Twisted host
 L{lips.protocols.ReplicaNode}).
 """
 
+from lips.replica._journal import (
+    RESTORE_STEP,
+    SNAPSHOT_AFTER,
+    Journal,
+    JournalError,
+    Loaded,
+    Record,
+    replay,
+)
 from lips.replica._replica import Mode, Replica, ReplicaPayloadError, ReplicaTimer
 from lips.replica._replica import decode as decode_payload
 
-__all__ = ["Mode", "Replica", "ReplicaPayloadError", "ReplicaTimer", "decode_payload"]
+__all__ = [
+    "RESTORE_STEP",
+    "SNAPSHOT_AFTER",
+    "Journal",
+    "JournalError",
+    "Loaded",
+    "Mode",
+    "Record",
+    "Replica",
+    "ReplicaPayloadError",
+    "ReplicaTimer",
+    "decode_payload",
+    "replay",
+]

@@ -136,6 +136,9 @@ MAX_QUEUED: Final = 10_000
 
 _POSITION = struct.Struct("!QIQI")
 
+#: The version of L{Replica.saved}'s encoding.
+_SAVED_VERSION: Final = 1
+
 #: The sequence number of answers held until a state transfer's snapshot is safe.
 _AFTER_TRANSFER: Final = 2**63
 
@@ -410,6 +413,58 @@ class Replica:
     def drain(self) -> list[Effect]:
         """The effects emitted since the last call, in order."""
         return self._outbox.drain()
+
+    # -- durable state ----------------------------------------------------------------------
+
+    def saved(self) -> bytes | None:
+        """
+        This replica's whole state, for a snapshot of its journal
+        (L{lips.replica.Journal}): its space and what it states at a configuration, its
+        ring and members.  Taken only while it serves with nothing under way (C{None}
+        otherwise): then nothing else it holds outlives a restart (waiting requests,
+        answers not yet safe belong to connections that a restart ends).
+        """
+        if self.mode is not Mode.SERVING or self._restoring is not None or self._aside:
+            return None
+        return packb(
+            [
+                _SAVED_VERSION,
+                self.has_state,
+                self.last_primary.seq,
+                self.last_primary.rep,
+                self.applied,
+                self.fingerprint,
+                self.ring.seq,
+                self.ring.rep,
+                list(self.members),
+                self.space.snapshot(),
+            ]
+        )
+
+    def load(self, state: bytes) -> None:
+        """
+        Start from C{state}, as L{saved} gave it, before any input: serving in the
+        ring it was saved in, which the next configuration replaces.
+
+        @raise SnapshotError: C{state} is not a saved state.
+        """
+        try:
+            body = unpackb(state)
+            if type(body) is not tuple or len(body) != 10 or body[0] != _SAVED_VERSION:
+                raise SnapshotError("not a saved replica state of this version")
+            _, has_state, lp_seq, lp_rep, applied, fingerprint, r_seq, r_rep, members, blob = body
+            if type(has_state) is not bool or type(fingerprint) is not bytes:
+                raise SnapshotError("a saved replica state's fields are wrong")
+            if type(blob) is not bytes or not all(type(m) is int for m in members):
+                raise SnapshotError("a saved replica state's fields are wrong")
+            last_primary, ring = RingId(lp_seq, lp_rep), RingId(r_seq, r_rep)
+        except (ValueError, TypeError) as e:
+            raise SnapshotError(f"malformed saved replica state: {e}") from e
+        self.space = TupleSpace.restore(blob, self.space.limits, self.space.log_limit)
+        self.has_state, self.last_primary = has_state, last_primary
+        self.applied, self.fingerprint = applied, fingerprint
+        self.ring, self.members = ring, tuple(members)
+        self.mode = self._logged_mode = Mode.SERVING
 
     # -- from the MessageServer -------------------------------------------------------------
 

@@ -25,7 +25,8 @@ Effects:
     regular L{Configuration}.
   - L{Persist}C{(RingStored.RING_SEQ, seq)}: store the highest ring sequence number
     used, before anything emitted after it is carried out (ring ids never repeat across
-    restarts).
+    restarts); with L{RingConfig.durable}, L{Persist}C{(RingStored.HELD, aru)} before
+    every token this member passes on: what it delivered must be stored first.
   - L{StartTimer}C{(key, at)} / L{CancelTimer}C{(key)}: the L{RingTimer}s (token loss
     and retransmission, commit token retransmission, join and consensus, token hold and
     merge detection, the flush after a pause).  The engine remembers the deadline of
@@ -155,6 +156,13 @@ class RingStored(enum.Enum):
     """The highest ring sequence number used (an C{int}): after a restart, ring ids
     must start above it."""
 
+    HELD = "held"
+    """With L{RingConfig.durable}: everything delivered so far must be on disk before
+    the token goes on (the value is the aru the token carries, an C{int}).  The token
+    is what tells the other members that this one holds its messages, so an operation
+    counts as held, for safe delivery, only once it is stored: one write covers a whole
+    token visit."""
+
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
@@ -197,6 +205,11 @@ class RingConfig:
     """Bytes of payload one broadcast message may carry: small payloads are packed
     together up to it, larger ones are cut into fragments of it.  Size it to the network
     MTU less the ring's headers."""
+    durable: bool = False
+    """Members store what they deliver: before passing the token on, a member delivers
+    what it holds and asks its host to store it (L{RingStored.HELD}), so that the
+    token's aru, and with it L{Safe}, never counts a message a member has only in
+    memory."""
     fail_recv_rotations: int = attrs.field(default=800, validator=_rotations)
     """Token rotations a member may go on lacking the same messages, which the others
     hold, before it is declared failed to receive and a ring is formed without it.
@@ -845,6 +858,10 @@ class RingEngine:
         self._process()
 
     def _pass_token(self, tok: Token) -> None:
+        if self.config.durable:
+            # Delivered (this visit's own broadcasts too), then stored, then passed on.
+            self._process()
+            self._outbox.persist(RingStored.HELD, tok.aru)
         self._token.last = tok
         self._send(self._next_member(), tok)
         self._arm(RingTimer.TOKEN_RETRANSMIT, self.config.token_retransmit)

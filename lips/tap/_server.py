@@ -42,6 +42,7 @@ from lips.protocols import (
     UnicastTransport,
     listen_ring,
 )
+from lips.replica import Journal, JournalError
 from lips.server import ISpaceBackend, LocalBackend, MessageServer, ServerLimits
 from lips.space import TupleSpace
 from lips.tuples import Limits
@@ -353,16 +354,20 @@ def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerSe
     ring: RingService | None = None
     if cluster is not None:
         entry: ServerEntry = options["entry"]
-        node = ReplicaNode(
-            node=entry.id,
-            peers=cluster.ring_peers(entry.role),
-            sealer=cluster.sealer(entry.role),
-            clock=reactor,
-            config=cluster.ring_config,
-            space=space,
-            store=cluster.ring_seq_store(entry.name),
-            ring_transport=ring_transport(cluster, entry.role),
-        )
+        try:
+            node = ReplicaNode(
+                node=entry.id,
+                peers=cluster.ring_peers(entry.role),
+                sealer=cluster.sealer(entry.role),
+                clock=reactor,
+                config=cluster.ring_config,
+                space=space,
+                store=cluster.ring_seq_store(entry.name),
+                journal=Journal(cluster.journal_dir(entry.name)) if cluster.durable else None,
+                ring_transport=ring_transport(cluster, entry.role),
+            )
+        except (JournalError, OSError) as e:
+            raise SystemExit(f"{entry.name}: cannot recover its state: {e}") from None
         backend, ring = node, RingService(node, reactor)
         probes.append(node.stats)
     else:

@@ -34,6 +34,7 @@ def write_cluster(
     one_to_many: str = "",
     timings: str = "loopback",
     cluster_id: int = 11,
+    durable: bool = False,
 ) -> Path:
     """
     Write a fresh random key and a cluster file for C{members} into C{directory}
@@ -41,6 +42,7 @@ def write_cluster(
 
     @param one_to_many: the C{host:port} of the msgservers' multicast group or broadcast
         address, for those transports.
+    @param durable: the servers keep their state on disk (C{cluster.durable}).
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = directory / "cluster.key"
@@ -54,6 +56,8 @@ def write_cluster(
         f'timings = "{timings}"',
         'state_dir = "state"',
     ]
+    if durable:
+        lines.append("durable = true")
     if transport != "unicast":
         field = "group" if transport == "multicast" else "broadcast"
         lines += ["[rings.msgserver]", f'{field} = "{one_to_many}"']

@@ -750,6 +750,7 @@ class Cluster(ProcessGroup):
         one_to_many: str = "",
         timings: str = "loopback",
         cluster_id: int = 11,
+        durable: bool = False,
         prefixes: Mapping[str, Sequence[str]] | None = None,
         options: Sequence[str] = (),
         process_type: type[Process] = Process,
@@ -765,6 +766,7 @@ class Cluster(ProcessGroup):
             non-unicast transport.
         @param prefixes: a command that runs a server's twistd (C{ip netns exec NS}),
             by name.
+        @param durable: the servers keep their state on disk (C{cluster.durable}).
         @param options: more twistd options for every server.
         @param process_type: what each process is made as (L{ProcessGroup.process_type}).
         """
@@ -784,6 +786,7 @@ class Cluster(ProcessGroup):
             one_to_many=one_to_many,
             timings=timings,
             cluster_id=cluster_id,
+            durable=durable,
         )
         cluster = cls(
             directory, path=path, members={m.name: m for m in members}, process_type=process_type

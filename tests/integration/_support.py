@@ -237,6 +237,7 @@ class RingCluster:
     one_to_many: str = ""
     """The multicast group or broadcast address and port of a non-unicast transport."""
     timings: str = "loopback"
+    durable: bool = False
     prefixes: Mapping[str, Sequence[str]] = attrs.Factory(dict)
     """A command that runs each server's twistd (C{ip netns exec NS}), by name."""
     cluster: Cluster = attrs.field(init=False)
@@ -248,6 +249,7 @@ class RingCluster:
             transport=self.transport,
             one_to_many=self.one_to_many,
             timings=self.timings,
+            durable=self.durable,
             prefixes=self.prefixes,
         )
 

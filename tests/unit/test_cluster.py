@@ -538,10 +538,11 @@ class FileProblemTests(ClusterTestCase):
             (
                 p + "unknown key 'extra' (known: cluster, ring, rings, servers)",
                 p + "cluster: unknown key 'interfac' (did you mean 'interface'? known: "
-                "encrypt, id, interface, key_file, require_tls, state_dir, timings, transport)",
+                "durable, encrypt, id, interface, key_file, require_tls, state_dir, timings,"
+                " transport)",
                 p
                 + "ring: unknown key 'token_timout' (did you mean 'token_timeout'? known: "
-                + ", ".join(sorted(_fields(RingConfig())))
+                + ", ".join(sorted(set(_fields(RingConfig())) - {"durable"}))
                 + ")",
                 p + "rings: unknown table 'fixservers' (did you mean 'fixserver'? known: "
                 "fixserver, msgserver)",

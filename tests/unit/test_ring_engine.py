@@ -189,6 +189,61 @@ class Network:
         return [e.payload for e in self.effects[n] if isinstance(e, Delivered)]
 
 
+class DurableTests(SynchronousTestCase):
+    """
+    With C{durable}, a member stores what it delivered before it passes the token on:
+    every token it sends follows a L{Persist}C{(RingStored.HELD, aru)} for the aru the
+    token carries, after the delivery of every message up to it (its own broadcasts of
+    that visit too), so the aru, and the L{Safe} computed from it, never counts a
+    message a member holds only in memory.
+    """
+
+    def check(self, net: Network, n: int) -> int:
+        """The order at node C{n}; how many tokens it checked."""
+        ever: dict[RingId, set[int]] = defaultdict(set)
+        for effect in net.effects[n]:
+            if isinstance(effect, Delivered):
+                ever[effect.ring].add(effect.seq)
+        so_far: dict[RingId, set[int]] = defaultdict(set)
+        held = None
+        tokens = 0
+        for effect in net.effects[n]:
+            if isinstance(effect, Delivered):
+                so_far[effect.ring].add(effect.seq)
+            elif isinstance(effect, Persist) and effect.what is RingStored.HELD:
+                held = effect.value
+            elif isinstance(effect, Send) and isinstance(effect.message, Token):
+                token = effect.message
+                self.assertEqual(held, token.aru, f"node {n}: {token} not stored first")
+                due = {s for s in ever[token.ring] if s <= token.aru}
+                self.assertLessEqual(due, so_far[token.ring], f"node {n}: {token}")
+                tokens += 1
+                held = None
+        return tokens
+
+    def test_stored_before_the_token(self) -> None:
+        config = attrs.evolve(RingConfig.loopback(), durable=True)
+        net = Network(3, config)
+        self.assertTrue(net.run(5.0, lambda: net.formed(1, 2, 3)))
+        for i in range(30):
+            net.engines[1 + i % 3].submit(b"m%d" % i, net.now)
+            net.flush(1 + i % 3)
+            net.run(net.now + 0.003)
+        net.run(net.now + 1.0)
+        for n in (1, 2, 3):
+            self.assertEqual(len(net.delivered(n)), 30)
+            self.assertGreater(self.check(net, n), 10)
+
+    def test_not_durable_stores_nothing(self) -> None:
+        net = Network(2, RingConfig.loopback())
+        self.assertTrue(net.run(5.0, lambda: net.formed(1, 2)))
+        net.engines[1].submit(b"x", net.now)
+        net.flush(1)
+        net.run(net.now + 0.5)
+        held = [e for e in net.effects[1] if isinstance(e, Persist) and e.what is RingStored.HELD]
+        self.assertEqual(held, [])
+
+
 class RingConfigTests(SynchronousTestCase):
     def test_validation(self) -> None:
         """Timings that cannot work together are refused with a clear error."""
