@@ -55,7 +55,10 @@ __all__ = [
     "TupleSpace",
 ]
 
-_SNAPSHOT_VERSION: Final = 3
+_SNAPSHOT_VERSION: Final = 4
+
+#: How many forgotten processes the space remembers the last event of (L{TupleSpace.forget}).
+GONE_LIMIT: Final = 65_536
 
 
 class Status(enum.IntEnum):
@@ -165,6 +168,9 @@ class TupleSpace:
         self._by_arity: dict[int, dict[int, None]] = {}
         self._by_field: dict[tuple[int, int, Any], dict[int, None]] = {}
         self._procs: dict[int, _Process] = {}
+        # Forgotten processes, oldest first: the last event each had made.  A request
+        # of one at or below it is a late copy of an answered event (STALE), never new.
+        self._gone: OrderedDict[int, int] = OrderedDict()
         # Each process's latest checkpoint: (its event number, the state it stored).
         self._checkpoints: dict[int, tuple[int, bytes]] = {}
         self._waiter_serial = 0
@@ -382,7 +388,7 @@ class TupleSpace:
         """The logged answer to C{(pid, event)}, if the space has one (a retry's answer)."""
         proc = self._procs.get(pid)
         if proc is None:
-            return None
+            return self._late(pid, event)
         done = proc.log.get(event)
         if done is None and event <= proc.floor:
             return Completion(pid, event, Status.STALE)
@@ -467,6 +473,11 @@ class TupleSpace:
         that said goodbye: it will never retry an event nor recover.  With
         C{unless_after}, only if the process made no event after that one (a process
         that vanished is forgotten, one that came back and went on is not).
+
+        The last event the process made is remembered (for the L{GONE_LIMIT} processes
+        forgotten last, in snapshots too): a late copy of one of its requests, at or
+        below that event, is answered C{STALE} instead of being applied a second time.
+        An event above it (a vanished process that comes back after all) is applied.
         """
         if unless_after is not None:
             proc = self._procs.get(pid)
@@ -478,8 +489,18 @@ class TupleSpace:
             for (p, e) in [k for k in self._waiters if k[0] == pid]
             if (c := self.cancel(p, e)) is not None
         ]
-        self._procs.pop(pid, None)
+        proc = self._procs.pop(pid, None)
+        if proc is not None and proc.last >= 0:
+            gone = self._gone
+            gone[pid] = max(proc.last, gone.pop(pid, -1))
+            while len(gone) > GONE_LIMIT:
+                gone.popitem(last=False)
         return cancelled
+
+    @property
+    def forgotten(self) -> int:
+        """How many forgotten processes the space remembers the last event of."""
+        return len(self._gone)
 
     def checkpoint(self, pid: int, event: int, state: bytes) -> Completion:
         """
@@ -523,9 +544,23 @@ class TupleSpace:
             proc = self._procs[pid] = _Process()
         return proc
 
+    def _late(self, pid: int, event: int) -> Completion | None:
+        """
+        C{STALE} for an event of a forgotten process at or below the last it made: a
+        copy of an answered request that arrives late (it waited in a paused server's
+        socket while its client went elsewhere and then said goodbye), which applied
+        afresh would store or take a second time.
+        """
+        last = self._gone.get(pid)
+        if last is not None and event <= last:
+            return Completion(pid, event, Status.STALE)
+        return None
+
     def _replayed(self, pid: int, event: int) -> Completion | None:
         proc = self._procs.get(pid)
-        if proc is None or event > proc.last:
+        if proc is None:
+            return self._late(pid, event)
+        if event > proc.last:
             return None
         if (pid, event) in self._waiters:
             # Checked first: a withdrawn operation applied afresh may be waiting again.
@@ -711,6 +746,7 @@ class TupleSpace:
             [[seq, values] for seq, (values, _) in self._store.items()],
             procs,
             [[pid, e, state] for pid, (e, state) in sorted(self._checkpoints.items())],
+            [[pid, last] for pid, last in self._gone.items()],
         ]
         return packb(body)
 
@@ -752,12 +788,17 @@ class TupleSpace:
         """
         try:
             body = unpackb(data)
-            if type(body) is not tuple or not body or body[0] not in (2, _SNAPSHOT_VERSION):
+            if type(body) is not tuple or not body or body[0] not in (2, 3, _SNAPSHOT_VERSION):
                 version = body[0] if type(body) is tuple and body else body
                 raise SnapshotError(f"unsupported snapshot version {version!r}")
-            # Version 2 had no checkpoints.
-            version, seq, stored, procs, checkpoints = (*body, ()) if body[0] == 2 else body
+            # Version 2 had no checkpoints, version 3 no forgotten processes.
+            padded = {2: (*body, (), ()), 3: (*body, ())}.get(body[0], body)
+            version, seq, stored, procs, checkpoints, gone = padded
             space = cls(limits, log_limit)
+            for pid, last in gone:
+                if type(pid) is not int or type(last) is not int:
+                    raise SnapshotError(f"forgotten process entry {pid!r} is malformed")
+                space._gone[pid] = last
             for pid, e, state in checkpoints:
                 if type(pid) is not int or type(e) is not int or type(state) is not bytes:
                     raise SnapshotError(f"checkpoint entry {pid!r} is malformed")

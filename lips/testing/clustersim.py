@@ -1335,7 +1335,10 @@ class ClusterSimulation(RingSimulation):
                 continue
             logged = space.answered(*key)
             forgot_at = -1.0
-            if logged is None and key[0] in self._forgotten:
+            # A forgotten process's events are STALE in the space (it keeps their
+            # bound, not their answers): what they did is in the log as it was forgotten.
+            stale = logged is not None and logged.status is Status.STALE
+            if (logged is None or stale) and key[0] in self._forgotten:
                 forgot_at, log = self._forgotten[key[0]]
                 logged = log.get(key[1])
             if logged is not None and logged.status is Status.MATCHED:

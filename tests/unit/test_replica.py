@@ -873,8 +873,9 @@ class GoodbyeTests(SynchronousTestCase):
         ring.feed(r1.submit, Operation(Kind.FORGET, 6, 0, packb(1)))
         ring.run()
         for r in (r1, r2):
-            self.assertIsNone(r.space.answered(5, 1))
-            self.assertIsNotNone(r.space.answered(6, 1))
+            # Forgotten: its answers are gone, its events are STALE from now on.
+            self.assertEqual(r.space.answered(5, 1), Completion(5, 1, Status.STALE))
+            self.assertEqual(r.space.answered(6, 1), Completion(6, 1, Status.STORED))
         self.assertEqual(r1.space.digest(), r2.space.digest())
 
 

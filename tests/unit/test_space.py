@@ -22,6 +22,7 @@ from hypothesis.stateful import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from lips.space import Completion, Kind, SnapshotError, Status, TupleSpace
+from lips.space import _space as space_module
 from lips.tuples import (
     ANY,
     FORMAL_TYPES,
@@ -87,6 +88,8 @@ class ModelSpace:
         self.stored: list[tuple[int, LTuple]] = []
         self.waiters: list[_ModelWaiter] = []
         self.procs: dict[int, _ModelProcess] = {}
+        # Forgotten processes and the last event each made (fewer than GONE_LIMIT here).
+        self.gone: dict[int, int] = {}
 
     def _pending(self, pid: int, event: int) -> _ModelWaiter | None:
         for w in self.waiters:
@@ -97,7 +100,11 @@ class ModelSpace:
     def _replayed(self, pid: int, event: int) -> Completion | None:
         """The answer to a retry, or None if the operation is to be applied."""
         proc = self.procs.get(pid)
-        if proc is None or event > proc.last:
+        if proc is None:
+            # A late copy of a forgotten process's answered event is STALE.
+            gone = self.gone.get(pid)
+            return done(pid, event, Status.STALE) if gone is not None and event <= gone else None
+        if event > proc.last:
             return None
         if self._pending(pid, event) is not None:
             return done(pid, event, Status.PENDING)
@@ -166,7 +173,9 @@ class ModelSpace:
     def forget(self, pid: int) -> list[Completion]:
         mine = [w for w in self.waiters if w.pid == pid]
         answers = [a for w in mine if (a := self.cancel(w.pid, w.event)) is not None]
-        self.procs.pop(pid, None)
+        proc = self.procs.pop(pid, None)
+        if proc is not None and proc.last >= 0:
+            self.gone[pid] = max(proc.last, self.gone.pop(pid, -1))
         return answers
 
     def trim(self, pid: int, upto: int) -> None:
@@ -190,6 +199,7 @@ class ModelSpace:
                 for pid, p in sorted(self.procs.items())
             ),
             (),  # checkpoints: the model makes none
+            tuple((pid, last) for pid, last in self.gone.items()),
         )
 
 
@@ -748,7 +758,8 @@ class RetryTests(SynchronousTestCase):
     def test_forget(self) -> None:
         """
         forget cancels the process's waiters (returning them), drops its log, and
-        leaves other processes alone; its old events are then new again.
+        leaves other processes alone; a late copy of one of its events up to the last
+        it made is STALE (never applied a second time), a later event is new.
         """
         self.space.out(1, 1, ("a",))
         self.space.take(1, 2, Kind.IN, t(int))
@@ -759,9 +770,29 @@ class RetryTests(SynchronousTestCase):
             [done(1, 2, Status.CANCELLED), done(1, 3, Status.CANCELLED)],
         )
         self.assertEqual((self.space.waiting, self.space.processes), (1, 1))
-        self.assertEqual(self.space.out(1, 1, ("a",)), [done(1, 1, Status.STORED)])
+        self.assertEqual(self.space.out(1, 1, ("a",)), [done(1, 1, Status.STALE)])
+        self.assertEqual(self.space.take(1, 3, Kind.INP, t(str)), done(1, 3, Status.STALE))
+        self.assertEqual(self.space.claim(1, 2, Kind.IN, 1), done(1, 2, Status.STALE))
+        self.assertEqual(len(self.space), 1)
+        self.assertEqual(self.space.out(1, 4, ("b",)), [done(1, 4, Status.STORED)])
         self.assertEqual(len(self.space), 2)
         self.assertEqual(self.space.forget(42), [])
+        self.assertEqual(self.space.forgotten, 1)
+
+    def test_forgotten_processes_are_bounded_and_kept_in_snapshots(self) -> None:
+        """The last GONE_LIMIT forgotten processes are remembered, across a snapshot."""
+        space = self.space
+        for pid in range(1, 4):
+            space.out(pid, 5, ("x", pid))
+            space.forget(pid)
+        restored = TupleSpace.restore(space.snapshot())
+        self.assertEqual(restored.forgotten, 3)
+        self.assertEqual(restored.out(2, 5, ("x", 2)), [done(2, 5, Status.STALE)])
+        self.patch(space_module, "GONE_LIMIT", 2)
+        space.out(9, 1, ("y",))
+        space.forget(9)
+        self.assertEqual(space.forgotten, 2)
+        self.assertEqual(space.out(1, 5, ("x", 1)), [done(1, 5, Status.STORED)])
 
 
 class SnapshotTests(SynchronousTestCase):
@@ -1514,4 +1545,6 @@ class AtomicTests(SynchronousTestCase):
             self.assertEqual(answer.aborted, failure)
             after = TupleSpace.restore(space.snapshot())
             after.forget(2)
-            self.assertEqual(after.snapshot(), before)
+            # As before, but that it remembers process 2 was forgotten (the last field).
+            self.assertEqual(unpackb(after.snapshot())[:-1], unpackb(before)[:-1])
+            self.assertEqual(after.forgotten, 1)
