@@ -365,6 +365,16 @@ def _job_parsers(sub: Any) -> None:
     cluster(js)
     js.add_argument("name")
     js.add_argument("--json", action="store_true", help="print one JSON object")
+    for name, text in (
+        ("backup", "copy a durable server's state into one file (its journal, read only)"),
+        ("restore", "make a stopped durable server start from a backup"),
+    ):
+        b = sub.add_parser(name, help=text)
+        b.add_argument("-c", "--config", required=True, help="the cluster file")
+        b.add_argument("--name", required=True, help="the server, as the cluster file names it")
+        b.add_argument(
+            "file", help="the backup file to write" if name == "backup" else "the backup"
+        )
     a = sub.add_parser("armors", help="the ARMORs of the cluster: who manages whom, where")
     cluster(a)
     a.add_argument("--json", action="store_true", help="print one JSON object per ARMOR")
@@ -377,6 +387,49 @@ def _load_cluster(path: str) -> Any:
         return load_cluster(path)
     except ClusterConfigError as e:
         raise FieldError(str(e)) from None
+
+
+def _journal_command(command: str, args: argparse.Namespace) -> int:
+    """
+    C{lips backup}: what a server's journal holds, replayed, as one snapshot file.
+    C{lips restore}: a stopped server's journal made of such a file.
+    """
+    from lips.cluster import ClusterConfigError
+    from lips.replica import Journal, JournalError, Replica, backup, restore
+
+    try:
+        cluster = _load_cluster(args.config)
+        entry = cluster.server(args.name)
+    except (FieldError, ClusterConfigError) as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 2
+    if not cluster.durable:
+        print(
+            f"lips: {args.config}: the cluster is not durable (cluster.durable): its servers"
+            " keep no journal to back up or restore",
+            file=sys.stderr,
+        )
+        return 2
+    journal = Journal(cluster.journal_dir(entry.name))
+    try:
+        if command == "backup":
+            replica = backup(journal, args.file, Replica(entry.id, cluster.ring_peers(entry.role)))
+            print(
+                f"lips: {entry.name}: {len(replica.space)} tuples, {replica.space.processes}"
+                f" processes, {replica.applied} operations applied (last primary ring"
+                f" {replica.last_primary}) backed up to {args.file}",
+                file=sys.stderr,
+            )
+        else:
+            restore(args.file, journal)
+            print(
+                f"lips: {entry.name} starts from {args.file} (journal {journal.directory})",
+                file=sys.stderr,
+            )
+    except (JournalError, OSError) as e:
+        print(f"lips: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -524,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _job_status(args)
     if command == "job":
         return _job_status(args)
+    if command in ("backup", "restore"):
+        return _journal_command(command, args)
     from lips import blocking
 
     try:

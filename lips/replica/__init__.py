@@ -10,7 +10,9 @@ from lips.replica._journal import (
     JournalError,
     Loaded,
     Record,
+    backup,
     replay,
+    restore,
 )
 from lips.replica._replica import Mode, Replica, ReplicaPayloadError, ReplicaTimer
 from lips.replica._replica import decode as decode_payload
@@ -26,6 +28,8 @@ __all__ = [
     "Replica",
     "ReplicaPayloadError",
     "ReplicaTimer",
+    "backup",
     "decode_payload",
     "replay",
+    "restore",
 ]

@@ -76,7 +76,9 @@ __all__ = [
     "JournalError",
     "Loaded",
     "Record",
+    "backup",
     "replay",
+    "restore",
 ]
 
 
@@ -192,6 +194,32 @@ def decode_record(body: bytes) -> tuple[int, Record]:
     raise ValueError(f"unknown record kind {kind!r} with {len(fields)} fields")
 
 
+def _encode_snapshot(index: int, state: bytes) -> bytes:
+    """A snapshot file: the replica's C{state} after record C{index}."""
+    body = packb([index, state])
+    return _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, zlib.crc32(body), len(body)) + body
+
+
+def _decode_snapshot(data: bytes, path: Path, advice: str) -> tuple[bytes, int]:
+    """The state and index of a snapshot file's C{data}; L{JournalError} with C{advice}."""
+    size = _SNAPSHOT_HEADER.size
+    if len(data) < size:
+        raise JournalError(f"{path}: damaged: {len(data)} bytes, not a snapshot; {advice}")
+    magic, crc, length = _SNAPSHOT_HEADER.unpack_from(data)
+    body = data[size:]
+    if magic != _SNAPSHOT_MAGIC:
+        raise JournalError(f"{path}: not a snapshot of a LiPS journal; {advice}")
+    if length != len(body) or zlib.crc32(body) != crc:
+        raise JournalError(f"{path}: damaged: the checksum or length is wrong; {advice}")
+    try:
+        index, state = unpackb(body)
+        if not isinstance(state, bytes):
+            raise ValueError("no state")
+        return state, _int(index)
+    except (ValueError, TypeError) as e:
+        raise JournalError(f"{path}: damaged: {e}; {advice}") from None
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -248,6 +276,39 @@ class Journal:
         @raise JournalError: the journal is damaged (the message says where and how).
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        loaded, last = self._scan()
+        self.index = loaded.snapshot_index + len(loaded.records)
+        if last is not None and last[1] < len(_SEGMENT_MAGIC):
+            last[0].unlink()  # created, its header never written out: start it again
+            last = None
+        elif last is not None and last[1] != last[0].stat().st_size:
+            with open(last[0], "r+b") as f:
+                f.truncate(last[1])
+                f.flush()
+                os.fsync(f.fileno())
+        if loaded.torn:
+            self.counters["torn"] += 1
+        if last is None:
+            self._open_segment(self.index + 1)
+        else:
+            self._fd = os.open(last[0], os.O_WRONLY | os.O_APPEND)
+        self._since_snapshot = sum(p.stat().st_size for _, p in self._segments())
+        self.counters["loaded"] += len(loaded.records)
+        return loaded
+
+    def read(self) -> Loaded:
+        """
+        What the journal holds, changing nothing (a torn last record is left on disk):
+        for a copy of a journal its server may be writing (L{lips.replica.backup}).
+
+        @raise JournalError: the journal is damaged, or there is none.
+        """
+        if not self.directory.is_dir():
+            raise JournalError(f"{self.directory}: no journal here")
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[Loaded, tuple[Path, int] | None]:
+        """What the files hold, and the last segment with the length of its good part."""
         state, snapshot_index = self._load_snapshot()
         segments = self._segments()
         records: list[Record] = []
@@ -259,24 +320,7 @@ class Journal:
             )
             torn += cut
             last = (path, good)
-        self.index = snapshot_index + len(records)
-        if last is not None and last[1] < len(_SEGMENT_MAGIC):
-            last[0].unlink()  # created, its header never written out: start it again
-            last = None
-        elif last is not None and last[1] != last[0].stat().st_size:
-            with open(last[0], "r+b") as f:
-                f.truncate(last[1])
-                f.flush()
-                os.fsync(f.fileno())
-        if torn:
-            self.counters["torn"] += 1
-        if last is None:
-            self._open_segment(self.index + 1)
-        else:
-            self._fd = os.open(last[0], os.O_WRONLY | os.O_APPEND)
-        self._since_snapshot = sum(p.stat().st_size for _, p in self._segments())
-        self.counters["loaded"] += len(records)
-        return Loaded(state, snapshot_index, tuple(records), torn)
+        return Loaded(state, snapshot_index, tuple(records), torn), last
 
     def _load_snapshot(self) -> tuple[bytes | None, int]:
         path = self.directory / "snapshot"
@@ -286,22 +330,8 @@ class Journal:
             return None, 0
         except OSError as e:
             raise JournalError(f"{path}: cannot read: {e.strerror or e}") from None
-        size = _SNAPSHOT_HEADER.size
-        if len(data) < size:
-            raise JournalError(f"{path}: damaged: {len(data)} bytes, not a snapshot; {_REJOIN}")
-        magic, crc, length = _SNAPSHOT_HEADER.unpack_from(data)
-        body = data[size:]
-        if magic != _SNAPSHOT_MAGIC:
-            raise JournalError(f"{path}: not a snapshot of a LiPS journal; {_REJOIN}")
-        if length != len(body) or zlib.crc32(body) != crc:
-            raise JournalError(f"{path}: damaged: the checksum or length is wrong; {_REJOIN}")
-        try:
-            index, state = unpackb(body)
-            if not isinstance(state, bytes):
-                raise ValueError("no state")
-            return state, _int(index)
-        except (ValueError, TypeError) as e:
-            raise JournalError(f"{path}: damaged: {e}; {_REJOIN}") from None
+        state, index = _decode_snapshot(data, path, _REJOIN)
+        return state, index
 
     def _segments(self) -> list[tuple[int, Path]]:
         found = []
@@ -414,21 +444,7 @@ class Journal:
         the segments it covers.
         """
         self.sync()
-        body = packb([self.index, state])
-        header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, zlib.crc32(body), len(body))
-        fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.directory / "snapshot")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.directory)
+        _write_atomically(self.directory / "snapshot", _encode_snapshot(self.index, state))
         old = self._segments()
         if self._fd is not None:
             os.close(self._fd)
@@ -497,3 +513,65 @@ def replay(replica: Replica, loaded: Loaded, now: float = 0.0) -> None:
         else:
             replica.timer(ReplicaTimer.RESTORE, now)
         replica.drain()
+
+
+def backup(journal: Journal, out: str | os.PathLike[str], replica: Replica) -> Replica:
+    """
+    Write what C{journal} holds as one snapshot file at C{out}: C{replica} (a new one
+    of the server's node and configured servers) is brought to the journal's state and
+    its saved state written the way a journal keeps its snapshot, so that L{restore}
+    makes a journal of it.  The journal may belong to a running server: it is read,
+    never changed, and what it had flushed is what the backup holds.
+
+    @return: C{replica}, in the state backed up.
+    @raise JournalError: the journal is damaged, or it ends where the replica did not
+        serve (in the middle of a configuration change): nothing to back up yet.
+    """
+    loaded = journal.read()
+    replay(replica, loaded)
+    state = replica.saved()
+    if state is None:
+        raise JournalError(
+            f"{journal.directory}: its replica was {replica.mode.value} when the journal"
+            " ends, not serving: back up once it serves"
+        )
+    _write_atomically(
+        Path(out), _encode_snapshot(loaded.snapshot_index + len(loaded.records), state)
+    )
+    return replica
+
+
+def restore(source: str | os.PathLike[str], journal: Journal) -> None:
+    """
+    Make C{journal}'s directory hold the backup at C{source} (as L{backup} wrote it)
+    and nothing else: its server starts from that state.
+
+    @raise JournalError: C{source} is not a backup, or the journal holds records
+        already (move it away first).
+    """
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise JournalError(f"{path}: cannot read: {e.strerror or e}") from None
+    _decode_snapshot(data, path, "not a backup lips backup wrote")
+    directory = journal.directory
+    if directory.exists() and any(directory.iterdir()):
+        raise JournalError(f"{directory} holds a journal already: move it away to restore over it")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_atomically(directory / "snapshot", data)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)

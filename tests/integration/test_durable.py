@@ -5,17 +5,22 @@ A durable cluster (C{cluster.durable}) comes back from total loss: three real
 MessageServers, every one killed with SIGKILL at once (and, in another test, all stopped
 cleanly), then started again, serve the newest state, with every answered out, every
 answered take and every checkpoint; a damaged journal stops its server with one clear
-line, and the server rejoins from the others once the directory is moved away.
+line, and the server rejoins from the others once the directory is moved away; a
+backup of a running server (C{lips backup}) restored under every server (C{lips
+restore}) after all journals are lost brings the state back.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 import lips.client
+from lips import cli
 from lips.client import TupleSpaceClient
 from tests.integration._support import RingCluster, ServerFarm, run_twistd, within
 
@@ -157,6 +162,39 @@ async def test_damaged_journal_refused_then_rejoined(servers: ServerFarm, tmp_pa
     for name in cluster.names[:-1]:
         cluster.cluster.processes[name].stop()
     for name in cluster.names[:-1]:
+        await cluster.start(name)
+    await cluster.serving()
+    await _check(cluster, pid, left)
+
+
+@pytest_twisted.ensureDeferred
+async def test_backup_of_a_running_server_restored_after_total_loss(
+    servers: ServerFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{lips backup} copies a running server's state; every journal lost, C{lips restore}
+    puts the backup under each server, and the cluster serves it again.
+    """
+    cluster = RingCluster(servers, 3, durable=True)
+    for name in cluster.names:
+        await cluster.start(name)
+    await cluster.serving()
+    pid, left = await _load(cluster)
+    copy = tmp_path / "m1.backup"
+    config = str(cluster.path)
+    assert cli.main(["backup", "-c", config, "--name", "m1", str(copy)]) == 0
+    assert f"{OUTS - TAKES} tuples" in capsys.readouterr().err
+    for name in cluster.names:
+        cluster.cluster.processes[name].stop()
+    state = cluster.path.parent / "state"
+    for name in cluster.names:
+        shutil.rmtree(state / f"{name}.journal")
+    assert cli.main(["restore", "-c", config, "--name", "m1", str(tmp_path / "nothing")]) == 1
+    for name in cluster.names:
+        assert cli.main(["restore", "-c", config, "--name", name, str(copy)]) == 0
+    assert cli.main(["restore", "-c", config, "--name", "m1", str(copy)]) == 1
+    assert "holds a journal already" in capsys.readouterr().err
+    for name in cluster.names:
         await cluster.start(name)
     await cluster.serving()
     await _check(cluster, pid, left)

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lips.replica import RESTORE_STEP, Journal, JournalError, Mode, Replica, replay
+from lips.replica import (
+    RESTORE_STEP,
+    Journal,
+    JournalError,
+    Mode,
+    Replica,
+    backup,
+    replay,
+    restore,
+)
 from lips.replica._replica import _Status, encode_claim, encode_out, encode_status
 from lips.ring import Configuration, Delivered, RingId
 from lips.space import Kind, SnapshotError
@@ -195,7 +204,8 @@ class JournalFileTests(SynchronousTestCase):
 class ReplayTests(SynchronousTestCase):
     """A replica fed its journal again comes to the very state it had."""
 
-    def history(self, replica: Replica, journal: Journal) -> None:
+    @staticmethod
+    def history(replica: Replica, journal: Journal) -> None:
         """Replica 1 of {1, 2}: a cold start, outs, claims, a restart of the ring."""
 
         def give(record: Delivered | Configuration) -> None:
@@ -269,3 +279,54 @@ class ReplayTests(SynchronousTestCase):
     def test_load_refuses_garbage(self) -> None:
         self.assertRaises(SnapshotError, Replica(1, [1]).load, b"\x93\x01\x02\x03")
         self.assertRaises(SnapshotError, Replica(1, [1]).load, b"\xc1")
+
+
+class BackupTests(SynchronousTestCase):
+    """A journal backed up into one file and restored as a new journal of it."""
+
+    def test_backup_and_restore(self) -> None:
+        source = Path(self.mktemp())
+        original = Replica(1, [1, 2])
+        journal = Journal(source, fsync=lambda fd: None)
+        journal.load()
+        ReplayTests.history(original, journal)
+        journal.sync()  # still open, as a running server's journal is
+        copy = Path(self.mktemp())
+        backed = backup(Journal(source), copy, Replica(1, [1, 2]))
+        self.assertEqual(backed.space.digest(), original.space.digest())
+        target = Journal(Path(self.mktemp()))
+        restore(copy, target)
+        again = Replica(1, [1, 2])
+        replay(again, target.load())
+        self.assertEqual(again.space.digest(), original.space.digest())
+        self.assertEqual(
+            (again.applied, again.fingerprint, again.last_primary),
+            (original.applied, original.fingerprint, original.last_primary),
+        )
+
+    def test_restore_refuses(self) -> None:
+        """Over a journal that holds records, or from a file that is not a backup."""
+        directory = Path(self.mktemp())
+        j = Journal(directory)
+        j.load()
+        j.close()
+        junk = Path(self.mktemp())
+        junk.write_bytes(b"not a backup at all")
+        e = self.assertRaises(JournalError, restore, junk, Journal(Path(self.mktemp())))
+        self.assertIn("not a snapshot", str(e))
+        copy = Path(self.mktemp())
+        copy.write_bytes((directory / "log.000000000001").read_bytes())
+        self.assertRaises(JournalError, restore, copy, Journal(directory))
+
+    def test_nothing_to_back_up(self) -> None:
+        """A journal whose replica never served cannot be backed up (yet)."""
+        directory = Path(self.mktemp())
+        j = Journal(directory)
+        j.load()
+        j.append(Configuration(R1, (1, 2), False))
+        j.close()
+        e = self.assertRaises(
+            JournalError, backup, Journal(directory), Path(self.mktemp()), Replica(1, [1, 2])
+        )
+        self.assertIn("not serving", str(e))
+        self.assertRaises(JournalError, backup, Journal(Path(self.mktemp())), "x", Replica(1, [1]))

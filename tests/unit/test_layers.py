@@ -103,6 +103,7 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
             "validate",
             "jobs",
             "cluster",
+            "replica",  # lips backup and lips restore: a server's journal
         }
     ),
     "lips": frozenset({"errors", "tuples", "client", "blocking"}),
