@@ -21,6 +21,15 @@ One invocation runs three parts, on loopback, and prints their figures side by s
        pysyncobj  three C{bench/_syncobj_queue.py} processes: a FIFO queue replicated by
                   Raft (pysyncobj), C{put} and C{get} served over a line protocol on TCP;
                   client k talks to node k mod 3 (a follower forwards to the leader)
+       ring-durable  ring-own's ring and pairs with C{durable = true} in the cluster file:
+                  every server journals what it applies and flushes it to disk before
+                  its token goes on, so each answer waits for every member's disk
+       etcd       three C{etcd} members on loopback (Debian's C{etcd-server}; skipped
+                  if it is not installed), each fsyncing its Raft log and backend at
+                  every commit; client k talks to member k mod 3 over its HTTP/JSON
+                  gateway, on one kept-alive connection: a pair is a C{put} of key
+                  C{job/k/i}, then a C{deleterange} of it with C{prev_kv}, the take of
+                  one's own item, as ring-own and ring-durable do
 
    The method is that of C{bench/throughput.py}: fresh servers per measurement, the
    clients spread over C{--client-procs} processes started together, C{--warmup}
@@ -28,7 +37,8 @@ One invocation runs three parts, on loopback, and prints their figures side by s
    pair (nearest rank), each measurement repeated C{--repeat} times round-robin over
    the systems and the run with the median pairs/s shown.  Server CPU is summed over
    the servers of a system.  The ratios ring/single (target >= 50%), ring/pysyncobj
-   (target >= 2x) and the ring's p50 at 1 client (target < 2 ms) follow the table.
+   (target >= 2x) and the ring's p50 at 1 client (target < 2 ms) follow the table, and
+   what durability costs: ring-durable against ring-own and against etcd.
 
 2. Failover: C{--failover-clients} clients (spread over the three servers) do out+in
    in a loop; one server is killed with SIGKILL.  The figure is the time from the kill
@@ -58,12 +68,14 @@ C{bench/results/}.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import importlib.util
 import json
 import math
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -76,7 +88,7 @@ from typing import Any, Final
 import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
@@ -108,16 +120,21 @@ from bench._common import (
 from lips.testing import Cluster, Process, ProcessGroup, free_port
 
 HERE: Final = Path(__file__).resolve().parent
-SYSTEMS: Final = ("ring", "ring-own", "single", "pysyncobj")
-RINGS: Final = ("ring", "ring-own")
+SYSTEMS: Final = ("ring", "ring-own", "single", "pysyncobj", "ring-durable", "etcd")
+RINGS: Final = ("ring", "ring-own", "ring-durable")
+#: The rings whose clients each take back their own tuples.
+OWN: Final = ("ring-own", "ring-durable")
 LABELS: Final = {
     "ring": "LiPS ring (3)",
     "ring-own": "ring, own tmpl",
     "single": "LiPS single",
     "pysyncobj": "pysyncobj (3)",
+    "ring-durable": "ring, durable",
+    "etcd": "etcd (3)",
 }
 PARTS: Final = ("throughput", "failover", "join")
 PYSYNCOBJ: Final = "pysyncobj>=0.3.17"
+ETCD: Final = "etcd"
 
 #: Targets: ring pairs/s against one server, against pysyncobj; p50 at 1 client;
 #: failover time.
@@ -161,9 +178,53 @@ FAILOVER_DEADLINE: Final = 30.0
 # -- servers ----------------------------------------------------------------------------
 
 
-def ring(directory: Path) -> Cluster:
+def ring(directory: Path, durable: bool = False) -> Cluster:
     """A cluster file of three MessageServers on loopback, and their processes (stopped)."""
-    return Cluster.create(directory, msgservers=3, cluster_id=9)
+    return Cluster.create(directory, msgservers=3, cluster_id=9, durable=durable)
+
+
+def etcd_nodes(directory: Path, size: int = 3) -> ProcessGroup:
+    """Three etcd members on loopback, each with its data directory here (stopped)."""
+    nodes = ProcessGroup(directory)
+    peers = [f"http://127.0.0.1:{free_port()}" for _ in range(size)]
+    initial = ",".join(f"e{n + 1}={url}" for n, url in enumerate(peers))
+    for n in range(size):
+        port = free_port()
+        client_url = f"http://127.0.0.1:{port}"
+        argv = [
+            *(ETCD, "--name", f"e{n + 1}", "--data-dir", str(directory / f"e{n + 1}.etcd")),
+            *("--listen-client-urls", client_url, "--advertise-client-urls", client_url),
+            *("--listen-peer-urls", peers[n], "--initial-advertise-peer-urls", peers[n]),
+            *("--initial-cluster", initial, "--initial-cluster-state", "new"),
+            *("--initial-cluster-token", "lips-bench", "--log-level", "warn"),
+        ]
+        nodes.add(f"e{n + 1}", argv, port=port)
+    return nodes
+
+
+def _etcd_answers(p: Process) -> bool:
+    """Whether a put through member C{p} is committed (a leader is elected)."""
+    p.check_running()
+    assert p.port is not None
+    body = json.dumps({"key": _b64(b"ready"), "value": _b64(b"1")}).encode()
+    request = (
+        b"POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), 2) as s:
+            s.settimeout(5)
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            return answer.startswith(b"HTTP/1.1 200") and b'"header"' in answer
+    except OSError:
+        return False
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def syncobj_nodes(directory: Path, size: int = 3) -> ProcessGroup:
@@ -287,14 +348,84 @@ async def connect_syncobj(reactor: Any, ports: Sequence[int], index: int) -> Pai
     return pair
 
 
+class EtcdClient(Protocol):
+    """
+    A client of etcd's HTTP/JSON gateway on one kept-alive HTTP/1.1 connection: one
+    request at a time, its answer's status and JSON body back.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: defer.Deferred[tuple[int, Any]] | None = None
+        self._buffer = b""
+
+    def request(self, path: str, body: dict[str, Any]) -> defer.Deferred[tuple[int, Any]]:
+        assert self.waiting is None and self.transport is not None
+        data = json.dumps(body).encode()
+        d: defer.Deferred[tuple[int, Any]] = defer.Deferred()
+        self.waiting = d
+        self.transport.write(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+        )
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        head, sep, rest = self._buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        lines = head.split(b"\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, _, v in (h.partition(b":") for h in lines[1:])
+        )
+        if b"content-length" not in headers:
+            raise RuntimeError(f"etcd answered without a Content-Length: {head!r}")
+        length = int(headers[b"content-length"])
+        if len(rest) < length:
+            return
+        self._buffer = rest[length:]
+        status = int(lines[0].split()[1])
+        d, self.waiting = self.waiting, None
+        if d is not None:
+            d.callback((status, json.loads(rest[:length])))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        d, self.waiting = self.waiting, None
+        if d is not None:
+            d.errback(reason)
+
+
+async def connect_etcd(reactor: Any, ports: Sequence[int], index: int) -> PairFunction:
+    """A client of member C{index} (mod their number): put its own key, then take it."""
+    protocol = EtcdClient()
+    port = ports[index % len(ports)]
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+
+    async def pair(i: int) -> None:
+        key = _b64(b"job/%d/%d" % (index, i))
+        status, answer = await protocol.request("/v3/kv/put", {"key": key, "value": _b64(b"x")})
+        if status != 200:
+            raise RuntimeError(f"put failed: {status} {answer!r}")
+        status, answer = await protocol.request(
+            "/v3/kv/deleterange", {"key": key, "prev_kv": True}
+        )
+        if status != 200 or answer.get("deleted") != "1":
+            raise RuntimeError(f"take failed: {status} {answer!r}")
+
+    return pair
+
+
 async def pairs_process(reactor: Any, args: argparse.Namespace) -> None:
     """
     The body of C{replicated.py client}: connect, say C{ready}, wait for a line on
     stdin, warm up, measure, print C{result <json>} (as C{throughput.py client}).
     """
-    connect = {"pysyncobj": connect_syncobj, "ring-own": connect_lips_own}.get(
-        args.system, connect_lips
-    )
+    connect = {
+        "pysyncobj": connect_syncobj,
+        "ring-own": connect_lips_own,
+        "ring-durable": connect_lips_own,
+        "etcd": connect_etcd,
+    }.get(args.system, connect_lips)
     pairs = [await connect(reactor, args.ports, args.first + n) for n in range(args.clients)]
     await measure_pairs(reactor, pairs, args.warmup, args.duration)
 
@@ -430,10 +561,12 @@ def start_system(system: str, directory: Path) -> ProcessGroup:
     """The servers of C{system}, started and answering (stopped again if they fail to)."""
     servers: ProcessGroup
     if system in RINGS:
-        servers = ring(directory)
+        servers = ring(directory, durable=system == "ring-durable")
     elif system == "single":
         servers = ProcessGroup(directory)
         servers.standalone("single")
+    elif system == "etcd":
+        servers = etcd_nodes(directory)
     else:
         servers = syncobj_nodes(directory)
     try:
@@ -443,6 +576,11 @@ def start_system(system: str, directory: Path) -> ProcessGroup:
             servers.wait_serving(members=3)
         elif system == "single":
             servers["single"].wait_serving()
+        elif system == "etcd":
+            for p in servers.processes.values():
+                wait_until(
+                    f"etcd member {p.name} to answer", functools.partial(_etcd_answers, p), 30, 0.1
+                )
         else:
             for p in servers.processes.values():
                 # Ready once a put and a get through this node are committed: a leader is
@@ -515,6 +653,9 @@ def throughput_part(args: argparse.Namespace, tmp: Path) -> list[Row]:
     systems = [s for s in SYSTEMS if s in args.systems]
     if "pysyncobj" in systems and not ensure_pysyncobj():
         systems.remove("pysyncobj")
+    if "etcd" in systems and shutil.which(ETCD) is None:
+        print("etcd: not installed (apt-get install etcd-server), peer skipped", flush=True)
+        systems.remove("etcd")
     runs: dict[tuple[str, int], list[Row]] = {}
     serial = 0
     for run in range(1, args.repeat + 1):
@@ -741,7 +882,7 @@ def throughput_table(rows: list[Row]) -> list[str]:
 def verdicts(rows: list[Row]) -> list[str]:
     by = {(r.system, r.clients): r for r in rows}
     out = []
-    for system in RINGS:
+    for system in ("ring", "ring-own"):
         for clients in sorted({r.clients for r in rows}):
             ring = by.get((system, clients))
             if ring is None:
@@ -758,6 +899,14 @@ def verdicts(rows: list[Row]) -> list[str]:
                     f"{system}/pysyncobj at {clients:>2} client(s): {times:5.2f}x  "
                     + _verdict(times >= TARGET_SYNCOBJ, f">= {TARGET_SYNCOBJ:g}x")
                 )
+    for clients in sorted({r.clients for r in rows}):
+        durable = by.get(("ring-durable", clients))
+        if durable is None:
+            continue
+        for peer in ("ring-own", "etcd"):
+            times = ratio(durable, by.get((peer, clients)))
+            if not math.isnan(times):
+                out.append(f"ring-durable/{peer} at {clients:>2} client(s): {times:5.2f}x")
     low = by.get(("ring", 1))
     if low is not None:
         out.append(
