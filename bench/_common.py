@@ -64,6 +64,16 @@ def names(text: str) -> list[str]:
 # -- statistics -------------------------------------------------------------------------
 
 
+def quick_defaults(args: Any, quick: bool, **defaults: tuple[Any, Any]) -> None:
+    """
+    Fill each option of C{args} left at C{None} with its default, C{(quick, full)}: the
+    first with C{--quick} (a smoke run), the second otherwise.
+    """
+    for name, (short, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else full)
+
+
 def percentile(ordered: Sequence[float], q: float) -> float:
     """The nearest-rank C{q}-th percentile of sorted C{ordered}."""
     if not ordered:

@@ -73,6 +73,7 @@ from bench._common import (
     machine_busy_seconds,
     names,
     public_args,
+    quick_defaults,
     react,
     result_of,
     save,
@@ -584,10 +585,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.role != "bench":
         args.ports = ints(args.ports)
         return args
-    if args.runs is None:
-        args.runs = 2 if args.quick else 5
-    if args.suspect_seconds is None:
-        args.suspect_seconds = 5.0 if args.quick else 20.0
+    quick_defaults(args, args.quick, runs=(2, 5), suspect_seconds=(5.0, 20.0))
     args.parts = names(args.parts)
     args.kinds = names(args.kinds)
     if set(args.parts) - set(PARTS) or set(args.kinds) - set(KINDS):

@@ -105,6 +105,7 @@ from bench._common import (
     median_row,
     names,
     public_args,
+    quick_defaults,
     react,
     result_of,
     save,
@@ -1053,24 +1054,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--window", type=int, default=64, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = args.quick
-    if args.duration is None:
-        args.duration = 1.0 if quick else 5.0
-    if args.warmup is None:
-        args.warmup = 0.3 if quick else 1.0
-    if args.repeat is None:
-        args.repeat = 1 if quick else 3
-    if args.failovers is None:
-        args.failovers = 1 if quick else 3
-    if args.joins is None:
-        args.joins = 1 if quick else 3
+    quick_defaults(
+        args,
+        args.quick,
+        duration=(1.0, 5.0),
+        warmup=(0.3, 1.0),
+        repeat=(1, 3),
+        failovers=(1, 3),
+        joins=(1, 3),
+    )
     if args.role != "bench":
         args.ports = ints(args.ports)
         args.clients = int(args.clients)
         return args
     try:
         args.levels = sorted(set(ints(args.clients)))
-        args.sizes = sorted(set(ints(args.sizes or ("1000,10000" if quick else "10000,100000"))))
+        sizes = args.sizes or ("1000,10000" if args.quick else "10000,100000")
+        args.sizes = sorted(set(ints(sizes)))
     except ValueError:
         p.error("--clients and --sizes take comma-separated integers")
     args.parts = names(args.parts)

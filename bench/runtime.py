@@ -73,6 +73,7 @@ from bench._common import (
     names,
     percentile,
     public_args,
+    quick_defaults,
     save,
     wait_until,
     workspace,
@@ -813,16 +814,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     quick = args.quick
-    if args.runs is None:
-        args.runs = 2 if quick else 5
-    if args.small_checkpoints is None:
-        args.small_checkpoints = 40 if quick else 300
-    if args.large_checkpoints is None:
-        args.large_checkpoints = 6 if quick else 40
-    if args.tasks is None:
-        args.tasks = 60 if quick else 400
-    if args.job_runs is None:
-        args.job_runs = 1 if quick else 3
+    quick_defaults(
+        args,
+        quick,
+        runs=(2, 5),
+        small_checkpoints=(40, 300),
+        large_checkpoints=(6, 40),
+        tasks=(60, 400),
+        job_runs=(1, 3),
+    )
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
     try:

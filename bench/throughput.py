@@ -78,6 +78,7 @@ from bench._common import (
     measure_pairs,
     median_row,
     names,
+    quick_defaults,
     react,
     save,
     spread,
@@ -447,12 +448,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--system", choices=SYSTEMS[:3], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.duration is None:
-        args.duration = 1.0 if args.quick else 5.0
-    if args.repeat is None:
-        args.repeat = 1 if args.quick or args.profile_lips is not None else 3
-    if args.warmup is None:
-        args.warmup = 0.3 if args.quick else 1.0
+    quick_defaults(args, args.quick, duration=(1.0, 5.0), warmup=(0.3, 1.0))
+    quick_defaults(args, args.quick or args.profile_lips is not None, repeat=(1, 3))
     if args.duration <= 0 or args.warmup < 0 or args.client_procs < 1 or args.repeat < 1:
         p.error(
             "--duration must be positive, --warmup not negative, "

@@ -340,6 +340,26 @@ class ServerService(service.MultiService):
             ) from None
 
 
+def role_options(role: Role, port: int, description: str) -> type[ServerOptions]:
+    """The options of C{twistd lips-ROLE}: a server of C{role}, by default on C{port}."""
+    return type(
+        "Options",
+        (ServerOptions,),
+        {
+            "synopsis": "[options]",
+            "longdesc": description,
+            "default_port": port,
+            "role": role,
+            "__module__": f"lips.tap.{role}",
+        },
+    )
+
+
+def makeService(options: ServerOptions) -> service.MultiService:
+    """A server as C{options} say (the C{makeService} of every server plugin)."""
+    return make_server_service(options)
+
+
 def make_server_service(options: ServerOptions, reactor: Any = None) -> ServerService:
     """A MultiService running one tuple-space server as C{options} say."""
     if reactor is None:
