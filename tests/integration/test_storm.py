@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any, Final
 
 import attrs
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -300,19 +301,22 @@ async def _gather(work: list[defer.Deferred[Any]], seconds: float) -> None:
     await within(defer.gatherResults(work, consumeErrors=True), seconds)
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "durable"])
 @pytest_twisted.ensureDeferred
-async def test_storm(servers: ServerFarm) -> None:
+async def test_storm(servers: ServerFarm, durable: bool) -> None:
     """
     Under SIGKILLs and SIGSTOPs of one server at a time, with in_ timeouts shorter than
     a failover, the clients' history is linearizable enough to check by counting: no
     answered out is lost (beyond the takes of unknown outcome), no tuple is taken twice,
     nothing taken was never put, and a take answered Timeout took nothing.  Afterwards
-    the three servers agree on the space.
+    the three servers agree on the space.  A durable cluster (C{cluster.durable}) is
+    then killed whole, all three servers at once, and started again before the drain:
+    nothing answered may be missing after that either.
     """
     seconds = float(os.environ.get("LIPS_STORM_SECONDS", STORM_SECONDS))
     seed = _seed()
     print(f"\nstorm: seed {seed} (LIPS_STORM_SEED={seed} to replay its schedule)")
-    cluster = RingCluster(servers, 3)
+    cluster = RingCluster(servers, 3, durable=durable)
     await _gather([defer.ensureDeferred(cluster.start(n)) for n in cluster.names], 60)
     storm = Storm(cluster, seed)
     await storm.whole()
@@ -340,6 +344,11 @@ async def test_storm(servers: ServerFarm) -> None:
             return len(marks) == 1
 
         await eventually(agreed, 30, "the three servers at the same point")
+        if durable:
+            for name in cluster.names:
+                cluster.kill(name)
+            await _gather([defer.ensureDeferred(cluster.start(n)) for n in cluster.names], 60)
+            await eventually(agreed, 60, "the three servers back, at the same point")
         stored = int(latest[0]["space.tuples"])
         drainer = await storm.connect(0, "drainer")
         while (t := await within(drainer.inp(("ks", int, int)))) is not None:
