@@ -8,10 +8,11 @@ injected on purpose.
 It starts, on loopback, two FixServers (the System Tuple Space) and three
 MessageServers (the application's space), each a replicated ring, and two lipsd nodes;
 then it counts the primes below a bound with workers started by eval
-(C{examples/ftprimes.py}).  While it runs it kills, with SIGKILL, a worker process,
-then the MessageServer every client is connected to, then a whole node.  It shows a progress bar,
-then what failed and how the system recovered, and checks the answer against a sieve
-of its own.  Exit status 0 means the answer is exact.
+(C{examples/ftprimes.py}): the master and the workers are processes lipsd runs and
+restarts.  While it runs it kills, with SIGKILL, a worker process, then the master, then
+the MessageServer every client is connected to, then a whole node.  It shows a progress
+bar, then what failed and how the system recovered, and checks the answer against a
+sieve of its own.  Exit status 0 means the answer is exact.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ sys.path.insert(0, str(HERE))
 ftprimes: Any = importlib.import_module("ftprimes")
 
 NODES = ("n1", "n2")
-#: How a worker's command line names its function.
+#: How a worker's and the master's command lines name their functions.
 WORKER = "ftprimes:worker"
+MASTER = "ftprimes:master"
 
 
 def make_cluster(directory: Path) -> Cluster:
@@ -90,30 +92,30 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
     space = await lips.client.connect(reactor, cluster.endpoints("msgserver"))
     summary: list[str] = []
     try:
-        for node in ("n1", "n2"):
+        for node in NODES:
             await system.rd(("node", node, int, float, float, int, int, bool), timeout=20)
-        work = ftprimes.tasks(args.bound, args.tasks)
-        for t in work:
-            await space.out(t)
         pids = {}
         for w in range(args.workers):
-            node = ("n1", "n2")[w % 2]
-            placed = await eval_request(system, ("worker", w), "ftprimes:worker", w, nodes=[node])
+            node = NODES[w % 2]
+            placed = await eval_request(system, ("worker", w), WORKER, w, nodes=[node])
             pids[w] = (placed.pid, node)
+        await eval_request(
+            system, ("master",), MASTER, args.bound, args.tasks, args.workers, nodes=["n1"]
+        )
         print(
-            f"counting the primes below {args.bound:,}: {args.tasks} tasks,"
-            f" {args.workers} workers on nodes n1 and n2, three MessageServers, two FixServers"
+            f"counting the primes below {args.bound:,}: {args.tasks} tasks, a master and"
+            f" {args.workers} workers (each a process lipsd runs) on nodes n1 and n2,"
+            " three MessageServers, two FixServers"
         )
         progress = Progress(args.tasks)
-        total, seen = 0, set[int]()
-        faults = [] if args.no_faults else [args.tasks // 4, args.tasks // 2, args.tasks * 3 // 4]
+        n = args.tasks
+        faults = [] if args.no_faults else [n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5]
         pending_kill: tuple[str, float, int] | None = None
-        while len(seen) < args.tasks:
-            _, tid, n = await space.in_(("result", int, int), timeout=60)
-            if tid in seen:
-                raise AssertionError(f"task {tid} was counted twice")
-            seen.add(tid)
-            total += n
+        done = 0
+        while done < args.tasks:
+            # The master puts ("progress", k) after its k-th result, and never takes it.
+            await space.rd(("progress", done + 1), timeout=60)
+            done += 1
             note = ""
             if pending_kill is not None:
                 _, when, at = pending_kill
@@ -125,9 +127,9 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
                     f" later"
                 )
                 pending_kill = None
-            if faults and len(seen) >= faults[0]:
+            if faults and done >= faults[0]:
                 fault = faults.pop(0)
-                if fault == args.tasks * 3 // 4:
+                if fault == 4 * n // 5:
                     moved = [w for w, (_, node) in pids.items() if node == "n2"]
                     killed_at = time.monotonic()
                     cluster.kill("n2")
@@ -136,46 +138,44 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
                     declared = time.monotonic()
                     summary.append(
                         f"  node n2 (lipsd and the {len(moved)} workers it ran): killed"
-                        f" (SIGKILL) at {len(seen)}/{args.tasks} results -> {down[3]}"
+                        f" (SIGKILL) at {done}/{args.tasks} results -> {down[3]}"
                         f" declared it down after {1000 * (declared - killed_at):.0f} ms and"
                         f" restarted its workers, with their process ids, on n1"
                     )
-                elif fault == args.tasks // 4:
-                    victims = cluster["n1"].children(WORKER)
-                    if victims:
-                        victim = victims[0]
-                        killed_at = time.monotonic()
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(victim, signal.SIGKILL)
-                        note = f"<- killed a worker process on n1 (os pid {victim})"
-                        restarted = await _restarted(reactor, cluster, "n1", victim, len(victims))
+                elif fault == 3 * n // 5:
+                    cluster.kill("m1")
+                    note = "<- killed MessageServer m1"
+                    pending_kill = ("m1", time.monotonic(), done)
+                else:
+                    what, target = ("worker", WORKER) if fault == n // 5 else ("master", MASTER)
+                    killed = await _kill_one(reactor, cluster, "n1", target)
+                    if killed is not None:
+                        victim, killed_at, restarted = killed
+                        note = f"<- killed the {what} process on n1 (os pid {victim})"
                         summary.append(
-                            f"  worker process on n1 (os pid {victim}): killed (SIGKILL) at"
-                            f" {len(seen)}/{args.tasks} results -> lipsd restarted it with the"
+                            f"  {what} process on n1 (os pid {victim}): killed (SIGKILL) at"
+                            f" {done}/{args.tasks} results -> lipsd restarted it with the"
                             f" same LiPS process id in"
                             f" {1000 * (restarted - killed_at):.0f} ms; it recovered its"
                             f" checkpoint and its operations since were answered from the log"
                         )
-                else:
-                    cluster.kill("m1")
-                    note = "<- killed MessageServer m1"
-                    pending_kill = ("m1", time.monotonic(), len(seen))
-            progress.show(len(seen), note)
+            progress.show(done, note)
         progress.end()
-        for _ in range(args.workers):
-            await space.out(("task", -1, 0, 0))
+        _, total = await space.in_(("master", int), timeout=60)
         tallies = 0
         for w in range(args.workers):
             _, _, counted = await space.in_(("worker", w, int), timeout=60)
             tallies += counted
         leftover = await space.inp(("result", int, int))
+        while await space.inp(("progress", int)) is not None:
+            pass
         expected = ftprimes.count_primes(0, args.bound)
         ok = total == expected and tallies == total and leftover is None
         print("what failed, and how the system recovered:")
         for line in summary or ["  nothing (run with faults to see some)"]:
             print(line)
         print(
-            f"  the application's client failed over {space.failovers} time(s);"
+            f"  the demonstration's client failed over {space.failovers} time(s);"
             f" the System Tuple Space's {system.failovers} time(s)"
         )
         print(
@@ -189,18 +189,27 @@ async def run(reactor: Any, cluster: Cluster, args: argparse.Namespace) -> int:
         await space.close()
 
 
-async def _restarted(reactor: Any, cluster: Cluster, node: str, old: int, before: int) -> float:
+async def _kill_one(
+    reactor: Any, cluster: Cluster, node: str, target: str
+) -> tuple[int, float, float] | None:
     """
-    When lipsd C{node}, which ran C{before} workers with C{old} among them, runs as many
-    again without C{old}: the killed one was restarted.
+    SIGKILL one of lipsd C{node}'s children running C{target}; its os pid, when it was
+    killed, and when lipsd ran as many C{target} children again without it.
     """
+    victims = cluster[node].children(target)
+    if not victims:
+        return None
+    victim = victims[0]
+    killed_at = time.monotonic()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        current = cluster[node].children(WORKER)
-        if old not in current and len(current) >= before:
-            return time.monotonic()
+        current = cluster[node].children(target)
+        if victim not in current and len(current) >= len(victims):
+            return victim, killed_at, time.monotonic()
         await task.deferLater(reactor, 0.005)
-    raise AssertionError(f"lipsd {node} did not restart the killed worker")
+    raise AssertionError(f"lipsd {node} did not restart the killed {target} process")
 
 
 @contextlib.contextmanager

@@ -1,12 +1,13 @@
 """
 A fault-tolerant master/worker application: counting the primes below a bound.
 
-The master (L{run_master}) puts range-counting tasks into the application's space and
-starts workers with C{eval} through the System Tuple Space; each worker (L{worker}) takes
-tasks, puts results, and checkpoints every few tasks.  Kill a worker, or the whole node
-it runs on, and lipsd restarts it (elsewhere, for a node): it recovers its checkpoint,
-its operations since are answered from the space's log, and the answer comes out exact,
-with no result counted twice.
+Every process of it is started with C{eval} through the System Tuple Space and runs
+under lipsd.  The master (L{master}) puts range-counting tasks into the application's
+space, collects one result per task and checkpoints every few results; each worker
+(L{worker}) takes tasks, puts results, and checkpoints every few tasks.  Kill any of
+them, or the whole node it runs on, and lipsd restarts it (elsewhere, for a node) with
+its process id: it recovers its checkpoint, its operations since are answered from the
+space's log, and the answer comes out exact, with no result counted twice.
 """
 
 from __future__ import annotations
@@ -40,6 +41,34 @@ def worker(space: Any, wid: int) -> int:
         counted += n
         if done % CHECKPOINT_EVERY == 0:
             space.checkpoint({"done": done, "counted": counted})
+
+
+def master(space: Any, bound: int, count: int, workers: int) -> int:
+    """
+    Put C{count} tasks covering [0, bound), take one ("result", id, count) for each,
+    then one stop task per worker; returns the number of primes below C{bound}.  After
+    each result it puts ("progress", results so far) (for whoever watches), and it
+    checkpoints every L{CHECKPOINT_EVERY} results.
+    """
+    state = space.recover()
+    if state is None:
+        for t in tasks(bound, count):
+            space.out(t)
+        state = {"total": 0, "seen": []}
+        space.checkpoint(state)
+    total, seen = state["total"], set(state["seen"])
+    while len(seen) < count:
+        _, tid, n = space.in_(("result", int, int))
+        if tid in seen:
+            raise AssertionError(f"task {tid} was counted twice")
+        seen.add(tid)
+        total += n
+        space.out(("progress", len(seen)))
+        if len(seen) % CHECKPOINT_EVERY == 0:
+            space.checkpoint({"total": total, "seen": sorted(seen)})
+    for _ in range(workers):
+        space.out(("task", -1, 0, 0))
+    return int(total)
 
 
 def tasks(bound: int, count: int) -> list[tuple[str, int, int, int]]:

@@ -2,7 +2,7 @@
 # (pytest-twisted ships no type hints, so its decorators are untyped.)
 """
 The demonstration that C{./run demo} runs, smaller: it must end with the exact answer,
-having killed a worker, a MessageServer and a node, and recovered from each.
+having killed a worker, the master, a MessageServer and a node, and recovered from each.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ async def test_demo_recovers_and_is_exact(tmp_path: Path) -> None:
     text = (out + err).decode(errors="replace")
     assert code == 0, text
     assert "lipsd restarted it with the same LiPS process id" in text, text
+    assert "master process on n1" in text and "worker process on n1" in text, text
     assert "every client moved to one of them" in text, text
     assert "n1 declared it down" in text, text
     assert "primes below 600,000: 49,098 (a sieve here says 49,098): OK" in text, text
