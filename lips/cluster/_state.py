@@ -16,13 +16,12 @@ number is an error, never read as 0.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Final
 
+from lips.files import replace
 from lips.ring import MAX_COUNT
 
 __all__ = ["RingSeqStore", "StateFileError"]
@@ -85,34 +84,5 @@ class RingSeqStore:
             raise ValueError(f"a ring sequence number is an integer 0-{MAX_COUNT}, not {seq!r}")
         if seq <= self.load():
             return False
-        _replace(self.path, b"%d\n" % seq)
+        replace(self.path, b"%d\n" % seq)
         return True
-
-
-def _replace(path: Path, content: bytes) -> None:
-    """Atomically replace C{path}'s content: temporary file, fsync, rename, fsync dir."""
-    directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Flush a directory's entries (the rename) to disk, where the platform allows it."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

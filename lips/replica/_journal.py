@@ -50,11 +50,9 @@ wrong, and says how to rejoin the cluster from the other servers.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import struct
-import tempfile
 import time
 import zlib
 from collections import Counter
@@ -64,6 +62,7 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 
+from lips.files import fsync_directory, replace
 from lips.replica._replica import Replica, ReplicaTimer
 from lips.ring import Configuration, Delivered, RingId
 from lips.space import SnapshotError
@@ -218,14 +217,6 @@ def _decode_snapshot(data: bytes, path: Path, advice: str) -> tuple[bytes, int]:
         return state, _int(index)
     except (ValueError, TypeError) as e:
         raise JournalError(f"{path}: damaged: {e}; {advice}") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -444,7 +435,7 @@ class Journal:
         the segments it covers.
         """
         self.sync()
-        _write_atomically(self.directory / "snapshot", _encode_snapshot(self.index, state))
+        replace(self.directory / "snapshot", _encode_snapshot(self.index, state))
         old = self._segments()
         if self._fd is not None:
             os.close(self._fd)
@@ -468,7 +459,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.write(fd, _SEGMENT_MAGIC)
         os.fsync(fd)
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
         self._fd = fd
 
     def _require(self) -> int:
@@ -535,9 +526,7 @@ def backup(journal: Journal, out: str | os.PathLike[str], replica: Replica) -> R
             f"{journal.directory}: its replica was {replica.mode.value} when the journal"
             " ends, not serving: back up once it serves"
         )
-    _write_atomically(
-        Path(out), _encode_snapshot(loaded.snapshot_index + len(loaded.records), state)
-    )
+    replace(Path(out), _encode_snapshot(loaded.snapshot_index + len(loaded.records), state))
     return replica
 
 
@@ -559,19 +548,4 @@ def restore(source: str | os.PathLike[str], journal: Journal) -> None:
     if directory.exists() and any(directory.iterdir()):
         raise JournalError(f"{directory} holds a journal already: move it away to restore over it")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomically(directory / "snapshot", data)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    replace(directory / "snapshot", data)

@@ -28,14 +28,15 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     # values
     "tuples": frozenset(),
     "validate": frozenset(),
+    "files": frozenset(),
     "kernel": frozenset({"validate"}),
     "wire": frozenset({"tuples", "validate"}),
     "errors": frozenset({"wire"}),
     # sans-IO cores
     "space": frozenset({"tuples", "validate"}),
     "ring": frozenset({"tuples", "kernel", "validate"}),
-    "cluster": frozenset({"ring", "validate"}),
-    "replica": frozenset({"ring", "space", "tuples", "kernel", "server", "validate"}),
+    "cluster": frozenset({"ring", "validate", "files"}),
+    "replica": frozenset({"ring", "space", "tuples", "kernel", "server", "validate", "files"}),
     "server": frozenset({"space", "tuples", "wire", "kernel", "validate"}),
     "supervisor": frozenset({"tuples", "kernel", "validate"}),
     # strategies name ARMOR types; the ARMOR layer finds strategies as plugins.
