@@ -19,10 +19,9 @@ injected clock.  It holds no logic of its own:
   - its L{Log} effects go to this node's logger;
   - with a L{Journal} (a durable cluster), every input the replica's state depends on
     (a delivery, a configuration, a restore step) is appended to it before the replica
-    gets it, the journal is flushed to disk when the ring asks (L{RingStored.HELD}), in a
-    thread while the token goes on, and the ring is told once it is (C{held}); a
-    snapshot of the replica replaces the records once they grow past the journal's
-    bound while it serves.  At construction the replica is
+    gets it, the journal is flushed to disk when the ring asks (L{RingStored.HELD},
+    before its token goes on), and a snapshot of the replica replaces the records once
+    they grow past the journal's bound while it serves.  At construction the replica is
     brought back to what the journal holds (L{lips.replica.replay}).
 """
 
@@ -33,11 +32,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lips.kernel import Deliver, Driver, Effect, Send, TimerKey
@@ -48,7 +44,6 @@ from lips.ring import (
     Delivered,
     RingConfig,
     RingEngine,
-    RingId,
     RingStored,
     Safe,
     Sealer,
@@ -77,22 +72,6 @@ def _exit(why: str) -> None:
 
 #: The exit status of a server whose journal could not be written.
 EXIT_JOURNAL: Final = 70
-
-
-Flusher = Callable[[Callable[[int], float], int], "Deferred[float]"]
-"""How a journal flush is run: C{flusher(fsync, fd)} fires with C{fsync(fd)}."""
-
-
-def _default_flusher(clock: object) -> Flusher:
-    """In a thread of the reactor's pool if C{clock} is a reactor with threads, else at once."""
-    if IReactorThreads.providedBy(clock):
-        reactor: Any = clock
-
-        def in_thread(fsync: Callable[[int], float], fd: int) -> Deferred[float]:
-            return deferToThreadPool(reactor, reactor.getThreadPool(), fsync, fd)
-
-        return in_thread
-    return maybeDeferred
 
 
 class _Journaled:
@@ -125,9 +104,6 @@ class ReplicaNode:
     @param store: the persisted ring sequence number.
     @param journal: where the replica's state is kept on disk (a durable cluster; the
         ring's C{config.durable} must say so too), or C{None}; it is loaded here.
-    @param flusher: runs a journal flush (C{flusher(journal.fsync, fd)}, a Deferred of
-        what it returns): in a thread of C{clock}'s pool by default when C{clock} is a
-        reactor with threads, else at once.
     @param protocol_options: passed on to L{RingProtocol} (a transport, say).
 
     @ivar on_complete: where every answer goes (the server sets it, as for any
@@ -149,7 +125,6 @@ class ReplicaNode:
         space: TupleSpace,
         store: RingSeqStorage,
         journal: Journal | None = None,
-        flusher: Flusher | None = None,
         **protocol_options: Any,
     ) -> None:
         if (journal is not None) != config.durable:
@@ -161,11 +136,6 @@ class ReplicaNode:
         self.engine = RingEngine(node, peers, config, ring_seq=store.load())
         self.replica = Replica(node, peers, space)
         self._depth = 0
-        # Flushing the journal: one flush at a time, in a thread of the reactor's pool
-        # when it has one (L{flusher}); what the ring asked to store meanwhile.
-        self._flushing = False
-        self._wanted: tuple[RingId, int] | None = None
-        self._flusher = flusher if flusher is not None else _default_flusher(clock)
         if journal is not None:
             loaded = journal.load()
             replay(self.replica, loaded, clock.seconds())
@@ -277,41 +247,12 @@ class ReplicaNode:
             )
         elif event.what is RingStored.HELD:
             if journal is not None:
-                self._wanted = (self.engine.ring, event.value)
-                self._flush(journal)
+                try:
+                    journal.sync()
+                except OSError as e:
+                    self._fatal(f"cannot write its journal {journal.directory}: {e}")
         else:
             self.store.save(event.value)
-
-    def _flush(self, journal: Journal) -> None:
-        """
-        Flush what the ring asked to be stored, unless a flush is under way (then the
-        next one covers it); tell the ring once it is on disk.
-        """
-        if self._flushing or self._wanted is None or self.driver.stopped:
-            return
-        ring, upto = self._wanted
-        self._wanted = None
-        try:
-            fd = journal.begin_flush()
-        except OSError as e:
-            self._fatal(f"cannot write its journal {journal.directory}: {e}")
-            return
-        if fd is None:  # everything written is flushed already
-            self.protocol.held(ring, upto)
-            return
-        self._flushing = True
-
-        def done(seconds: float) -> None:
-            self._flushing = False
-            journal.flushed(seconds)
-            self.protocol.held(ring, upto)
-            self._flush(journal)
-
-        def failed(f: Failure) -> None:
-            self._flushing = False
-            self._fatal(f"cannot flush its journal {journal.directory}: {f.getErrorMessage()}")
-
-        self._flusher(journal.fsync, fd).addCallbacks(done, failed)
 
     def _snapshot(self, journal: Journal) -> None:
         """Replace the journal's records by the replica's state, if it can be saved now."""

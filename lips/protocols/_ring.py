@@ -81,7 +81,6 @@ from lips.ring import (
     MergeDetect,
     RingCodecError,
     RingEngine,
-    RingId,
     RingMessage,
     Safe,
     Sealer,
@@ -237,11 +236,6 @@ class RingProtocol(DatagramProtocol):
         """
         if not self._stopped:
             self._input(self.engine.leave)
-
-    def held(self, ring: RingId, upto: int) -> None:
-        """With a durable ring: what this node delivered of C{ring} up to C{upto} is stored."""
-        if not self._stopped:
-            self._input(self.engine.held, ring, upto)
 
     def submit(self, payload: bytes) -> bool:
         """

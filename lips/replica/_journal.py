@@ -32,13 +32,12 @@ written to a temporary file, flushed, renamed over the old one and its directory
 flushed, so a crash leaves the old snapshot or the new one; the segments it covers are
 deleted after it is in place.  Integers are big-endian.
 
-When it is stored: records are kept as they come (L{Journal.append}), written out by
-L{Journal.begin_flush} and flushed to disk by L{Journal.fsync} (in a thread) when the
-ring asks (L{lips.ring.RingStored.HELD}); only once that flush is done does the server
-tell its ring (L{lips.ring.RingEngine.held}) that those operations are held.  The
-token is what tells the other members that this one holds a message, so an operation
-counts as held for safe delivery, and is answered, only once every member has it on
-disk.  One C{fdatasync} covers all that came since the last, while the token goes on.
+When it is stored: records are written as they come (L{Journal.append}) and flushed
+to disk by L{Journal.sync}, which the server calls before its ring's token goes on
+(L{lips.ring.RingStored.HELD}): the token is what tells the other members that this
+one holds a message, so an operation counts as held for safe delivery, and is
+answered, only once every member has it on disk.  One C{fdatasync} covers all that a
+token visit delivered.
 
 Loading trusts nothing.  A record cut short or failing its checksum at the very end
 of the last segment is what a crash in the middle of a write leaves: it was never
@@ -411,47 +410,18 @@ class Journal:
         @raise OSError: the disk refused (full, failing): nothing appended since the last
             sync may be counted as stored, and the server must stop (L{ReplicaNode} does).
         """
-        fd = self.begin_flush()
-        if fd is not None:
-            self.flushed(self.fsync(fd))
-
-    def begin_flush(self) -> int | None:
-        """
-        Write out every record appended so far and return a duplicate of the segment's
-        file descriptor, for the caller to flush to disk with L{fsync} (in a thread, say)
-        and close; C{None} when nothing was appended since the last (the records written
-        before are flushed, or being flushed).  A flush covers what was written before it
-        began, so the caller may count those records as stored once it returns.
-
-        @raise OSError: the disk refused the write.
-        """
         if not self._unsynced:
-            return None
+            return
         fd = self._require()
+        start = self._clock()
         done = 0
         with memoryview(self._buffer) as view:
             while done < len(view):
                 done += os.write(fd, view[done:])
         self._buffer.clear()
+        self._fsync(fd)
         self._unsynced = False
-        return os.dup(fd)
-
-    def fsync(self, fd: int) -> float:
-        """
-        Flush C{fd} (from L{begin_flush}) to disk and close it; the seconds it took.  It
-        touches nothing of the journal's, so it may run in another thread; count it
-        with L{flushed} afterwards, in the journal's own.
-        """
-        start = self._clock()
-        try:
-            self._fsync(fd)
-        finally:
-            os.close(fd)
-        return self._clock() - start
-
-    def flushed(self, seconds: float) -> None:
-        """Count one flush that took C{seconds}."""
-        self.sync_seconds += seconds
+        self.sync_seconds += self._clock() - start
         self.counters["syncs"] += 1
 
     @property

@@ -15,8 +15,6 @@ Inputs (each takes C{now} last):
     the queue is full, or this node has left).
   - L{RingEngine.leave}C{(now)}: say goodbye and fall silent.
   - L{RingEngine.timer}C{(key, now)}: the timer C{key} (a L{RingTimer}) is due.
-  - L{RingEngine.held}C{(ring, upto, now)}: with L{RingConfig.durable}, the host stored
-    what this node delivered of C{ring} up to C{upto}.
 
 Effects:
 
@@ -27,8 +25,8 @@ Effects:
     regular L{Configuration}.
   - L{Persist}C{(RingStored.RING_SEQ, seq)}: store the highest ring sequence number
     used, before anything emitted after it is carried out (ring ids never repeat across
-    restarts); with L{RingConfig.durable}, L{Persist}C{(RingStored.HELD, seq)} at
-    token visits: store what was delivered up to C{seq}, then call L{RingEngine.held}.
+    restarts); with L{RingConfig.durable}, L{Persist}C{(RingStored.HELD, aru)} before
+    every token this member passes on: what it delivered must be stored first.
   - L{StartTimer}C{(key, at)} / L{CancelTimer}C{(key)}: the L{RingTimer}s (token loss
     and retransmission, commit token retransmission, join and consensus, token hold and
     merge detection, the flush after a pause).  The engine remembers the deadline of
@@ -159,12 +157,11 @@ class RingStored(enum.Enum):
     must start above it."""
 
     HELD = "held"
-    """With L{RingConfig.durable}: store everything this node delivered of the current
-    ring up to message C{value} (an C{int}), and say so with L{RingEngine.held} once it
-    is.  Until then the token this node passes on does not count those messages as
-    held, so the L{Safe} computed from it never counts a message a member has only in
-    memory; the host stores at its own pace (one flush for all that came since the
-    last), while the token goes round."""
+    """With L{RingConfig.durable}: everything delivered so far must be on disk before
+    the token goes on (the value is the aru the token carries, an C{int}).  The token
+    is what tells the other members that this one holds its messages, so an operation
+    counts as held, for safe delivery, only once it is stored: one write covers a whole
+    token visit."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -209,10 +206,10 @@ class RingConfig:
     together up to it, larger ones are cut into fragments of it.  Size it to the network
     MTU less the ring's headers."""
     durable: bool = False
-    """Members store what they deliver: at each token visit a member delivers what it
-    holds and asks its host to store it (L{RingStored.HELD}); the aru it puts in the
-    token counts only what the host said is stored (L{RingEngine.held}), so L{Safe}
-    never counts a message a member has only in memory."""
+    """Members store what they deliver: before passing the token on, a member delivers
+    what it holds and asks its host to store it (L{RingStored.HELD}), so that the
+    token's aru, and with it L{Safe}, never counts a message a member has only in
+    memory."""
     fail_recv_rotations: int = attrs.field(default=800, validator=_rotations)
     """Token rotations a member may go on lacking the same messages, which the others
     hold, before it is declared failed to receive and a ring is formed without it.
@@ -470,10 +467,6 @@ class RingEngine:
         # Nodes that left, with the ring sequence number of their leave: failed in every
         # gather until a newer incarnation of theirs joins.
         self._gone: dict[int, int] = {}
-        # With durable: how far the host has stored what this node delivered in a ring
-        # (L{held}), and how far it was asked to.
-        self._held: tuple[RingId, int] = (NO_RING, 0)
-        self._asked: tuple[RingId, int] = (NO_RING, 0)
         self._now = 0.0
         self._started = False
         #: How long this node was last paused (seconds), as an input saw from its overdue
@@ -561,23 +554,6 @@ class RingEngine:
     def backlog(self) -> int:
         """Payloads queued and not yet broadcast."""
         return len(self._queue)
-
-    def held(self, ring: RingId, upto: int, now: float) -> None:
-        """
-        With L{RingConfig.durable}: the host has stored everything this node delivered
-        of ring C{ring} up to message C{upto} (as a L{Persist}C{(RingStored.HELD, upto)}
-        asked).  The token this node passes on from now carries it as held; a token
-        held because the ring was idle goes on at once, so that the others learn it.
-        """
-        self._now = now
-        if ring != self.ring or (self._held[0] == ring and upto <= self._held[1]):
-            return
-        self._held = (ring, upto)
-        phase = self._phase
-        if isinstance(phase, _Operational) and phase.held is not None:
-            token, phase.held = phase.held, None
-            self._disarm(RingTimer.HOLD)
-            self._forward_token(token)
 
     def received(self, message: RingMessage, now: float) -> None:
         """Handle one authentic message."""
@@ -847,15 +823,8 @@ class RingEngine:
                 break
             if s not in log.msgs and s not in rtr:
                 rtr.append(s)
-        mine = log.aru
-        if cfg.durable:
-            # What this node holds counts only once it is stored (L{held}).
-            self._process()
-            self._ask_to_store(log)
-            held_ring, held = self._held
-            mine = min(mine, held if held_ring == self.ring else 0)
-        if mine < tok.aru or tok.aru_node in (self.node, 0):
-            aru = mine
+        if log.aru < tok.aru or tok.aru_node in (self.node, 0):
+            aru = log.aru
             aru_node = 0 if aru >= seq else self.node
         else:
             aru, aru_node = tok.aru, tok.aru_node
@@ -870,9 +839,7 @@ class RingEngine:
             token.safe = safe
             self._deliver(Safe(self.ring, safe))
         self._free(log)
-        # Not idle while a member's stored messages lag behind (with durable): the token
-        # must go round until every member holds them, or nothing would become safe.
-        idle = seq == tok.seq and not rtr and backlog == 0 and (aru >= seq or not cfg.durable)
+        idle = seq == tok.seq and not rtr and backlog == 0
         token.idle_visits = token.idle_visits + 1 if idle else 0
         if (
             token.idle_visits >= cfg.idle_rotations
@@ -890,14 +857,11 @@ class RingEngine:
             self._pass_token(new)
         self._process()
 
-    def _ask_to_store(self, log: _RingLog) -> None:
-        """Ask the host to store what this node has delivered of the ring (with durable)."""
-        asked = (self.ring, log.processed)
-        if asked != self._asked and log.processed > 0:
-            self._asked = asked
-            self._outbox.persist(RingStored.HELD, log.processed)
-
     def _pass_token(self, tok: Token) -> None:
+        if self.config.durable:
+            # Delivered (this visit's own broadcasts too), then stored, then passed on.
+            self._process()
+            self._outbox.persist(RingStored.HELD, tok.aru)
         self._token.last = tok
         self._send(self._next_member(), tok)
         self._arm(RingTimer.TOKEN_RETRANSMIT, self.config.token_retransmit)
