@@ -368,7 +368,10 @@ class Journal:
                     problem = "a record failing its checksum"
             if problem is not None:
                 tail = _FRAME.size + (length if end <= len(data) else 0)
-                if final and offset + tail >= len(data):
+                # A length no writer writes is damage, wherever it is: taken for a torn
+                # tail it would cut off the whole records after it.
+                torn = end > len(data) or length <= _MAX_RECORD
+                if final and torn and offset + tail >= len(data):
                     # A write the crash cut short: never synced, never counted as held.
                     return offset, len(data) - offset
                 raise JournalError(f"{path}: damaged at byte {offset}: {problem}; {_REJOIN}")

@@ -129,6 +129,16 @@ class JournalFileTests(SynchronousTestCase):
         self.assertIn("damaged at byte 8", str(e))
         self.assertIn("move the directory away", str(e))
 
+    def test_impossible_length_is_damage_even_last(self) -> None:
+        """A length no writer writes, in the last segment, is damage, not a torn tail."""
+        self.written()
+        path = self.segment()
+        data = bytearray(path.read_bytes())
+        data[8:12] = (2**31).to_bytes(4, "big")  # the first record's length
+        path.write_bytes(bytes(data))
+        e = self.assertRaises(JournalError, self.journal().load)
+        self.assertIn("damaged at byte 8: a record of 2147483648 bytes", str(e))
+
     def test_not_a_journal(self) -> None:
         self.directory.mkdir()
         (self.directory / "log.000000000001").write_bytes(b"something else entirely")
