@@ -139,6 +139,8 @@ class ReplicaNode:
         if journal is not None:
             loaded = journal.load()
             replay(self.replica, loaded, clock.seconds())
+            # Not served until the next configuration decides: the others may be newer.
+            self.replica.restarted()
             self.log.info(
                 "Recovered {records} journal records after a snapshot of record {index}"
                 " ({torn} torn bytes cut off): {tuples} tuples, {applied} operations",

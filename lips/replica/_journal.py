@@ -488,7 +488,8 @@ def replay(replica: Replica, loaded: Loaded, now: float = 0.0) -> None:
     """
     Bring C{replica} (new, given no input yet) to the state C{loaded} holds: its
     snapshot's state, then every record fed as the host first fed it, the effects
-    dropped (they were carried out the first time: answers given, messages sent).
+    dropped (they were carried out the first time: answers given, messages sent).  A
+    host that then serves from it calls L{Replica.restarted} first.
 
     @raise JournalError: the snapshot's state is not a replica's.
     """

@@ -441,6 +441,25 @@ class Replica:
             ]
         )
 
+    def restarted(self) -> None:
+        """
+        The state brought back from disk (L{load}, then the journal replayed) is not
+        served until a configuration decides again: the cluster may have gone on while
+        this server was down.  Until then requests wait and checkpoints are not read
+        (L{recovered} raises L{Unavailable}); what it states at the next configuration
+        (holding a state, its last primary, what it applied) is kept.
+        """
+        if self._restoring is not None:
+            self._restoring = None
+            self._outbox.cancel_timer(ReplicaTimer.RESTORE)
+        self.mode = Mode.SYNCING
+        self._statuses = {}
+        self._aside = []
+        self._source = 0
+        self._transfer = False
+        self._pending_snapshot = None
+        self.drain()
+
     def load(self, state: bytes) -> None:
         """
         Start from C{state}, as L{saved} gave it, before any input: serving in the

@@ -24,6 +24,7 @@ from lips.replica import (
 )
 from lips.replica._replica import _Status, encode_claim, encode_out, encode_status
 from lips.ring import Configuration, Delivered, RingId
+from lips.server import Unavailable
 from lips.space import Kind, SnapshotError
 
 R1 = RingId(4, 1)
@@ -279,6 +280,28 @@ class ReplayTests(SynchronousTestCase):
             (Mode.SERVING, original.applied, original.fingerprint, R2, R2),
         )
         self.assertEqual(again.space.digest(), original.space.digest())
+
+    def test_restarted_waits_for_the_next_configuration(self) -> None:
+        """
+        A state brought back from disk is not served before a configuration decides:
+        a checkpoint is not read from it (the cluster may have gone on meanwhile), and
+        what it will state (holding a state, its last primary, applied) is kept.
+        """
+        directory = Path(self.mktemp())
+        original = Replica(1, [1, 2])
+        journal = Journal(directory, fsync=lambda fd: None)
+        journal.load()
+        self.history(original, journal)
+        journal.close()
+        again = Replica(1, [1, 2])
+        replay(again, Journal(directory).load())
+        again.restarted()
+        self.assertEqual(again.mode, Mode.SYNCING)
+        self.assertRaises(Unavailable, again.recovered, 7)
+        self.assertEqual(
+            (again.has_state, again.last_primary, again.applied),
+            (True, original.last_primary, original.applied),
+        )
 
     def test_saved_only_while_serving(self) -> None:
         replica = Replica(1, [1, 2])
