@@ -449,6 +449,11 @@ class Replica:
         (L{recovered} raises L{Unavailable}); what it states at the next configuration
         (holding a state, its last primary, what it applied) is kept.
         """
+        self._undecided()
+        self.drain()
+
+    def _undecided(self) -> None:
+        """Syncing, nothing decided yet: no statuses in, nothing kept aside or restored."""
         if self._restoring is not None:
             self._restoring = None
             self._outbox.cancel_timer(ReplicaTimer.RESTORE)
@@ -458,7 +463,6 @@ class Replica:
         self._source = 0
         self._transfer = False
         self._pending_snapshot = None
-        self.drain()
 
     def load(self, state: bytes) -> None:
         """
@@ -669,18 +673,10 @@ class Replica:
         """
         if transitional:
             return
-        if self._restoring is not None:
-            self._restoring = None
-            self._outbox.cancel_timer(ReplicaTimer.RESTORE)
+        self._undecided()
         self.counters["configurations"] += 1
         self.ring = ring
         self.members = tuple(members)
-        self.mode = Mode.SYNCING
-        self._statuses = {}
-        self._aside = []
-        self._source = 0
-        self._transfer = False
-        self._pending_snapshot = None
         status = _Status(
             self.node, self.has_state, self.last_primary, self.applied, self.fingerprint
         )

@@ -249,7 +249,8 @@ class ReplayTests(SynchronousTestCase):
             deliver(R2, encode_status(R2, _Status(node, True, R1, 6, replica.fingerprint)), node)
         deliver(R2, encode_out(8, 1, ("late", 1)))
 
-    def test_replay_equals_the_original(self) -> None:
+    def replayed(self) -> tuple[Replica, Replica]:
+        """A replica through L{history}, and a new one that replayed its journal."""
         directory = Path(self.mktemp())
         original = Replica(1, [1, 2])
         journal = Journal(directory, fsync=lambda fd: None)
@@ -258,6 +259,10 @@ class ReplayTests(SynchronousTestCase):
         journal.close()
         again = Replica(1, [1, 2])
         replay(again, Journal(directory).load())
+        return original, again
+
+    def test_replay_equals_the_original(self) -> None:
+        original, again = self.replayed()
         self.assertEqual(again.mode, Mode.SERVING)
         for name in ("has_state", "last_primary", "applied", "fingerprint", "ring", "members"):
             self.assertEqual(getattr(again, name), getattr(original, name), name)
@@ -287,14 +292,7 @@ class ReplayTests(SynchronousTestCase):
         a checkpoint is not read from it (the cluster may have gone on meanwhile), and
         what it will state (holding a state, its last primary, applied) is kept.
         """
-        directory = Path(self.mktemp())
-        original = Replica(1, [1, 2])
-        journal = Journal(directory, fsync=lambda fd: None)
-        journal.load()
-        self.history(original, journal)
-        journal.close()
-        again = Replica(1, [1, 2])
-        replay(again, Journal(directory).load())
+        original, again = self.replayed()
         again.restarted()
         self.assertEqual(again.mode, Mode.SYNCING)
         self.assertRaises(Unavailable, again.recovered, 7)
